@@ -256,7 +256,7 @@ class FreezeSpec(_Spec):
         None, description="Groups trainable from epoch 0; null: every group (full fine-tuning).", examples=[["head"]])
     unfreeze: dict[Annotated[int, Field(ge=0)], list[str]] = Field(
         default_factory=dict, description="Epoch -> groups unfrozen at the start of that epoch.",
-        examples=[{3: ["layer4"], 5: ["layer3"]}])
+        examples=[{3: ["layer4"], 5: ["layer3"]}], json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
     gradual: GradualSpec | None = Field(
         None, description="Or/and: unfreeze one more group from the top every N epochs.", examples=[{"every": 1, "start": 1}])
     batchnorm: Literal["frozen", "train"] = Field(

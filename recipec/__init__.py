@@ -1,0 +1,40 @@
+"""recipec: declarative transfer-learning recipes for PyTorch, and a checkpoint converter.
+
+Only the public API lives here; importing ``recipec`` does not import torch.
+
+Example:
+    >>> import recipec
+    >>> recipe = recipec.load_recipe("recipes/quickstart.yaml", ["train.epochs=1"])
+    >>> compiled = recipec.compile_recipe(recipe)      # model, optimizer, scheduler, plan
+    >>> print(compiled.plan.text())
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from recipec.errors import RecipecError
+
+if TYPE_CHECKING:
+    from recipec.compiler import Compiled, compile_recipe
+    from recipec.recipe.load import load_recipe
+    from recipec.recipe.spec import Recipe
+
+__all__ = ["Compiled", "Recipe", "RecipecError", "compile_recipe", "load_recipe"]
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Compiled": "recipec.compiler",
+    "compile_recipe": "recipec.compiler",
+    "load_recipe": "recipec.recipe.load",
+    "Recipe": "recipec.recipe.spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that `import recipec` stays cheap and torch-free until a model is needed.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'recipec' has no attribute {name!r}")

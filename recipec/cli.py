@@ -1,0 +1,219 @@
+"""The command line: parses arguments, calls the API, turns errors into text and exit codes.
+
+No logic lives here. Imports are lazy so that ``recipec --help``, ``validate`` and
+``schema`` never import torch.
+
+Exit codes: 0 done; 2 the input is wrong (one ``error:`` line per problem on stderr, no
+traceback unless ``--debug`` or ``RECIPEC_DEBUG=1``); 1 the run itself failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from recipec.errors import RecipecError, RecipeError
+
+if TYPE_CHECKING:
+    from recipec.recipe.spec import Recipe
+
+__all__ = ["cli", "main"]
+
+_SET_HELP = "Override a recipe value: dotted.path=YAML value (repeatable), e.g. optimizer.lr=3e-4."
+
+
+class _Located(Exception):
+    """A RecipecError whose problems were given their recipe file locations."""
+
+    def __init__(self, error: RecipecError, lines: list[str]) -> None:
+        self.error = error
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+def _locate(error: RecipecError, recipe: Recipe | None) -> _Located:
+    from recipec.recipe.load import recipe_location
+
+    lines = []
+    for path, problem in zip(error.paths, error.problems):
+        where = recipe_location(recipe, path) if recipe is not None and path is not None else None
+        lines.append(f"{where}: {problem}" if where else problem)
+    return _Located(error, lines)
+
+
+def _load(path: str, overrides: Sequence[str] = ()) -> Recipe:
+    from recipec.recipe.load import load_recipe
+
+    return load_recipe(path, overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show tracebacks (also RECIPEC_DEBUG=1).")
+@click.version_option(package_name="recipec", prog_name="recipec")
+def cli(debug: bool) -> None:
+    """recipec: declarative transfer-learning recipes for PyTorch, and a checkpoint converter.
+
+    \b
+    Examples:
+      recipec validate recipes/*.yaml
+      recipec plan recipes/quickstart.yaml --set optimizer.lr=3e-4
+      recipec plan recipes/quickstart.yaml --json > plan.json
+      recipec inspect model.safetensors
+      recipec schema --out schemas/recipe.schema.json
+    """
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing for valid recipes.")
+def validate(recipes: tuple[str, ...], overrides: tuple[str, ...], quiet: bool) -> None:
+    """Check recipes without building anything (torch is not imported).
+
+    Every problem of every recipe is reported, each located as file:line:col.
+
+    \b
+    Examples:
+      recipec validate recipes/quickstart.yaml
+      recipec validate recipes/*.yaml --set train.epochs=1
+    """
+    problems: list[str] = []
+    for path in recipes:
+        try:
+            _load(path, overrides)
+        except RecipecError as exc:
+            problems.extend(exc.problems)
+        else:
+            if not quiet:
+                click.echo(f"{path}: ok")
+    if problems:
+        raise _Located(RecipeError(problems), problems)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write the schema here instead of stdout.")
+def schema(out: str | None) -> None:
+    """Print or write the JSON Schema of recipes (draft 2020-12).
+
+    \b
+    Editors (VS Code's YAML extension, JetBrains) validate and complete recipes that start with:
+      # yaml-language-server: $schema=../schemas/recipe.schema.json
+    """
+    from recipec.recipe.schema import schema_text
+
+    text = schema_text()
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    from recipec._atomic import atomic_write_text
+
+    atomic_write_text(out, text)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--device", help="Override the recipe's device (auto, cpu, cuda, cuda:N, mps).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole plan as JSON (the plan.json format).")
+def plan(recipe: str, overrides: tuple[str, ...], device: str | None, as_json: bool) -> None:
+    """Build the model and load weights, then show what was loaded and the fine-tuning schedule.
+
+    Nothing is trained. The load report says the fate of every key (loaded, renamed,
+    adapted, excluded, mismatched, missing, unexpected); the group table shows, per epoch,
+    which layer groups train and at which learning rate.
+
+    \b
+    Examples:
+      recipec plan recipes/quickstart.yaml
+      recipec plan recipes/quickstart.yaml --set source.on_mismatch=skip --json
+    """
+    if device is not None:
+        overrides = (*overrides, f"device={device}")
+    spec = _load(recipe, overrides)
+    try:
+        from recipec.compiler import compile_recipe
+
+        compiled = compile_recipe(spec)
+    except RecipecError as exc:
+        raise _locate(exc, spec) from exc
+    if as_json:
+        click.echo(json.dumps(compiled.plan.to_dict(), indent=2))
+    else:
+        click.echo(compiled.plan.text())
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, every tensor included.")
+@click.option("--allow-global", "allow_globals", multiple=True, metavar="MODULE.NAME",
+              help="A pickle global you trust in a torch file (repeatable); nothing else is unpickled.")
+def inspect(checkpoint: str, as_json: bool, allow_globals: tuple[str, ...]) -> None:
+    """Show the tensors, shapes, dtypes, sizes and metadata of a checkpoint.
+
+    Reads torch files (weights only, never arbitrary pickles), safetensors files and sharded
+    safetensors (*.index.json) without building any model.
+
+    \b
+    Examples:
+      recipec inspect runs/flowers/model.safetensors
+      recipec inspect resnet18-f37072fd.pth --json
+    """
+    from recipec.weights.inspect import format_inspect, inspect_checkpoint
+
+    report = inspect_checkpoint(checkpoint, allow_globals=allow_globals)
+    click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))
+
+
+def _print_errors(lines: Sequence[str]) -> None:
+    for line in lines:
+        click.echo(f"error: {line}", err=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line and exit with its code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("RECIPEC_DEBUG", "") not in ("", "0")
+    code = 0
+    try:
+        result: Any = cli.main(args=args, prog_name="recipec", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except _Located as exc:
+        if debug:
+            raise exc.error from exc
+        _print_errors(exc.lines)
+        code = exc.error.exit_code
+    except RecipecError as exc:
+        if debug:
+            raise
+        _print_errors(exc.problems)
+        code = exc.exit_code
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.UsageError as exc:
+        _print_errors([exc.format_message()])
+        command = exc.ctx.command_path if exc.ctx is not None else "recipec"
+        click.echo(f"Try '{command} --help' for help.", err=True)
+        code = 2
+    except click.ClickException as exc:
+        _print_errors([exc.format_message()])
+        code = exc.exit_code
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("error: interrupted", err=True)
+        code = 130
+    except Exception as exc:  # a bug in recipec, not the user's input
+        if debug:
+            raise
+        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, "
+                   "and please report it)", err=True)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,192 @@
+"""Recipe -> Compiled: the model with its weights, the layer groups, the freezing schedule,
+the optimizer and the scheduler, and the Plan that shows all of it before any training.
+
+Order matters and is fixed: build the architecture, replace the head, load
+``model.weights`` (the replaced head excluded), adapt the input convolution, apply
+``source``; nothing loaded is re-initialised afterwards. Then groups, schedule and
+optimizer, with every group in the optimizer from the start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recipec.errors import CheckpointError, Problem, RecipecError, TransferError
+from recipec.plan import Plan, build_plan
+from recipec.recipe.spec import Recipe
+
+__all__ = ["Compiled", "compile_recipe"]
+
+
+@dataclass
+class Compiled:
+    """Everything a fit loop needs, built from one recipe."""
+
+    recipe: Recipe
+    model: nn.Module
+    device: torch.device
+    groups: list[Any]            # list[LayerGroup], earliest first, head last
+    schedule: Any                # FreezeSchedule
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    plan: Plan
+    reports: dict[str, Any] = field(default_factory=dict)   # stage ("model.weights", "source") -> LoadReport
+    head: Any = None             # HeadInfo of the new head, or None when the architecture's own is kept
+    head_prefix: str = ""        # state-dict prefix of the head ("fc.")
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None   # mean/std of the pretraining
+    weights_info: Any = None     # WeightsInfo of model.weights, or None
+
+    @property
+    def load_report(self) -> Any:
+        """The report of the last stage that loaded weights (source, else model.weights), or None."""
+        return self.reports.get("source") or self.reports.get("model.weights")
+
+
+def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch: int = 1) -> Compiled:
+    """Compile a recipe into a model and optimizer on the recipe's device.
+
+    Args:
+        recipe: a validated recipe (see :func:`recipec.load_recipe`).
+        device: overrides ``recipe.device``.
+        steps_per_epoch: optimizer steps per epoch, for the per-step scheduler; the plan's
+            per-epoch table does not depend on it.
+
+    Returns:
+        The compiled model, groups, schedule, optimizer, scheduler and plan.
+
+    Raises:
+        RecipecError: any problem with the architecture, weights, source checkpoint, groups,
+            schedule or device; problems caused by a recipe value carry its recipe path.
+
+    Example:
+        >>> compiled = compile_recipe(load_recipe("recipes/quickstart.yaml"))
+        >>> print(compiled.plan.text())
+    """
+    from recipec.device import resolve_device
+    from recipec.model import heads, zoo
+    from recipec.model.groups import assign_groups, preset_groups
+    from recipec.train.freezing import apply_trainable, compile_schedule
+    from recipec.train.optim import build_optimizer, build_param_groups, build_scheduler, scheduler_kwargs
+
+    spec = recipe.model
+    target = resolve_device(device or recipe.device)
+    torch.manual_seed(recipe.seed)
+
+    model = zoo.build_architecture(spec.arch, spec.kwargs)
+    head_info = None
+    if spec.head is not None:
+        head_info = heads.replace_head(
+            model, spec.arch, num_classes=spec.head.num_classes, type=spec.head.type, hidden=spec.head.hidden,
+            dropout=spec.head.dropout, activation=spec.head.activation, at=spec.head.at)
+        head_prefix = head_info.param_prefix
+    else:
+        head_prefix = heads.default_head_path(model, spec.arch) + "."
+    new_prefixes = [head_prefix] if head_info is not None else []
+
+    reports: dict[str, Any] = {}
+    weights_info = None
+    normalization = None
+    if spec.weights is not None:
+        from recipec.weights.transfer import apply_transfer
+
+        state_dict, weights_info = zoo.load_pretrained_state_dict(spec.arch, spec.weights)
+        exclude = [f"^{_escape(head_prefix)}"] if head_info is not None else []
+        reports["model.weights"] = _transfer(
+            apply_transfer, ("model", "weights"), model, state_dict, exclude=exclude,
+            new_keys_prefixes=new_prefixes, source=weights_info.name)
+        normalization = weights_info.normalization
+    if spec.in_channels != 3:
+        conv_path, adapted = zoo.set_input_channels(model, spec.in_channels)
+        if adapted and "model.weights" in reports:
+            reports["model.weights"].adapted.append({
+                "key": f"{conv_path}.weight", "rule": "input_channels",
+                "source_shape": None, "model_shape": list(zoo_weight_shape(model, conv_path))})
+
+    if recipe.source is not None:
+        reports["source"] = _apply_source(recipe, model, new_prefixes)
+
+    group_specs = ([(g.name, list(g.match)) for g in recipe.groups] if recipe.groups is not None
+                   else preset_groups(spec.arch, model, head_prefix))
+    groups = assign_groups(model, group_specs, head_prefix=head_prefix, from_recipe=recipe.groups is not None)
+    names = [g.name for g in groups]
+    freeze = recipe.freeze
+    schedule = compile_schedule(
+        names, epochs=recipe.train.epochs, trainable=freeze.trainable, unfreeze=freeze.unfreeze,
+        gradual_every=freeze.gradual.every if freeze.gradual else None,
+        gradual_start=freeze.gradual.start if freeze.gradual else 1)
+    apply_trainable(model, groups, schedule.trainable_at(0))
+    model.to(target)
+
+    opt = recipe.optimizer
+    param_groups = build_param_groups(
+        model, groups, lr=opt.lr, lr_decay=opt.lr_decay, group_lr=opt.group_lr,
+        weight_decay=opt.weight_decay, no_weight_decay=opt.no_weight_decay)
+    optimizer = build_optimizer(param_groups, name=opt.name, lr=opt.lr, momentum=opt.momentum,
+                                nesterov=opt.nesterov, betas=opt.betas)
+    factor_kwargs = scheduler_kwargs(opt.scheduler, recipe.train.epochs)
+    scheduler = build_scheduler(optimizer, total_steps=recipe.train.epochs * max(1, steps_per_epoch), **factor_kwargs)
+
+    plan = build_plan(recipe, model=model, device=target, groups=groups, schedule=schedule, reports=reports,
+                      head=head_info, head_prefix=head_prefix, factor_kwargs=factor_kwargs,
+                      weights_info=weights_info, normalization=normalization)
+    return Compiled(recipe=recipe, model=model, device=target, groups=groups, schedule=schedule,
+                    optimizer=optimizer, scheduler=scheduler, plan=plan, reports=reports, head=head_info,
+                    head_prefix=head_prefix, normalization=normalization, weights_info=weights_info)
+
+
+def zoo_weight_shape(model: nn.Module, path: str) -> torch.Size:
+    return model.get_submodule(path).weight.shape  # type: ignore[union-attr]
+
+
+def _escape(prefix: str) -> str:
+    import re
+
+    return re.escape(prefix)
+
+
+def _attributed(exc: RecipecError, at: tuple[str, ...]) -> RecipecError:
+    """The same error, its problems without a recipe path attributed to ``at``."""
+    problems: list[Problem] = []
+    for path, text in zip(exc.paths, exc.problems):
+        problems.append((path, text.split(": ", 1)[1]) if path else (at, text))
+    return type(exc)(problems)
+
+
+def _transfer(fn: Any, at: tuple[str, ...], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except TransferError as exc:
+        raise _attributed(exc, at) from exc
+
+
+def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> Any:
+    from recipec.weights import formats
+    from recipec.weights.transfer import apply_transfer
+
+    source = recipe.source
+    assert source is not None
+    if source.recipe is not None:
+        raise CheckpointError([(("source", "recipe"),
+                                "building an upstream recipe as a source is not supported yet; build it "
+                                "and set source.checkpoint to its model.safetensors")])
+    path = Path(source.checkpoint or "")
+    try:
+        if source.sha256 is not None:
+            digest = formats.sha256(path)
+            if digest.lower() != source.sha256.lower():
+                raise CheckpointError([(("source", "sha256"),
+                                        f"{path} has sha256 {digest}, the recipe pins {source.sha256}")])
+        checkpoint = formats.load(path, state_dict_key=source.state_dict_key, allow_globals=source.allow_globals)
+    except CheckpointError as exc:
+        raise _attributed(exc, ("source", "checkpoint")) from exc
+    return _transfer(
+        apply_transfer, ("source",), model, checkpoint.state_dict,
+        rename=[tuple(r) for r in source.rename], include=source.include, exclude=source.exclude,
+        adapt=[a.model_dump() for a in source.adapt], on_mismatch=source.on_mismatch,
+        require_all=source.require_all, new_keys_prefixes=new_prefixes, source=str(path),
+        state_dict_key=checkpoint.key)

@@ -1,0 +1,150 @@
+"""The Plan: what was loaded and how the fine-tuning will go, as text and as JSON.
+
+``recipec plan`` prints it and a run directory keeps it as ``plan.json``. The JSON carries
+DESIGN.md's contract (``load_report``, ``groups`` with per-epoch ``trainable`` and ``lr``,
+``epochs``) and more: every load stage's report, parameter counts, the head, the
+BatchNorm mode of each group per epoch and the normalisation of the pretrained weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Plan", "build_plan"]
+
+
+@dataclass
+class Plan:
+    """A compiled recipe, before training, as data."""
+
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan.json document (JSON-serialisable)."""
+        return self.data
+
+    def text(self) -> str:
+        """A compact, human-readable rendering."""
+        return _render(self.data)
+
+
+def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], schedule: Any, reports: dict[str, Any],
+               head: Any, head_prefix: str, factor_kwargs: dict[str, Any], weights_info: Any,
+               normalization: Any) -> Plan:
+    """Collect the plan of a compiled recipe (see :func:`recipec.compile_recipe`)."""
+    from recipec.train.freezing import batchnorm_modes
+    from recipec.train.optim import group_learning_rates, lr_table
+
+    opt = recipe.optimizer
+    names = [g.name for g in groups]
+    epochs = recipe.train.epochs
+    base_lrs = group_learning_rates(names, lr=opt.lr, lr_decay=opt.lr_decay, group_lr=opt.group_lr)
+    lrs = lr_table(names, base_lrs, epochs=epochs, **factor_kwargs)
+    bn_by_epoch = [batchnorm_modes(model, groups, schedule.trainable_at(e), batchnorm=recipe.freeze.batchnorm)
+                   for e in range(epochs)]
+    rows = []
+    for i, group in enumerate(groups):
+        rows.append({
+            "name": group.name,
+            "params": group.numel,
+            "tensors": len(group.params),
+            "trainable": [group.name in schedule.trainable_at(e) for e in range(epochs)],
+            "lr": [float(v) for v in lrs[i]],
+            "weight_decay": opt.weight_decay,
+            "batchnorm": [modes.get(group.name, "-") for modes in bn_by_epoch],
+        })
+    total = sum(p.numel() for p in model.parameters())
+    trainable_per_epoch = [sum(r["params"] for r in rows if r["trainable"][e]) for e in range(epochs)]
+    last = reports.get("source") or reports.get("model.weights")
+    data: dict[str, Any] = {
+        "name": recipe.name,
+        "arch": recipe.model.arch,
+        "device": str(device),
+        "epochs": epochs,
+        "parameters": {"total": total, "trainable": trainable_per_epoch},
+        "head": _head_dict(head, head_prefix),
+        "weights": None if weights_info is None else {
+            "name": weights_info.name, "url": weights_info.url, "path": str(weights_info.path)},
+        "normalization": None if normalization is None else {
+            "mean": list(normalization[0]), "std": list(normalization[1])},
+        "load_report": last.to_dict() if last is not None else None,
+        "reports": {stage: report.to_dict() for stage, report in reports.items()},
+        "optimizer": {"name": opt.name, "lr": opt.lr, "lr_decay": opt.lr_decay,
+                      "weight_decay": opt.weight_decay, "scheduler": opt.scheduler.model_dump()},
+        "batchnorm_policy": recipe.freeze.batchnorm,
+        "groups": rows,
+    }
+    return Plan(data)
+
+
+def _head_dict(head: Any, head_prefix: str) -> dict[str, Any]:
+    if head is None:
+        return {"path": head_prefix.rstrip("."), "replaced": False}
+    return {"path": head.path, "replaced": True, "in_features": head.in_features, "old": head.old,
+            "new": head.new, "params": head.num_params}
+
+
+def _lr(value: float) -> str:
+    return f"{value:.2e}"
+
+
+def _render(d: dict[str, Any]) -> str:
+    lines = [f"plan: {d['name']}  ({d['arch']} on {d['device']}, {d['epochs']} epochs)", ""]
+    head = d["head"]
+    if head["replaced"]:
+        lines.append(f"head      {head['path']}: {head['old']}  ->  {head['new']}  ({head['params']:,} new parameters)")
+    else:
+        lines.append(f"head      {head['path']} (the architecture's own, kept)")
+    weights = d["weights"]
+    lines.append(f"weights   {weights['name'] if weights else 'none (random initialisation)'}")
+    if d["normalization"]:
+        mean, std = d["normalization"]["mean"], d["normalization"]["std"]
+        lines.append(f"normalize mean {[round(m, 3) for m in mean]}, std {[round(s, 3) for s in std]} "
+                     "(from the pretrained weights)")
+    params = d["parameters"]
+    lines.append(f"params    {params['total']:,} total; trainable at epoch 0: {params['trainable'][0]:,}")
+    for stage, report in d["reports"].items():
+        lines += ["", f"load report ({stage}: {report.get('source') or '-'})"]
+        lines += ["  " + line for line in _report_lines(report)]
+    lines += ["", f"groups (earliest first; batchnorm: {d['batchnorm_policy']})"]
+    header = f"  {'group':<14}{'params':>12}  {'trainable from':<15}{'lr at epoch 0':>14}  {'weight decay':>12}  bn"
+    lines.append(header)
+    for row in d["groups"]:
+        start = next((e for e, t in enumerate(row["trainable"]) if t), None)
+        bn = sorted(set(row["batchnorm"]) - {"-"})
+        lines.append(f"  {row['name']:<14}{row['params']:>12,}  {'never' if start is None else f'epoch {start}':<15}"
+                     f"{_lr(row['lr'][0]):>14}  {row['weight_decay']:>12g}  {'/'.join(bn) or '-'}")
+    lines += ["", "schedule (lr at the start of each epoch; '.' = frozen)"]
+    names = [r["name"] for r in d["groups"]]
+    width = max(9, *(len(n) + 1 for n in names))
+    lines.append("  epoch " + "".join(f"{n:>{width}}" for n in names) + f"{'trainable':>13}")
+    for e in range(d["epochs"]):
+        cells = "".join(f"{(_lr(r['lr'][e]) if r['trainable'][e] else '.'):>{width}}" for r in d["groups"])
+        lines.append(f"  {e:>5} {cells}{params['trainable'][e]:>13,}")
+    return "\n".join(lines)
+
+
+def _report_lines(report: dict[str, Any]) -> list[str]:
+    counts = {fate: len(report.get(fate) or []) for fate in
+              ("loaded", "adapted", "excluded", "mismatched", "missing", "unexpected", "new", "defaulted")}
+    lines = ["  ".join(f"{fate} {n}" for fate, n in counts.items() if n or fate == "loaded")]
+    for item in report.get("adapted") or []:
+        lines.append(f"adapted     {item['key']}: {item['rule']} {item.get('source_shape')} -> {item.get('model_shape')}")
+    for item in report.get("mismatched") or []:
+        lines.append(f"mismatched  {item['key']}: source {item['source_shape']} vs model {item['model_shape']} (skipped)")
+    for item in report.get("excluded") or []:
+        lines.append(f"excluded    {item['key']}: by {item.get('by', 'exclude')} {item.get('pattern')!r}")
+    for key in report.get("missing") or []:
+        lines.append(f"missing     {key}: not in source (kept as initialised)")
+    for key in report.get("unexpected") or []:
+        lines.append(f"unexpected  {key}: not in the model")
+    for key in report.get("new") or []:
+        lines.append(f"new         {key}: new head, initialised fresh")
+    for key in report.get("defaulted") or []:
+        lines.append(f"defaulted   {key}: not in source, default kept")
+    renamed = report.get("renamed") or {}
+    if renamed:
+        example = next(iter(renamed.items()))
+        lines.append(f"renamed     {len(renamed)} keys, e.g. {example[1]} -> {example[0]}")
+    return lines
