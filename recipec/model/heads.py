@@ -1,0 +1,284 @@
+"""Find an architecture's classifier and put a new one in its place."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from recipec.errors import ModelError
+from recipec.model.zoo import family_of
+
+__all__ = [
+    "HeadInfo",
+    "build_head",
+    "default_head_path",
+    "get_module",
+    "in_features_of",
+    "replace_head",
+    "resolve_path",
+    "set_module",
+]
+
+_AT = ("model", "head", "at")
+# Where each torchvision family keeps its classifier; "-1" is the last entry of a Sequential.
+_HEAD_PATHS = {
+    "resnet": "fc", "regnet": "fc", "googlenet": "fc", "inception": "fc", "shufflenet": "fc",
+    "vgg": "classifier.-1", "alexnet": "classifier.-1", "mobilenet": "classifier.-1",
+    "efficientnet": "classifier.-1", "convnext": "classifier.-1", "mnasnet": "classifier.-1",
+    "maxvit": "classifier.-1",
+    "densenet": "classifier", "vit": "heads.head", "swin": "head",
+    # squeezenet classifies with a 1x1 conv followed by ReLU and global pooling, which stay
+    "squeezenet": "classifier.1",
+}
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+_AUX_HEADS = ("aux1", "aux2", "AuxLogits")
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """What :func:`replace_head` did.
+
+    Attributes:
+        path: dotted path of the replaced module (``fc``, ``classifier.6``).
+        in_features: features the head receives.
+        old: short description of the module replaced, e.g. ``Linear(512 -> 1000)``.
+        new: short description of the new head.
+        param_prefix: state-dict prefix of the new head's tensors (``fc.``).
+        num_params: parameters of the new head.
+        notes: anything the caller should know, e.g. auxiliary classifiers left unchanged.
+    """
+
+    path: str
+    in_features: int
+    old: str
+    new: str
+    param_prefix: str
+    num_params: int
+    notes: tuple[str, ...] = ()
+
+
+def _is_index(segment: str) -> bool:
+    return segment.lstrip("-").isdigit()
+
+
+def _path_error(model: nn.Module, path: str, reached: str, parent: nn.Module, at: tuple[str, ...]) -> ModelError:
+    paths = [name for name, _ in model.named_modules() if name]
+    close = difflib.get_close_matches(path, paths, n=3, cutoff=0.5)
+    children = list(parent._modules)
+    where = f"{reached!r} has children {', '.join(children)}" if reached else f"top-level modules are {', '.join(children)}"
+    if not children:
+        where = f"{reached!r} is a {type(parent).__name__} with no children"
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ModelError((at, f"{type(model).__name__} has no module {path!r} ({where}){hint}"))
+
+
+def resolve_path(model: nn.Module, path: str, *, at: tuple[str, ...] = _AT) -> str:
+    """Check that ``path`` names a submodule and write its indices out: ``classifier.-1`` -> ``classifier.6``.
+
+    Args:
+        model: the network.
+        path: dotted path; a negative segment counts from the end of a ``Sequential`` or ``ModuleList``.
+        at: recipe path the error is reported at.
+
+    Raises:
+        ModelError: no such module; the message names the nearest existing paths.
+    """
+    module, parts = model, []
+    for segment in path.split(".") if path else [""]:
+        key = segment
+        if _is_index(segment) and isinstance(module, (nn.Sequential, nn.ModuleList)):
+            index = int(segment)
+            if -len(module) <= index < len(module):
+                key = str(index % len(module))
+        child = module._modules.get(key) if key else None
+        if child is None:
+            raise _path_error(model, path, ".".join(parts), module, at)
+        module = child
+        parts.append(key)
+    return ".".join(parts)
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at dotted ``path`` (Sequential indices included, negative ones too)."""
+    return model.get_submodule(resolve_path(model, path))
+
+
+def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at dotted ``path`` in place of what is there."""
+    parent_path, _, leaf = resolve_path(model, path).rpartition(".")
+    setattr(model.get_submodule(parent_path), leaf, module)
+
+
+def default_head_path(model: nn.Module, arch: str) -> str:
+    """Dotted path of the classifier of ``arch``'s family, indices written out (``classifier.6``).
+
+    Custom factories and unknown families use the last ``nn.Linear`` in registration order.
+
+    Raises:
+        ModelError: the family's path is missing, or a custom model has no ``nn.Linear``.
+    """
+    path = _HEAD_PATHS.get(family_of(arch))
+    if path is not None:
+        return resolve_path(model, path, at=("model", "head"))
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ModelError((("model", "head"), (
+            f"{type(model).__name__} ({arch}) has no nn.Linear to replace; set model.head.at to its classifier's path")))
+    return linears[-1]
+
+
+def in_features_of(module: nn.Module) -> int:
+    """Features entering a classifier: ``Linear.in_features``, ``Conv2d.in_channels``, or those of
+    the first Linear (or Conv2d) inside a container.
+
+    Raises:
+        ModelError: nothing in ``module`` says how many features it takes.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            return m.in_features
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    raise ModelError((_AT, (
+        f"cannot tell how many features {type(module).__name__} takes (no Linear or Conv2d in it); "
+        "point model.head.at at the classifier layer")))
+
+
+def build_head(
+    in_features: int,
+    *,
+    num_classes: int,
+    type: Literal["linear", "mlp"] = "linear",
+    hidden: list[int] | None = None,
+    dropout: float = 0.0,
+    activation: Literal["relu", "gelu", "silu"] | None = None,
+    conv: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """A new classifier.
+
+    linear: ``[Dropout(p)] + Linear``; a bare ``Linear`` when ``dropout`` is 0, so its tensors
+    are named like torchvision's (``fc.weight``). mlp: ``Linear -> activation -> [Dropout(p)]``
+    for each hidden size, then ``Linear`` to ``num_classes``.
+
+    Args:
+        in_features: features (or channels, with ``conv``) entering the head.
+        num_classes: outputs.
+        type: ``linear`` or ``mlp``.
+        hidden: mlp hidden sizes; default ``[512]``.
+        dropout: dropout probability; no Dropout layer when 0.
+        activation: mlp activation, ``relu`` (default), ``gelu`` or ``silu``.
+        conv: build 1x1 ``Conv2d`` layers instead of ``Linear`` (squeezenet's classifier).
+        device: where to create the parameters.
+        dtype: dtype of the parameters.
+    """
+    def layer(n_in: int, n_out: int) -> nn.Module:
+        if conv:
+            return nn.Conv2d(n_in, n_out, kernel_size=1, device=device, dtype=dtype)
+        return nn.Linear(n_in, n_out, device=device, dtype=dtype)
+
+    if type == "linear":
+        if dropout > 0:
+            return nn.Sequential(nn.Dropout(dropout), layer(in_features, num_classes))
+        return layer(in_features, num_classes)
+    if type != "mlp":
+        raise ModelError((("model", "head", "type"), f"unknown head type {type!r}; use linear or mlp"))
+    if activation is not None and activation not in _ACTIVATIONS:
+        raise ModelError((("model", "head", "activation"), (
+            f"unknown activation {activation!r}; use {', '.join(_ACTIVATIONS)}")))
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in hidden if hidden is not None else [512]:
+        layers += [layer(width, size), _ACTIVATIONS[activation or "relu"]()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    return nn.Sequential(*layers, layer(width, num_classes))
+
+
+def _short(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return f"Linear({module.in_features} -> {module.out_features})"
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return f"Conv2d({module.in_channels} -> {module.out_channels}, {kh}x{kw})"
+    if isinstance(module, nn.Dropout):
+        return f"Dropout({module.p})"
+    children = list(module.children())
+    if children:
+        return f"{type(module).__name__}[{', '.join(_short(c) for c in children)}]"
+    return type(module).__name__
+
+
+def _placement(module: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return None, None
+
+
+def replace_head(
+    model: nn.Module,
+    arch: str,
+    *,
+    num_classes: int,
+    type: Literal["linear", "mlp"] = "linear",
+    hidden: list[int] | None = None,
+    dropout: float = 0.0,
+    activation: Literal["relu", "gelu", "silu"] | None = None,
+    at: str | None = None,
+) -> HeadInfo:
+    """Replace the classifier of ``model`` with a new head of ``num_classes`` outputs, in place.
+
+    The new head is created on the device and dtype of the module it replaces. A ``num_classes``
+    attribute the model keeps (squeezenet, mnasnet, vit, swin) is updated. Auxiliary classifiers
+    of googlenet/inception_v3 (present only with ``aux_logits=True``) are left as they are.
+
+    Args:
+        model: the network, changed in place.
+        arch: its architecture name (picks the family's classifier path).
+        num_classes: outputs of the new head.
+        type, hidden, dropout, activation: see :func:`build_head`.
+        at: dotted path of the module to replace instead of the family's classifier
+            (``classifier.-1`` counts from the end).
+
+    Returns:
+        What was replaced, by what, and the new head's state-dict prefix.
+
+    Raises:
+        ModelError: ``at`` names no module (with the nearest paths), or the module's input size
+            cannot be read.
+
+    Example:
+        >>> info = replace_head(resnet18(), "resnet18", num_classes=5, dropout=0.2)
+        >>> info.path, info.new
+        ('fc', 'Sequential[Dropout(0.2), Linear(512 -> 5)]')
+    """
+    path = resolve_path(model, at) if at is not None else default_head_path(model, arch)
+    old = model.get_submodule(path)
+    in_features = in_features_of(old)
+    first = next(m for m in old.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    device, dtype = _placement(old)
+    head = build_head(in_features, num_classes=num_classes, type=type, hidden=hidden, dropout=dropout,
+                      activation=activation, conv=isinstance(first, nn.Conv2d), device=device, dtype=dtype)
+    set_module(model, path, head)
+    if isinstance(getattr(model, "num_classes", None), int):
+        model.num_classes = num_classes
+    notes = []
+    for name in _AUX_HEADS:
+        aux = getattr(model, name, None)
+        if isinstance(aux, nn.Module):
+            notes.append(f"auxiliary classifier {name!r} still has {_out_of(aux)} outputs "
+                         "(used only in training with aux_logits=True)")
+    return HeadInfo(path=path, in_features=in_features, old=_short(old), new=_short(head), param_prefix=f"{path}.",
+                    num_params=sum(p.numel() for p in head.parameters()), notes=tuple(notes))
+
+
+def _out_of(module: nn.Module) -> int:
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else 0

@@ -1,0 +1,275 @@
+"""Reading torch (pickle) checkpoints safely and finding the state dict inside them.
+
+Nothing here ever unpickles with ``weights_only=False``: tensors, plain containers and the
+globals the user named in ``source.allow_globals`` are all a checkpoint may contain.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import pickletools
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from recipec.errors import CheckpointError, Problem, UnsafeCheckpointError
+
+__all__ = ["load_torch", "find_state_dict", "plain_metadata", "STATE_DICT_KEYS", "TORCH_METADATA_KEY"]
+
+# timm's order: an EMA of the weights, when present, is what people mean to fine-tune from.
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "model_state_dict", "state_dict", "model")
+# save() stores a torch file's metadata under this key; load() lifts it back to the top.
+TORCH_METADATA_KEY = "recipec_metadata"
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_NO_PUSH_OPS = {"FRAME", "PROTO", "MARK", "POP", "POP_MARK", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def resolve_globals(names: Sequence[str]) -> list[Any]:
+    """``["argparse.Namespace"]`` -> entries for ``torch.serialization.safe_globals``."""
+    resolved: list[Any] = []
+    problems: list[Problem] = []
+    for index, name in enumerate(names):
+        obj = _import_dotted(name)
+        if obj is None:
+            problems.append(
+                (("source", "allow_globals", index),
+                 f"cannot resolve {name!r}: expected an importable 'module.Name' (e.g. 'argparse.Namespace')")
+            )
+            continue
+        # Pickles name a class by where it was defined; an alias the user wrote (numpy.core
+        # vs numpy._core) must be registered under the name the file actually uses.
+        qualified = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+        resolved.append(obj if qualified == name else (obj, name))
+    if problems:
+        raise CheckpointError(problems)
+    return resolved
+
+
+def _import_dotted(name: str) -> Any | None:
+    parts = name.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:split]))
+        except Exception:
+            continue
+        try:
+            for attr in parts[split:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            continue
+        return obj
+    return None
+
+
+def load_torch(path: Path, *, allow_globals: Sequence[str] = (), mmap: bool = True) -> tuple[Any, bool]:
+    """Unpickle a torch checkpoint with ``weights_only=True``; return (object, is_zip).
+
+    Raises:
+        UnsafeCheckpointError: the pickle needs a global that is neither allowed by torch nor
+            named in ``allow_globals``; nothing in it was executed.
+        CheckpointError: anything else that stops the file from loading (truncated, corrupt,
+            TorchScript, not a pickle).
+    """
+    trusted = resolve_globals(allow_globals)
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip and _starts_with(path, b"PK\x03\x04"):
+        raise CheckpointError(f"{path}: truncated or corrupt torch zip file (no zip central directory)")
+    with torch.serialization.safe_globals(trusted):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip), is_zip
+        except pickle.UnpicklingError as exc:
+            message = _ANSI.sub("", str(exc))
+            unsafe = _unsafe_globals(path, is_zip, message)
+            if unsafe:
+                listed = ", ".join(unsafe)
+                raise UnsafeCheckpointError(
+                    f"{path}: refused to unpickle {listed}: not tensors or plain data, and unpickling "
+                    f"could run code; nothing in the file was executed. If you trust this file, add "
+                    f"{unsafe!r} to source.allow_globals"
+                ) from exc
+            raise CheckpointError(f"{path}: not a checkpoint the safe loader can read ({_reason(message)})") from exc
+        except Exception as exc:
+            message = _ANSI.sub("", str(exc))
+            if "TorchScript" in message:
+                raise CheckpointError(
+                    f"{path}: is a TorchScript archive, not a checkpoint; load it with torch.jit.load "
+                    "and save its state_dict()"
+                ) from exc
+            raise CheckpointError(f"{path}: corrupt or truncated torch checkpoint ({_reason(message)})") from exc
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
+
+
+def _reason(message: str) -> str:
+    # torch wraps the useful part of an unpickling error in paragraphs of advice.
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", message, re.S)
+    text = match.group(1) if match else message
+    return " ".join(text.split())[:300] or "no detail"
+
+
+def _unsafe_globals(path: Path, is_zip: bool, message: str) -> list[str]:
+    """Every global the pickle names that the safe loader would refuse, found statically."""
+    found: set[str] = set()
+    try:
+        if is_zip:
+            found.update(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:
+        pass  # torch's scanner knows only pickle protocol 2; ours below reads any protocol
+    if not found:
+        allowed = _allowed_globals()
+        found = {name for name in _scan_globals(path, is_zip) if name not in allowed}
+    match = _UNSUPPORTED_GLOBAL.search(message)
+    if match and not found:
+        found.add(match.group(1))
+    return sorted(found)
+
+
+def _allowed_globals() -> set[str]:
+    unpickler: Any = getattr(torch, "_weights_only_unpickler", None)
+    allowed: set[str] = set()
+    for getter in ("_get_allowed_globals", "_get_user_allowed_globals"):
+        try:
+            allowed.update(getattr(unpickler, getter)().keys())
+        except Exception:
+            pass
+    return allowed
+
+
+def _scan_globals(path: Path, is_zip: bool) -> set[str]:
+    found: set[str] = set()
+    try:
+        if is_zip:
+            with zipfile.ZipFile(path) as archive:
+                member = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                with archive.open(member) as stream:
+                    found |= _globals_in_pickle(stream)
+        else:
+            # A legacy file is several pickles in a row (magic, protocol, sys info, object).
+            with open(path, "rb") as stream:
+                for _ in range(5):
+                    found |= _globals_in_pickle(stream)
+    except Exception:
+        pass  # raw storage bytes follow the pickles: the scan ends there
+    return found
+
+
+def _globals_in_pickle(stream: IO[bytes]) -> set[str]:
+    """Names of the globals one pickle refers to, read with pickletools (nothing executes)."""
+    found: set[str] = set()
+    memo: dict[int, Any] = {}
+    recent: list[Any] = [None, None]  # the last two values pushed, for STACK_GLOBAL
+    for op, arg, _ in pickletools.genops(stream):
+        name = op.name
+        if name in ("GLOBAL", "INST"):
+            found.add(str(arg).replace(" ", "."))
+        elif name == "STACK_GLOBAL" and all(isinstance(v, str) for v in recent):
+            found.add(f"{recent[0]}.{recent[1]}")
+        elif name == "MEMOIZE":
+            memo[len(memo)] = recent[-1]
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[int(arg)] = recent[-1]
+        elif name == "STOP":
+            break
+        if name in _STRING_OPS:
+            recent = [recent[-1], arg]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            recent = [recent[-1], memo.get(int(arg))]
+        elif name not in _NO_PUSH_OPS:
+            recent = [recent[-1], None]
+    return found
+
+
+def find_state_dict(obj: Any, key: str, path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Pick the state dict out of a loaded checkpoint; return it and where it was found.
+
+    ``key`` is ``"auto"`` (see ``STATE_DICT_KEYS``), ``""`` for the top-level mapping, or a
+    dotted path (``"ema.model"``). Non-tensor entries inside the state dict are dropped.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a mapping with a state dict")
+    if key != "auto":
+        found = _walk(obj, key.split(".")) if key else obj
+        state_dict = _tensors_of(found) if isinstance(found, Mapping) else {}
+        if not state_dict:
+            what = "no such key" if found is None else f"a {type(found).__name__} without tensors"
+            raise CheckpointError(
+                f"{path}: state_dict_key {key!r}: {what}; top-level keys: {_describe_keys(obj)}"
+            )
+        return state_dict, key
+    for candidate in STATE_DICT_KEYS:
+        value = obj.get(candidate)
+        if isinstance(value, Mapping):
+            state_dict = _tensors_of(value)
+            if state_dict:
+                return state_dict, candidate
+    values = [v for k, v in obj.items() if k != "_metadata"]
+    if values and all(isinstance(v, torch.Tensor) for v in values):
+        return _tensors_of(obj), ""
+    raise CheckpointError(
+        f"{path}: found no state dict (looked for {', '.join(STATE_DICT_KEYS)} or a mapping of tensors); "
+        f"top-level keys: {_describe_keys(obj)}. Name the right one with source.state_dict_key "
+        "(dotted for nested keys, e.g. 'ema.model')"
+    )
+
+
+def _walk(obj: Mapping[Any, Any], parts: list[str]) -> Any:
+    # Keys may contain dots themselves ("model.ema"), so try the longest key first.
+    for split in range(len(parts), 0, -1):
+        head = ".".join(parts[:split])
+        if head in obj:
+            value = obj[head]
+            if split == len(parts):
+                return value
+            if isinstance(value, Mapping):
+                found = _walk(value, parts[split:])
+                if found is not None:
+                    return found
+    return None
+
+
+def _tensors_of(mapping: Mapping[Any, Any]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def _describe_keys(obj: Mapping[Any, Any], limit: int = 20) -> str:
+    items = [f"{k!r} ({type(v).__name__})" for k, v in list(obj.items())[:limit]]
+    more = f", ... {len(obj) - limit} more" if len(obj) > limit else ""
+    return (", ".join(items) + more) or "none (empty mapping)"
+
+
+def plain_metadata(obj: Any, state_dict_key: str) -> dict[str, Any]:
+    """Top-level entries of plain data (numbers, strings, lists, dicts) beside the state dict."""
+    if not isinstance(obj, Mapping) or not state_dict_key:
+        return {}
+    top = state_dict_key.split(".")[0]
+    metadata: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key == top or key == state_dict_key or not isinstance(key, str) or not _is_plain(value):
+            continue
+        if key == TORCH_METADATA_KEY and isinstance(value, Mapping):
+            metadata.update(value)
+        else:
+            metadata[key] = value
+    return metadata
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, (str, int, float, bool)) and _is_plain(v) for k, v in value.items())
+    return False
+
