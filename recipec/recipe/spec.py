@@ -47,7 +47,7 @@ SCHEMA_ID = "https://recipec.dev/schemas/recipe.schema.json"
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FieldProblems(ValueError):
@@ -64,7 +64,7 @@ class FieldProblems(ValueError):
 def _check_regex(pattern: str) -> str:
     try:
         re.compile(pattern)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # huge repeat counts, deep nesting
         raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
     return pattern
 
@@ -86,13 +86,17 @@ def parse_size(value: Any) -> Any:
         if not match:
             raise ValueError(f"{value!r} is not a size; write e.g. 2GB, 500MB, 512MiB or a byte count")
         number, unit = match.groups()
-        return int(float(number) * _UNITS[(unit or "").upper()])
+        try:
+            return int(float(number) * _UNITS[(unit or "").upper()])
+        except OverflowError:
+            raise ValueError(f"{value!r} is too large to be a size") from None
     return value
 
 
 ByteSize = Annotated[
     int,
     BeforeValidator(parse_size),
+    Field(ge=1),
     WithJsonSchema({
         "anyOf": [
             {"type": "integer", "minimum": 1},
@@ -268,7 +272,7 @@ class FreezeSpec(_Spec):
 
 
 class _SchedulerBase(_Spec):
-    warmup_epochs: float = Field(0, ge=0, description="Linear warmup from 0 over this many epochs (fractions allowed).",
+    warmup_epochs: float = Field(0, ge=0, description="Linear warmup over this many epochs (fractions allowed), from 1% of each group's lr.",
                                  examples=[1])
 
 
@@ -455,7 +459,7 @@ class Recipe(_Spec):
     """A recipec recipe: what to start from, what to keep, what to train and how."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, title="recipec recipe",
+        extra="forbid", frozen=True, allow_inf_nan=False, title="recipec recipe",
         json_schema_extra={"$id": SCHEMA_ID, "$schema": "https://json-schema.org/draft/2020-12/schema"},
     )
 
@@ -500,6 +504,9 @@ class Recipe(_Spec):
             for name in self.optimizer.group_lr:
                 if name not in seen:
                     problems.append((("optimizer", "group_lr", name), f"unknown group {name!r} {hint}"))
+        if self.freeze.trainable is None and (self.freeze.unfreeze or self.freeze.gradual is not None):
+            problems.append((("freeze",), "unfreeze/gradual need freeze.trainable: the groups that train from epoch 0 "
+                                          "(without it every group trains from the start, so nothing is left to unfreeze)"))
         for epoch in sorted(self.freeze.unfreeze):
             if epoch >= self.train.epochs:
                 problems.append((("freeze", "unfreeze", epoch),

@@ -6,10 +6,12 @@ globals the user named in ``source.allow_globals`` are all a checkpoint may cont
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 
 from recipec.errors import CheckpointError, Problem, UnsafeCheckpointError
 
-__all__ = ["load_torch", "find_state_dict", "plain_metadata", "STATE_DICT_KEYS", "TORCH_METADATA_KEY"]
+__all__ = ["STATE_DICT_KEYS", "TORCH_METADATA_KEY", "find_state_dict", "load_torch", "plain_metadata"]
 
 # timm's order: an EMA of the weights, when present, is what people mean to fine-tune from.
 STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "model_state_dict", "state_dict", "model")
@@ -40,8 +42,10 @@ def resolve_globals(names: Sequence[str]) -> list[Any]:
         obj = _import_dotted(name)
         if obj is None:
             problems.append(
-                (("source", "allow_globals", index),
-                 f"cannot resolve {name!r}: expected an importable 'module.Name' (e.g. 'argparse.Namespace')")
+                (
+                    ("source", "allow_globals", index),
+                    f"cannot resolve {name!r}: expected an importable 'module.Name' (e.g. 'argparse.Namespace')",
+                )
             )
             continue
         # Pickles name a class by where it was defined; an alias the user wrote (numpy.core
@@ -58,7 +62,7 @@ def _import_dotted(name: str) -> Any | None:
     for split in range(len(parts) - 1, 0, -1):
         try:
             obj: Any = importlib.import_module(".".join(parts[:split]))
-        except Exception:
+        except Exception:  # noqa: BLE001, S112 - any import failure means "try a shorter module path"
             continue
         try:
             for attr in parts[split:]:
@@ -82,7 +86,9 @@ def load_torch(path: Path, *, allow_globals: Sequence[str] = (), mmap: bool = Tr
     is_zip = zipfile.is_zipfile(path)
     if not is_zip and _starts_with(path, b"PK\x03\x04"):
         raise CheckpointError(f"{path}: truncated or corrupt torch zip file (no zip central directory)")
-    with torch.serialization.safe_globals(trusted):
+    with torch.serialization.safe_globals(trusted), warnings.catch_warnings():
+        # torch's advice for files it is about to refuse would only confuse our own message.
+        warnings.filterwarnings("ignore", message=r".*(pickle protocol|TorchScript archive)", category=UserWarning)
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip), is_zip
         except pickle.UnpicklingError as exc:
@@ -95,7 +101,10 @@ def load_torch(path: Path, *, allow_globals: Sequence[str] = (), mmap: bool = Tr
                     f"could run code; nothing in the file was executed. If you trust this file, add "
                     f"{unsafe!r} to source.allow_globals"
                 ) from exc
-            raise CheckpointError(f"{path}: not a checkpoint the safe loader can read ({_reason(message)})") from exc
+            reason = _reason(message)
+            if "Unsupported operand" in reason:
+                reason += "; torch's safe loader reads pickle protocol 2, torch.save's default: re-save without pickle_protocol"
+            raise CheckpointError(f"{path}: not a checkpoint the safe loader can read ({reason})") from exc
         except Exception as exc:
             message = _ANSI.sub("", str(exc))
             if "TorchScript" in message:
@@ -103,7 +112,9 @@ def load_torch(path: Path, *, allow_globals: Sequence[str] = (), mmap: bool = Tr
                     f"{path}: is a TorchScript archive, not a checkpoint; load it with torch.jit.load "
                     "and save its state_dict()"
                 ) from exc
-            raise CheckpointError(f"{path}: corrupt or truncated torch checkpoint ({_reason(message)})") from exc
+            raise CheckpointError(
+                f"{path}: corrupt or truncated torch checkpoint ({type(exc).__name__}: {_reason(message)})"
+            ) from exc
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:
@@ -113,7 +124,7 @@ def _starts_with(path: Path, magic: bytes) -> bool:
 
 def _reason(message: str) -> str:
     # torch wraps the useful part of an unpickling error in paragraphs of advice.
-    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", message, re.S)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", message, re.DOTALL)
     text = match.group(1) if match else message
     return " ".join(text.split())[:300] or "no detail"
 
@@ -121,11 +132,10 @@ def _reason(message: str) -> str:
 def _unsafe_globals(path: Path, is_zip: bool, message: str) -> list[str]:
     """Every global the pickle names that the safe loader would refuse, found statically."""
     found: set[str] = set()
-    try:
-        if is_zip:
+    if is_zip:
+        # torch's scanner knows only pickle protocol 2; ours below reads any protocol.
+        with contextlib.suppress(Exception):
             found.update(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:
-        pass  # torch's scanner knows only pickle protocol 2; ours below reads any protocol
     if not found:
         allowed = _allowed_globals()
         found = {name for name in _scan_globals(path, is_zip) if name not in allowed}
@@ -136,19 +146,19 @@ def _unsafe_globals(path: Path, is_zip: bool, message: str) -> list[str]:
 
 
 def _allowed_globals() -> set[str]:
+    # The same private tables get_unsafe_globals_in_checkpoint reads; torch has no public one.
     unpickler: Any = getattr(torch, "_weights_only_unpickler", None)
     allowed: set[str] = set()
     for getter in ("_get_allowed_globals", "_get_user_allowed_globals"):
-        try:
+        with contextlib.suppress(Exception):
             allowed.update(getattr(unpickler, getter)().keys())
-        except Exception:
-            pass
     return allowed
 
 
 def _scan_globals(path: Path, is_zip: bool) -> set[str]:
     found: set[str] = set()
-    try:
+    # Raw storage bytes follow a legacy file's pickles: the scan ends there, with what it found.
+    with contextlib.suppress(Exception):
         if is_zip:
             with zipfile.ZipFile(path) as archive:
                 member = next(n for n in archive.namelist() if n.endswith("data.pkl"))
@@ -159,35 +169,38 @@ def _scan_globals(path: Path, is_zip: bool) -> set[str]:
             with open(path, "rb") as stream:
                 for _ in range(5):
                     found |= _globals_in_pickle(stream)
-    except Exception:
-        pass  # raw storage bytes follow the pickles: the scan ends there
     return found
 
 
 def _globals_in_pickle(stream: IO[bytes]) -> set[str]:
     """Names of the globals one pickle refers to, read with pickletools (nothing executes)."""
     found: set[str] = set()
-    memo: dict[int, Any] = {}
+    memo: dict[Any, Any] = {}
     recent: list[Any] = [None, None]  # the last two values pushed, for STACK_GLOBAL
     for op, arg, _ in pickletools.genops(stream):
         name = op.name
         if name in ("GLOBAL", "INST"):
-            found.add(str(arg).replace(" ", "."))
+            found.add(_py3_name(*str(arg).split(" ", 1)))
         elif name == "STACK_GLOBAL" and all(isinstance(v, str) for v in recent):
-            found.add(f"{recent[0]}.{recent[1]}")
+            found.add(_py3_name(recent[0], recent[1]))
         elif name == "MEMOIZE":
             memo[len(memo)] = recent[-1]
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = recent[-1]
+            memo[arg] = recent[-1]
         elif name == "STOP":
             break
         if name in _STRING_OPS:
             recent = [recent[-1], arg]
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            recent = [recent[-1], memo.get(int(arg))]
+            recent = [recent[-1], memo.get(arg)]
         elif name not in _NO_PUSH_OPS:
             recent = [recent[-1], None]
     return found
+
+
+def _py3_name(module: str, name: str) -> str:
+    # Protocol-2 pickles written by Python 2 era code say __builtin__; Python 3 reads builtins.
+    return f"{'builtins' if module == '__builtin__' else module}.{name}"
 
 
 def find_state_dict(obj: Any, key: str, path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -203,9 +216,7 @@ def find_state_dict(obj: Any, key: str, path: Path) -> tuple[dict[str, torch.Ten
         state_dict = _tensors_of(found) if isinstance(found, Mapping) else {}
         if not state_dict:
             what = "no such key" if found is None else f"a {type(found).__name__} without tensors"
-            raise CheckpointError(
-                f"{path}: state_dict_key {key!r}: {what}; top-level keys: {_describe_keys(obj)}"
-            )
+            raise CheckpointError(f"{path}: state_dict_key {key!r}: {what}; top-level keys: {_describe_keys(obj)}")
         return state_dict, key
     for candidate in STATE_DICT_KEYS:
         value = obj.get(candidate)
@@ -272,4 +283,3 @@ def _is_plain(value: Any) -> bool:
     if isinstance(value, Mapping):
         return all(isinstance(k, (str, int, float, bool)) and _is_plain(v) for k, v in value.items())
     return False
-

@@ -1,0 +1,252 @@
+"""Recipe files -> a validated :class:`Recipe`: ``extends``, ``--set`` overrides, located errors.
+
+Every key and value keeps where it was written (a :class:`SourceMap`) through ``extends``
+and overrides, so each problem reads ``file:line:col: dotted.path: message`` and points at
+the text to fix. Relative paths in a recipe are made absolute against the file that wrote
+them, so nothing downstream depends on the working directory.
+
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from recipec.errors import RecipeError, format_path
+from recipec.recipe._problems import located_problems, show_value
+from recipec.recipe._yaml import Position, RecipePath, SourceMap, iter_paths, parse_value, read_recipe_file
+from recipec.recipe.spec import Recipe
+
+__all__ = ["PATH_FIELDS", "Position", "SourceMap", "dump_recipe", "load_recipe", "load_recipe_data", "recipe_location"]
+
+# Values that are file system paths; relative ones are resolved against the file that wrote them.
+PATH_FIELDS: tuple[RecipePath, ...] = (("source", "checkpoint"), ("source", "recipe"), ("data", "root"),
+                                       ("card", "template"))
+_SOURCES = "_recipec_sources"  # the SourceMap rides on the frozen Recipe, outside its fields
+_TAGGED: dict[RecipePath, str] = {("optimizer", "scheduler"): "name"}  # discriminated unions: path -> tag field
+_INDEX = re.compile(r"[0-9]+")
+_INT_KEY = re.compile(r"-?[0-9]+")
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
+    """Read, resolve and validate a recipe file.
+
+    Args:
+        path: a YAML file, or JSON when it ends in ``.json``.
+        overrides: ``KEY=VALUE`` strings applied after ``extends``, as by ``--set``
+            (see :func:`load_recipe_data` for the rules).
+
+    Returns:
+        The validated recipe; :func:`recipe_location` finds where each of its values was written.
+
+    Raises:
+        RecipeError: with one ``file:line:col: dotted.path: message`` problem for every
+            mistake found, or the one file-level problem (missing file, YAML syntax, ...).
+
+    Example:
+        >>> recipe = load_recipe("recipes/quickstart.yaml", ["optimizer.lr=3e-4"])
+        >>> recipe.optimizer.lr
+        0.0003
+    """
+    data, sources = load_recipe_data(path, overrides)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(located_problems(exc, data, sources)) from None
+    object.__setattr__(recipe, _SOURCES, sources)  # frozen models still allow a non-field attribute this way
+    return recipe
+
+
+def load_recipe_data(path: str | os.PathLike[str],
+                     overrides: Sequence[str] = ()) -> tuple[dict[str | int, Any], SourceMap]:
+    """The resolved raw data of a recipe and where each value came from, before validation.
+
+    ``extends: other.yaml`` (relative to the file that says it) is merged under the file:
+    mappings merge key by key, anything else (lists included) is replaced by the child's
+    value, and so is a mapping when the child's is empty (``unfreeze: {}`` clears it) or
+    names another scheduler (``scheduler: {name: onecycle}`` drops cosine's options).
+    Relative paths in :data:`PATH_FIELDS` become absolute against the directory of the
+    file that wrote them (the working directory for overrides). ``name`` defaults to the
+    stem of ``path`` when no file and no override sets it.
+
+    Each override is ``KEY=VALUE``: KEY is dotted, VALUE is YAML (``3e-4``, ``[layer3]``,
+    ``null``; empty means null). Walking KEY, a part is a list index inside a list (it
+    must exist); inside a mapping a part made of digits (``-`` allowed) is an int key,
+    unless the mapping already has that text as a key. So ``freeze.unfreeze.4=[layer3]``
+    sets epoch 4, ``groups.0.name=stem`` renames the first group. Missing or null
+    mappings on the way are created.
+
+    Args:
+        path: the recipe file.
+        overrides: ``KEY=VALUE`` strings, applied in order.
+
+    Returns:
+        ``(data, sources)``: plain data without ``extends``, and its :class:`SourceMap`.
+
+    Raises:
+        RecipeError: a file cannot be read or parsed, ``extends`` is missing or cyclic,
+            or an override is malformed.
+    """
+    file = os.fsdecode(path)
+    data, sources = _load_chain(file, [], None)
+    for item in [overrides] if isinstance(overrides, str) else overrides:
+        _apply_override(data, sources, item)
+    data.setdefault("name", Path(file).stem)
+    return data, sources
+
+
+def recipe_location(recipe: Recipe, path: Sequence[str | int]) -> str | None:
+    """``file:line:col`` where the value at ``path`` of a loaded recipe was written.
+
+    Best effort: a value that was not written (a default) gets the place of its nearest
+    written parent; a recipe not made by :func:`load_recipe` gets None.
+
+    Args:
+        recipe: a recipe returned by :func:`load_recipe`.
+        path: keys and list indices, e.g. ``("source", "exclude", 0)``.
+
+    Returns:
+        ``file:line:col``, or ``--set KEY=VALUE`` for a value an override wrote, or None.
+
+    Example:
+        >>> recipe_location(recipe, ("optimizer", "lr"))
+        'recipes/quickstart.yaml:24:7'
+    """
+    sources = vars(recipe).get(_SOURCES)
+    where = sources.locate(tuple(path)) if isinstance(sources, SourceMap) else None
+    return str(where) if where is not None else None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML text: every field, defaults included, and no ``extends``.
+
+    Args:
+        recipe: any recipe.
+
+    Returns:
+        YAML that :func:`load_recipe` reads back into an equal recipe (paths are already absolute).
+    """
+    data = _plain(recipe.model_dump(mode="python", exclude={"extends"}))
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=10**9)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- extends
+
+
+def _load_chain(file: str, chain: list[tuple[str, str]], at: Position | None) -> tuple[dict[str | int, Any], SourceMap]:
+    """Read ``file`` and, below it, what it extends. ``chain``: (real path, shown path) of the files above."""
+    real = os.path.realpath(file)
+    if any(real == seen for seen, _ in chain):
+        cycle = " -> ".join([*(shown for _, shown in chain), file])
+        raise RecipeError(f"{at}: extends: cycle {cycle}")
+    if at is not None and not os.path.exists(file):
+        raise RecipeError(f"{at}: extends: no such file {file}")
+    data, sources = read_recipe_file(file)
+    _absolutize(data, PATH_FIELDS, os.path.dirname(os.path.abspath(file)))
+    parent = data.pop("extends", None)
+    where = sources.locate(("extends",))
+    sources.drop(("extends",))
+    if parent is None:
+        return data, sources
+    if not isinstance(parent, str) or not parent.strip():
+        raise RecipeError(f"{where}: extends: must be the path of a recipe file, got {show_value(parent)}")
+    parent_file = os.path.normpath(os.path.join(os.path.dirname(file), os.path.expanduser(parent)))
+    base, base_sources = _load_chain(parent_file, [*chain, (real, file)], where)
+    merged = _merge(base, data)
+    return merged, _merge_sources(merged, base_sources, sources)
+
+
+def _merge(base: Any, child: Any, path: RecipePath = ()) -> Any:
+    if isinstance(base, dict) and isinstance(child, dict) and child and not _retagged(base, child, path):
+        merged = dict(base)
+        for key, value in child.items():
+            merged[key] = _merge(base[key], value, (*path, key)) if key in base else value
+        return merged
+    return child
+
+
+def _retagged(base: dict[str | int, Any], child: dict[str | int, Any], path: RecipePath) -> bool:
+    # Another scheduler kind has other options: merging cosine's warmup_epochs into onecycle is an error.
+    tag = _TAGGED.get(path)
+    return tag is not None and tag in child and child[tag] != base.get(tag)
+
+
+def _merge_sources(merged: Any, base: SourceMap, child: SourceMap) -> SourceMap:
+    # Every value the child wrote has a position in the child's map; the rest came from the base.
+    out = SourceMap()
+    for path, _ in iter_paths(merged):
+        for mine, theirs, table in ((child.values, base.values, out.values), (child.keys, base.keys, out.keys)):
+            where = mine.get(path) or theirs.get(path)
+            if where is not None:
+                table[path] = where
+    return out
+
+
+def _absolutize(data: dict[str | int, Any], fields: Sequence[RecipePath], directory: str) -> None:
+    for *parents, last in fields:
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(last) if isinstance(node, dict) else None
+        if isinstance(value, str) and value.strip():
+            value = os.path.expanduser(value)
+            node[last] = value if os.path.isabs(value) else os.path.normpath(os.path.join(directory, value))
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _apply_override(data: dict[str | int, Any], sources: SourceMap, item: str) -> None:
+    label = f"--set {item}"
+    key, sep, text = str(item).partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"{label}: expected KEY=VALUE with a dotted KEY, e.g. --set optimizer.lr=3e-4")
+    parts = key.split(".")
+    if "" in parts:
+        raise RecipeError(f"{label}: {key!r} has an empty part; write dotted keys such as freeze.unfreeze.3")
+    if parts[0] == "extends":
+        raise RecipeError(f"{label}: extends cannot be overridden; write a recipe that extends the other one")
+    value = parse_value(text, label)
+    where = Position(label)
+    node: Any = data
+    path: list[str | int] = []
+    for i, part in enumerate(parts):
+        if isinstance(node, list):
+            if not node:
+                raise RecipeError(f"{label}: {format_path(path)} is an empty list; set all of it, "
+                                  f"e.g. --set {format_path(path)}=[...]")
+            if not _INDEX.fullmatch(part) or int(part) >= len(node):
+                raise RecipeError(f"{label}: {format_path(path)} is a list of {len(node)} item(s); "
+                                  f"{part!r} is not one of its indices (0 to {len(node) - 1})")
+            step: str | int = int(part)
+        else:
+            step = int(part) if part not in node and _INT_KEY.fullmatch(part) else part
+        path.append(step)
+        if i == len(parts) - 1:
+            node[step] = value
+            sources.assign(tuple(path), value, where)
+            break
+        child = node.get(step) if isinstance(node, dict) else node[step]
+        if child is None:  # missing or null: create the mapping
+            child = node[step] = {}
+            sources.assign(tuple(path), child, where)
+        elif not isinstance(child, (dict, list)):
+            raise RecipeError(f"{label}: {format_path(path)} is {show_value(child)}, not a mapping or a list")
+        node = child
+    _absolutize(data, [f for f in PATH_FIELDS if f[:len(path)] == tuple(path)], os.getcwd())

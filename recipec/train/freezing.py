@@ -1,0 +1,233 @@
+"""Which layer groups train at each epoch, and what BatchNorm of frozen groups does.
+
+A schedule is compiled once, before training, into a table ``table[epoch][group]`` so the
+plan can show it. The fit loop then calls, at the start of each epoch::
+
+    apply_trainable(model, groups, schedule.trainable_at(epoch))
+    set_train_mode(model, groups, schedule.trainable_at(epoch), batchnorm=batchnorm)
+
+and calls :func:`set_train_mode` again wherever it would call ``model.train()`` (e.g. after
+validation), because ``model.train()`` puts every BatchNorm back into training mode.
+
+Freezing never touches the optimizer: every group is in it from the start, and a frozen
+parameter has ``requires_grad=False`` and ``grad=None``, which AdamW, Adam and SGD skip
+(no update, no weight decay, state kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from recipec.errors import GroupError, Problem
+from recipec.model.groups import LayerGroup, param_to_group
+
+__all__ = ["FreezeSchedule", "apply_trainable", "batchnorm_modes", "compile_schedule", "set_train_mode"]
+
+_NO_UNFREEZE: Mapping[int, Sequence[str]] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class FreezeSchedule:
+    """Trainable groups per epoch.
+
+    Attributes:
+        groups: group names, earliest first (the head last).
+        epochs: number of epochs.
+        table: ``table[epoch][i]`` is True when ``groups[i]`` trains during ``epoch``.
+    """
+
+    groups: tuple[str, ...]
+    epochs: int
+    table: tuple[tuple[bool, ...], ...]
+
+    def trainable_at(self, epoch: int) -> tuple[str, ...]:
+        """Groups that train during ``epoch`` (earliest first)."""
+        return tuple(g for g, on in zip(self.groups, self.table[epoch]) if on)
+
+    def unfrozen_at(self, epoch: int) -> tuple[str, ...]:
+        """Groups frozen during ``epoch - 1`` that train from ``epoch`` on; none at epoch 0."""
+        if epoch == 0:
+            return ()
+        before = self.table[epoch - 1]
+        return tuple(g for g, was, now in zip(self.groups, before, self.table[epoch]) if now and not was)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"epochs": n, "groups": [{"name": ..., "trainable": [per epoch]}]}``, for the plan."""
+        return {"epochs": self.epochs,
+                "groups": [{"name": g, "trainable": [row[i] for row in self.table]} for i, g in enumerate(self.groups)]}
+
+
+def compile_schedule(
+    groups: Sequence[str],
+    *,
+    epochs: int,
+    trainable: Sequence[str] | None,
+    unfreeze: Mapping[int, Sequence[str]] = _NO_UNFREEZE,
+    gradual_every: int | None = None,
+    gradual_start: int = 1,
+) -> FreezeSchedule:
+    """Compile the recipe's ``freeze`` section into a per-epoch table.
+
+    At the start of each epoch, the groups listed in ``unfreeze`` for that epoch are unfrozen
+    first; then, on a gradual epoch (``gradual_start``, then every ``gradual_every`` epochs),
+    the frozen group closest to the head is unfrozen (ULMFiT). A group never freezes again.
+    ``trainable=[head]`` with ``unfreeze={5: [layer4], 10: [layer3]}`` is the same schedule as
+    ``gradual_every=5, gradual_start=5`` on a resnet's groups.
+
+    Args:
+        groups: group names, earliest first.
+        epochs: number of epochs.
+        trainable: groups that train from epoch 0; None: every group.
+        unfreeze: epoch -> groups unfrozen at the start of that epoch.
+        gradual_every: epochs between two gradual unfreezings; None: no gradual unfreezing.
+        gradual_start: first epoch of gradual unfreezing.
+
+    Returns:
+        The schedule.
+
+    Raises:
+        GroupError: an unknown group, an epoch that never starts, or unfreezing with
+            ``trainable=None`` (nothing would be frozen). Problems carry ``freeze.*`` paths.
+
+    Example:
+        >>> compile_schedule(["body", "head"], epochs=3, trainable=["head"], unfreeze={2: ["body"]}).table
+        ((False, True), (False, True), (True, True))
+    """
+    if epochs < 1:
+        raise GroupError(f"a schedule needs at least one epoch, got epochs={epochs}")
+    known = f"(groups are {', '.join(groups)})"
+    never = f"(train.epochs is {epochs}; epochs count from 0)"
+    problems: list[Problem] = []
+    for i, name in enumerate(trainable or []):
+        if name not in groups:
+            problems.append((("freeze", "trainable", i), f"unknown group {name!r} {known}"))
+    for epoch, names in unfreeze.items():
+        if not 0 <= epoch < epochs:
+            problems.append((("freeze", "unfreeze", epoch), f"epoch {epoch} never starts {never}"))
+        for i, name in enumerate(names):
+            if name not in groups:
+                problems.append((("freeze", "unfreeze", epoch, i), f"unknown group {name!r} {known}"))
+    if gradual_every is not None:
+        if gradual_every < 1:
+            problems.append((("freeze", "gradual", "every"), f"must be at least 1, got {gradual_every}"))
+        if not 0 <= gradual_start < epochs:
+            problems.append((("freeze", "gradual", "start"), f"epoch {gradual_start} never starts {never}"))
+    if trainable is None and (unfreeze or gradual_every is not None):
+        problems.append((("freeze", "trainable"), ("is null, so every group trains from epoch 0 and nothing is left to "
+                                                   "unfreeze; list the groups that train first, e.g. trainable: [head]")))
+    if problems:
+        raise GroupError(problems)
+
+    on = set(groups if trainable is None else trainable)
+    table: list[tuple[bool, ...]] = []
+    for epoch in range(epochs):
+        on.update(unfreeze.get(epoch, ()))
+        if gradual_every is not None and epoch >= gradual_start and (epoch - gradual_start) % gradual_every == 0:
+            top_frozen = next((g for g in reversed(groups) if g not in on), None)
+            if top_frozen is not None:
+                on.add(top_frozen)
+        table.append(tuple(g in on for g in groups))
+    return FreezeSchedule(tuple(groups), epochs, tuple(table))
+
+
+def apply_trainable(model: nn.Module, groups: Sequence[LayerGroup], trainable: Iterable[str]) -> None:
+    """Set ``requires_grad`` of every parameter from its group; frozen parameters lose their grad.
+
+    Setting ``grad`` to None (not zero) matters: AdamW applies weight decay to a parameter whose
+    grad is a zero tensor, but skips one whose grad is None.
+
+    Raises:
+        GroupError: ``trainable`` names an unknown group, or a parameter is in no group.
+    """
+    on = _check_names(groups, trainable)
+    owner = param_to_group(groups)
+    for name, param in model.named_parameters():
+        if name not in owner:
+            raise GroupError(f"parameter {name!r} is in no layer group; the groups were assigned to another model")
+        param.requires_grad_(owner[name] in on)
+        if owner[name] not in on:
+            param.grad = None
+
+
+def set_train_mode(
+    model: nn.Module,
+    groups: Sequence[LayerGroup],
+    trainable: Iterable[str],
+    *,
+    batchnorm: str = "frozen",
+) -> None:
+    """``model.train()``, then BatchNorm of frozen groups back to eval mode when ``batchnorm="frozen"``.
+
+    Call it wherever the loop would call ``model.train()``. An eval-mode BatchNorm normalises
+    with its running statistics and does not update them, so a frozen group computes exactly
+    what it computed before fine-tuning. With ``batchnorm="train"`` every BatchNorm stays in
+    training mode (running statistics adapt to the new data; weights stay frozen).
+
+    A BatchNorm module is frozen when all its parameters belong to frozen groups; one without
+    parameters (``affine=False``) follows the groups of its nearest ancestor that has some.
+
+    Raises:
+        GroupError: unknown group name or ``batchnorm`` value.
+    """
+    modes = _batchnorm_modes(model, groups, trainable, batchnorm)
+    model.train()
+    for module, (_, mode) in modes.items():
+        if mode == "eval":
+            module.eval()
+
+
+def batchnorm_modes(
+    model: nn.Module,
+    groups: Sequence[LayerGroup],
+    trainable: Iterable[str],
+    batchnorm: str,
+) -> dict[str, str]:
+    """The mode :func:`set_train_mode` gives the BatchNorm layers of each group, for the plan.
+
+    Returns:
+        group name -> ``"eval"``, ``"train"``, ``"-"`` (no BatchNorm in the group) or ``"mixed"``
+        (a BatchNorm shared with another group whose state differs).
+    """
+    seen: dict[str, set[str]] = {group.name: set() for group in groups}
+    for owners, mode in _batchnorm_modes(model, groups, trainable, batchnorm).values():
+        for group in owners:
+            seen[group].add(mode)
+    return {name: "-" if not modes else modes.pop() if len(modes) == 1 else "mixed" for name, modes in seen.items()}
+
+
+def _batchnorm_modes(
+    model: nn.Module, groups: Sequence[LayerGroup], trainable: Iterable[str], batchnorm: str,
+) -> dict[nn.Module, tuple[set[str], str]]:
+    """Every BatchNorm module -> (the groups of its parameters, "eval" | "train")."""
+    if batchnorm not in ("frozen", "train"):
+        raise GroupError((("freeze", "batchnorm"), f"must be frozen or train, got {batchnorm!r}"))
+    on = _check_names(groups, trainable)
+    owner = param_to_group(groups)
+    names = list(owner)
+    modes: dict[nn.Module, tuple[set[str], str]] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, _BatchNorm):
+            continue
+        owners = {owner[f"{name}.{p}"] for p, _ in module.named_parameters(recurse=False)}
+        scope = name
+        while not owners and scope:  # affine=False: take the groups of the nearest ancestor with parameters
+            scope = scope.rpartition(".")[0]
+            owners = {owner[n] for n in names if not scope or n.startswith(scope + ".")}
+        frozen = batchnorm == "frozen" and bool(owners) and not owners & on
+        modes[module] = (owners, "eval" if frozen else "train")
+    return modes
+
+
+def _check_names(groups: Sequence[LayerGroup], trainable: Iterable[str]) -> set[str]:
+    on = set(trainable)
+    unknown = sorted(on - {group.name for group in groups})
+    if unknown:
+        raise GroupError(f"unknown group(s) {', '.join(map(repr, unknown))} "
+                         f"(groups are {', '.join(group.name for group in groups)})")
+    return on

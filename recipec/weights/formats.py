@@ -1,0 +1,450 @@
+"""Read and write checkpoints: torch (zip and legacy pickle) and safetensors (single and sharded).
+
+Reading is always safe: torch files go through ``torch.load(weights_only=True)`` (see
+``_pickle.py``), safetensors never execute anything. Writing is always atomic: a reader sees
+the old files or the new ones, never a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import struct
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from recipec._atomic import atomic_path
+from recipec.errors import CheckpointError
+from recipec.weights._pickle import TORCH_METADATA_KEY, find_state_dict, load_torch, plain_metadata
+
+__all__ = ["Checkpoint", "detect_format", "load", "load_state_dict", "read_metadata", "save", "sha256"]
+
+PathType = str | PathLike[str]
+INDEX_SUFFIX = ".safetensors.index.json"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_MAX_HEADER = 100_000_000  # safetensors refuses headers above 100 MB
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        state_dict: name -> tensor (torch zip files are memory-mapped unless ``mmap=False``).
+        format: ``"torch"`` (zip), ``"torch-legacy"``, ``"safetensors"`` or ``"safetensors-sharded"``.
+        key: where the state dict was found (``"state_dict_ema"``, ``"model"``, a dotted key...),
+            ``""`` for a raw mapping and for safetensors.
+        metadata: safetensors ``__metadata__`` (str -> str), or a torch file's top-level plain
+            data beside the state dict (epoch, config, ...).
+        files: the files read, index and shards included.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    key: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+def detect_format(path: PathType) -> str:
+    """Say which format a checkpoint file (or a directory holding one) is in, from its bytes.
+
+    Returns:
+        ``"torch"``, ``"torch-legacy"``, ``"safetensors"`` or ``"safetensors-sharded"``.
+
+    Raises:
+        CheckpointError: missing, empty, or not a checkpoint at all.
+    """
+    return _sniff(_resolve(path))
+
+
+def load(
+    path: PathType,
+    *,
+    state_dict_key: str = "auto",
+    allow_globals: Sequence[str] = (),
+    mmap: bool = True,
+) -> Checkpoint:
+    """Load a checkpoint safely and find its state dict.
+
+    Args:
+        path: a ``.pt/.pth/.bin/.ckpt`` file, a ``.safetensors`` file, a sharded
+            ``*.safetensors.index.json``, or a directory holding exactly one of those.
+        state_dict_key: ``"auto"`` tries ``state_dict_ema``, ``model_ema``, ``model_state_dict``,
+            ``state_dict``, ``model``, then the top-level mapping; a dotted key (``"ema.model"``)
+            names it; ``""`` means the top-level mapping. Torch files only.
+        allow_globals: ``"module.Name"`` pickle globals you trust this file to contain.
+        mmap: memory-map torch zip files (legacy files cannot be).
+
+    Returns:
+        The state dict with its format, key, metadata and files. Tensors that a safetensors
+        file stored once for several names (``save_model`` aliases) come back under every name.
+
+    Raises:
+        UnsafeCheckpointError: a torch file needs a global that is not allowed.
+        CheckpointError: missing, corrupt, truncated, or no state dict found.
+
+    Example:
+        >>> ckpt = load("runs/flowers/checkpoints/last.pt")
+        >>> ckpt.key, len(ckpt.state_dict)
+        ('state_dict', 122)
+    """
+    file = _resolve(path)
+    fmt = _sniff(file)
+    if fmt in ("safetensors", "safetensors-sharded"):
+        if state_dict_key not in ("auto", ""):
+            raise CheckpointError(
+                f"{file}: state_dict_key {state_dict_key!r} does not apply: safetensors hold one flat "
+                "state dict; use 'auto' and select keys with source.rename/include"
+            )
+        if fmt == "safetensors":
+            files = [file]
+            with _safetensors_reader(file) as reader:
+                metadata = dict(reader.metadata() or {})
+                state_dict = {name: reader.get_tensor(name) for name in reader.keys()}  # noqa: SIM118 - safe_open is not iterable
+        else:
+            shards, metadata = _sharded_layout(file)
+            files = [file, *shards]
+            state_dict = {}
+            for shard, names in shards.items():
+                with _safetensors_reader(shard) as reader:
+                    state_dict.update((name, reader.get_tensor(name)) for name in names)
+        for alias, kept in metadata.items():
+            if alias not in state_dict and kept in state_dict:
+                state_dict[alias] = state_dict[kept]
+        return Checkpoint(state_dict, fmt, "", metadata, files)
+    obj, is_zip = load_torch(file, allow_globals=allow_globals, mmap=mmap)
+    state_dict, key = find_state_dict(obj, state_dict_key, file)
+    return Checkpoint(state_dict, "torch" if is_zip else "torch-legacy", key, plain_metadata(obj, key), [file])
+
+
+def load_state_dict(path: PathType, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """``load(path, **kwargs).state_dict``."""
+    return load(path, **kwargs).state_dict
+
+
+def read_metadata(path: PathType) -> dict[str, str]:
+    """A checkpoint's metadata without reading its tensors.
+
+    For safetensors this is the header's ``__metadata__`` (for a sharded checkpoint: the shards'
+    headers, then the index's ``metadata`` over them, without ``total_size``). A torch file has
+    no header, so it is loaded (memory-mapped) and its plain metadata JSON-encoded to strings.
+    """
+    file = _resolve(path)
+    fmt = _sniff(file)
+    if fmt == "safetensors":
+        with _safetensors_reader(file) as reader:
+            return dict(reader.metadata() or {})
+    if fmt == "safetensors-sharded":
+        return _sharded_layout(file)[1]
+    return {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in load(file).metadata.items()}
+
+
+def sha256(path: PathType) -> str:
+    """Hex SHA-256 of a checkpoint file, read in chunks.
+
+    For a sharded checkpoint this hashes the index file alone (it names every shard); a
+    directory hashes the checkpoint file found in it.
+    """
+    digest = hashlib.sha256()
+    with open(_resolve(path), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save(
+    state_dict: Mapping[str, torch.Tensor],
+    path: PathType,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    shard_size: int | None = None,
+) -> list[Path]:
+    """Write a state dict atomically, in the format the suffix names.
+
+    ``.safetensors``: tensors sharing memory are stored once, the other names recorded as
+    ``metadata[dropped] = kept`` (as ``safetensors.torch.save_model`` does; ``load`` restores
+    them); ``"format": "pt"`` is always set. With ``shard_size`` (bytes), Hugging Face sharding:
+    ``model-00001-of-0000N.safetensors`` ... plus ``model.safetensors.index.json`` (a single
+    ``model.safetensors`` when everything fits in one shard); shards of this name left over
+    from an earlier save are removed. Torch suffixes: ``{"state_dict": ..., "recipec_metadata":
+    ...}``, readable by ``torch.load(weights_only=True)``.
+
+    Args:
+        state_dict: name -> tensor.
+        path: ``.safetensors``, ``*.safetensors.index.json`` (needs ``shard_size``), or
+            ``.pt/.pth/.bin/.ckpt``.
+        metadata: str -> str; encode structured values with ``json.dumps``.
+        shard_size: the most bytes of tensor data per shard; a bigger tensor gets a shard alone.
+
+    Returns:
+        The files written, index last.
+
+    Raises:
+        CheckpointError: a non-tensor value, a sparse tensor, non-str metadata, an unknown suffix.
+    """
+    target = Path(path)
+    tensors = _check_state_dict(state_dict)
+    meta = _check_metadata(metadata, tensors)
+    if target.name.endswith((".safetensors", INDEX_SUFFIX)):
+        stored, aliases = _dedupe(tensors)
+        if shard_size is None and target.name.endswith(".safetensors"):
+            return _save_single(stored, target, {**meta, **aliases})
+        return _save_sharded(stored, target, {**meta, **aliases}, _check_shard_size(shard_size))
+    if shard_size is not None:
+        raise CheckpointError(f"{target}: shard_size needs a .safetensors path")
+    if target.suffix not in TORCH_SUFFIXES:
+        raise CheckpointError(
+            f"{target}: unknown checkpoint suffix {target.suffix!r}; use .safetensors or one of {', '.join(TORCH_SUFFIXES)}"
+        )
+    with atomic_path(target) as tmp:
+        torch.save({"state_dict": tensors, TORCH_METADATA_KEY: meta}, tmp)
+    return [target]
+
+
+def _resolve(path: PathType) -> Path:
+    file = Path(path)
+    if not file.exists():
+        raise CheckpointError(f"{file}: no such file or directory")
+    if not file.is_dir():
+        return file
+    tiers = [
+        sorted(file.glob("*" + INDEX_SUFFIX)),
+        sorted(file.glob("*.safetensors")),
+        sorted(p for p in file.iterdir() if p.suffix in TORCH_SUFFIXES),
+    ]
+    if (file / ("model" + INDEX_SUFFIX)).is_file():
+        return file / ("model" + INDEX_SUFFIX)
+    for found in tiers:
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = ", ".join(p.name for p in found)
+            raise CheckpointError(f"{file}: several checkpoints ({names}); name the file to use")
+    raise CheckpointError(
+        f"{file}: directory holds no checkpoint (*{INDEX_SUFFIX}, *.safetensors, or {'/'.join(TORCH_SUFFIXES)})"
+    )
+
+
+def _sniff(file: Path) -> str:
+    if file.name.endswith(".json"):
+        return "safetensors-sharded"
+    try:
+        with open(file, "rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        raise CheckpointError(f"{file}: cannot be read ({exc.strerror})") from exc
+    if not head:
+        raise CheckpointError(f"{file}: empty file")
+    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < _MAX_HEADER:
+        return "safetensors"
+    if head.startswith(b"PK"):
+        return "torch"
+    if file.name.endswith(".safetensors"):
+        return "safetensors"  # let the reader say what is wrong with it
+    if head[0] == 0x80:  # pickle PROTO opcode: torch's legacy format
+        return "torch-legacy"
+    raise CheckpointError(
+        f"{file}: not a checkpoint: neither a torch file (zip or pickle) nor safetensors (starts with {head[:8]!r})"
+    )
+
+
+@contextlib.contextmanager
+def _safetensors_reader(file: Path) -> Iterator[Any]:
+    """``safe_open`` whose failures, while opening or reading, become CheckpointErrors."""
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as reader:
+            yield reader
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{file}: not a valid safetensors file, truncated or corrupt ({_short(exc)})") from exc
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+
+
+def _sharded_layout(index: Path) -> tuple[dict[Path, list[str]], dict[str, str]]:
+    """Check a sharded checkpoint's index against its shards' headers; return shard -> names, metadata."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{index}: not a readable JSON index ({_short(exc)})") from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    index_meta = data.get("metadata") or {} if isinstance(data, dict) else {}
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(
+            f"{index}: JSON, but not a safetensors index: needs a 'weight_map' object of tensor name -> shard file"
+        )
+    if not isinstance(index_meta, dict):
+        raise CheckpointError(f"{index}: 'metadata' must be an object, got {type(index_meta).__name__}")
+    shards: dict[Path, list[str]] = {}
+    for name, shard in weight_map.items():
+        if Path(shard).name != shard:
+            raise CheckpointError(f"{index}: shard {shard!r} of {name!r} must be a file beside the index")
+        shards.setdefault(index.parent / shard, []).append(name)
+    missing = [
+        f"{index}: shard {s.name!r} does not exist (it holds {n[0]!r}...)" for s, n in shards.items() if not s.is_file()
+    ]
+    if missing:
+        raise CheckpointError(missing)
+    problems: list[str] = []
+    metadata: dict[str, str] = {}
+    for shard, names in shards.items():
+        with _safetensors_reader(shard) as reader:
+            present = set(reader.keys())
+            metadata.update(reader.metadata() or {})
+        if absent := [n for n in names if n not in present]:
+            problems.append(f"{shard}: lacks tensors the index maps to it: {_preview(absent)}")
+        if extra := sorted(present.difference(names)):
+            problems.append(f"{shard}: holds tensors the index does not map to it: {_preview(extra)}")
+    if problems:
+        raise CheckpointError(problems)
+    # total_size describes this layout, not the model: carried on, it would go stale.
+    metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in index_meta.items() if k != "total_size"})
+    return shards, metadata
+
+
+def _preview(names: Sequence[str], limit: int = 10) -> str:
+    more = f" ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(repr(n) for n in names[:limit]) + more
+
+
+def _check_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    problems = []
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            problems.append(f"state dict key {key!r}: must be a str")
+        elif not isinstance(value, torch.Tensor):
+            problems.append(f"state dict entry {key!r}: expected a tensor, got {type(value).__name__}")
+        elif value.is_meta:
+            problems.append(f"state dict entry {key!r}: a meta tensor has no data; materialise it before saving")
+        elif value.layout != torch.strided:
+            problems.append(f"state dict entry {key!r}: a {value.layout} tensor; make it dense with `.to_dense()`")
+    if problems:
+        raise CheckpointError(problems)
+    return {key: value.detach() for key, value in state_dict.items()}
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None, tensors: Mapping[str, Any]) -> dict[str, str]:
+    problems = []
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            problems.append(
+                f"metadata {key!r}: keys and values must be str, got {type(value).__name__} {value!r:.60}; "
+                "encode structured values with json.dumps"
+            )
+        elif key in tensors or value in tensors:
+            # save_model's convention: metadata[dropped] = kept; readers would take this for an alias.
+            problems.append(f"metadata {key!r}: {value!r}: a tensor name here reads as a tied-weight alias")
+    if problems:
+        raise CheckpointError(problems)
+    return dict(metadata or {})
+
+
+def _check_shard_size(shard_size: int | None) -> int:
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size <= 0:
+        raise CheckpointError(f"shard_size: must be a positive number of bytes, got {shard_size!r}")
+    return shard_size
+
+
+def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Store each tensor once: identical views become aliases (dropped name -> kept name).
+
+    The first name in state-dict order is kept: it is the module that owns the parameter
+    (an embedding before the head tied to it), which is what other loaders look for.
+    """
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    owners: dict[tuple[Any, ...], str] = {}
+    for name, tensor in tensors.items():
+        if tensor.numel():
+            view = (tensor.device, _storage(tensor), tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride())
+            if view in owners:
+                aliases[name] = owners[view]
+                continue
+            owners[view] = name
+        stored[name] = tensor
+    # Different views of one storage (slices of one buffer) cannot be aliases: copy them apart.
+    sharing = Counter((t.device, _storage(t)) for t in stored.values() if t.numel())
+    return {
+        name: t.clone(memory_format=torch.contiguous_format)
+        if t.numel() and sharing[(t.device, _storage(t))] > 1
+        else t.contiguous()
+        for name, t in stored.items()
+    }, aliases
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str]) -> None:
+    try:
+        save_file(tensors, str(file), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{file}: cannot write safetensors ({_short(exc)})") from exc
+
+
+def _stem(target: Path) -> str:
+    name = target.name
+    return name[: -len(INDEX_SUFFIX)] if name.endswith(INDEX_SUFFIX) else name[: -len(".safetensors")]
+
+
+def _save_single(stored: dict[str, torch.Tensor], target: Path, meta: dict[str, str]) -> list[Path]:
+    with atomic_path(target) as tmp:
+        _write_safetensors(stored, tmp, {**meta, "format": "pt"})
+    _remove_stale_shards(target.parent, _stem(target), keep=set())
+    return [target]
+
+
+def _save_sharded(stored: dict[str, torch.Tensor], target: Path, meta: dict[str, str], shard_size: int) -> list[Path]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    filled = 0
+    for name, tensor in stored.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and filled + nbytes > shard_size:
+            shards.append({})
+            filled = 0
+        shards[-1][name] = tensor
+        filled += nbytes
+    stem, directory = _stem(target), target.parent
+    if len(shards) == 1:
+        return _save_single(stored, directory / f"{stem}.safetensors", meta)
+    names = [f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    index_path = directory / f"{stem}{INDEX_SUFFIX}"
+    index = {
+        "metadata": {**meta, "total_size": sum(t.numel() * t.element_size() for t in stored.values())},
+        "weight_map": {key: names[i] for i, shard in enumerate(shards) for key in shard},
+    }
+    # Contexts exit last-in first-out: every shard is in place before the index that names them.
+    with contextlib.ExitStack() as stack:
+        index_tmp = stack.enter_context(atomic_path(index_path))
+        for name, shard in zip(names, shards):
+            _write_safetensors(shard, stack.enter_context(atomic_path(directory / name)), {**meta, "format": "pt"})
+        index_tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    _remove_stale_shards(directory, stem, keep=set(names))
+    return [*(directory / name for name in names), index_path]
+
+
+def _remove_stale_shards(directory: Path, stem: str, keep: set[str]) -> None:
+    pattern = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}\.safetensors")
+    stale = [p for p in directory.iterdir() if pattern.fullmatch(p.name) and p.name not in keep]
+    # A single file and an index of the same name would compete when the directory is loaded.
+    stale.append(directory / (f"{stem}.safetensors" if keep else f"{stem}{INDEX_SUFFIX}"))
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -1,0 +1,425 @@
+"""Transfer source weights into a model: rename, include, exclude, adapt, then copy in place.
+
+:func:`map_keys` is the pure part (key names only); :func:`apply_transfer` adds shapes and
+tensors, validates everything, and only then copies, so a failed transfer leaves the model
+untouched. Its :class:`LoadReport` says what became of every key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import compress, repeat
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from recipec.errors import Problem, RecipePath, TransferError
+from recipec.weights._report import LoadReport, format_shape
+from recipec.weights.adapt import RULES, apply_rule
+
+try:
+    from re import _parser as _sre_parse  # Python >= 3.11
+except ImportError:  # pragma: no cover
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
+
+__all__ = ["KeyMapping", "LoadReport", "apply_transfer", "map_keys"]
+
+_SAMPLE = 3
+# References re.sub resolves the same way at any position: \1..\99 not followed by a digit, \g<...>.
+_TEMPLATE_REF = re.compile(r"\\(?:([1-9][0-9]?)(?![0-9])|g<([^>]*)>)")
+_MISSING_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class KeyMapping:
+    """What renaming and filtering do to a list of source keys (no tensors involved).
+
+    Attributes:
+        renamed: every source key -> its name after the rename rules, in source order.
+        excluded: source key -> ``("exclude", pattern)``, or ``("include", None)`` when include
+            patterns were given and none matched.
+        kept: renamed key -> source key, for every key that is not excluded (the first one
+            where several source keys collide).
+        collisions: renamed key -> the kept source keys (two or more) renamed to it.
+        unmatched: ``(list, index, pattern)`` of every pattern that matched no key.
+        problems: one located problem per unmatched pattern and per collision.
+    """
+
+    renamed: dict[str, str]
+    excluded: dict[str, tuple[str, str | None]]
+    kept: dict[str, str]
+    collisions: dict[str, list[str]]
+    unmatched: list[tuple[str, int, str]]
+    problems: list[Problem]
+
+
+def _compile(patterns: Iterable[str], field: str, problems: list[Problem]) -> list[re.Pattern[str]]:
+    compiled = []
+    for i, pattern in enumerate(patterns):
+        try:
+            compiled.append(re.compile(pattern))
+        except (re.error, TypeError) as exc:
+            problems.append((("source", field, i), f"{pattern!r} is not a valid regular expression: {exc}"))
+            compiled.append(re.compile(r"(?!)"))
+    return compiled
+
+
+class _Literal(NamedTuple):
+    """A substring every match of a pattern contains; the pattern may be just that substring."""
+
+    text: str
+    prefix: bool  # every match starts the string with it (a leading ^ or \\A)
+    whole: bool  # the pattern is nothing but this (anchored) text
+
+
+def _literal(pattern: re.Pattern[str]) -> _Literal:
+    """Read the top-level sequence of ``pattern`` for a literal run it requires.
+
+    A ``str`` test costs a fraction of a regex call, so names without the literal are never
+    searched, and a pattern that is only a literal becomes ``str.replace``. An alternation at
+    the top level yields nothing, which keeps the test sound: a name without the literal cannot
+    match.
+    """
+    none = _Literal("", False, False)
+    if pattern.flags & (re.IGNORECASE | re.MULTILINE):
+        return none
+    try:
+        items = list(_sre_parse.parse(pattern.pattern, pattern.flags).data)
+    except Exception:  # a private parser may change; no literal is always sound
+        return none
+    anchored = bool(items) and items[0][0] == _sre_parse.AT and items[0][1] in (
+        _sre_parse.AT_BEGINNING, _sre_parse.AT_BEGINNING_STRING)
+    runs, run, run_start = [], "", 0
+    for position, (op, value) in enumerate(items + [(None, None)]):
+        if op == _sre_parse.LITERAL:
+            run, run_start = run + chr(value), run_start if run else position
+        elif run:
+            runs.append((run_start, run))
+            run = ""
+    if anchored and runs and runs[0][0] == 1:
+        return _Literal(runs[0][1], True, len(runs[0][1]) == len(items) - 1)
+    text = max((r for _, r in runs), key=len, default="")
+    return _Literal(text, False, bool(text) and len(text) == len(items))
+
+
+def _candidates(names: list[str], literal: _Literal) -> list[int] | None:
+    """Indices of the names that contain the literal (all a pattern can match); None: every name."""
+    if not literal.text:
+        return None
+    test = str.startswith if literal.prefix else str.__contains__
+    return list(compress(range(len(names)), map(test, names, repeat(literal.text))))
+
+
+def _replacer(pattern: re.Pattern[str], replacement: str) -> Any:
+    """``replacement``, or a faster callable giving exactly what ``re.sub`` would give.
+
+    Python 3.11 expands a template with group references in Python code for every match. A
+    template made only of text and ``\\N``/``\\g<name>`` references becomes a ``str.format``
+    call instead; any other escape is left to ``re``.
+    """
+    if not isinstance(replacement, str) or "\\" not in replacement:
+        return replacement
+    parts, position = [], 0
+    try:
+        for ref in _TEMPLATE_REF.finditer(replacement):
+            text = replacement[position:ref.start()]
+            name = ref.group(1) or ref.group(2)
+            index = int(name) if name.isascii() and name.isdigit() else pattern.groupindex[name]
+            if "\\" in text or index > pattern.groups:
+                return replacement
+            parts += [text.replace("{", "{{").replace("}", "}}"), f"{{{index}}}"]
+            position = ref.end()
+    except KeyError:
+        return replacement
+    tail = replacement[position:]
+    if "\\" in tail:
+        return replacement
+    expand = ("".join(parts) + tail.replace("{", "{{").replace("}", "}}")).format
+    # Group 0 first, then every group with "" for those that did not participate, as re does.
+    return lambda match: expand(match.group(), *match.groups(""))
+
+
+def _hits(names: list[str], pattern: re.Pattern[str]) -> list[int]:
+    literal = _literal(pattern)
+    candidates = _candidates(names, literal)
+    if candidates is None:
+        return list(compress(range(len(names)), map(pattern.search, names)))
+    if literal.whole:
+        return candidates
+    return list(compress(candidates, map(pattern.search, [names[i] for i in candidates])))
+
+
+def _sample(keys: Sequence[str]) -> str:
+    return ", ".join(keys[:_SAMPLE]) + (", ..." if len(keys) > _SAMPLE else "") if keys else "(no keys at all)"
+
+
+def _dead(path: RecipePath, pattern: str, what: str, keys: Sequence[str]) -> Problem:
+    return path, f"pattern '{pattern}' matched no {what}; {what}s look like: {_sample(keys)}"
+
+
+def map_keys(
+    source_keys: Iterable[str],
+    *,
+    rename: Sequence[Sequence[str]] = (),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> KeyMapping:
+    """Rename and filter source keys, and find patterns that match nothing.
+
+    Every rename rule is applied with ``re.sub`` to every key, in order; a rule *matches* when
+    ``re.search`` finds it in some key at its point in the chain. ``exclude`` and ``include``
+    are searched in the renamed key; the first exclude pattern that matches drops the key; with
+    include patterns, a key none of them matches is dropped too.
+
+    Args:
+        source_keys: the source state dict's keys.
+        rename: ordered ``(pattern, replacement)`` pairs (capture groups allowed).
+        include: regexes; empty means every key.
+        exclude: regexes.
+
+    Returns:
+        The mapping; patterns that matched nothing and keys renamed onto one name are listed
+        in ``problems`` (:func:`apply_transfer` raises them), not raised.
+
+    Raises:
+        TransferError: a pattern or replacement that is not valid.
+    """
+    keys = list(source_keys)
+    problems: list[Problem] = []
+    rules = [tuple(rule) for rule in rename]
+    for i, rule in enumerate(rules):
+        if len(rule) != 2:
+            problems.append((("source", "rename", i), f"a rename rule is [pattern, replacement], got {list(rule)!r}"))
+    rules = [rule if len(rule) == 2 else ("(?!)", "") for rule in rules]
+    patterns = _compile([p for p, _ in rules], "rename", problems)
+    excludes, includes = _compile(exclude, "exclude", problems), _compile(include, "include", problems)
+    replacements = [r for _, r in rules]
+    for i, (pattern, replacement) in enumerate(zip(patterns, replacements)):
+        try:
+            pattern.sub(replacement, "")  # parses the template even without a match
+        except (re.error, IndexError, TypeError) as exc:
+            problems.append((("source", "rename", i), f"replacement {replacement!r} is not valid for '{pattern.pattern}': {exc}"))
+    if problems:
+        raise TransferError(problems)
+
+    # One rule at a time over every key (not one key through every rule): the loops run in C
+    # and a literal test skips the keys a rule cannot match. Same result as the per-key chain.
+    names = list(keys)
+    unmatched: list[tuple[str, int, str]] = []
+    for i, (pattern, replacement) in enumerate(zip(patterns, replacements)):
+        literal = _literal(pattern)
+        candidates = _candidates(names, literal)
+        before = names if candidates is None else [names[j] for j in candidates]
+        if literal.whole and isinstance(replacement, str) and "\\" not in replacement:
+            # Every candidate holds the literal (once at the start, for a prefix): str.replace is re.sub here.
+            count = repeat(1 if literal.prefix else -1)
+            after = list(map(str.replace, before, repeat(literal.text), repeat(replacement), count))
+            matched = bool(before)
+        else:
+            after = list(map(pattern.sub, repeat(_replacer(pattern, replacement)), before))
+            # A match may leave a name as it was.
+            matched = after != before or any(map(pattern.search, before))
+        if candidates is None:
+            names = after
+        else:
+            for j, name in zip(candidates, after):
+                names[j] = name
+        if not matched:
+            unmatched.append(("rename", i, pattern.pattern))
+            sample = keys[:_SAMPLE]
+            for earlier, earlier_replacement in zip(patterns[:i], replacements[:i]):
+                sample = [earlier.sub(earlier_replacement, k) for k in sample]
+            what = "source key" if i == 0 else "source key (after the rename rules before it)"
+            problems.append(_dead(("source", "rename", i), pattern.pattern, what, sample + keys[_SAMPLE:_SAMPLE + 1]))
+
+    dropped: dict[int, tuple[str, str | None]] = {}
+    for field, compiled in (("include", includes), ("exclude", excludes)):
+        for i, pattern in enumerate(compiled):
+            hits = _hits(names, pattern)
+            if not hits:
+                unmatched.append((field, i, pattern.pattern))
+                problems.append(_dead(("source", field, i), pattern.pattern, "renamed key", names))
+            if field == "exclude":
+                for j in hits:
+                    dropped.setdefault(j, ("exclude", pattern.pattern))
+            else:
+                included = set(hits) if i == 0 else included | set(hits)
+    if includes:
+        for j in sorted(set(range(len(keys))) - included - set(dropped)):
+            dropped[j] = ("include", None)
+
+    renamed = dict(zip(keys, names))
+    excluded = {keys[j]: dropped[j] for j in sorted(dropped)}
+    kept_mask = bytearray(b"\x01") * len(keys)
+    for j in dropped:
+        kept_mask[j] = 0
+    kept_keys = list(compress(keys, kept_mask))
+    kept_names = list(compress(names, kept_mask))
+    kept = dict(zip(kept_names, kept_keys))
+    collisions: dict[str, list[str]] = {}
+    if len(kept) != len(kept_keys):  # rare: group by name to find the culprits; the first key wins
+        groups: dict[str, list[str]] = {}
+        for name, key in zip(kept_names, kept_keys):
+            groups.setdefault(name, []).append(key)
+        collisions = {name: keys_ for name, keys_ in groups.items() if len(keys_) > 1}
+        kept = {name: keys_[0] for name, keys_ in groups.items()}
+    for name, keys_ in sorted(collisions.items()):
+        both = " and ".join(f"'{k}'" for k in keys_)
+        problems.append((("source", "rename"), f"source keys {both} are all renamed to '{name}'; "
+                                              "change the rename rules or exclude all but one"))
+    return KeyMapping(renamed, excluded, kept, collisions, unmatched, problems)
+
+
+def _adapt_rules(adapt: Sequence[Any], problems: list[Problem]) -> list[tuple[re.Pattern[str], str, Any]]:
+    rules = []
+    for i, item in enumerate(adapt):
+        get = item.get if isinstance(item, Mapping) else lambda name, default=None, obj=item: getattr(obj, name, default)
+        match, rule, indices = get("match"), get("rule"), get("indices")
+        if rule not in RULES:
+            problems.append((("source", "adapt", i), f"unknown rule {rule!r}; choose one of: {', '.join(RULES)}"))
+        try:
+            rules.append((re.compile(match), rule, indices))
+        except (re.error, TypeError) as exc:
+            problems.append((("source", "adapt", i), f"match {match!r} is not a valid regular expression: {exc}"))
+            rules.append((re.compile(r"(?!)"), rule, indices))
+    return rules
+
+
+def apply_transfer(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    rename: Sequence[Sequence[str]] = (),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    adapt: Sequence[Any] = (),
+    on_mismatch: str = "error",
+    require_all: bool = True,
+    new_keys_prefixes: Sequence[str] = (),
+    source: str = "",
+    state_dict_key: str = "",
+    dry_run: bool = False,
+) -> LoadReport:
+    """Load ``state_dict`` into ``model`` as a recipe's ``source:`` section says.
+
+    Everything is checked before any tensor is copied: on error the model is untouched.
+    Tensors are copied into the model's own parameters and buffers (``copy_`` under
+    ``torch.no_grad()``, cast to their dtype and device), so optimizer references stay valid.
+
+    Args:
+        model: the model to load into.
+        state_dict: source tensors by key.
+        rename: ordered ``(pattern, replacement)`` pairs applied with ``re.sub``.
+        include: regexes on the renamed key; only matching keys load. Empty: every key.
+        exclude: regexes on the renamed key; matching keys do not load.
+        adapt: ``AdaptSpec`` objects or dicts (``match``, ``rule``, ``indices``); the first whose
+            ``match`` is found in a key adapts its tensor when the shapes differ.
+        on_mismatch: ``"error"`` or ``"skip"`` for a shape mismatch no adapt rule covers.
+        require_all: fail when a model tensor outside ``new_keys_prefixes`` gets no weights.
+            ``num_batches_tracked`` buffers the source lacks are ``defaulted``, never missing.
+        new_keys_prefixes: prefixes of model keys initialised fresh on purpose (the new head).
+        source: where the weights came from, recorded in the report.
+        state_dict_key: where the state dict sat in its file, recorded in the report.
+        dry_run: compute the report without copying anything.
+
+    Returns:
+        The :class:`LoadReport`.
+
+    Raises:
+        TransferError: every problem at once: patterns that match nothing, keys renamed onto one
+            name, shape mismatches, adapt rules that cannot produce the model's shape, missing keys.
+
+    Example:
+        >>> model = torchvision.models.resnet18(weights=None, num_classes=5)
+        >>> report = apply_transfer(model, torch.load("ddp.pt"), rename=[(r"^module\\.", "")],
+        ...                         exclude=[r"^fc\\."], new_keys_prefixes=["fc."])
+        >>> report.summary()
+        '60 of 122 model tensors loaded (0 adapted, 60 renamed); 2 new, 20 defaulted, ...'
+    """
+    problems: list[Problem] = []
+    if on_mismatch not in ("error", "skip"):
+        problems.append((("source", "on_mismatch"), f"must be error or skip, got {on_mismatch!r}"))
+    adapt_rules = _adapt_rules(adapt, problems)
+    if problems:
+        raise TransferError(problems)
+    mapping = map_keys(state_dict.keys(), rename=rename, include=include, exclude=exclude)
+    problems = list(mapping.problems)
+    names = list(mapping.renamed.values())
+    for i, (pattern, _, _) in enumerate(adapt_rules):
+        if not any(pattern.search(name) for name in names):
+            problems.append(_dead(("source", "adapt", i), pattern.pattern, "renamed key", names))
+    if problems:
+        raise TransferError(problems)
+
+    targets = {k: v for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, torch.Tensor)}
+    report = LoadReport(source=source, state_dict_key=state_dict_key)
+    copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+    failed: set[str] = set()  # already reported; not missing as well
+    for name, key in sorted(mapping.kept.items()):
+        target = targets.get(name)
+        if target is None:
+            report.unexpected.append(name)
+            if name != key:
+                report.unexpected_sources[name] = key
+            continue
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor):
+            failed.add(name)
+            problems.append(f"source entry '{key}' is a {type(value).__name__}, not a tensor; exclude it")
+            continue
+        if value.shape != target.shape:
+            have, want = list(value.shape), list(target.shape)
+            index = next((i for i, (p, _, _) in enumerate(adapt_rules) if p.search(name)), None)
+            if index is not None:
+                _, rule, indices = adapt_rules[index]
+                try:
+                    value = apply_rule(rule, value, target.shape, indices=indices)
+                except TransferError as exc:
+                    failed.add(name)
+                    problems.append((("source", "adapt", index), f"'{name}': {exc}"))
+                    continue
+                report.adapted.append({"key": name, "rule": rule, "source_shape": have, "model_shape": want})
+            elif on_mismatch == "error":
+                failed.add(name)
+                problems.append(f"'{name}'{f' (source {key!r})' if name != key else ''}: shape mismatch, source "
+                                f"{format_shape(have)} vs model {format_shape(want)}; add an adapt rule for it "
+                                "(source.adapt), exclude it (source.exclude), or set source.on_mismatch: skip")
+                continue
+            else:
+                report.mismatched.append({"key": name, "source_key": key, "source_shape": have, "model_shape": want})
+                continue
+        report.loaded.append(name)
+        if name != key:
+            report.renamed[name] = key
+        copies.append((target, value))
+
+    settled = set(report.loaded) | {m["key"] for m in report.mismatched} | failed
+    excluded_as = {mapping.renamed[k]: (k, pattern) for k, (_, pattern) in mapping.excluded.items()}
+    for name in sorted(set(targets) - settled):
+        if name.startswith(tuple(new_keys_prefixes)):
+            report.new.append(name)
+        elif name.rpartition(".")[2] == "num_batches_tracked":
+            report.defaulted.append(name)
+        else:
+            report.missing.append(name)
+    if require_all and report.missing:
+        shown = [name + (f" (source '{excluded_as[name][0]}' excluded by '{excluded_as[name][1]}')"
+                         if excluded_as.get(name, (None, None))[1] else "") for name in report.missing[:_MISSING_SHOWN]]
+        more = len(report.missing) - len(shown)
+        problems.append((("source", "require_all"),
+                         f"{len(report.missing)} model tensors get no weights from the source: {', '.join(shown)}"
+                         f"{f', ... and {more} more' if more else ''}; rename source keys onto them (source.rename) "
+                         "or set source.require_all: false"))
+    if problems:
+        raise TransferError(problems)
+
+    report.excluded = [{"key": k, "renamed": mapping.renamed[k], "pattern": pattern, "by": by}
+                       for k, (by, pattern) in sorted(mapping.excluded.items())]
+    if not dry_run:
+        with torch.no_grad():
+            for target, value in copies:
+                target.copy_(value)
+    return report
