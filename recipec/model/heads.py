@@ -87,7 +87,8 @@ def resolve_path(model: nn.Module, path: str, *, at: tuple[str, ...] = _AT) -> s
     Raises:
         ModelError: no such module; the message names the nearest existing paths.
     """
-    module, parts = model, list[str]()
+    module: nn.Module = model
+    parts: list[str] = []
     for segment in path.split(".") if path else [""]:
         key = segment
         if _is_index(segment) and isinstance(module, (nn.Sequential, nn.ModuleList)):

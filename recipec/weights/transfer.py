@@ -68,11 +68,11 @@ def _compile(patterns: Iterable[str], field: str, problems: list[Problem]) -> li
 
 
 class _Literal(NamedTuple):
-    """A substring every match of a pattern contains; the pattern may be just that substring."""
+    """A substring every match of a pattern contains, and where."""
 
     text: str
-    prefix: bool  # every match starts the string with it (a leading ^ or \\A)
-    whole: bool  # the pattern is nothing but this (anchored) text
+    at: str  # "start" (after ^ or \\A), "end" (before \\Z, or $ when no name holds a newline) or "any"
+    whole: bool  # the pattern is nothing but this literal and its anchor
 
 
 def _literal(pattern: re.Pattern[str]) -> _Literal:
@@ -80,37 +80,103 @@ def _literal(pattern: re.Pattern[str]) -> _Literal:
 
     A ``str`` test costs a fraction of a regex call, so names without the literal are never
     searched, and a pattern that is only a literal becomes ``str.replace``. An alternation at
-    the top level yields nothing, which keeps the test sound: a name without the literal cannot
-    match.
+    the top level yields nothing, which keeps this sound: a name without the literal cannot match.
     """
-    none = _Literal("", False, False)
+    none = _Literal("", "any", False)
     if pattern.flags & (re.IGNORECASE | re.MULTILINE):
         return none
     try:
         items = list(_sre_parse.parse(pattern.pattern, pattern.flags).data)
     except Exception:  # a private parser may change; no literal is always sound
         return none
-    anchored = bool(items) and items[0][0] == _sre_parse.AT and items[0][1] in (
-        _sre_parse.AT_BEGINNING, _sre_parse.AT_BEGINNING_STRING)
-    runs, run, run_start = [], "", 0
-    for position, (op, value) in enumerate(items + [(None, None)]):
-        if op == _sre_parse.LITERAL:
-            run, run_start = run + chr(value), run_start if run else position
-        elif run:
-            runs.append((run_start, run))
+    parser = _sre_parse
+    starts = bool(items) and items[0] in ((parser.AT, parser.AT_BEGINNING), (parser.AT, parser.AT_BEGINNING_STRING))
+    ends = bool(items) and items[-1] in ((parser.AT, parser.AT_END), (parser.AT, parser.AT_END_STRING))
+    runs, run = [], ""
+    for op, value in items + [(None, None)]:
+        if op == parser.LITERAL:
+            run += chr(value)
+        else:
+            runs.append(run)
             run = ""
-    if anchored and runs and runs[0][0] == 1:
-        return _Literal(runs[0][1], True, len(runs[0][1]) == len(items) - 1)
-    text = max((r for _, r in runs), key=len, default="")
-    return _Literal(text, False, bool(text) and len(text) == len(items))
+    if starts and runs[1]:  # runs[0] is the empty run before the anchor
+        return _Literal(runs[1], "start", len(runs[1]) == len(items) - 1)
+    if ends and len(items) > 1 and runs[-2] and len(runs[-2]) == len(items) - 1:
+        return _Literal(runs[-2], "end", True)
+    text = max(runs, key=len)
+    return _Literal(text, "any", bool(text) and len(text) == len(items))
 
 
-def _candidates(names: list[str], literal: _Literal) -> list[int] | None:
-    """Indices of the names that contain the literal (all a pattern can match); None: every name."""
-    if not literal.text:
-        return None
-    test = str.startswith if literal.prefix else str.__contains__
-    return list(compress(range(len(names)), map(test, names, repeat(literal.text))))
+class _Names:
+    """Names being renamed: one string of them all, or a list, whichever the next rule needs.
+
+    A rule that is a bare literal (``^module\\.``, ``\\.attn\\.q_proj\\.``) with a plain
+    replacement is one ``str.replace`` on the joined string (exact: no literal crosses the
+    separator); other rules see the list, and only the names that hold the rule's literal.
+    """
+
+    SEP = "\x00"
+
+    def __init__(self, names: list[str]) -> None:
+        self._list: list[str] | None = names
+        self._text: str | None = None
+        self._joinable = bool(names) and self.SEP not in "".join(names)
+
+    @property
+    def names(self) -> list[str]:
+        if self._list is None:
+            self._list = self.text[1:-1].split(self.SEP)
+        return self._list
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.SEP + self.SEP.join(self.names) + self.SEP
+        return self._text
+
+    def candidates(self, literal: _Literal) -> list[int] | None:
+        """Indices of the names that hold the literal (all a pattern may match); None: every name."""
+        if not literal.text:
+            return None
+        if self._joinable and literal.text not in self.text:
+            return []
+        test = str.startswith if literal.at == "start" else str.__contains__
+        return list(compress(range(len(self.names)), map(test, self.names, repeat(literal.text))))
+
+    def apply(self, pattern: re.Pattern[str], replacement: Any) -> bool:
+        """``re.sub(pattern, replacement, name)`` for every name; True if it matched any."""
+        literal, sep = _literal(pattern), self.SEP
+        plain = isinstance(replacement, str) and "\\" not in replacement and sep not in replacement
+        if literal.whole and plain and self._joinable and sep not in literal.text and (
+                literal.at != "end" or "\n" not in self.text):
+            needle, new = {"start": (sep + literal.text, sep + replacement), "any": (literal.text, replacement),
+                           "end": (literal.text + sep, replacement + sep)}[literal.at]
+            if needle not in self.text:
+                return False
+            self._text, self._list = self.text.replace(needle, new), None
+            return True
+        candidates = self.candidates(literal)
+        names = self.names
+        before = names if candidates is None else [names[j] for j in candidates]
+        after = list(map(pattern.sub, repeat(_replacer(pattern, replacement)), before))
+        if candidates is None:
+            self._list = after
+        else:
+            for j, name in zip(candidates, after):
+                names[j] = name
+        self._text = None
+        self._joinable = self._joinable and sep not in "".join(after)
+        return after != before or any(map(pattern.search, before))  # a match may leave a name as it was
+
+    def hits(self, pattern: re.Pattern[str]) -> list[int]:
+        """Indices of the names ``re.search(pattern, name)`` finds something in."""
+        literal = _literal(pattern)
+        candidates = self.candidates(literal)
+        if candidates is None:
+            return list(compress(range(len(self.names)), map(pattern.search, self.names)))
+        if literal.whole and literal.at != "end":
+            return candidates
+        return list(compress(candidates, map(pattern.search, [self.names[i] for i in candidates])))
 
 
 def _replacer(pattern: re.Pattern[str], replacement: str) -> Any:
@@ -140,16 +206,6 @@ def _replacer(pattern: re.Pattern[str], replacement: str) -> Any:
     expand = ("".join(parts) + tail.replace("{", "{{").replace("}", "}}")).format
     # Group 0 first, then every group with "" for those that did not participate, as re does.
     return lambda match: expand(match.group(), *match.groups(""))
-
-
-def _hits(names: list[str], pattern: re.Pattern[str]) -> list[int]:
-    literal = _literal(pattern)
-    candidates = _candidates(names, literal)
-    if candidates is None:
-        return list(compress(range(len(names)), map(pattern.search, names)))
-    if literal.whole:
-        return candidates
-    return list(compress(candidates, map(pattern.search, [names[i] for i in candidates])))
 
 
 def _sample(keys: Sequence[str]) -> str:
@@ -207,27 +263,10 @@ def map_keys(
 
     # One rule at a time over every key (not one key through every rule): the loops run in C
     # and a literal test skips the keys a rule cannot match. Same result as the per-key chain.
-    names = list(keys)
+    names = _Names(list(keys))
     unmatched: list[tuple[str, int, str]] = []
     for i, (pattern, replacement) in enumerate(zip(patterns, replacements)):
-        literal = _literal(pattern)
-        candidates = _candidates(names, literal)
-        before = names if candidates is None else [names[j] for j in candidates]
-        if literal.whole and isinstance(replacement, str) and "\\" not in replacement:
-            # Every candidate holds the literal (once at the start, for a prefix): str.replace is re.sub here.
-            count = repeat(1 if literal.prefix else -1)
-            after = list(map(str.replace, before, repeat(literal.text), repeat(replacement), count))
-            matched = bool(before)
-        else:
-            after = list(map(pattern.sub, repeat(_replacer(pattern, replacement)), before))
-            # A match may leave a name as it was.
-            matched = after != before or any(map(pattern.search, before))
-        if candidates is None:
-            names = after
-        else:
-            for j, name in zip(candidates, after):
-                names[j] = name
-        if not matched:
+        if not names.apply(pattern, replacement):
             unmatched.append(("rename", i, pattern.pattern))
             sample = keys[:_SAMPLE]
             for earlier, earlier_replacement in zip(patterns[:i], replacements[:i]):
@@ -238,10 +277,10 @@ def map_keys(
     dropped: dict[int, tuple[str, str | None]] = {}
     for field, compiled in (("include", includes), ("exclude", excludes)):
         for i, pattern in enumerate(compiled):
-            hits = _hits(names, pattern)
+            hits = names.hits(pattern)
             if not hits:
                 unmatched.append((field, i, pattern.pattern))
-                problems.append(_dead(("source", field, i), pattern.pattern, "renamed key", names))
+                problems.append(_dead(("source", field, i), pattern.pattern, "renamed key", names.names))
             if field == "exclude":
                 for j in hits:
                     dropped.setdefault(j, ("exclude", pattern.pattern))
@@ -251,13 +290,13 @@ def map_keys(
         for j in sorted(set(range(len(keys))) - included - set(dropped)):
             dropped[j] = ("include", None)
 
-    renamed = dict(zip(keys, names))
+    renamed = dict(zip(keys, names.names))
     excluded = {keys[j]: dropped[j] for j in sorted(dropped)}
     kept_mask = bytearray(b"\x01") * len(keys)
     for j in dropped:
         kept_mask[j] = 0
     kept_keys = list(compress(keys, kept_mask))
-    kept_names = list(compress(names, kept_mask))
+    kept_names = list(compress(names.names, kept_mask))
     kept = dict(zip(kept_names, kept_keys))
     collisions: dict[str, list[str]] = {}
     if len(kept) != len(kept_keys):  # rare: group by name to find the culprits; the first key wins
