@@ -9,6 +9,10 @@ optimizer, with every group in the optimizer from the start.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +81,8 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     target = resolve_device(device or recipe.device)
     torch.manual_seed(recipe.seed)
 
-    model = zoo.build_architecture(spec.arch, spec.kwargs)
+    with _cwd_importable():
+        model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None)
     head_info = None
     if spec.head is not None:
         head_info = heads.replace_head(
@@ -137,6 +142,20 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     return Compiled(recipe=recipe, model=model, device=target, groups=groups, schedule=schedule,
                     optimizer=optimizer, scheduler=scheduler, plan=plan, reports=reports, head=head_info,
                     head_prefix=head_prefix, normalization=normalization, weights_info=weights_info)
+
+
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """Let "package.module:factory" find modules in the working directory, as ``python -m`` does."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 def zoo_weight_shape(model: nn.Module, path: str) -> torch.Size:

@@ -124,7 +124,7 @@ class HeadSpec(_Spec):
     hidden: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, description="mlp only: sizes of the hidden layers (default [512]).", examples=[[512]])
     dropout: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Dropout probability before each Linear layer of the head.", examples=[0.2])
+        0.0, ge=0.0, lt=1.0, description="Dropout probability: before the Linear of a linear head; after each hidden activation of an mlp head.", examples=[0.2])
     activation: Literal["relu", "gelu", "silu"] | None = Field(
         None, description="mlp only: activation between hidden layers (default relu).", examples=["gelu"])
     at: str | None = Field(

@@ -1,36 +1,39 @@
 """Read and write checkpoints: torch (zip and legacy pickle) and safetensors (single and sharded).
 
 Reading is always safe: torch files go through ``torch.load(weights_only=True)`` (see
-``_pickle.py``), safetensors never execute anything. Writing is always atomic: a reader sees
+``_pickle.py``), safetensors never execute anything (see ``_safetensors.py``). Writing is always atomic: a reader sees
 the old files or the new ones, never a partial file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import re
 import struct
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from recipec._atomic import atomic_path
 from recipec.errors import CheckpointError
 from recipec.weights._pickle import TORCH_METADATA_KEY, find_state_dict, load_torch, plain_metadata
+from recipec.weights._safetensors import (
+    INDEX_SUFFIX,
+    _check_shard_size,
+    _dedupe,
+    _safetensors_reader,
+    _save_sharded,
+    _save_single,
+    _sharded_layout,
+)
 
 __all__ = ["Checkpoint", "detect_format", "load", "load_state_dict", "read_metadata", "save", "sha256"]
 
 PathType = str | PathLike[str]
-INDEX_SUFFIX = ".safetensors.index.json"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _MAX_HEADER = 100_000_000  # safetensors refuses headers above 100 MB
 
@@ -259,68 +262,6 @@ def _sniff(file: Path) -> str:
     )
 
 
-@contextlib.contextmanager
-def _safetensors_reader(file: Path) -> Iterator[Any]:
-    """``safe_open`` whose failures, while opening or reading, become CheckpointErrors."""
-    try:
-        with safe_open(str(file), framework="pt", device="cpu") as reader:
-            yield reader
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"{file}: not a valid safetensors file, truncated or corrupt ({_short(exc)})") from exc
-
-
-def _short(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-
-
-def _sharded_layout(index: Path) -> tuple[dict[Path, list[str]], dict[str, str]]:
-    """Check a sharded checkpoint's index against its shards' headers; return shard -> names, metadata."""
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{index}: not a readable JSON index ({_short(exc)})") from exc
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    index_meta = data.get("metadata") or {} if isinstance(data, dict) else {}
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError(
-            f"{index}: JSON, but not a safetensors index: needs a 'weight_map' object of tensor name -> shard file"
-        )
-    if not isinstance(index_meta, dict):
-        raise CheckpointError(f"{index}: 'metadata' must be an object, got {type(index_meta).__name__}")
-    shards: dict[Path, list[str]] = {}
-    for name, shard in weight_map.items():
-        if Path(shard).name != shard:
-            raise CheckpointError(f"{index}: shard {shard!r} of {name!r} must be a file beside the index")
-        shards.setdefault(index.parent / shard, []).append(name)
-    missing = [
-        f"{index}: shard {s.name!r} does not exist (it holds {n[0]!r}...)" for s, n in shards.items() if not s.is_file()
-    ]
-    if missing:
-        raise CheckpointError(missing)
-    problems: list[str] = []
-    metadata: dict[str, str] = {}
-    for shard, names in shards.items():
-        with _safetensors_reader(shard) as reader:
-            present = set(reader.keys())
-            metadata.update(reader.metadata() or {})
-        if absent := [n for n in names if n not in present]:
-            problems.append(f"{shard}: lacks tensors the index maps to it: {_preview(absent)}")
-        if extra := sorted(present.difference(names)):
-            problems.append(f"{shard}: holds tensors the index does not map to it: {_preview(extra)}")
-    if problems:
-        raise CheckpointError(problems)
-    # total_size describes this layout, not the model: carried on, it would go stale.
-    metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in index_meta.items() if k != "total_size"})
-    return shards, metadata
-
-
-def _preview(names: Sequence[str], limit: int = 10) -> str:
-    more = f" ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(repr(n) for n in names[:limit]) + more
-
-
 def _check_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     problems = []
     for key, value in state_dict.items():
@@ -351,100 +292,3 @@ def _check_metadata(metadata: Mapping[str, Any] | None, tensors: Mapping[str, An
     if problems:
         raise CheckpointError(problems)
     return dict(metadata or {})
-
-
-def _check_shard_size(shard_size: int | None) -> int:
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size <= 0:
-        raise CheckpointError(f"shard_size: must be a positive number of bytes, got {shard_size!r}")
-    return shard_size
-
-
-def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Store each tensor once: identical views become aliases (dropped name -> kept name).
-
-    The first name in state-dict order is kept: it is the module that owns the parameter
-    (an embedding before the head tied to it), which is what other loaders look for.
-    """
-    stored: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    owners: dict[tuple[Any, ...], str] = {}
-    for name, tensor in tensors.items():
-        if tensor.numel():
-            view = (tensor.device, _storage(tensor), tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride())
-            if view in owners:
-                aliases[name] = owners[view]
-                continue
-            owners[view] = name
-        stored[name] = tensor
-    # Different views of one storage (slices of one buffer) cannot be aliases: copy them apart.
-    sharing = Counter((t.device, _storage(t)) for t in stored.values() if t.numel())
-    return {
-        name: t.clone(memory_format=torch.contiguous_format)
-        if t.numel() and sharing[(t.device, _storage(t))] > 1
-        else t.contiguous()
-        for name, t in stored.items()
-    }, aliases
-
-
-def _storage(tensor: torch.Tensor) -> int:
-    return tensor.untyped_storage().data_ptr()
-
-
-def _write_safetensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str]) -> None:
-    try:
-        save_file(tensors, str(file), metadata=metadata)
-    except OSError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"{file}: cannot write safetensors ({_short(exc)})") from exc
-
-
-def _stem(target: Path) -> str:
-    name = target.name
-    return name[: -len(INDEX_SUFFIX)] if name.endswith(INDEX_SUFFIX) else name[: -len(".safetensors")]
-
-
-def _save_single(stored: dict[str, torch.Tensor], target: Path, meta: dict[str, str]) -> list[Path]:
-    with atomic_path(target) as tmp:
-        _write_safetensors(stored, tmp, {**meta, "format": "pt"})
-    _remove_stale_shards(target.parent, _stem(target), keep=set())
-    return [target]
-
-
-def _save_sharded(stored: dict[str, torch.Tensor], target: Path, meta: dict[str, str], shard_size: int) -> list[Path]:
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    filled = 0
-    for name, tensor in stored.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and filled + nbytes > shard_size:
-            shards.append({})
-            filled = 0
-        shards[-1][name] = tensor
-        filled += nbytes
-    stem, directory = _stem(target), target.parent
-    if len(shards) == 1:
-        return _save_single(stored, directory / f"{stem}.safetensors", meta)
-    names = [f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
-    index_path = directory / f"{stem}{INDEX_SUFFIX}"
-    index = {
-        "metadata": {**meta, "total_size": sum(t.numel() * t.element_size() for t in stored.values())},
-        "weight_map": {key: names[i] for i, shard in enumerate(shards) for key in shard},
-    }
-    # Contexts exit last-in first-out: every shard is in place before the index that names them.
-    with contextlib.ExitStack() as stack:
-        index_tmp = stack.enter_context(atomic_path(index_path))
-        for name, shard in zip(names, shards):
-            _write_safetensors(shard, stack.enter_context(atomic_path(directory / name)), {**meta, "format": "pt"})
-        index_tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    _remove_stale_shards(directory, stem, keep=set(names))
-    return [*(directory / name for name in names), index_path]
-
-
-def _remove_stale_shards(directory: Path, stem: str, keep: set[str]) -> None:
-    pattern = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}\.safetensors")
-    stale = [p for p in directory.iterdir() if pattern.fullmatch(p.name) and p.name not in keep]
-    # A single file and an index of the same name would compete when the directory is loaded.
-    stale.append(directory / (f"{stem}.safetensors" if keep else f"{stem}{INDEX_SUFFIX}"))
-    for path in stale:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()

@@ -376,7 +376,7 @@ def apply_transfer(
         >>> report = apply_transfer(model, torch.load("ddp.pt"), rename=[(r"^module\\.", "")],
         ...                         exclude=[r"^fc\\."], new_keys_prefixes=["fc."])
         >>> report.summary()
-        '60 of 122 model tensors loaded (0 adapted, 60 renamed); 2 new, 20 defaulted, ...'
+        '120 of 122 model tensors loaded (0 adapted, 120 renamed); 2 new, 0 defaulted, 0 mismatched, ...'
     """
     problems: list[Problem] = []
     if on_mismatch not in ("error", "skip"):
@@ -436,7 +436,6 @@ def apply_transfer(
         copies.append((target, value))
 
     settled = set(report.loaded) | {m["key"] for m in report.mismatched} | failed
-    excluded_as = {mapping.renamed[k]: (k, pattern) for k, (_, pattern) in mapping.excluded.items()}
     for name in sorted(set(targets) - settled):
         if name.startswith(tuple(new_keys_prefixes)):
             report.new.append(name)
@@ -445,13 +444,13 @@ def apply_transfer(
         else:
             report.missing.append(name)
     if require_all and report.missing:
-        shown = [name + (f" (source '{excluded_as[name][0]}' excluded by '{excluded_as[name][1]}')"
-                         if excluded_as.get(name, (None, None))[1] else "") for name in report.missing[:_MISSING_SHOWN]]
-        more = len(report.missing) - len(shown)
+        why = {mapping.renamed[k]: f" (source '{k}' " + (f"excluded by '{p}')" if by == "exclude" else "matches no include)")
+               for k, (by, p) in mapping.excluded.items()}
+        shown = [name + why.get(name, "") for name in report.missing[:_MISSING_SHOWN]]
+        more = f", ... and {len(report.missing) - len(shown)} more" if len(report.missing) > len(shown) else ""
         problems.append((("source", "require_all"),
-                         f"{len(report.missing)} model tensors get no weights from the source: {', '.join(shown)}"
-                         f"{f', ... and {more} more' if more else ''}; rename source keys onto them (source.rename) "
-                         "or set source.require_all: false"))
+                         f"{len(report.missing)} model tensors get no weights from the source: {', '.join(shown)}{more}; "
+                         "rename source keys onto them (source.rename) or set source.require_all: false"))
     if problems:
         raise TransferError(problems)
 

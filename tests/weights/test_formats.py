@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from recipec.errors import CheckpointError, UnsafeCheckpointError
-from recipec.weights import formats
+from recipec.weights import _safetensors
 from recipec.weights.formats import detect_format, load, load_state_dict, read_metadata, save, sha256
 
 MARKER_NAME = "pwned"
@@ -374,9 +374,9 @@ def test_failed_write_leaves_old_files_and_no_temporaries(tmp_path: Path, monkey
         if len(writes) == 2 or shard_size is None:
             Path(file).write_bytes(b"partial")
             raise OSError("disk full")
-        formats.save_file(tensors, str(file), metadata=metadata)
+        _safetensors.save_file(tensors, str(file), metadata=metadata)
 
-    monkeypatch.setattr(formats, "_write_safetensors", failing_writer)
+    monkeypatch.setattr(_safetensors, "_write_safetensors", failing_writer)
     with pytest.raises(OSError, match="disk full"):
         save({k: v + 1 for k, v in sd.items()}, tmp_path / "model.safetensors", shard_size=shard_size)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
