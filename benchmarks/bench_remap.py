@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipec.weights.transfer import map_keys  # noqa: E402
+from recipec.weights.transfer import map_keys
 
 N_KEYS = 100_000
 LIMIT_S = 1.0
@@ -107,7 +107,7 @@ def compiled(keys: Sequence[str], rename: Sequence[tuple[str, str]], include: Se
                 used.add(i)
                 name = pattern.sub(replacement, name)
         renamed[key] = name
-    excluded, kept, hit = {}, {}, set()
+    excluded, kept = {}, {}
     for key, name in renamed.items():
         dropped_by = next((p for p in excludes if p.search(name)), None)
         if dropped_by is not None:

@@ -16,9 +16,9 @@ __all__ = ["LoadReport", "format_shape"]
 _FATES = ("loaded", "adapted", "renamed", "mismatched", "missing", "new", "defaulted", "excluded", "unexpected")
 
 
-def format_shape(shape: Sequence[int]) -> str:
-    """``[64, 3, 7, 7]`` -> ``[64,3,7,7]``."""
-    return "[" + ",".join(str(int(d)) for d in shape) + "]"
+def format_shape(shape: Sequence[int] | None) -> str:
+    """``[64, 3, 7, 7]`` -> ``[64,3,7,7]``; an unknown shape (None) -> ``?``."""
+    return "?" if shape is None else "[" + ",".join(str(int(d)) for d in shape) + "]"
 
 
 @dataclass
@@ -127,7 +127,7 @@ class LoadReport:
 
 
 def _plain(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: [int(d) for d in v] if k.endswith("_shape") else v for k, v in entry.items()}
+    return {k: [int(d) for d in v] if k.endswith("_shape") and v is not None else v for k, v in entry.items()}
 
 
 def _rank(reason: str | None) -> int:

@@ -21,7 +21,7 @@ from recipec.weights._report import LoadReport, format_shape
 from recipec.weights.adapt import RULES, apply_rule
 
 try:
-    from re import _parser as _sre_parse  # Python >= 3.11
+    from re import _parser as _sre_parse  # type: ignore[attr-defined]  # Python >= 3.11
 except ImportError:  # pragma: no cover
     import sre_parse as _sre_parse  # type: ignore[no-redef]
 
@@ -71,7 +71,7 @@ class _Literal(NamedTuple):
     """A substring every match of a pattern contains, and where."""
 
     text: str
-    at: str  # "start" (after ^ or \\A), "end" (before \\Z, or $ when no name holds a newline) or "any"
+    at: str  # "start" (after ^ or \A), "end" (before $ or \Z) or "any"
     whole: bool  # the pattern is nothing but this literal and its anchor
 
 
@@ -87,7 +87,7 @@ def _literal(pattern: re.Pattern[str]) -> _Literal:
         return none
     try:
         items = list(_sre_parse.parse(pattern.pattern, pattern.flags).data)
-    except Exception:  # a private parser may change; no literal is always sound
+    except (re.error, AttributeError, TypeError, ValueError):  # a private parser may change; no literal is sound
         return none
     parser = _sre_parse
     starts = bool(items) and items[0] in ((parser.AT, parser.AT_BEGINNING), (parser.AT, parser.AT_BEGINNING_STRING))
@@ -212,7 +212,10 @@ def _sample(keys: Sequence[str]) -> str:
     return ", ".join(keys[:_SAMPLE]) + (", ..." if len(keys) > _SAMPLE else "") if keys else "(no keys at all)"
 
 
-def _dead(path: RecipePath, pattern: str, what: str, keys: Sequence[str]) -> Problem:
+def _dead(path: RecipePath, pattern: str, what: str, keys: Sequence[str], later: bool = False) -> Problem:
+    if later:  # a rename rule after others sees the keys as those left them
+        return path, (f"pattern '{pattern}' matched no {what} after the rename rules before it; "
+                      f"at that point {what}s look like: {_sample(keys)}")
     return path, f"pattern '{pattern}' matched no {what}; {what}s look like: {_sample(keys)}"
 
 
@@ -271,10 +274,11 @@ def map_keys(
             sample = keys[:_SAMPLE]
             for earlier, earlier_replacement in zip(patterns[:i], replacements[:i]):
                 sample = [earlier.sub(earlier_replacement, k) for k in sample]
-            what = "source key" if i == 0 else "source key (after the rename rules before it)"
-            problems.append(_dead(("source", "rename", i), pattern.pattern, what, sample + keys[_SAMPLE:_SAMPLE + 1]))
+            problems.append(_dead(("source", "rename", i), pattern.pattern, "source key",
+                                  sample + keys[_SAMPLE:_SAMPLE + 1], later=i > 0))
 
     dropped: dict[int, tuple[str, str | None]] = {}
+    included: set[int] = set()
     for field, compiled in (("include", includes), ("exclude", excludes)):
         for i, pattern in enumerate(compiled):
             hits = names.hits(pattern)
@@ -285,7 +289,7 @@ def map_keys(
                 for j in hits:
                     dropped.setdefault(j, ("exclude", pattern.pattern))
             else:
-                included = set(hits) if i == 0 else included | set(hits)
+                included.update(hits)
     if includes:
         for j in sorted(set(range(len(keys))) - included - set(dropped)):
             dropped[j] = ("include", None)
@@ -307,23 +311,26 @@ def map_keys(
         kept = {name: keys_[0] for name, keys_ in groups.items()}
     for name, keys_ in sorted(collisions.items()):
         both = " and ".join(f"'{k}'" for k in keys_)
-        problems.append((("source", "rename"), f"source keys {both} are all renamed to '{name}'; "
-                                              "change the rename rules or exclude all but one"))
+        problems.append((("source", "rename"), (f"source keys {both} are all renamed to '{name}'; "
+                                               "change the rename rules or exclude all but one")))
     return KeyMapping(renamed, excluded, kept, collisions, unmatched, problems)
 
 
 def _adapt_rules(adapt: Sequence[Any], problems: list[Problem]) -> list[tuple[re.Pattern[str], str, Any]]:
-    rules = []
+    """``(compiled match, rule, indices)`` of AdaptSpec objects or plain dicts."""
+    rules: list[tuple[re.Pattern[str], str, Any]] = []
     for i, item in enumerate(adapt):
-        get = item.get if isinstance(item, Mapping) else lambda name, default=None, obj=item: getattr(obj, name, default)
-        match, rule, indices = get("match"), get("rule"), get("indices")
+        fields: Mapping[str, Any] = (item if isinstance(item, Mapping)
+                                     else {name: getattr(item, name, None) for name in ("match", "rule", "indices")})
+        match: Any = fields.get("match")
+        rule, indices = fields.get("rule"), fields.get("indices")
         if rule not in RULES:
             problems.append((("source", "adapt", i), f"unknown rule {rule!r}; choose one of: {', '.join(RULES)}"))
         try:
-            rules.append((re.compile(match), rule, indices))
+            rules.append((re.compile(match), str(rule), indices))
         except (re.error, TypeError) as exc:
             problems.append((("source", "adapt", i), f"match {match!r} is not a valid regular expression: {exc}"))
-            rules.append((re.compile(r"(?!)"), rule, indices))
+            rules.append((re.compile(r"(?!)"), str(rule), indices))
     return rules
 
 
@@ -449,8 +456,8 @@ def apply_transfer(
         shown = [name + why.get(name, "") for name in report.missing[:_MISSING_SHOWN]]
         more = f", ... and {len(report.missing) - len(shown)} more" if len(report.missing) > len(shown) else ""
         problems.append((("source", "require_all"),
-                         f"{len(report.missing)} model tensors get no weights from the source: {', '.join(shown)}{more}; "
-                         "rename source keys onto them (source.rename) or set source.require_all: false"))
+                         (f"{len(report.missing)} model tensors get no weights from the source: {', '.join(shown)}{more}; "
+                          "rename source keys onto them (source.rename) or set source.require_all: false")))
     if problems:
         raise TransferError(problems)
 

@@ -242,6 +242,10 @@ def test_a_pattern_that_matches_nothing_is_an_error_located_in_the_recipe(field:
         apply_transfer(model, source, require_all=False, **kwargs)
     assert info.value.paths == [("source", field, 1)]
     assert "look like: conv1.weight, bn1.weight, bn1.bias, ..." in info.value.problems[0]
+    if field == "rename":
+        assert info.value.problems[0].startswith(
+            r"source.rename.1: pattern '^modul\.' matched no source key after the rename rules before it; "
+            "at that point source keys look like: conv1.weight")
     assert_untouched(model, before)
 
 
