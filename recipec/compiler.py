@@ -137,6 +137,7 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     scheduler = build_scheduler(optimizer, total_steps=recipe.train.epochs * max(1, steps_per_epoch), **factor_kwargs)
 
     plan = build_plan(recipe, model=model, device=target, groups=groups, schedule=schedule, reports=reports,
+                      optimizer=optimizer,
                       head=head_info, head_prefix=head_prefix, factor_kwargs=factor_kwargs,
                       weights_info=weights_info, normalization=normalization)
     return Compiled(recipe=recipe, model=model, device=target, groups=groups, schedule=schedule,

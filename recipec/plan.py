@@ -30,6 +30,7 @@ class Plan:
 
 
 def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], schedule: Any, reports: dict[str, Any],
+               optimizer: Any,
                head: Any, head_prefix: str, factor_kwargs: dict[str, Any], weights_info: Any,
                normalization: Any) -> Plan:
     """Collect the plan of a compiled recipe (see :func:`recipec.compile_recipe`)."""
@@ -43,6 +44,10 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
     lrs = lr_table(names, base_lrs, epochs=epochs, **factor_kwargs)
     bn_by_epoch = [batchnorm_modes(model, groups, schedule.trainable_at(e), batchnorm=recipe.freeze.batchnorm)
                    for e in range(epochs)]
+    no_decay: dict[str, int] = {}
+    for pg in optimizer.param_groups if optimizer is not None else []:
+        if pg.get("no_decay"):
+            no_decay[pg["name"]] = no_decay.get(pg["name"], 0) + sum(p.numel() for p in pg["params"])
     rows = []
     for i, group in enumerate(groups):
         rows.append({
@@ -51,7 +56,10 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
             "tensors": len(group.params),
             "trainable": [group.name in schedule.trainable_at(e) for e in range(epochs)],
             "lr": [float(v) for v in lrs[i]],
-            "weight_decay": opt.weight_decay,
+            # what the optimizer applies: a frozen group has no gradients, so no decay either
+            "weight_decay": [opt.weight_decay if t else 0.0 for t in (group.name in schedule.trainable_at(e)
+                                                                      for e in range(epochs))],
+            "no_decay_params": no_decay.get(group.name, 0),
             "batchnorm": [modes.get(group.name, "-") for modes in bn_by_epoch],
         })
     total = sum(p.numel() for p in model.parameters())
@@ -108,13 +116,15 @@ def _render(d: dict[str, Any]) -> str:
         lines += ["", f"load report ({stage}: {report.get('source') or '-'})"]
         lines += ["  " + line for line in _report_lines(report)]
     lines += ["", f"groups (earliest first; batchnorm: {d['batchnorm_policy']})"]
-    header = f"  {'group':<14}{'params':>12}  {'trainable from':<15}{'lr at epoch 0':>14}  {'weight decay':>12}  bn"
+    header = (f"  {'group':<14}{'params':>12}  {'trainable from':<15}{'lr at epoch 0':>14}"
+              f"{'weight decay':>14}{'no decay':>10}  batchnorm")
     lines.append(header)
     for row in d["groups"]:
         start = next((e for e, t in enumerate(row["trainable"]) if t), None)
-        bn = sorted(set(row["batchnorm"]) - {"-"})
+        bn = list(dict.fromkeys(m for m in row["batchnorm"] if m != "-"))
         lines.append(f"  {row['name']:<14}{row['params']:>12,}  {'never' if start is None else f'epoch {start}':<15}"
-                     f"{_lr(row['lr'][0]):>14}  {row['weight_decay']:>12g}  {'/'.join(bn) or '-'}")
+                     f"{_lr(row['lr'][0]):>14}{d['optimizer']['weight_decay']:>14g}{row['no_decay_params']:>10,}  "
+                     f"{' -> '.join(bn) or '-'}")
     lines += ["", "schedule (lr at the start of each epoch; '.' = frozen)"]
     names = [r["name"] for r in d["groups"]]
     width = max(9, *(len(n) + 1 for n in names))
@@ -134,15 +144,20 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
     for item in report.get("mismatched") or []:
         lines.append(f"mismatched  {item['key']}: source {item['source_shape']} vs model {item['model_shape']} (skipped)")
     for item in report.get("excluded") or []:
-        lines.append(f"excluded    {item['key']}: by {item.get('by', 'exclude')} {item.get('pattern')!r}")
+        renamed = f" (as {item['renamed']})" if item.get("renamed") not in (None, item["key"]) else ""
+        why = f"by {item.get('by', 'exclude')} '{item['pattern']}'" if item.get("pattern") else "matched no include pattern"
+        lines.append(f"excluded    {item['key']}{renamed}: {why}")
     for key in report.get("missing") or []:
         lines.append(f"missing     {key}: not in source (kept as initialised)")
     for key in report.get("unexpected") or []:
         lines.append(f"unexpected  {key}: not in the model")
     for key in report.get("new") or []:
         lines.append(f"new         {key}: new head, initialised fresh")
-    for key in report.get("defaulted") or []:
-        lines.append(f"defaulted   {key}: not in source, default kept")
+    defaulted = report.get("defaulted") or []
+    if len(defaulted) > 3:
+        lines.append(f"defaulted   {len(defaulted)} keys not in the source kept their defaults, e.g. {defaulted[0]}")
+    else:
+        lines += [f"defaulted   {key}: not in source, default kept" for key in defaulted]
     renamed = report.get("renamed") or {}
     if renamed:
         example = next(iter(renamed.items()))
