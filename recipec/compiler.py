@@ -106,11 +106,13 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
             new_keys_prefixes=new_prefixes, source=weights_info.name)
         normalization = weights_info.normalization
     if spec.in_channels != 3:
-        conv_path, adapted = zoo.set_input_channels(model, spec.in_channels)
-        if adapted and "model.weights" in reports:
+        conv = zoo.first_conv_path(model)
+        before = list(_weight(model, conv).shape)
+        zoo.set_input_channels(model, spec.in_channels)
+        if "model.weights" in reports:  # the pretrained filters were adapted, not re-initialised
             reports["model.weights"].adapted.append({
-                "key": f"{conv_path}.weight", "rule": "input_channels",
-                "source_shape": None, "model_shape": list(zoo_weight_shape(model, conv_path))})
+                "key": f"{conv}.weight", "rule": "input_channels",
+                "source_shape": before, "model_shape": list(_weight(model, conv).shape)})
 
     if recipe.source is not None:
         reports["source"] = _apply_source(recipe, model, new_prefixes)
@@ -159,8 +161,10 @@ def _cwd_importable() -> Iterator[None]:
             sys.path.remove(cwd)
 
 
-def zoo_weight_shape(model: nn.Module, path: str) -> torch.Size:
-    return model.get_submodule(path).weight.shape  # type: ignore[union-attr]
+def _weight(model: nn.Module, path: str) -> torch.Tensor:
+    weight = model.get_submodule(path).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def _escape(prefix: str) -> str:

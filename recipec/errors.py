@@ -14,7 +14,6 @@ RecipePath = tuple[str | int, ...]
 Problem = str | tuple[RecipePath, str]
 
 __all__ = [
-    "format_path",
     "CheckpointError",
     "DeviceError",
     "ExportError",
@@ -26,6 +25,7 @@ __all__ = [
     "TransferError",
     "UnsafeCheckpointError",
     "WeightsUnavailableError",
+    "format_path",
 ]
 
 

@@ -144,9 +144,9 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
     for item in report.get("mismatched") or []:
         lines.append(f"mismatched  {item['key']}: source {item['source_shape']} vs model {item['model_shape']} (skipped)")
     for item in report.get("excluded") or []:
-        renamed = f" (as {item['renamed']})" if item.get("renamed") not in (None, item["key"]) else ""
+        alias = f" (as {item['renamed']})" if item.get("renamed") not in (None, item["key"]) else ""
         why = f"by {item.get('by', 'exclude')} '{item['pattern']}'" if item.get("pattern") else "matched no include pattern"
-        lines.append(f"excluded    {item['key']}{renamed}: {why}")
+        lines.append(f"excluded    {item['key']}{alias}: {why}")
     for key in report.get("missing") or []:
         lines.append(f"missing     {key}: not in source (kept as initialised)")
     for key in report.get("unexpected") or []:

@@ -47,7 +47,7 @@ def test_three_mistakes_three_located_lines(tmp_path, capsys):
         train:
           epochs: ten
     """)
-    code, out, err = run(capsys, "validate", str(path))
+    code, _out, err = run(capsys, "validate", str(path))
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 3, err
     assert all(line.startswith(f"error: {path}:") for line in lines)
@@ -69,7 +69,7 @@ def test_file_level_errors_one_line(case, tmp_path, capsys):
         path = tmp_path / "absent.yaml"
     else:
         path = _write(tmp_path, "a.yaml", "model: {arch: resnet18}\nseed: 1\nseed: 2\n")
-    code, out, err = run(capsys, "validate", str(path))
+    code, _out, err = run(capsys, "validate", str(path))
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("error: ") and str(path.name) in lines[0]

@@ -331,3 +331,26 @@ def test_pretrained_weights_from_the_hub_cache(resnet_sd, tmp_path, monkeypatch)
     assert torch.equal(compiled.model.layer4[1].conv2.weight, standin["layer4.1.conv2.weight"])
     mean, std = compiled.normalization
     assert mean == pytest.approx((0.485, 0.456, 0.406)) and std == pytest.approx((0.229, 0.224, 0.225))
+
+
+def test_pretrained_weights_adapted_to_one_input_channel(tmp_path, monkeypatch):
+    from recipec.model import zoo
+    from recipec.weights.adapt import adapt_input_channels
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = zoo.weights_cache_path(zoo.resolve_weights("resnet18", "IMAGENET1K_V1"))
+    cached.parent.mkdir(parents=True)
+    standin = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(standin, cached)
+    recipe = _recipe(tmp_path, """\
+        name: t
+        device: cpu
+        model: {arch: resnet18, weights: IMAGENET1K_V1, in_channels: 1, head: {num_classes: 3}}
+        train: {epochs: 1}
+    """)
+    compiled = compile_recipe(recipe)
+    assert torch.equal(compiled.model.conv1.weight, adapt_input_channels(standin["conv1.weight"], 1))
+    adapted = compiled.reports["model.weights"].adapted
+    assert adapted == [{"key": "conv1.weight", "rule": "input_channels",
+                        "source_shape": [64, 3, 7, 7], "model_shape": [64, 1, 7, 7]}]
+    assert compiled.model(torch.randn(2, 1, 32, 32)).shape == (2, 3)

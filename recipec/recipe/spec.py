@@ -421,11 +421,18 @@ class OnnxSpec(_Spec):
     atol: float = Field(1e-4, gt=0, description="Largest absolute difference accepted by verification.", examples=[1e-4])
 
 
+ExportFormat = Literal["safetensors", "torch", "onnx"]
+
+
+def _default_formats() -> list[ExportFormat]:
+    return ["safetensors"]
+
+
 class ExportSpec(_Spec):
     """What the run writes besides its training checkpoints."""
 
-    formats: list[Literal["safetensors", "torch", "onnx"]] = Field(
-        default_factory=lambda: ["safetensors"], description="Export formats (model.safetensors, model.pt, model.onnx).",
+    formats: list[ExportFormat] = Field(
+        default_factory=_default_formats, description="Export formats (model.safetensors, model.pt, model.onnx).",
         examples=[["safetensors", "torch", "onnx"]])
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Floating dtype of exported weights.",
                                                              examples=["float16"])

@@ -129,8 +129,8 @@ def _no_decay_names(model: nn.Module, rules: Sequence[str]) -> set[str]:
         is_norm = isinstance(module, _NORMS)
         for short, param in module.named_parameters(recurse=False):
             name = f"{module_name}.{short}" if module_name else short
-            if ("bias" in rules and name.endswith("bias")
-                    or "norm" in rules and (is_norm or param.ndim == 1 and "Norm" in type(module).__name__)
+            if (("bias" in rules and name.endswith("bias"))
+                    or ("norm" in rules and (is_norm or (param.ndim == 1 and "Norm" in type(module).__name__)))
                     or any(regex.search(name) for regex in regexes)):
                 exempt.add(name)
     return exempt

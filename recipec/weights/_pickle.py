@@ -62,7 +62,7 @@ def _import_dotted(name: str) -> Any | None:
     for split in range(len(parts) - 1, 0, -1):
         try:
             obj: Any = importlib.import_module(".".join(parts[:split]))
-        except Exception:  # noqa: BLE001, S112 - any import failure means "try a shorter module path"
+        except Exception:
             continue
         try:
             for attr in parts[split:]:
@@ -266,7 +266,7 @@ def plain_metadata(obj: Any, state_dict_key: str) -> dict[str, Any]:
     top = state_dict_key.split(".")[0]
     metadata: dict[str, Any] = {}
     for key, value in obj.items():
-        if key == top or key == state_dict_key or not isinstance(key, str) or not _is_plain(value):
+        if key in (top, state_dict_key) or not isinstance(key, str) or not _is_plain(value):
             continue
         if key == TORCH_METADATA_KEY and isinstance(value, Mapping):
             metadata.update(value)
