@@ -113,7 +113,8 @@ def _render(d: dict[str, Any]) -> str:
     params = d["parameters"]
     lines.append(f"params    {params['total']:,} total; trainable at epoch 0: {params['trainable'][0]:,}")
     for stage, report in d["reports"].items():
-        lines += ["", f"load report ({stage}: {report.get('source') or '-'})"]
+        where = f", state dict at '{report['state_dict_key']}'" if report.get("state_dict_key") else ""
+        lines += ["", f"load report ({stage}: {report.get('source') or '-'}{where})"]
         lines += ["  " + line for line in _report_lines(report)]
     lines += ["", f"groups (earliest first; batchnorm: {d['batchnorm_policy']})"]
     header = (f"  {'group':<14}{'params':>12}  {'trainable from':<15}{'lr at epoch 0':>14}"
