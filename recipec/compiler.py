@@ -72,7 +72,7 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
         >>> print(compiled.plan.text())
     """
     from recipec.device import resolve_device
-    from recipec.model import heads, zoo
+    from recipec.model import heads, pretrained, zoo
     from recipec.model.groups import assign_groups, preset_groups
     from recipec.train.freezing import apply_trainable, compile_schedule
     from recipec.train.optim import build_optimizer, build_param_groups, build_scheduler, scheduler_kwargs
@@ -99,7 +99,7 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     if spec.weights is not None:
         from recipec.weights.transfer import apply_transfer
 
-        state_dict, weights_info = zoo.load_pretrained_state_dict(spec.arch, spec.weights)
+        state_dict, weights_info = pretrained.load_pretrained_state_dict(spec.arch, spec.weights)
         exclude = [f"^{_escape(head_prefix)}"] if head_info is not None else []
         reports["model.weights"] = _transfer(
             apply_transfer, ("model", "weights"), model, state_dict, exclude=exclude,

@@ -310,11 +310,11 @@ def test_absent_device_is_an_input_error(tmp_path):
 
 
 def test_pretrained_weights_from_the_hub_cache(resnet_sd, tmp_path, monkeypatch):
-    from recipec.model import zoo
+    from recipec.model import pretrained
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    weights = zoo.resolve_weights("resnet18", "IMAGENET1K_V1")
-    cached = zoo.weights_cache_path(weights)
+    weights = pretrained.resolve_weights("resnet18", "IMAGENET1K_V1")
+    cached = pretrained.weights_cache_path(weights)
     cached.parent.mkdir(parents=True)
     standin = torchvision.models.resnet18(weights=None).state_dict()
     torch.save(standin, cached)
@@ -334,11 +334,11 @@ def test_pretrained_weights_from_the_hub_cache(resnet_sd, tmp_path, monkeypatch)
 
 
 def test_pretrained_weights_adapted_to_one_input_channel(tmp_path, monkeypatch):
-    from recipec.model import zoo
+    from recipec.model import pretrained
     from recipec.weights.adapt import adapt_input_channels
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    cached = zoo.weights_cache_path(zoo.resolve_weights("resnet18", "IMAGENET1K_V1"))
+    cached = pretrained.weights_cache_path(pretrained.resolve_weights("resnet18", "IMAGENET1K_V1"))
     cached.parent.mkdir(parents=True)
     standin = torchvision.models.resnet18(weights=None).state_dict()
     torch.save(standin, cached)

@@ -2,14 +2,8 @@
 
 from recipec.model.groups import LayerGroup, assign_groups, preset_groups
 from recipec.model.heads import HeadInfo, build_head, default_head_path, replace_head
-from recipec.model.zoo import (
-    WeightsInfo,
-    build_architecture,
-    list_architectures,
-    load_pretrained_state_dict,
-    normalization_of,
-    set_input_channels,
-)
+from recipec.model.pretrained import WeightsInfo, load_pretrained_state_dict, normalization_of
+from recipec.model.zoo import build_architecture, list_architectures, set_input_channels
 
 __all__ = [
     "HeadInfo",

@@ -18,19 +18,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from recipec.recipe._fields import SCHEMA_ID as SCHEMA_ID
+from recipec.recipe._fields import SCHEMA_ID, FieldProblems, Regex, _check_regex, _Spec, parse_size
+from recipec.recipe.spec_run import CardSpec, DataSpec, EarlyStoppingSpec, ExportSpec, OnnxSpec, TrainSpec
+
+# Not used here; the `as` form re-exports them to code that imports them from this module.
 from recipec.recipe._fields import ByteSize as ByteSize
-from recipec.recipe._fields import FieldProblems as FieldProblems
-from recipec.recipe._fields import Regex as Regex
-from recipec.recipe._fields import _check_regex, _Spec, parse_size
-from recipec.recipe.spec_run import (
-    CardSpec,
-    DataSpec,
-    EarlyStoppingSpec,
-    ExportSpec,
-    OnnxSpec,
-    TrainSpec,
-)
 from recipec.recipe.spec_run import ExportFormat as ExportFormat
 
 __all__ = [
@@ -299,7 +291,6 @@ class OptimizerSpec(_Spec):
         if problems:
             raise FieldProblems(problems)
         return self
-
 
 
 # --------------------------------------------------------------------------- recipe

@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from recipec.errors import ModelError, WeightsUnavailableError
-from recipec.model import zoo
+from recipec.model import pretrained, zoo
 from recipec.weights.adapt import adapt_input_channels
 
 RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
@@ -162,48 +162,48 @@ def test_custom_factory_bad_kwargs() -> None:
 
 
 def test_resolve_weights() -> None:
-    weights = zoo.resolve_weights("resnet18", "IMAGENET1K_V1")
+    weights = pretrained.resolve_weights("resnet18", "IMAGENET1K_V1")
     assert weights is torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-    assert zoo.resolve_weights("resnet50", "DEFAULT") is torchvision.models.ResNet50_Weights.IMAGENET1K_V2
+    assert pretrained.resolve_weights("resnet50", "DEFAULT") is torchvision.models.ResNet50_Weights.IMAGENET1K_V2
 
 
 def test_unknown_weights_lists_names() -> None:
     with pytest.raises(ModelError, match="unknown weights 'IMAGENET1K_V3' for resnet18; .*available: IMAGENET1K_V1, "
                                          "DEFAULT") as exc:
-        zoo.resolve_weights("resnet18", "IMAGENET1K_V3")
+        pretrained.resolve_weights("resnet18", "IMAGENET1K_V3")
     assert exc.value.paths == [("model", "weights")]
     with pytest.raises(ModelError, match="did you mean 'IMAGENET1K_V1'"):
-        zoo.resolve_weights("resnet18", "imagenet1k_v1")
+        pretrained.resolve_weights("resnet18", "imagenet1k_v1")
     with pytest.raises(ModelError, match="custom factory and has no torchvision weights"):
-        zoo.resolve_weights("tests.model.test_zoo:make_tiny", "DEFAULT")
+        pretrained.resolve_weights("tests.model.test_zoo:make_tiny", "DEFAULT")
     with pytest.raises(ModelError, match="did you mean 'resnet18'"):
-        zoo.resolve_weights("resnet181", "DEFAULT")
+        pretrained.resolve_weights("resnet181", "DEFAULT")
 
 
 def test_normalization_of() -> None:
-    assert zoo.normalization_of(torchvision.models.ResNet18_Weights.IMAGENET1K_V1) == IMAGENET_NORM
-    assert zoo.normalization_of(torchvision.models.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1) == IMAGENET_NORM
-    assert zoo.normalization_of(None) is None
+    assert pretrained.normalization_of(torchvision.models.ResNet18_Weights.IMAGENET1K_V1) == IMAGENET_NORM
+    assert pretrained.normalization_of(torchvision.models.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1) == IMAGENET_NORM
+    assert pretrained.normalization_of(None) is None
 
 
 def test_cache_path_follows_torch_home(torch_home: Path) -> None:
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-    assert zoo.weights_cache_path(weights) == torch_home / "resnet18-f37072fd.pth"
+    assert pretrained.weights_cache_path(weights) == torch_home / "resnet18-f37072fd.pth"
 
 
 def test_loads_cached_weights(torch_home: Path) -> None:
     expected = torchvision.models.resnet18(weights=None).state_dict()
     path = _cache(torch_home, expected)
 
-    state_dict, info = zoo.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
+    state_dict, info = pretrained.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
 
     assert list(state_dict) == list(expected)
     assert all(torch.equal(state_dict[k], v) for k, v in expected.items())
-    assert info == zoo.WeightsInfo(
+    assert info == pretrained.WeightsInfo(
         name="ResNet18_Weights.IMAGENET1K_V1", url=RESNET18_URL, path=path, sha256_prefix="f37072fd",
         num_params=11689512, num_categories=1000, normalization=IMAGENET_NORM,
         recipe="https://github.com/pytorch/vision/tree/main/references/classification#resnet", license=None)
-    assert zoo.load_pretrained_state_dict("resnet18", "DEFAULT")[1].name == "ResNet18_Weights.IMAGENET1K_V1"
+    assert pretrained.load_pretrained_state_dict("resnet18", "DEFAULT")[1].name == "ResNet18_Weights.IMAGENET1K_V1"
 
 
 def test_missing_weights_say_where_to_put_them(torch_home: Path) -> None:
@@ -211,7 +211,7 @@ def test_missing_weights_say_where_to_put_them(torch_home: Path) -> None:
                 f"{torch_home / 'resnet18-f37072fd.pth'}; download {RESNET18_URL} there (or set TORCH_HOME), "
                 "or set model.weights: null")
     with pytest.raises(WeightsUnavailableError) as exc:
-        zoo.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
+        pretrained.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
     assert exc.value.problems == [f"model.weights: {expected}"]
 
 
@@ -224,11 +224,11 @@ def test_download_only_when_allowed(torch_home: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     with pytest.raises(WeightsUnavailableError):
-        zoo.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
+        pretrained.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
     assert calls == []
 
     monkeypatch.setenv("RECIPEC_ALLOW_DOWNLOAD", "1")
-    state_dict, _ = zoo.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
+    state_dict, _ = pretrained.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
     assert calls == [(RESNET18_URL, str(torch_home / "resnet18-f37072fd.pth"), "f37072fd")]
     assert torch.equal(state_dict["w"], torch.ones(2))
 
@@ -240,7 +240,7 @@ def test_failed_download(torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     monkeypatch.setenv("RECIPEC_ALLOW_DOWNLOAD", "1")
     with pytest.raises(WeightsUnavailableError, match=f"could not be downloaded from {RESNET18_URL}.*unreachable"):
-        zoo.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
+        pretrained.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
 
 
 @pytest.mark.parametrize("zipped", [True, False])
@@ -251,14 +251,14 @@ def test_corrupt_cache_file(torch_home: Path, zipped: bool) -> None:
     path.write_bytes(path.read_bytes()[: 4096])
     with pytest.raises(ModelError, match=f"cached weights {re.escape(str(path))} are corrupt or not a torch "
                                          f"checkpoint .*; delete the file and download {RESNET18_URL} again") as exc:
-        zoo.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
+        pretrained.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
     assert not isinstance(exc.value, WeightsUnavailableError)
 
 
 def test_cache_file_that_is_not_a_state_dict(torch_home: Path) -> None:
     _cache(torch_home, [torch.ones(1)])
     with pytest.raises(ModelError, match="hold a list, not a state dict"):
-        zoo.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
+        pretrained.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
 
 
 class _Payload:
@@ -275,7 +275,7 @@ def test_malicious_pickle_is_refused_unexecuted(torch_home: Path, tmp_path: Path
 
     with pytest.raises(ModelError, match=f"refused to load {re.escape(str(path))}: .* would call io.open "
                                          r"\(nothing was executed\)"):
-        zoo.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
+        pretrained.load_pretrained_state_dict("resnet18", "IMAGENET1K_V1")
     assert not marker.exists()
 
     torch.load(path, weights_only=False)  # the payload is real: an unsafe load runs it
@@ -288,14 +288,14 @@ def test_densenet_legacy_keys_are_renamed(torch_home: Path) -> None:
     assert any(".norm.1." in k for k in legacy)
     _cache(torch_home, legacy, name="densenet121-a639ec97.pth")
 
-    state_dict, _ = zoo.load_pretrained_state_dict("densenet121", "IMAGENET1K_V1")
+    state_dict, _ = pretrained.load_pretrained_state_dict("densenet121", "IMAGENET1K_V1")
     assert set(state_dict) == set(model.state_dict())
 
 
 def test_module_versions_survive_for_mnasnet(torch_home: Path) -> None:
     model = torchvision.models.mnasnet0_5(weights=None)
     _cache(torch_home, model.state_dict(), name=os.path.basename(torchvision.models.MNASNet0_5_Weights.DEFAULT.url))
-    state_dict, _ = zoo.load_pretrained_state_dict("mnasnet0_5", "DEFAULT")
+    state_dict, _ = pretrained.load_pretrained_state_dict("mnasnet0_5", "DEFAULT")
     model.load_state_dict(state_dict)  # mnasnet refuses a state dict without its _metadata versions
 
 
