@@ -7,6 +7,8 @@ Example:
     >>> recipe = recipec.load_recipe("recipes/quickstart.yaml", ["train.epochs=1"])
     >>> compiled = recipec.compile_recipe(recipe)      # model, optimizer, scheduler, plan
     >>> print(compiled.plan.text())
+    >>> run = recipec.build(recipe)                    # fine-tune and export into runs/<name>/
+    >>> model = recipec.load(run / "model.safetensors")
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ from typing import TYPE_CHECKING, Any
 from recipec.errors import RecipecError
 
 if TYPE_CHECKING:
+    from recipec.build import build
     from recipec.compiler import Compiled, compile_recipe
+    from recipec.restore import load
     from recipec.recipe.load import load_recipe
     from recipec.recipe.spec import Recipe
 
-__all__ = ["Compiled", "Recipe", "RecipecError", "compile_recipe", "load_recipe"]
+__all__ = ["Compiled", "Recipe", "RecipecError", "build", "compile_recipe", "load", "load_recipe"]
 __version__ = "0.1.0"
 
 _LAZY = {
+    "build": "recipec.build",
+    "load": "recipec.restore",
     "Compiled": "recipec.compiler",
     "compile_recipe": "recipec.compiler",
     "load_recipe": "recipec.recipe.load",

@@ -60,6 +60,7 @@ def cli(debug: bool) -> None:
 
     \b
     Examples:
+      recipec build recipes/quickstart.yaml
       recipec validate recipes/*.yaml
       recipec plan recipes/quickstart.yaml --set optimizer.lr=3e-4
       recipec plan recipes/quickstart.yaml --json > plan.json
@@ -113,6 +114,46 @@ def schema(out: str | None) -> None:
     from recipec._atomic import atomic_write_text
 
     atomic_write_text(out, text)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: runs/<name>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--resume", is_flag=True, help="Continue the run from its checkpoints/last.pt.")
+@click.option("--device", help="Override the recipe's device (auto, cpu, cuda, cuda:N, mps).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes for distributed training (only 1 is built so far).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def build(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, device: str | None, nproc: int,
+          quiet: bool) -> None:
+    """Compile a recipe, fine-tune, and export into a run directory.
+
+    The run directory holds recipe.yaml (resolved), plan.json, metrics.jsonl (one line per
+    epoch), checkpoints/last.pt (everything --resume needs), the exports named by
+    export.formats (model.safetensors, model.pt) and curves.png. Ctrl-C leaves the last
+    complete checkpoint; --resume continues from it with the same result as an
+    uninterrupted run.
+
+    \b
+    Examples:
+      recipec build recipes/quickstart.yaml
+      recipec build recipes/quickstart.yaml --set train.epochs=1 --out runs/try
+      recipec build recipes/quickstart.yaml --resume
+    """
+    if nproc != 1:
+        raise click.BadParameter("distributed training is not built yet; use --nproc 1", param_hint="--nproc")
+    if device is not None:
+        overrides = (*overrides, f"device={device}")
+    spec = _load(recipe, overrides)
+    try:
+        from recipec.build import build as run_build
+
+        run = run_build(spec, out=out, resume=resume, log=None if quiet else click.echo)
+    except RecipecError as exc:
+        raise _locate(exc, spec) from exc
+    if not quiet:
+        click.echo(f"done: {run}")
 
 
 @cli.command()

@@ -15,12 +15,14 @@ Problem = str | tuple[RecipePath, str]
 
 __all__ = [
     "CheckpointError",
+    "DatasetError",
     "DeviceError",
     "ExportError",
     "GroupError",
     "ModelError",
     "RecipeError",
     "RecipecError",
+    "RunDirectoryError",
     "RunError",
     "TransferError",
     "UnsafeCheckpointError",
@@ -93,6 +95,14 @@ class WeightsUnavailableError(ModelError):
 
 class GroupError(RecipecError, ValueError):
     """Layer groups do not partition the parameters, or a schedule names an unknown group."""
+
+
+class DatasetError(RecipecError, ValueError):
+    """A dataset that is not there, or does not fit the recipe (missing root, unknown class)."""
+
+
+class RunDirectoryError(RecipecError, ValueError):
+    """The run directory does not allow what was asked (a run already there, nothing to resume)."""
 
 
 class DeviceError(RecipecError, ValueError):

@@ -191,3 +191,32 @@ def test_inspect_safetensors(tmp_path, capsys):
     assert report["metadata"]["k"] == "v"
     code, out, _ = run(capsys, "inspect", str(path))
     assert code == 0 and "float16" in out
+
+
+TINY_RECIPE = """\
+    name: tiny
+    device: cpu
+    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
+    data: {dataset: digits, image_size: 8, per_class: 10}
+    train: {epochs: 2}
+"""
+
+
+def test_build_exit_codes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the tiny architecture is imported from the working directory
+    recipe = _write(tmp_path, "tiny.yaml", TINY_RECIPE)
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, "build", str(recipe), "--out", str(out))
+    assert code == 0, err
+    assert "epoch 2/2" in stdout and (out / "model.safetensors").exists()
+    code, _, err = run(capsys, "build", str(recipe), "--out", str(out))
+    assert code == 2 and "--resume" in err
+    code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "x"), "--set", "export.formats=[onnx]")
+    assert code == 2 and f"{recipe}:" not in err and "export.formats.0" in err
+    assert not (tmp_path / "x").exists()
+    code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "y"), "--nproc", "2")
+    assert code == 2 and "--nproc" in err
+    # a diverging run is a failed run (exit 1), not bad input
+    code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "z"),
+                       "--set", "optimizer={name: sgd, lr: 1.0e+30}")
+    assert code == 1 and "loss" in err, err

@@ -1,0 +1,261 @@
+"""The build pipeline: data -> compile -> fit -> export, into one run directory.
+
+```
+runs/<name>/
+  recipe.yaml       the resolved recipe          plan.json      load report + group/epoch table
+  metrics.jsonl     one object per epoch         checkpoints/   last.pt (+ kept epochs): what --resume needs
+  model.safetensors / model.pt                   curves.png     training curves
+```
+
+Every file is written atomically. A run that fails or is interrupted leaves its last
+complete checkpoint; ``resume=True`` continues from it and, because the batch order is a
+function of (seed, epoch) and every RNG is restored, ends with the same weights as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recipec._atomic import atomic_write_text
+from recipec.errors import ExportError, RecipeError, RunDirectoryError
+from recipec.recipe.load import dump_recipe
+from recipec.recipe.spec import Recipe
+
+__all__ = ["build", "run_directory"]
+
+_NOT_BUILT = {"onnx": "ONNX export is not built yet; use safetensors or torch"}
+
+
+def run_directory(recipe: Recipe, out: str | Path | None = None) -> Path:
+    """Where a build of ``recipe`` writes: ``out``, else ``runs/<name>``."""
+    return Path(out) if out is not None else Path("runs") / recipe.name
+
+
+def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False, device: str | None = None,
+          log: Callable[[str], None] | None = None) -> Path:
+    """Compile, fine-tune and export a recipe.
+
+    Args:
+        recipe: a validated recipe.
+        out: the run directory (default ``runs/<name>``).
+        resume: continue from ``checkpoints/last.pt`` of the run directory.
+        device: overrides ``recipe.device``.
+        log: called with one line per epoch and per written file (the CLI prints them).
+
+    Returns:
+        The run directory.
+
+    Raises:
+        RecipecError: bad input (exit 2) before anything is written, or a failed run (exit 1).
+
+    Example:
+        >>> run = build(load_recipe("recipes/quickstart.yaml"), out="runs/qs")
+        >>> (run / "model.safetensors").exists()
+        True
+    """
+    from recipec.compiler import compile_recipe
+    from recipec.train.data import build_data
+    from recipec.train.loop import EarlyStopping, fit
+    from recipec.train.state import checkpoint_paths, load_state, restore_state, rotate_checkpoints, save_state
+
+    say = log or (lambda line: None)
+    _refuse_unbuilt(recipe)
+    run = run_directory(recipe, out)
+    last = run / "checkpoints" / "last.pt"
+    state = None
+    if resume:
+        if not last.exists():
+            raise RunDirectoryError(f"--resume: {last} does not exist; build without --resume to start the run")
+        state = load_state(last)
+        _check_resumable(recipe, state["recipe"])
+    elif last.exists():
+        raise RunDirectoryError(f"{run} already holds a run ({last}); add --resume to continue it, "
+                            "or choose another --out")
+
+    data = build_data(**_data_kwargs(recipe))
+    if recipe.model.head is not None and recipe.model.head.num_classes != len(data.classes):
+        raise RecipeError([(("model", "head", "num_classes"),
+                            f"is {recipe.model.head.num_classes} but the data has {len(data.classes)} classes "
+                            f"({', '.join(data.classes[:10])}{', ...' if len(data.classes) > 10 else ''})")])
+    steps = math.ceil(len(data.train) / recipe.train.accumulate)
+    compiled = compile_recipe(recipe, device=device, steps_per_epoch=steps)
+    recipe_yaml = dump_recipe(recipe)
+
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / "recipe.yaml", recipe_yaml)
+    plan = compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps}
+    atomic_write_text(run / "plan.json", json.dumps(plan, indent=2) + "\n")
+
+    history: list[dict[str, Any]] = []
+    start = 0
+    if state is not None:
+        restore_state(state, model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler)
+        history, start = list(state["history"]), int(state["epoch"])
+        say(f"resumed {run} at epoch {start}")
+    step = {"n": start * steps}
+    train = recipe.train
+
+    def on_epoch_end(metrics: dict[str, Any]) -> None:
+        history.append(metrics)
+        step["n"] += steps
+        lines = "".join(json.dumps(m) + "\n" for m in history)
+        atomic_write_text(run / "metrics.jsonl", lines)
+        done = metrics["epoch"] + 1
+        if done % train.checkpoint_every == 0 or done == train.epochs or metrics.get("early_stopped"):
+            epoch_file, _ = checkpoint_paths(run / "checkpoints", done)
+            save_state(epoch_file, model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
+                       epoch=done, step=step["n"], recipe_yaml=recipe_yaml,
+                       trainable_groups=metrics["trainable_groups"], history=history)
+            rotate_checkpoints(run / "checkpoints", keep_last=train.keep_last)
+        say(_epoch_line(metrics, train.epochs))
+
+    stopping = None
+    if train.early_stopping is not None:
+        es = train.early_stopping
+        stopping = EarlyStopping(metric=es.metric, patience=es.patience, min_delta=es.min_delta)
+    fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
+        schedule=compiled.schedule, data=data, device=compiled.device, epochs=train.epochs, start_epoch=start,
+        batchnorm=recipe.freeze.batchnorm, amp=train.amp, grad_clip=train.grad_clip, accumulate=train.accumulate,
+        early_stopping=stopping, history=list(history), on_epoch_end=on_epoch_end)
+
+    provenance = _provenance(recipe, compiled, data, history)
+    for path in _export(recipe, compiled.model, run, recipe_yaml, provenance):
+        say(f"wrote {path}")
+    _plot_curves(history, run / "curves.png")
+    return run
+
+
+def _refuse_unbuilt(recipe: Recipe) -> None:
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for i, fmt in enumerate(recipe.export.formats):
+        if fmt in _NOT_BUILT:
+            problems.append((("export", "formats", i), _NOT_BUILT[fmt]))
+    if problems:
+        raise RecipeError(problems)
+
+
+def _check_resumable(recipe: Recipe, saved_yaml: str) -> None:
+    """A resumed run must be the same recipe; only train.epochs may grow."""
+    import yaml
+
+    saved = yaml.safe_load(saved_yaml)
+    now = yaml.safe_load(dump_recipe(recipe))
+    saved.get("train", {}).pop("epochs", None)
+    now.get("train", {}).pop("epochs", None)
+    if saved != now:
+        changed = sorted(_diff(saved, now, ()))
+        raise RunDirectoryError([f"--resume: the recipe changed since the checkpoint at {p or '(root)'}; "
+                             "resume with the recipe.yaml of the run, or start a new run" for p in changed[:10]])
+
+
+def _diff(a: Any, b: Any, path: tuple[str, ...]) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in set(a) | set(b):
+            out += _diff(a.get(key), b.get(key), (*path, str(key)))
+        return out
+    return [] if a == b else [".".join(path)]
+
+
+def _data_kwargs(recipe: Recipe) -> dict[str, Any]:
+    d = recipe.data
+    normalization = None
+    if recipe.model.weights is not None:
+        from recipec.model.pretrained import normalization_of, resolve_weights
+
+        normalization = normalization_of(resolve_weights(recipe.model.arch, recipe.model.weights))
+    return {"dataset": d.dataset, "root": d.root, "classes": d.classes, "per_class": d.per_class,
+            "val_fraction": d.val_fraction, "image_size": d.image_size, "normalize": d.normalize,
+            "augment": d.augment, "batch_size": d.batch_size, "num_workers": d.num_workers, "seed": recipe.seed,
+            "in_channels": recipe.model.in_channels, "weights_normalization": normalization,
+            "num_classes": recipe.model.head.num_classes if recipe.model.head else None}
+
+
+def _provenance(recipe: Recipe, compiled: Any, data: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
+    from recipec.card.provenance import environment, file_digest, now_utc, versions
+
+    source = None
+    if recipe.source is not None and recipe.source.checkpoint:
+        path = Path(recipe.source.checkpoint)
+        source = {"checkpoint": str(path), "sha256": file_digest(path) if path.is_file() else None,
+                  "state_dict_key": compiled.reports["source"].state_dict_key}
+    weights = compiled.weights_info
+    final = history[-1] if history else {}
+    return {
+        "name": recipe.name,
+        "time": now_utc(),
+        "base_model": {"arch": recipe.model.arch, "weights": weights.name if weights else None,
+                       "url": weights.url if weights else None},
+        "source": source,
+        "data": data.info,
+        "classes": data.classes,
+        "normalization": (None if data.normalization is None else
+                          {"mean": list(data.normalization[0]), "std": list(data.normalization[1])}),
+        "frozen_groups": [g.name for g in compiled.groups if g.name not in final.get("trainable_groups", [])],
+        "epochs_trained": len(history),
+        "final_metrics": {k: final.get(k) for k in ("train_loss", "val_loss", "val_acc")},
+        "versions": versions(),
+        "environment": environment(str(compiled.device)),
+    }
+
+
+def _export(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml: str,
+            provenance: dict[str, Any]) -> list[Path]:
+    from recipec.card.provenance import export_metadata
+    from recipec.weights import formats
+
+    dtype = getattr(torch, recipe.export.dtype)
+    state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
+             for k, v in model.state_dict().items()}
+    metadata = export_metadata(recipe_yaml=recipe_yaml, provenance=provenance)
+    written: list[Path] = []
+    try:
+        for fmt in recipe.export.formats:
+            target = run / ("model.safetensors" if fmt == "safetensors" else "model.pt")
+            shard = recipe.export.shard_size if fmt == "safetensors" else None
+            written += formats.save(state, target, metadata=metadata, shard_size=shard)
+    except OSError as exc:
+        raise ExportError(f"writing the exports to {run} failed: {exc}") from exc
+    return written
+
+
+def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recipec._atomic import atomic_path
+
+    epochs = [m["epoch"] for m in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(epochs, [m["train_loss"] for m in history], marker="o", label="train loss")
+    if any(m["val_loss"] is not None for m in history):
+        left.plot(epochs, [m["val_loss"] for m in history], marker="o", label="val loss")
+        right.plot(epochs, [m["val_acc"] for m in history], marker="o", color="tab:green", label="val accuracy")
+    for axis in (left, right):
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    left.legend()
+    right.set_ylim(0, 1)
+    right.legend()
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def _epoch_line(m: dict[str, Any], epochs: int) -> str:
+    val = "" if m["val_loss"] is None else f"  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.3f}"
+    return (f"epoch {m['epoch'] + 1}/{epochs}  train_loss {m['train_loss']:.4f}{val}  "
+            f"trainable {', '.join(m['trainable_groups'])}  ({m['seconds']:.1f} s)")

@@ -1,0 +1,329 @@
+"""Datasets, the stratified train/val split, transforms and the data loaders.
+
+Every image becomes a float tensor (C, H, W): converted to ``in_channels``, resized to a
+square, augmented (train only), normalised. The training order of epoch ``e`` is a pure
+function of ``(seed, e)`` (see :func:`set_epoch`), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from recipec.errors import DatasetError
+
+__all__ = ["DATASETS", "Data", "build_data", "set_epoch"]
+
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+DATASETS = ("imagefolder", "digits", "fake", "cifar10", "cifar100", "mnist", "fashionmnist")
+AUGMENTS = ("hflip", "vflip", "random_crop", "random_resized_crop", "color_jitter", "rotate")
+IMAGENET: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+FAKE_PER_CLASS = 32
+_EPOCH_STRIDE = 1_000_003
+# In-memory datasets (digits, fake) are resized once up front unless that would take more than this.
+_PRECOMPUTE_BYTES = 256 * 2**20
+_TORCHVISION = {"cifar10": ("CIFAR10", "cifar-10-batches-py"), "cifar100": ("CIFAR100", "cifar-100-python"),
+                "mnist": ("MNIST", "MNIST/raw"), "fashionmnist": ("FashionMNIST", "FashionMNIST/raw")}
+
+
+@dataclass
+class Data:
+    """What :func:`build_data` returns.
+
+    ``normalization`` is the (mean, std) actually applied, ``None`` for none; ``info`` is a
+    JSON-serialisable description for provenance.
+    """
+
+    train: DataLoader
+    val: DataLoader | None
+    classes: list[str]
+    normalization: Stats | None
+    info: dict[str, Any]
+    seed: int = 0
+    epoch_seed: bool = True
+
+
+def set_epoch(data: Data, epoch: int) -> None:
+    """Make the training order of ``epoch`` depend on nothing but ``(seed, epoch)``.
+
+    Call it at the start of every epoch. With ``num_workers > 0`` the workers' RNG seeds come
+    from the same generator, so their augmentations repeat too. A no-op when
+    ``build_data(epoch_seed=False)``.
+    """
+    if data.epoch_seed and data.train.generator is not None:
+        data.train.generator.manual_seed(data.seed * _EPOCH_STRIDE + epoch)
+
+
+def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] | None = None,
+               per_class: int | None = None, val_fraction: float = 0.2, image_size: int = 224,
+               normalize: str = "from_weights", augment: Sequence[str] = (), batch_size: int = 32,
+               num_workers: int = 0, seed: int = 0, in_channels: int = 3, weights_normalization: Stats | None = None,
+               num_classes: int | None = None, epoch_seed: bool = True) -> Data:
+    """Load a dataset, split it by class and wrap both parts in data loaders.
+
+    Args:
+        dataset: one of :data:`DATASETS`. ``digits`` (scikit-learn's 8x8 digits, values scaled to
+            [0, 1]) and ``fake`` (``num_classes`` classes of 32 noisy copies of a random per-class
+            pattern, drawn from ``seed``) need no files; the others read ``root`` and never download.
+        root: the dataset directory, already resolved against the recipe's directory.
+        classes: subset and order of classes; label ``i`` is ``classes[i]``.
+        per_class: cap on training examples per class, applied after the split (val is untouched).
+        val_fraction: share of each class held out (at least one when > 0 and the class has two).
+        image_size: side of the square images.
+        normalize: ``from_weights`` (``weights_normalization``, or none without one), ``imagenet``, ``none``.
+        augment: training augmentations, applied in the order given.
+        batch_size: examples per batch.
+        num_workers: data loader worker processes.
+        seed: seeds the split, the ``fake`` images and the training order.
+        in_channels: channels the model expects. 1 from RGB is luminance; from 1 the channel is
+            repeated; other counts repeat channels cyclically or drop the extra ones.
+        weights_normalization: (mean, std) of the pretrained weights' transforms.
+        num_classes: the model's output count; required by ``fake``, otherwise checked against the classes.
+        epoch_seed: reseed the training order every epoch with :func:`set_epoch`; when False the
+            order continues from one generator seeded at build time.
+
+    Returns:
+        The loaders (``val`` is None when ``val_fraction`` is 0), class names, normalisation and info.
+
+    Raises:
+        DatasetError: a missing root or dataset file, an unknown class, a bad argument.
+
+    Example:
+        >>> data = build_data(dataset="digits", image_size=32, normalize="imagenet")
+        >>> for epoch in range(3):
+        ...     set_epoch(data, epoch)
+        ...     for images, labels in data.train: ...
+    """
+    _check_args(dataset, normalize, augment, val_fraction, image_size, in_channels)
+    images, targets, names, source = _load(dataset, root, num_classes, seed)
+    labels, chosen = _select(targets, names, classes)
+    if num_classes is not None and len(chosen) > num_classes:
+        raise DatasetError([(("model", "head", "num_classes"), f"is {num_classes} but the data has {len(chosen)} "
+                             f"classes; raise it or pick classes with data.classes")])
+    train_idx, val_idx = _split(labels, chosen, val_fraction, per_class, seed)
+
+    if normalize == "from_weights":
+        stats = _adapt(weights_normalization, in_channels) if weights_normalization else None
+    else:
+        stats = _adapt(IMAGENET, in_channels) if normalize == "imagenet" else None
+    norm: list[Callable[[torch.Tensor], torch.Tensor]] = [v2.Normalize(*stats)] if stats else []
+    augs, skipped = _augmentations(augment, image_size, in_channels)
+    resize = v2.Resize((image_size, image_size), antialias=True)
+
+    def loaded(idx: list[int], extra: list[Any]) -> Dataset:
+        lab = [labels[i] for i in idx]
+        if images is None:  # files: every step per item
+            steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), _Channels(in_channels), resize]
+            return _FileImages(source, idx, lab, v2.Compose(steps + extra + norm))
+        x = _Channels(in_channels)(images[idx])  # (n, in_channels, h, w)
+        if x.shape[0] * x.shape[1] * image_size**2 * 4 > _PRECOMPUTE_BYTES:
+            return _TensorImages(x, lab, v2.Compose([resize, *extra, *norm]))
+        x = resize(x)
+        if not extra:  # nothing random: normalise once too
+            return _TensorImages(v2.Compose(norm)(x) if norm else x, lab, None)
+        return _TensorImages(x, lab, v2.Compose(extra + norm))
+
+    generator = torch.Generator().manual_seed(seed * _EPOCH_STRIDE if epoch_seed else seed)
+    # Augmentations draw from the global torch RNG (in workers: seeds drawn from `generator`),
+    # which the training state saves and restores.
+    train = DataLoader(loaded(train_idx, augs), batch_size=batch_size, shuffle=True, generator=generator,
+                       num_workers=num_workers, drop_last=False, persistent_workers=False)
+    val = None
+    if val_fraction > 0:
+        val = DataLoader(loaded(val_idx, []), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                         drop_last=False, persistent_workers=False)
+
+    class_names = [names[c] for c in chosen]
+    applied: Any = {"mean": list(stats[0]), "std": list(stats[1])} if stats else "none"
+    if normalize == "from_weights" and not weights_normalization:
+        applied = "none (no pretrained weights)"
+    info = {
+        "dataset": dataset, "root": root, "classes": class_names,
+        "sizes": {"train": len(train_idx), "val": len(val_idx)},
+        "train_per_class": _counts(train_idx, labels, class_names),
+        "val_per_class": _counts(val_idx, labels, class_names),
+        "image_size": image_size, "in_channels": in_channels,
+        "normalize": {"requested": normalize, "applied": applied},
+        "augment": [a for a in augment if a not in skipped], "augment_skipped": skipped,
+        "val_fraction": val_fraction, "per_class": per_class, "seed": seed,
+    }
+    return Data(train, val, class_names, stats, info, seed=seed, epoch_seed=epoch_seed)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class _TensorImages(Dataset):
+    def __init__(self, images: torch.Tensor, labels: list[int], transform: Callable | None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.images[i]
+        return (self.transform(x) if self.transform else x), self.labels[i]
+
+
+class _FileImages(Dataset):
+    def __init__(self, source: Any, indices: list[int], labels: list[int], transform: Callable) -> None:
+        self.source, self.indices, self.labels, self.transform = source, indices, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.source[self.indices[i]][0]), self.labels[i]
+
+
+def _load(dataset: str, root: str | None, num_classes: int | None,
+          seed: int) -> tuple[torch.Tensor | None, list[int], list[str], Any]:
+    """(images (n, c, h, w) in [0, 1] or None, targets, class names, indexable source of (PIL, target))."""
+    if dataset == "digits":
+        from sklearn.datasets import load_digits  # imported here: sklearn takes a second to import
+
+        digits = load_digits()
+        images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        return images, [int(t) for t in digits.target], [str(i) for i in range(10)], None
+    if dataset == "fake":
+        if num_classes is None:
+            raise DatasetError([(("data", "dataset"), "fake needs a class count: set model.head.num_classes")])
+        g = torch.Generator().manual_seed(seed)
+        patterns = torch.rand(num_classes, 1, 3, 32, 32, generator=g)
+        noise = 0.25 * torch.randn(num_classes, FAKE_PER_CLASS, 3, 32, 32, generator=g)
+        images = (patterns + noise).clamp(0, 1).flatten(0, 1)  # class-major: (classes * 32, 3, 32, 32)
+        targets = [c for c in range(num_classes) for _ in range(FAKE_PER_CLASS)]
+        return images, targets, [f"class_{c}" for c in range(num_classes)], None
+
+    if not root:
+        raise DatasetError([(("data", "root"), f"dataset {dataset} needs root: the directory that holds it")])
+    if not os.path.isdir(root):
+        layout = "root/<class>/<image>" if dataset == "imagefolder" else f"root/{_TORCHVISION[dataset][1]}"
+        raise DatasetError([(("data", "root"), f"{root} does not exist (dataset {dataset} needs {layout})")])
+    if dataset == "imagefolder":
+        try:
+            source: Any = torchvision.datasets.ImageFolder(root)
+        except (FileNotFoundError, OSError) as e:
+            raise DatasetError([(("data", "root"), f"{e} (dataset imagefolder needs root/<class>/<image>)")]) from e
+    else:
+        name, folder = _TORCHVISION[dataset]
+        try:
+            source = getattr(torchvision.datasets, name)(root, train=True, download=False)
+        except (RuntimeError, OSError) as e:
+            raise DatasetError([(("data", "root"), f"no {dataset} files under {root} (expected {root}/{folder}; "
+                                 f"fetch them once with torchvision.datasets.{name}({root!r}, download=True))")]) from e
+    targets = source.targets.tolist() if isinstance(source.targets, torch.Tensor) else list(source.targets)
+    return None, [int(t) for t in targets], list(source.classes), source
+
+
+def _select(targets: list[int], names: list[str], classes: Sequence[str] | None) -> tuple[list[int], list[int]]:
+    """(new label per example, -1 when not selected; the original class index of each new label)."""
+    if classes is None:
+        return list(targets), list(range(len(names)))
+    index = {n: i for i, n in enumerate(names)}
+    problems: list[Any] = []
+    for i, name in enumerate(classes):
+        if name not in index:
+            problems.append((("data", "classes", i), f"unknown class {name!r}; available: {', '.join(names)}"))
+        elif list(classes).index(name) != i:
+            problems.append((("data", "classes", i), f"class {name!r} is listed twice"))
+    if problems:
+        raise DatasetError(problems)
+    chosen = [index[n] for n in classes]
+    relabel = {c: i for i, c in enumerate(chosen)}
+    return [relabel.get(t, -1) for t in targets], chosen
+
+
+def _split(labels: list[int], chosen: list[int], val_fraction: float, per_class: int | None,
+           seed: int) -> tuple[list[int], list[int]]:
+    by_class: list[list[int]] = [[] for _ in chosen]
+    for i, label in enumerate(labels):
+        if label >= 0:
+            by_class[label].append(i)
+    train: list[int] = []
+    val: list[int] = []
+    for label, members in enumerate(by_class):
+        # Seeded per original class, so a class keeps its split whatever else is selected.
+        g = torch.Generator().manual_seed(seed * _EPOCH_STRIDE + chosen[label])
+        order = [members[j] for j in torch.randperm(len(members), generator=g).tolist()]
+        n_val = int(len(order) * val_fraction + 0.5)
+        if val_fraction > 0 and len(order) >= 2:
+            n_val = min(max(n_val, 1), len(order) - 1)
+        val += order[:n_val]
+        train += order[n_val:][:per_class]
+    return sorted(train), sorted(val)
+
+
+def _counts(indices: list[int], labels: list[int], names: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(names, 0)
+    for i in indices:
+        counts[names[labels[i]]] += 1
+    return counts
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+class _Channels:
+    """(..., C, H, W) -> (..., n, H, W): luminance for RGB -> 1, else repeat/truncate cyclically."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[-3]
+        if c == self.n:
+            return x
+        if c == 3 and self.n == 1:
+            weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(3, 1, 1)
+            return (x * weights).sum(-3, keepdim=True)
+        return x[..., [i % c for i in range(self.n)], :, :]
+
+
+def _adapt(stats: Stats, n: int) -> Stats:
+    mean, std = stats
+    if len(mean) == n:
+        return tuple(mean), tuple(std)
+    if n == 1:
+        return (sum(mean) / len(mean),), (sum(std) / len(std),)
+    return tuple(mean[i % len(mean)] for i in range(n)), tuple(std[i % len(std)] for i in range(n))
+
+
+def _augmentations(augment: Sequence[str], size: int, channels: int) -> tuple[list[Any], list[str]]:
+    """The train-only transforms, and the names skipped because they do not apply to `channels`."""
+    make = {
+        "hflip": lambda: v2.RandomHorizontalFlip(),
+        "vflip": lambda: v2.RandomVerticalFlip(),
+        "random_crop": lambda: v2.RandomCrop(size, padding=max(1, round(4 * size / 32))),
+        "random_resized_crop": lambda: v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+        # brightness/contrast are defined for 1 and 3 channels only (torchvision's contrast needs a grey level)
+        "color_jitter": lambda: v2.ColorJitter(brightness=0.2, contrast=0.2),
+        "rotate": lambda: v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR),
+    }
+    skipped = [a for a in augment if a == "color_jitter" and channels not in (1, 3)]
+    return [make[a]() for a in augment if a not in skipped], skipped
+
+
+def _check_args(dataset: str, normalize: str, augment: Sequence[str], val_fraction: float, image_size: int,
+                in_channels: int) -> None:
+    problems: list[Any] = []
+    if dataset not in DATASETS:
+        problems.append((("data", "dataset"), f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}"))
+    if normalize not in ("from_weights", "imagenet", "none"):
+        problems.append((("data", "normalize"), f"unknown {normalize!r}; choose from_weights, imagenet or none"))
+    problems += [(("data", "augment", i), f"unknown augmentation {a!r}; choose from {', '.join(AUGMENTS)}")
+                 for i, a in enumerate(augment) if a not in AUGMENTS]
+    if not 0 <= val_fraction < 1:
+        problems.append((("data", "val_fraction"), f"must be in [0, 1), got {val_fraction}"))
+    if image_size < 1 or in_channels < 1:
+        problems.append((("data", "image_size"), f"image_size and in_channels must be >= 1, got {image_size}, {in_channels}"))
+    if problems:
+        raise DatasetError(problems)

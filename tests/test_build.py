@@ -1,0 +1,157 @@
+"""recipec build end to end: the run directory contract, exact resume, exports that load alone."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import recipec
+from recipec.build import build
+from recipec.errors import RecipecError, RecipeError, RunDirectoryError
+from recipec.recipe.load import load_recipe
+
+TINY = """\
+    name: tiny
+    seed: 3
+    device: cpu
+    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10, dropout: 0.1}}
+    groups:
+      - {name: block1, match: ['^[01]\\.']}
+      - {name: block2, match: ['^[34]\\.']}
+      - {name: head, match: ['^8\\.']}
+    freeze: {trainable: [head], unfreeze: {1: [block2]}}
+    optimizer: {name: adamw, lr: 1.0e-2, lr_decay: 2, weight_decay: 0.01, scheduler: {name: cosine}}
+    data: {dataset: digits, image_size: 8, per_class: 20, batch_size: 32, augment: [hflip]}
+    train: {epochs: 3, keep_last: 2}
+    export: {formats: [safetensors, torch]}
+"""
+
+
+def _recipe(tmp_path: Path, *overrides: str, body: str = TINY):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(textwrap.dedent(body))
+    return load_recipe(path, overrides)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_directory_contract(tmp_path):
+    run = build(_recipe(tmp_path), out=tmp_path / "run")
+    names = {p.name for p in run.iterdir()}
+    assert {"recipe.yaml", "plan.json", "metrics.jsonl", "checkpoints", "model.safetensors", "model.pt",
+            "curves.png"} <= names
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0002.pt", "epoch-0003.pt", "last.pt"]
+    metrics = _metrics(run)
+    assert [m["epoch"] for m in metrics] == [0, 1, 2]
+    for m in metrics:
+        assert set(m) >= {"epoch", "train_loss", "val_loss", "val_acc", "lr", "trainable_groups",
+                          "trainable_params", "seconds"}
+        assert set(m["lr"]) == {"block1", "block2", "head"}  # frozen groups included
+    assert metrics[0]["trainable_groups"] == ["head"] and metrics[1]["trainable_groups"] == ["block2", "head"]
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["groups"][0]["lr"][0] == pytest.approx(metrics[0]["lr"]["block1"])
+    assert load_recipe(run / "recipe.yaml") == load_recipe(tmp_path / "tiny.yaml")
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_frozen_group_and_its_batchnorm_never_change(tmp_path):
+    recipe = _recipe(tmp_path)
+    initial = recipec.compile_recipe(recipe).model.state_dict()
+    run = build(recipe, out=tmp_path / "run")
+    final = load_file(run / "model.safetensors")
+    for key in ("0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(final[key], initial[key]), key
+    assert not torch.equal(final["8.1.weight"], initial["8.1.weight"])
+    assert not torch.equal(final["3.weight"], initial["3.weight"])
+
+
+def test_extending_a_run_equals_running_it_whole(tmp_path):
+    # a constant lr: with cosine the first epochs of a 2-epoch run follow another schedule
+    constant = "optimizer.scheduler={name: none}"
+    whole = build(_recipe(tmp_path, constant), out=tmp_path / "whole")
+    part = build(_recipe(tmp_path, constant, "train.epochs=2"), out=tmp_path / "part")
+    build(_recipe(tmp_path, constant), out=part, resume=True)
+    a, b = load_file(whole / "model.safetensors"), load_file(part / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    strip = [{k: v for k, v in m.items() if k != "seconds"} for m in _metrics(whole)]
+    assert strip == [{k: v for k, v in m.items() if k != "seconds"} for m in _metrics(part)]
+
+
+def test_interrupt_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
+    whole = build(_recipe(tmp_path), out=tmp_path / "whole")
+    import recipec.train.loop as loop
+
+    real = loop.evaluate
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # Ctrl-C during the second epoch's validation
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build(_recipe(tmp_path), out=tmp_path / "cut")
+    monkeypatch.setattr(loop, "evaluate", real)
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+    build(_recipe(tmp_path), out=tmp_path / "cut", resume=True)
+    a, b = load_file(whole / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
+    recipe = _recipe(tmp_path, "train.epochs=2")
+    build(recipe, out=tmp_path / "run")
+    with pytest.raises(RunDirectoryError, match="--resume"):
+        build(recipe, out=tmp_path / "run")
+    with pytest.raises(RunDirectoryError, match="does not exist"):
+        build(recipe, out=tmp_path / "other", resume=True)
+    with pytest.raises(RunDirectoryError, match="optimizer"):
+        build(_recipe(tmp_path, "train.epochs=2", "optimizer.lr=0.5"), out=tmp_path / "run", resume=True)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
+def test_exports_load_alone_and_predict_the_same(tmp_path, name):
+    recipe = _recipe(tmp_path, "train.epochs=2")
+    run = build(recipe, out=tmp_path / "run")
+    model = recipec.load(run / name)
+    reference = recipec.load(run / "model.safetensors")
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(model(x), reference(x))
+    assert not model.training
+    state = torch.load(run / "model.pt", weights_only=True)
+    assert "recipec.recipe" in state["recipec_metadata"]
+
+
+def test_float16_export(tmp_path):
+    run = build(_recipe(tmp_path, "train.epochs=2", "export.dtype=float16", "export.formats=[safetensors]"),
+                out=tmp_path / "run")
+    tensors = load_file(run / "model.safetensors")
+    assert tensors["8.1.weight"].dtype == torch.float16
+    assert tensors["1.num_batches_tracked"].dtype == torch.int64
+    assert recipec.load(run / "model.safetensors")(torch.randn(1, 3, 8, 8).half()).shape == (1, 10)
+
+
+def test_head_size_must_match_the_data(tmp_path):
+    with pytest.raises(RecipecError) as info:
+        build(_recipe(tmp_path, "model.head.num_classes=7"), out=tmp_path / "run")
+    assert info.value.paths == [("model", "head", "num_classes")]
+    assert not (tmp_path / "run").exists()
+
+
+def test_unbuilt_export_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(RecipeError) as info:
+        build(_recipe(tmp_path, "export.formats=[safetensors, onnx]"), out=tmp_path / "run")
+    assert info.value.paths == [("export", "formats", 1)]
+    assert not (tmp_path / "run").exists()
