@@ -28,7 +28,7 @@ from recipec.errors import ExportError, RecipeError, RunDirectoryError
 from recipec.recipe.load import dump_recipe
 from recipec.recipe.spec import Recipe
 
-__all__ = ["build", "run_directory"]
+__all__ = ["build", "resolve_upstream", "run_directory"]
 
 _NOT_BUILT = {"onnx": "ONNX export is not built yet; use safetensors or torch"}
 
@@ -39,7 +39,7 @@ def run_directory(recipe: Recipe, out: str | Path | None = None) -> Path:
 
 
 def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False, device: str | None = None,
-          log: Callable[[str], None] | None = None) -> Path:
+          log: Callable[[str], None] | None = None, _chain: tuple[str, ...] = ()) -> Path:
     """Compile, fine-tune and export a recipe.
 
     Args:
@@ -67,6 +67,7 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
 
     say = log or (lambda line: None)
     _refuse_unbuilt(recipe)
+    recipe = resolve_upstream(recipe, build_missing=True, log=say, _chain=_chain)
     run = run_directory(recipe, out)
     last = run / "checkpoints" / "last.pt"
     state = None
@@ -130,6 +131,51 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
         say(f"wrote {path}")
     _plot_curves(history, run / "curves.png")
     return run
+
+
+def resolve_upstream(recipe: Recipe, *, build_missing: bool, log: Callable[[str], None] | None = None,
+                     _chain: tuple[str, ...] = ()) -> Recipe:
+    """Turn ``source.recipe`` into ``source.checkpoint``: the export of the upstream run.
+
+    The upstream run is ``runs/<upstream name>`` (relative to the working directory). It is
+    reused when its ``recipe.yaml`` is the upstream recipe as resolved now (a cache keyed by
+    the whole recipe), built first when absent and ``build_missing``, and an error otherwise.
+
+    Raises:
+        RecipeError: the upstream recipe is invalid, circular, or built from another recipe.
+        RunDirectoryError: it is not built and ``build_missing`` is false.
+    """
+    from recipec.recipe.load import load_recipe
+
+    if recipe.source is None or recipe.source.recipe is None:
+        return recipe
+    path = recipe.source.recipe
+    at = ("source", "recipe")
+    if str(Path(path).resolve()) in _chain:
+        raise RecipeError([(at, f"recipes build each other in a circle: {' -> '.join((*_chain, path))}")])
+    try:
+        upstream = load_recipe(path)
+    except RecipeError as exc:
+        raise RecipeError([(at, f"upstream recipe {path}: {p}") for p in exc.problems]) from exc
+    run = run_directory(upstream)
+    built = run / "recipe.yaml"
+    if built.exists() and built.read_text() != dump_recipe(upstream):
+        raise RecipeError([(at, f"the upstream run {run} was built from another version of {path}; "
+                                "remove it (or build it again elsewhere) so it can be rebuilt")])
+    export = next((run / n for n in ("model.safetensors", "model.pt") if (run / n).exists()), None)
+    if export is None:
+        if not build_missing:
+            raise RunDirectoryError([(at, f"the upstream run {run} is not built yet; run `recipec build {path}` "
+                                          "(recipec build does it for you)")])
+        if log is not None:
+            log(f"building upstream recipe {path} into {run}")
+        build(upstream, log=log, _chain=(*_chain, str(Path(path).resolve())))
+        export = next((run / n for n in ("model.safetensors", "model.pt") if (run / n).exists()), None)
+        if export is None:
+            raise RecipeError([(at, f"the upstream recipe {path} exports neither safetensors nor torch; "
+                                    "add one of them to its export.formats")])
+    source = recipe.source.model_copy(update={"recipe": None, "checkpoint": str(export.resolve())})
+    return recipe.model_copy(update={"source": source})
 
 
 def _refuse_unbuilt(recipe: Recipe) -> None:

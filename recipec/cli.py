@@ -177,9 +177,10 @@ def plan(recipe: str, overrides: tuple[str, ...], device: str | None, as_json: b
         overrides = (*overrides, f"device={device}")
     spec = _load(recipe, overrides)
     try:
+        from recipec.build import resolve_upstream
         from recipec.compiler import compile_recipe
 
-        compiled = compile_recipe(spec)
+        compiled = compile_recipe(resolve_upstream(spec, build_missing=False))
     except RecipecError as exc:
         raise _locate(exc, spec) from exc
     if as_json:

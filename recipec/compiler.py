@@ -196,8 +196,8 @@ def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> 
     assert source is not None
     if source.recipe is not None:
         raise CheckpointError([(("source", "recipe"),
-                                "building an upstream recipe as a source is not supported yet; build it "
-                                "and set source.checkpoint to its model.safetensors")])
+                                "an upstream recipe must be built first: recipec build and recipec plan do it "
+                                "(recipec.build.resolve_upstream turns it into source.checkpoint)")])
     path = Path(source.checkpoint or "")
     try:
         if source.sha256 is not None:

@@ -155,3 +155,43 @@ def test_unbuilt_export_is_refused_before_anything_is_written(tmp_path):
         build(_recipe(tmp_path, "export.formats=[safetensors, onnx]"), out=tmp_path / "run")
     assert info.value.paths == [("export", "formats", 1)]
     assert not (tmp_path / "run").exists()
+
+
+UPSTREAM = """\
+    name: upstream
+    seed: 1
+    device: cpu
+    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
+    data: {dataset: digits, image_size: 8, per_class: 10}
+    train: {epochs: 1}
+"""
+
+DOWNSTREAM = """\
+    name: downstream
+    device: cpu
+    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 3}}
+    source: {recipe: up.yaml, exclude: ['^8\\.']}
+    freeze: {trainable: [head]}
+    data: {dataset: digits, image_size: 8, per_class: 10, classes: ['1', '7', '9']}
+    train: {epochs: 1}
+"""
+
+
+def test_source_recipe_builds_the_upstream_once_and_starts_from_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "up.yaml").write_text(textwrap.dedent(UPSTREAM))
+    down = tmp_path / "down.yaml"
+    down.write_text(textwrap.dedent(DOWNSTREAM))
+    lines: list[str] = []
+    run = build(load_recipe(down), log=lines.append)
+    assert any("building upstream recipe" in line for line in lines)
+    upstream = load_file(tmp_path / "runs" / "upstream" / "model.safetensors")
+    final = load_file(run / "model.safetensors")
+    for key in ("0.weight", "1.running_mean", "3.weight"):  # the frozen body is the upstream's
+        assert torch.equal(final[key], upstream[key]), key
+    plan = json.loads((run / "plan.json").read_text())
+    assert sorted(e["key"] for e in plan["load_report"]["excluded"]) == ["8.bias", "8.weight"]
+    # a second downstream run reuses the upstream run instead of building it again
+    lines.clear()
+    build(load_recipe(down), out=tmp_path / "again", log=lines.append)
+    assert not any("building upstream" in line for line in lines)

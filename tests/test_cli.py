@@ -220,3 +220,16 @@ def test_build_exit_codes(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "z"),
                        "--set", "optimizer={name: sgd, lr: 1.0e+30}")
     assert code == 1 and "loss" in err, err
+
+
+def test_plan_with_an_unbuilt_upstream_recipe_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "up.yaml", TINY_RECIPE)
+    down = _write(tmp_path, "down.yaml", """\
+        name: down
+        device: cpu
+        model: {arch: resnet18}
+        source: {recipe: up.yaml}
+    """)
+    code, _, err = run(capsys, "plan", str(down))
+    assert code == 2 and f"{down}:4:" in err and "recipec build" in err
