@@ -211,6 +211,39 @@ def inspect(checkpoint: str, as_json: bool, allow_globals: tuple[str, ...]) -> N
     click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))
 
 
+@cli.command()
+@click.argument("target", type=click.Path())
+@click.option("--layers", required=True, metavar="NAME,...", help="Dotted module names, comma-separated (e.g. layer3,layer4).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
+              help="Which part of the recipe's dataset.")
+@click.option("--pool", type=click.Choice(["avg", "max"]), default="avg", show_default=True,
+              help="How spatial (or token) outputs are pooled to one vector per example.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP + " Recipes only.")
+@click.option("--device", help="Device to run the model on (default: the recipe's).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override data.batch_size.")
+def features(target: str, layers: str, out: str, split: str, pool: str, overrides: tuple[str, ...],
+             device: str | None, batch_size: int | None) -> None:
+    """Extract pooled features of intermediate layers over a dataset into safetensors.
+
+    TARGET is a recipe (the model is compiled with its weights and source) or a recipec
+    export (the model and the dataset come from its embedded recipe). Augmentations are
+    off and the order is the dataset's, so the file is deterministic: one (N, C) tensor per
+    layer and `labels` (N,).
+
+    \b
+    Examples:
+      recipec features runs/quickstart/model.safetensors --layers layer3,layer4 --out feats.safetensors
+      recipec features recipes/quickstart.yaml --layers avgpool --split val --out val.safetensors
+    """
+    from recipec.train.features import features as extract
+
+    names = [name.strip() for name in layers.split(",") if name.strip()]
+    path = extract(target, layers=names, out=out, split=split, overrides=overrides, device=device,
+                   batch_size=batch_size, pool=pool)
+    click.echo(f"wrote {path}")
+
+
 def _print_errors(lines: Sequence[str]) -> None:
     for line in lines:
         click.echo(f"error: {line}", err=True)

@@ -233,3 +233,20 @@ def test_plan_with_an_unbuilt_upstream_recipe_says_so(tmp_path, capsys, monkeypa
     """)
     code, _, err = run(capsys, "plan", str(down))
     assert code == 2 and f"{down}:4:" in err and "recipec build" in err
+
+
+def test_features_command(tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(ROOT)
+    recipe = _write(tmp_path, "tiny.yaml", TINY_RECIPE)
+    code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 0, err
+    out = tmp_path / "f.safetensors"
+    code, stdout, err = run(capsys, "features", str(tmp_path / "run" / "model.safetensors"), "--layers", "3,8",
+                            "--out", str(out), "--split", "val")
+    assert code == 0, err
+    tensors = load_file(out)
+    assert tensors["3"].shape[1] == 8 and tensors["8"].shape[1] == 10 and tensors["labels"].ndim == 1
+    code, _, err = run(capsys, "features", str(recipe), "--layers", "nope", "--out", str(tmp_path / "g.safetensors"))
+    assert code == 2 and "unknown layer 'nope'" in err and not (tmp_path / "g.safetensors").exists()

@@ -1,0 +1,337 @@
+"""The model card: a finished run directory rendered through a Jinja2 template into README.md.
+
+Everything the card says is read back from the run directory (``recipe.yaml``, ``plan.json``,
+``metrics.jsonl``, the provenance inside the exports, ``curves.png``), so ``recipec card``
+re-renders any finished run, with the shipped template or another one. What the run does not
+know is left out of the card rather than written as a placeholder.
+
+This module never imports torch at module level; reading a ``model.pt``'s metadata does, inside
+:func:`card_context`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from recipec._atomic import atomic_write_text
+from recipec.errors import RecipeError, RunDirectoryError
+
+__all__ = ["card_context", "render_card", "write_card"]
+
+# recipec/templates is a symlink to the repository's templates/ in a source tree, a copy when installed.
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "card.md.j2"
+_EXPORTS = ("model.safetensors", "model.safetensors.index.json", "model.pt", "model.onnx")
+_KEY_ROWS = 20  # non-loaded keys listed per load stage; the rest are counted
+
+
+def card_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Everything a card template can use, read from a run directory alone.
+
+    Raw documents (``recipe``, ``plan``, ``metrics``, ``provenance``) sit beside digested
+    sections (``model``, ``data``, ``training``, ``transfer``, ``evaluation``). Every key is
+    always present; what the run does not know is ``None`` or empty.
+
+    Args:
+        run_dir: the directory ``recipec build`` wrote.
+
+    Returns:
+        The template context (plain data).
+
+    Raises:
+        RunDirectoryError: the directory, its recipe.yaml or metrics.jsonl is missing or unreadable.
+        CheckpointError: an export's metadata is damaged.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise RunDirectoryError(f"{run}: no such run directory; give the directory `recipec build` wrote (--out)")
+    missing = [name for name in ("recipe.yaml", "metrics.jsonl") if not (run / name).is_file()]
+    if missing:
+        raise RunDirectoryError([f"{run}: {name} is missing; a card needs a run that finished at least one epoch"
+                                 for name in missing])
+    recipe_yaml = (run / "recipe.yaml").read_text(encoding="utf-8")
+    recipe = _parse(run / "recipe.yaml", recipe_yaml, yaml.safe_load)
+    metrics = [_parse(run / "metrics.jsonl", line, json.loads)
+               for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not metrics:
+        raise RunDirectoryError(f"{run / 'metrics.jsonl'}: no epoch finished; build the run before its card")
+    plan_file = run / "plan.json"
+    plan = _parse(plan_file, plan_file.read_text(encoding="utf-8"), json.loads) if plan_file.is_file() else {}
+    exports = [{"file": name, "bytes": (run / name).stat().st_size} for name in _EXPORTS if (run / name).is_file()]
+    provenance = _export_provenance(run, [e["file"] for e in exports])
+
+    card = recipe.get("card") or {}
+    model = _model(recipe, plan, provenance, metrics[-1])
+    return {
+        "name": recipe.get("name") or run.name,
+        "recipe": recipe, "recipe_yaml": recipe_yaml, "plan": plan, "metrics": metrics, "provenance": provenance,
+        "license": card.get("license"),
+        "tags": list(dict.fromkeys(["recipec", "image-classification", *(card.get("tags") or [])])),
+        "intended_use": card.get("intended_use"),
+        "limitations": card.get("limitations"),
+        "base_model": _shown(model["source"]["checkpoint"]) if model["source"] else model["weights"],
+        "model": model,
+        "data": _data(recipe, plan.get("data") or provenance.get("data") or {}),
+        "training": _training(recipe, plan, metrics),
+        "transfer": _transfer(plan),
+        "evaluation": {"final": metrics[-1], "has_val": metrics[-1].get("val_acc") is not None, "epochs": metrics},
+        "curves": "curves.png" if (run / "curves.png").is_file() else None,
+        "exports": exports,
+        "load_file": next((e["file"] for e in exports if e["file"] != "model.onnx"), None),
+        "versions": provenance.get("versions") or {},
+        "time": provenance.get("time"),
+        "environment": provenance.get("environment") or {},
+    }
+
+
+def render_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[str] | None = None) -> str:
+    """Render the model card of a run.
+
+    Args:
+        run_dir: the directory ``recipec build`` wrote.
+        template: a Jinja2 template file; default: the recipe's ``card.template``, else the shipped card.
+
+    Returns:
+        The card as Markdown with YAML front matter.
+
+    Raises:
+        RunDirectoryError: see :func:`card_context`.
+        RecipeError: the template cannot be read, does not parse or fails to render (its file and line named).
+
+    Example:
+        >>> print(render_card("runs/quickstart")[:3])
+        ---
+    """
+    context = card_context(run_dir)
+    path = Path(template) if template is not None else Path(
+        (context["recipe"].get("card") or {}).get("template") or DEFAULT_TEMPLATE)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
+                             autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(num=_num, sci=_sci, count=_count, pct=_pct, sig4=_sig4, size=_size, json=_json, cell=_cell)
+    try:
+        text = env.get_template(path.name).render(context)
+    except jinja2.TemplateSyntaxError as exc:
+        raise RecipeError(f"{exc.filename or path}:{exc.lineno}: card template: {exc.message}") from exc
+    except jinja2.TemplateNotFound as exc:
+        if exc.name == path.name:
+            raise RecipeError(f"card template {path}: not found; give an existing Jinja2 file "
+                              "(--template or card.template)") from None
+        raise RecipeError(f"{_template_line(exc) or path}: card template: {exc.name!r} is not in {path.parent}") from exc
+    except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError) as exc:
+        raise RecipeError(f"{_template_line(exc) or path}: card template: {exc}") from exc
+    except OSError as exc:
+        raise RecipeError(f"card template {path}: cannot be read ({exc})") from exc
+    # Optional sections leave blank lines behind; Markdown reads one blank line the same as several.
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def write_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[str] | None = None,
+               out: str | os.PathLike[str] | None = None) -> Path:
+    """Render the card and write it atomically to ``out`` (default ``run_dir/README.md``).
+
+    Rendering finishes before anything is written, so a failing template leaves the old card.
+
+    Returns:
+        The path written.
+
+    Raises:
+        RunDirectoryError, RecipeError: see :func:`render_card`.
+    """
+    text = render_card(run_dir, template=template)
+    target = Path(out) if out is not None else Path(run_dir) / "README.md"
+    atomic_write_text(target, text)
+    return target
+
+
+# --------------------------------------------------------------------------- reading the run
+
+
+def _parse(path: Path, text: str, parse: Any) -> Any:
+    try:
+        value = parse(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise RunDirectoryError(f"{path}: not valid {path.suffix[1:].upper()} ({exc}); the run directory is damaged") from exc
+    if not isinstance(value, dict):
+        raise RunDirectoryError(f"{path}: expected an object, got {type(value).__name__}; the run directory is damaged")
+    return value
+
+
+def _export_provenance(run: Path, exports: list[str]) -> dict[str, Any]:
+    from recipec.card.provenance import read_export_metadata
+
+    for name in exports:
+        if name != "model.onnx":
+            from recipec.weights.formats import read_metadata
+
+            return read_export_metadata(read_metadata(run / name))[1]
+    return {}
+
+
+def _shown(path: str | None) -> str | None:
+    # Cards get shared: an absolute path would name the machine's directories, its file name suffices.
+    return None if path is None else (Path(path).name if os.path.isabs(path) else path)
+
+
+def _model(recipe: dict[str, Any], plan: dict[str, Any], prov: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    spec = recipe.get("model") or {}
+    weights = (plan.get("weights") or {}).get("name") or (prov.get("base_model") or {}).get("weights")
+    source = prov.get("source") or {}
+    pinned = recipe.get("source") or {}
+    report = (plan.get("reports") or {}).get("source") or {}
+    checkpoint = source.get("checkpoint") or pinned.get("checkpoint") or report.get("source")
+    trainable = (plan.get("parameters") or {}).get("trainable") or []
+    return {
+        "arch": spec.get("arch"), "kwargs": spec.get("kwargs") or {}, "in_channels": spec.get("in_channels", 3),
+        "head": plan.get("head"), "weights": weights,
+        "source": None if checkpoint is None else {
+            "checkpoint": checkpoint, "sha256": source.get("sha256") or pinned.get("sha256"),
+            "state_dict_key": source.get("state_dict_key") or report.get("state_dict_key")},
+        "params_total": (plan.get("parameters") or {}).get("total"),
+        "params_trainable_start": trainable[0] if trainable else None,
+        "params_trainable_end": final.get("trainable_params"),
+    }
+
+
+def _data(recipe: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    spec = recipe.get("data") or {}
+    dataset = spec.get("dataset") or info.get("dataset")
+    root = spec.get("root") or info.get("root")
+    normalize = info.get("normalize") or {}
+    applied = normalize.get("applied")
+    requested = normalize.get("requested") or spec.get("normalize")
+    return {
+        "dataset": dataset,
+        # An image folder is known by its directory's name; its path is private.
+        "name": Path(root).name if dataset == "imagefolder" and root else dataset,
+        "classes": info.get("classes") or spec.get("classes") or [],
+        "sizes": info.get("sizes") or {},
+        "per_class": spec.get("per_class"), "val_fraction": spec.get("val_fraction"), "seed": recipe.get("seed"),
+        "image_size": info.get("image_size") or spec.get("image_size"),
+        "in_channels": info.get("in_channels") or (recipe.get("model") or {}).get("in_channels", 3),
+        "normalization": applied if isinstance(applied, dict) else None,
+        "normalization_from": {"from_weights": "the pretrained weights' transforms", "imagenet": "ImageNet statistics",
+                               "none": "none requested"}.get(requested, requested),
+        "augment": info.get("augment", spec.get("augment") or []),
+        "augment_skipped": info.get("augment_skipped") or [],
+        "batch_size": spec.get("batch_size"),
+    }
+
+
+def _training(recipe: dict[str, Any], plan: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    train = recipe.get("train") or {}
+    groups = [{"name": g["name"], "params": g.get("params"),
+               "trainable_from": next((e for e, t in enumerate(g.get("trainable") or []) if t), None),
+               "lr": (g.get("lr") or [None])[0]} for g in plan.get("groups") or []]
+    stopping = train.get("early_stopping")
+    fired = bool(metrics[-1].get("early_stopped")) and stopping is not None
+    return {
+        "groups": groups, "optimizer": recipe.get("optimizer") or {},
+        "batchnorm": (recipe.get("freeze") or {}).get("batchnorm"),
+        "epochs_planned": train.get("epochs"), "epochs_trained": len(metrics),
+        "early_stopped": {**stopping, "epoch": metrics[-1]["epoch"]} if fired else None,
+        "batch_size": (recipe.get("data") or {}).get("batch_size"), "accumulate": train.get("accumulate", 1),
+        "amp": train.get("amp", "none"), "grad_clip": train.get("grad_clip"),
+    }
+
+
+def _transfer(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    reports = plan.get("reports") or ({"source": plan["load_report"]} if plan.get("load_report") else {})
+    return [_stage(name, report) for name, report in reports.items()]
+
+
+def _stage(name: str, r: dict[str, Any]) -> dict[str, Any]:
+    def shape(s: list[int] | None) -> str:
+        return "?" if s is None else "[" + ",".join(map(str, s)) + "]"
+
+    rows = [(a["key"], f"adapted by {a['rule']} {shape(a.get('source_shape'))} → {shape(a.get('model_shape'))}")
+            for a in r.get("adapted") or []]
+    rows += [(m["key"], f"shape mismatch: source {shape(m.get('source_shape'))} vs model "
+                        f"{shape(m.get('model_shape'))}, skipped") for m in r.get("mismatched") or []]
+    rows += [(k, "missing from the source, kept as initialised") for k in r.get("missing") or []]
+    rows += [(k, "new head, initialised fresh") for k in r.get("new") or []]
+    defaulted = r.get("defaulted") or []
+    if len(defaulted) > 3:
+        rows.append((f"{defaulted[0]} and {len(defaulted) - 1} more", "not in the source, default kept"))
+    else:
+        rows += [(k, "not in the source, default kept") for k in defaulted]
+    rows += [(e["key"], f"excluded by `{e['pattern']}`" if e.get("pattern") else "excluded: matches no include pattern")
+             for e in r.get("excluded") or []]
+    rows += [(k, "unexpected: not in the model") for k in r.get("unexpected") or []]
+    counts = r.get("counts") or {fate: len(r.get(fate) or []) for fate in
+                                 ("loaded", "adapted", "renamed", "mismatched", "missing", "new", "defaulted",
+                                  "excluded", "unexpected")}
+    return {"stage": name, "source": _shown(r.get("source")) or None, "state_dict_key": r.get("state_dict_key") or None,
+            "counts": {fate: n for fate, n in counts.items() if n or fate == "loaded"},
+            "rows": rows[:_KEY_ROWS], "more": max(0, len(rows) - _KEY_ROWS)}
+
+
+# --------------------------------------------------------------------------- template helpers
+
+
+def _template_line(exc: BaseException) -> str | None:
+    # jinja2 rewrites tracebacks so that template frames carry the template's file and line.
+    where, tb = None, exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if not name.endswith(".py") and not name.startswith("<"):
+            where = f"{name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
+
+
+def _num(x: Any) -> str:
+    """4 significant digits; integers with thousands separators; None as a dash."""
+    if x is None:
+        return "—"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if not math.isfinite(x) or x == 0:
+        return f"{x:g}"
+    if abs(x) >= 1e4:
+        return f"{x:,.0f}"
+    return f"{x:.4g}" if abs(x) >= 1e-3 else f"{x:.3e}"
+
+
+def _sci(x: float | None) -> str:
+    """4 significant digits in scientific notation, for columns of learning rates."""
+    return "—" if x is None else f"{x:.3e}"
+
+
+def _count(n: Any) -> str:
+    return "—" if n is None else f"{int(n):,}"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f} %"
+
+
+def _sig4(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def _size(n: float) -> str:
+    if n < 1000:
+        return f"{int(n)} B"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def _json(value: Any) -> str:
+    # JSON is valid YAML: front matter values written this way always parse, whatever they hold.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")

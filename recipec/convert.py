@@ -1,0 +1,296 @@
+"""``recipec convert``: a checkpoint in another format, dtype or layout, its metadata carried along.
+
+Sources are whatever :func:`recipec.weights.formats.load` reads (torch files, recipec training
+states, safetensors, sharded indexes); targets are torch, safetensors (optionally sharded) and
+ONNX. An export's recipe and provenance stay in the output, so the result is as
+self-describing as its source, plus a ``recipec.converted_from`` entry naming the source file
+and its SHA-256. ONNX needs the architecture: the checkpoint's own recipe, or ``recipe``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recipec._atomic import atomic_path
+from recipec.card.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
+from recipec.errors import CheckpointError, ExportError
+from recipec.recipe.spec import Recipe
+from recipec.weights import formats
+
+__all__ = ["CONVERTED_FROM_KEY", "FORMATS", "convert"]
+
+INDEX_SUFFIX = formats.INDEX_SUFFIX
+
+FORMATS = ("torch", "safetensors", "onnx")
+CONVERTED_FROM_KEY = "recipec.converted_from"
+_DTYPES = ("float16", "bfloat16", "float32")
+_SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", **dict.fromkeys(formats.TORCH_SUFFIXES, "torch")}
+_TRAINING_STATE = "recipec-training-state"  # recipec.train.state.FORMAT, without importing train/
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    to: str | None = None,
+    dtype: str | None = None,
+    recipe: str | os.PathLike[str] | None = None,
+    shard_size: int | str | None = None,
+    allow_globals: Sequence[str] = (),
+) -> list[Path]:
+    """Convert a checkpoint; every file is written atomically and nothing is written on error.
+
+    Args:
+        src: a torch file (a training state's ``model`` weights included), a ``.safetensors``
+            file, a sharded ``*.safetensors.index.json``, or a directory holding one.
+        dst: the file to write; its suffix names the format unless ``to`` does.
+        to: ``"torch"``, ``"safetensors"`` or ``"onnx"``; default from ``dst``'s suffix
+            (``.pt/.pth/.bin/.ckpt``, ``.safetensors`` or ``.safetensors.index.json``, ``.onnx``).
+        dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``: cast floating tensors (integer
+            buffers such as ``num_batches_tracked`` keep theirs). ONNX graphs are always float32.
+        recipe: a recipe file whose model section describes the architecture. Needed for ONNX
+            when the checkpoint carries no recipe, and preferred to the one it carries; the
+            tensors must fit it exactly, and the output then carries this recipe.
+        shard_size: bytes per shard (``"2GB"`` or an int): sharded safetensors with an index.
+        allow_globals: ``"module.Name"`` pickle globals a torch source may contain.
+
+    Returns:
+        The files written (for a sharded output: the shards, then the index).
+
+    Raises:
+        CheckpointError: a missing, corrupt or unsafe source, a source and destination that
+            overlap, an unknown suffix without ``to``, an option that does not fit the format,
+            tensors that do not fit the recipe, or ONNX without a known architecture (exit 2).
+        RecipeError: ``recipe`` is not a valid recipe (exit 2).
+        ExportError: the ONNX exporter failed or its outputs differ from torch's beyond
+            ``export.onnx.atol`` (exit 1).
+
+    Example:
+        >>> convert("runs/flowers/model.safetensors", "model.onnx")
+        [PosixPath('model.onnx')]
+        >>> convert("runs/flowers/checkpoints/last.pt", "half.safetensors", dtype="float16")
+        [PosixPath('half.safetensors')]
+    """
+    source, target = Path(src), Path(dst)
+    fmt = _target_format(target, to)
+    cast = _check_dtype(dtype, fmt)
+    shard = _check_shard_size(shard_size, fmt, target)
+    if target.resolve() == source.resolve():
+        raise CheckpointError(f"{target}: is the source checkpoint itself; write the conversion to another file")
+    spec = None
+    if recipe is not None:
+        from recipec.recipe.load import load_recipe
+
+        spec = load_recipe(recipe)
+    checkpoint = formats.load(source, allow_globals=allow_globals)
+    _refuse_overwrite(checkpoint.files, target, fmt)
+    metadata = _carried_metadata(checkpoint)
+    metadata[CONVERTED_FROM_KEY] = json.dumps(
+        {"file": checkpoint.files[0].name, "sha256": formats.sha256(checkpoint.files[0]), "format": checkpoint.format},
+        sort_keys=True)
+    state = _cast(checkpoint.state_dict, cast)
+    if spec is not None:
+        from recipec.recipe.load import dump_recipe
+
+        # The output describes the architecture its tensors were checked against.
+        metadata[RECIPE_KEY] = dump_recipe(spec)
+    elif fmt == "onnx":
+        spec = _embedded_recipe(metadata, source)
+    model = _rebuild(spec, state, source) if spec is not None else None
+    if fmt == "onnx":
+        assert spec is not None and model is not None
+        return [_to_onnx(model, spec, target, metadata)]
+    return _save(state, target, fmt, metadata, shard)
+
+
+def _target_format(target: Path, to: str | None) -> str:
+    implied = "safetensors" if target.name.endswith(INDEX_SUFFIX) else _SUFFIXES.get(target.suffix)
+    if to is None:
+        if implied is None:
+            raise CheckpointError(f"{target}: cannot tell the output format from the suffix {target.suffix!r}; "
+                                  f"pass --to {' | '.join(FORMATS)}, or name it .safetensors, .pt or .onnx")
+        return implied
+    if to not in FORMATS:
+        raise CheckpointError(f"--to {to!r}: expected one of {', '.join(FORMATS)}")
+    if implied is not None and implied != to:
+        raise CheckpointError(f"{target}: the suffix {target.suffix!r} says {implied}, but --to says {to}; "
+                              "give the file a suffix that fits, or leave --to out")
+    return to
+
+
+def _check_dtype(dtype: str | None, fmt: str) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    if dtype not in _DTYPES:
+        raise CheckpointError(f"--dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
+    if fmt == "onnx" and dtype != "float32":
+        raise CheckpointError(f"--dtype {dtype}: ONNX graphs are written in float32 (fp16/bf16 graphs often fail on "
+                              "onnxruntime CPU); convert to ONNX without --dtype")
+    cast: torch.dtype = getattr(torch, dtype)
+    return cast
+
+
+def _check_shard_size(shard_size: int | str | None, fmt: str, target: Path) -> int | None:
+    if shard_size is None:
+        if target.name.endswith(INDEX_SUFFIX):
+            raise CheckpointError(f"{target}: a sharded index needs --shard-size (e.g. 2GB)")
+        return None
+    if fmt != "safetensors" or not target.name.endswith((".safetensors", INDEX_SUFFIX)):
+        raise CheckpointError(f"--shard-size: shards are written as safetensors; name the output .safetensors "
+                              f"or *{INDEX_SUFFIX}, not {target.name!r}")
+    from recipec.recipe.spec import parse_size
+
+    try:
+        size = parse_size(shard_size)
+    except ValueError as exc:
+        raise CheckpointError(f"--shard-size: {exc}") from exc
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise CheckpointError(f"--shard-size: must be a positive size such as 2GB or 500MB, got {shard_size!r}")
+    return size
+
+
+def _refuse_overwrite(sources: Sequence[Path], target: Path, fmt: str) -> None:
+    """A safetensors save also removes same-stem shards, index or single file beside it."""
+    files = {f.resolve() for f in sources}
+    if target.resolve() in files:
+        raise CheckpointError(f"{target}: is (part of) the source checkpoint; write the conversion to another file")
+    if fmt != "safetensors" or not target.name.endswith((".safetensors", INDEX_SUFFIX)):
+        return
+    name = target.name
+    stem = name[: -len(INDEX_SUFFIX)] if name.endswith(INDEX_SUFFIX) else name[: -len(".safetensors")]
+    family = re.compile(re.escape(stem) + r"(-\d{5}-of-\d{5})?\.safetensors|" + re.escape(stem + INDEX_SUFFIX))
+    directory = target.parent.resolve()
+    clash = sorted(f.name for f in files if f.parent == directory and family.fullmatch(f.name))
+    if clash:
+        raise CheckpointError(f"{target}: writing it would replace or remove the source file {clash[0]!r} (same name "
+                              "stem in the same directory); choose another name or directory")
+
+
+def _carried_metadata(checkpoint: formats.Checkpoint) -> dict[str, str]:
+    """The source's metadata as str -> str, without what the format itself records again."""
+    meta, names = checkpoint.metadata, checkpoint.state_dict
+    if meta.get("format") == _TRAINING_STATE:
+        return _training_state_metadata(meta)
+    carried: dict[str, str] = {}
+    for key, value in meta.items():
+        # metadata[dropped] = kept records a tied weight: the safetensors save writes it anew.
+        if not isinstance(key, str) or key in names or (isinstance(value, str) and value in names):
+            continue
+        if isinstance(value, str):
+            carried[key] = value
+            continue
+        try:
+            carried[key] = json.dumps(value, sort_keys=True)
+        except (TypeError, ValueError):
+            continue  # not data JSON can hold; a str -> str header has no place for it
+    return carried
+
+
+def _training_state_metadata(state: Mapping[str, Any]) -> dict[str, str]:
+    # Optimizer, scheduler and RNG states are for resuming; the weights keep the recipe and a summary.
+    history = state.get("history") or [{}]
+    last = history[-1] if isinstance(history[-1], dict) else {}
+    provenance = {"epochs_trained": state.get("epoch"), "time": state.get("time"), "versions": state.get("versions"),
+                  "final_metrics": {k: last.get(k) for k in ("train_loss", "val_loss", "val_acc")}}
+    carried = {PROVENANCE_KEY: json.dumps({k: v for k, v in provenance.items() if v is not None}, sort_keys=True)}
+    if isinstance(state.get("recipe"), str):
+        carried[RECIPE_KEY] = state["recipe"]
+    return carried
+
+
+def _cast(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    if dtype is None:
+        return dict(state)
+    # Cast each stored tensor once, so that tied weights stay one tensor (stored once in safetensors).
+    done: dict[tuple[Any, ...], torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if not tensor.is_floating_point() or tensor.dtype == dtype:
+            out[name] = tensor
+            continue
+        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.stride())
+        if view not in done or not tensor.numel():
+            done[view] = tensor.to(dtype)
+        out[name] = done[view]
+    return out
+
+
+def _embedded_recipe(metadata: Mapping[str, str], source: Path) -> Recipe:
+    import yaml
+
+    recipe_yaml, _ = read_export_metadata(metadata)
+    if recipe_yaml is None:
+        raise CheckpointError(f"{source}: the checkpoint carries no recipe, so the architecture is unknown; pass --recipe")
+    try:
+        return Recipe.model_validate(yaml.safe_load(recipe_yaml))
+    except Exception as exc:  # pydantic or YAML: the embedded recipe is damaged
+        raise CheckpointError(f"{source}: the embedded recipe is not valid ({_first_line(exc)}); pass --recipe") from exc
+
+
+def _rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path) -> nn.Module:
+    """The architecture the recipe describes (as ``recipec.load`` builds it), with ``state`` loaded strictly."""
+    from recipec.model import heads, zoo
+
+    spec = recipe.model
+    # pretrained=... only sets what the weights imply (e.g. googlenet's transform_input); nothing is fetched
+    model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None)
+    if spec.head is not None:
+        heads.replace_head(model, spec.arch, num_classes=spec.head.num_classes, type=spec.head.type,
+                           hidden=spec.head.hidden, dropout=spec.head.dropout, activation=spec.head.activation,
+                           at=spec.head.at)
+    if spec.in_channels != 3:
+        zoo.set_input_channels(model, spec.in_channels)
+    expected = model.state_dict()
+    problems = [f"{source}: lacks {k!r}, which {spec.arch} has" for k in sorted(set(expected) - set(state))[:10]]
+    problems += [f"{source}: has {k!r}, which {spec.arch} lacks" for k in sorted(set(state) - set(expected))[:10]]
+    problems += [f"{source}: {k!r} has shape {list(state[k].shape)}, {spec.arch} {list(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape][:10]
+    if problems:
+        raise CheckpointError([*problems, "the tensors do not fit the architecture the recipe describes; "
+                                          "pass the recipe the checkpoint was trained with (--recipe)"])
+    model.load_state_dict(state, strict=True)  # copies into the model's float32 parameters
+    return model.eval()
+
+
+def _to_onnx(model: nn.Module, recipe: Recipe, target: Path, metadata: dict[str, str]) -> Path:
+    from recipec.weights.onnx import export_onnx, verify_onnx
+
+    options = recipe.export.onnx
+    shape = (1, recipe.model.in_channels, recipe.data.image_size, recipe.data.image_size)
+    # Export and verify under a temporary name: a file that fails verification never appears as dst.
+    with atomic_path(target) as tmp:
+        try:
+            export_onnx(model, tmp, input_shape=shape, opset=options.opset, dynamic_batch=options.dynamic_batch,
+                        metadata=metadata, arch=recipe.model.arch)
+            if options.verify:
+                verify_onnx(model, tmp, input_shape=shape, atol=options.atol)
+        except ExportError as exc:
+            raise ExportError([p.replace(str(tmp), str(target)) for p in exc.problems]) from exc
+    return target
+
+
+def _save(state: dict[str, torch.Tensor], target: Path, fmt: str, metadata: dict[str, str],
+          shard: int | None) -> list[Path]:
+    if (fmt == "torch" and target.suffix in formats.TORCH_SUFFIXES) or (
+            fmt == "safetensors" and target.name.endswith((".safetensors", INDEX_SUFFIX))):
+        return formats.save(state, target, metadata=metadata, shard_size=shard)
+    # --to with a suffix formats.save does not know: write under a known one beside dst, then rename.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
+        written = formats.save(state, Path(scratch) / ("model.safetensors" if fmt == "safetensors" else "model.pt"),
+                               metadata=metadata)
+        os.replace(written[0], target)
+    return [target]
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
