@@ -130,6 +130,9 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
     for path in _export(recipe, compiled.model, run, recipe_yaml, provenance):
         say(f"wrote {path}")
     _plot_curves(history, run / "curves.png")
+    from recipec.card.render import write_card
+
+    say(f"wrote {write_card(run)}")
     return run
 
 

@@ -244,6 +244,27 @@ def features(target: str, layers: str, out: str, split: str, pool: str, override
     click.echo(f"wrote {path}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--template", type=click.Path(dir_okay=False), help="A Jinja2 template (default: the recipe's card.template, else the shipped one).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write (default: RUN_DIR/README.md).")
+def card(run_dir: str, template: str | None, out: str | None) -> None:
+    """(Re)render the model card of a finished run from its files alone.
+
+    The card has Hugging Face front matter (license, tags, base_model, datasets, metrics)
+    and the sections of Mitchell et al.; what is unknown is left out, never filled with
+    placeholders.
+
+    \b
+    Examples:
+      recipec card runs/quickstart
+      recipec card runs/quickstart --template my-card.md.j2 --out CARD.md
+    """
+    from recipec.card.render import write_card
+
+    click.echo(f"wrote {write_card(run_dir, template=template, out=out)}")
+
+
 def _print_errors(lines: Sequence[str]) -> None:
     for line in lines:
         click.echo(f"error: {line}", err=True)

@@ -5,8 +5,7 @@ Everything the card says is read back from the run directory (``recipe.yaml``, `
 re-renders any finished run, with the shipped template or another one. What the run does not
 know is left out of the card rather than written as a placeholder.
 
-This module never imports torch at module level; reading a ``model.pt``'s metadata does, inside
-:func:`card_context`.
+Torch is imported only inside :func:`card_context`, to read an export's metadata.
 """
 
 from __future__ import annotations
@@ -24,12 +23,13 @@ import yaml
 from recipec._atomic import atomic_write_text
 from recipec.errors import RecipeError, RunDirectoryError
 
-__all__ = ["card_context", "render_card", "write_card"]
+__all__ = ["DEFAULT_TEMPLATE", "card_context", "render_card", "write_card"]
 
 # recipec/templates is a symlink to the repository's templates/ in a source tree, a copy when installed.
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "card.md.j2"
 _EXPORTS = ("model.safetensors", "model.safetensors.index.json", "model.pt", "model.onnx")
 _KEY_ROWS = 20  # non-loaded keys listed per load stage; the rest are counted
+_FATES = ("loaded", "adapted", "renamed", "mismatched", "missing", "new", "defaulted", "excluded", "unexpected")
 
 
 def card_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -64,29 +64,26 @@ def card_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise RunDirectoryError(f"{run / 'metrics.jsonl'}: no epoch finished; build the run before its card")
     plan_file = run / "plan.json"
     plan = _parse(plan_file, plan_file.read_text(encoding="utf-8"), json.loads) if plan_file.is_file() else {}
-    exports = [{"file": name, "bytes": (run / name).stat().st_size} for name in _EXPORTS if (run / name).is_file()]
-    provenance = _export_provenance(run, [e["file"] for e in exports])
+    present = [name for name in _EXPORTS if (run / name).is_file()]
+    provenance = _export_provenance(run, present)
 
     card = recipe.get("card") or {}
     model = _model(recipe, plan, provenance, metrics[-1])
     return {
         "name": recipe.get("name") or run.name,
         "recipe": recipe, "recipe_yaml": recipe_yaml, "plan": plan, "metrics": metrics, "provenance": provenance,
-        "license": card.get("license"),
+        "license": card.get("license"), "intended_use": card.get("intended_use"), "limitations": card.get("limitations"),
         "tags": list(dict.fromkeys(["recipec", "image-classification", *(card.get("tags") or [])])),
-        "intended_use": card.get("intended_use"),
-        "limitations": card.get("limitations"),
-        "base_model": _shown(model["source"]["checkpoint"]) if model["source"] else model["weights"],
+        "base_model": model["source"]["checkpoint"] if model["source"] else model["weights"],
         "model": model,
-        "data": _data(recipe, plan.get("data") or provenance.get("data") or {}),
+        "data": _data(recipe, plan.get("data") or provenance.get("data") or {}, model["weights"]),
         "training": _training(recipe, plan, metrics),
         "transfer": _transfer(plan),
         "evaluation": {"final": metrics[-1], "has_val": metrics[-1].get("val_acc") is not None, "epochs": metrics},
         "curves": "curves.png" if (run / "curves.png").is_file() else None,
-        "exports": exports,
-        "load_file": next((e["file"] for e in exports if e["file"] != "model.onnx"), None),
-        "versions": provenance.get("versions") or {},
-        "time": provenance.get("time"),
+        "exports": [{"file": name, "bytes": (run / name).stat().st_size} for name in present],
+        "load_file": next((name for name in present if name != "model.onnx"), None),
+        "versions": provenance.get("versions") or {}, "time": provenance.get("time"),
         "environment": provenance.get("environment") or {},
     }
 
@@ -114,7 +111,7 @@ def render_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[
         (context["recipe"].get("card") or {}).get("template") or DEFAULT_TEMPLATE)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
                              autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(num=_num, sci=_sci, count=_count, pct=_pct, sig4=_sig4, size=_size, json=_json, cell=_cell)
+    env.filters.update(_FILTERS)
     try:
         text = env.get_template(path.name).render(context)
     except jinja2.TemplateSyntaxError as exc:
@@ -164,14 +161,13 @@ def _parse(path: Path, text: str, parse: Any) -> Any:
 
 
 def _export_provenance(run: Path, exports: list[str]) -> dict[str, Any]:
+    readable = [name for name in exports if name != "model.onnx"]
+    if not readable:
+        return {}
     from recipec.card.provenance import read_export_metadata
+    from recipec.weights.formats import read_metadata  # imports torch: only here, never at module level
 
-    for name in exports:
-        if name != "model.onnx":
-            from recipec.weights.formats import read_metadata
-
-            return read_export_metadata(read_metadata(run / name))[1]
-    return {}
+    return read_export_metadata(read_metadata(run / readable[0]))[1]
 
 
 def _shown(path: str | None) -> str | None:
@@ -181,7 +177,8 @@ def _shown(path: str | None) -> str | None:
 
 def _model(recipe: dict[str, Any], plan: dict[str, Any], prov: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
     spec = recipe.get("model") or {}
-    weights = (plan.get("weights") or {}).get("name") or (prov.get("base_model") or {}).get("weights")
+    weights = ((plan.get("weights") or {}).get("name") or (prov.get("base_model") or {}).get("weights")
+               or spec.get("weights"))
     source = prov.get("source") or {}
     pinned = recipe.get("source") or {}
     report = (plan.get("reports") or {}).get("source") or {}
@@ -191,7 +188,7 @@ def _model(recipe: dict[str, Any], plan: dict[str, Any], prov: dict[str, Any], f
         "arch": spec.get("arch"), "kwargs": spec.get("kwargs") or {}, "in_channels": spec.get("in_channels", 3),
         "head": plan.get("head"), "weights": weights,
         "source": None if checkpoint is None else {
-            "checkpoint": checkpoint, "sha256": source.get("sha256") or pinned.get("sha256"),
+            "checkpoint": _shown(checkpoint), "sha256": source.get("sha256") or pinned.get("sha256"),
             "state_dict_key": source.get("state_dict_key") or report.get("state_dict_key")},
         "params_total": (plan.get("parameters") or {}).get("total"),
         "params_trainable_start": trainable[0] if trainable else None,
@@ -199,28 +196,28 @@ def _model(recipe: dict[str, Any], plan: dict[str, Any], prov: dict[str, Any], f
     }
 
 
-def _data(recipe: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+def _data(recipe: dict[str, Any], info: dict[str, Any], weights: str | None) -> dict[str, Any]:
     spec = recipe.get("data") or {}
     dataset = spec.get("dataset") or info.get("dataset")
     root = spec.get("root") or info.get("root")
     normalize = info.get("normalize") or {}
-    applied = normalize.get("applied")
-    requested = normalize.get("requested") or spec.get("normalize")
+    applied = normalize.get("applied", "none" if spec.get("normalize") == "none" else None)
+    requested = str(normalize.get("requested") or spec.get("normalize"))
+    sources = {"from_weights": f"the transforms of {weights}", "imagenet": "ImageNet statistics (data.normalize)"}
+    classes = info.get("classes") or spec.get("classes") or []
     return {
         "dataset": dataset,
         # An image folder is known by its directory's name; its path is private.
         "name": Path(root).name if dataset == "imagefolder" and root else dataset,
-        "classes": info.get("classes") or spec.get("classes") or [],
-        "sizes": info.get("sizes") or {},
+        "classes": classes, "sizes": info.get("sizes") or {},
+        "num_classes": len(classes) or ((recipe.get("model") or {}).get("head") or {}).get("num_classes"),
         "per_class": spec.get("per_class"), "val_fraction": spec.get("val_fraction"), "seed": recipe.get("seed"),
         "image_size": info.get("image_size") or spec.get("image_size"),
         "in_channels": info.get("in_channels") or (recipe.get("model") or {}).get("in_channels", 3),
         "normalization": applied if isinstance(applied, dict) else None,
-        "normalization_from": {"from_weights": "the pretrained weights' transforms", "imagenet": "ImageNet statistics",
-                               "none": "none requested"}.get(requested, requested),
-        "augment": info.get("augment", spec.get("augment") or []),
-        "augment_skipped": info.get("augment_skipped") or [],
-        "batch_size": spec.get("batch_size"),
+        "normalization_from": sources.get(requested, requested),
+        "normalization_note": applied if isinstance(applied, str) else None,  # "none", "none (no pretrained weights)"
+        "augment": info.get("augment", spec.get("augment") or []), "augment_skipped": info.get("augment_skipped") or [],
     }
 
 
@@ -229,8 +226,8 @@ def _training(recipe: dict[str, Any], plan: dict[str, Any], metrics: list[dict[s
     groups = [{"name": g["name"], "params": g.get("params"),
                "trainable_from": next((e for e, t in enumerate(g.get("trainable") or []) if t), None),
                "lr": (g.get("lr") or [None])[0]} for g in plan.get("groups") or []]
-    stopping = train.get("early_stopping")
-    fired = bool(metrics[-1].get("early_stopped")) and stopping is not None
+    stopping = train.get("early_stopping") or {}
+    fired = bool(metrics[-1].get("early_stopped")) and bool(stopping)
     return {
         "groups": groups, "optimizer": recipe.get("optimizer") or {},
         "batchnorm": (recipe.get("freeze") or {}).get("batchnorm"),
@@ -250,23 +247,24 @@ def _stage(name: str, r: dict[str, Any]) -> dict[str, Any]:
     def shape(s: list[int] | None) -> str:
         return "?" if s is None else "[" + ",".join(map(str, s)) + "]"
 
-    rows = [(a["key"], f"adapted by {a['rule']} {shape(a.get('source_shape'))} → {shape(a.get('model_shape'))}")
-            for a in r.get("adapted") or []]
-    rows += [(m["key"], f"shape mismatch: source {shape(m.get('source_shape'))} vs model "
-                        f"{shape(m.get('model_shape'))}, skipped") for m in r.get("mismatched") or []]
-    rows += [(k, "missing from the source, kept as initialised") for k in r.get("missing") or []]
-    rows += [(k, "new head, initialised fresh") for k in r.get("new") or []]
+    def each(fate: str, why: str) -> list[tuple[str, str, str]]:
+        side = "source" if fate == "unexpected" else "model"
+        return [(k, side, why) for k in r.get(fate) or []]
+
+    rows = [(a["key"], "model", f"adapted by {a['rule']} {shape(a.get('source_shape'))} → "
+                                f"{shape(a.get('model_shape'))}") for a in r.get("adapted") or []]
+    rows += [(m["key"], "model", f"shape mismatch: source {shape(m.get('source_shape'))} vs model "
+                                 f"{shape(m.get('model_shape'))}, skipped") for m in r.get("mismatched") or []]
+    rows += each("missing", "missing from the source, kept as initialised") + each("new", "new head, initialised fresh")
     defaulted = r.get("defaulted") or []
     if len(defaulted) > 3:
-        rows.append((f"{defaulted[0]} and {len(defaulted) - 1} more", "not in the source, default kept"))
+        rows.append((f"{defaulted[0]} and {len(defaulted) - 1} more", "model", "not in the source, default kept"))
     else:
-        rows += [(k, "not in the source, default kept") for k in defaulted]
-    rows += [(e["key"], f"excluded by `{e['pattern']}`" if e.get("pattern") else "excluded: matches no include pattern")
-             for e in r.get("excluded") or []]
-    rows += [(k, "unexpected: not in the model") for k in r.get("unexpected") or []]
-    counts = r.get("counts") or {fate: len(r.get(fate) or []) for fate in
-                                 ("loaded", "adapted", "renamed", "mismatched", "missing", "new", "defaulted",
-                                  "excluded", "unexpected")}
+        rows += each("defaulted", "not in the source, default kept")
+    rows += [(e["key"], "source", f"excluded by `{e['pattern']}`" if e.get("pattern")
+              else "excluded: matches no include pattern") for e in r.get("excluded") or []]
+    rows += each("unexpected", "unexpected: not in the model")
+    counts = r.get("counts") or {fate: len(r.get(fate) or []) for fate in _FATES}
     return {"stage": name, "source": _shown(r.get("source")) or None, "state_dict_key": r.get("state_dict_key") or None,
             "counts": {fate: n for fate, n in counts.items() if n or fate == "loaded"},
             "rows": rows[:_KEY_ROWS], "more": max(0, len(rows) - _KEY_ROWS)}
@@ -288,50 +286,31 @@ def _template_line(exc: BaseException) -> str | None:
 
 def _num(x: Any) -> str:
     """4 significant digits; integers with thousands separators; None as a dash."""
-    if x is None:
-        return "—"
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return str(x)
-    if isinstance(x, int):
-        return f"{x:,}"
+    if x is None or isinstance(x, bool) or not isinstance(x, (int, float)):
+        return "—" if x is None else str(x)
+    if isinstance(x, int) or abs(x) >= 1e4:
+        return f"{x:,.0f}"
     if not math.isfinite(x) or x == 0:
         return f"{x:g}"
-    if abs(x) >= 1e4:
-        return f"{x:,.0f}"
     return f"{x:.4g}" if abs(x) >= 1e-3 else f"{x:.3e}"
 
 
-def _sci(x: float | None) -> str:
-    """4 significant digits in scientific notation, for columns of learning rates."""
-    return "—" if x is None else f"{x:.3e}"
-
-
-def _count(n: Any) -> str:
-    return "—" if n is None else f"{int(n):,}"
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.2f} %"
-
-
-def _sig4(x: float) -> float:
-    return float(f"{x:.4g}")
-
-
 def _size(n: float) -> str:
-    if n < 1000:
-        return f"{int(n)} B"
-    for unit in ("kB", "MB", "GB", "TB"):
-        n /= 1000
-        if n < 1000 or unit == "TB":
-            break
-    return f"{n:.1f} {unit}"
+    units = iter(("kB", "MB", "GB", "TB"))
+    unit = "B"
+    while n >= 1000 and unit != "TB":
+        n, unit = n / 1000, next(units)
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
 
 
-def _json(value: Any) -> str:
+_FILTERS: dict[str, Any] = {
+    "num": _num,
+    "sci": lambda x: "—" if x is None else f"{x:.3e}",  # learning-rate columns line up
+    "count": lambda n: "—" if n is None else f"{int(n):,}",
+    "pct": lambda x: "—" if x is None else f"{100 * x:.2f} %",
+    "sig4": lambda x: float(f"{x:.4g}"),
+    "size": _size,
     # JSON is valid YAML: front matter values written this way always parse, whatever they hold.
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    "json": lambda value: json.dumps(value, ensure_ascii=False),
+    "cell": lambda value: str(value).replace("|", "\\|").replace("\n", " "),
+}

@@ -86,7 +86,7 @@ def export_onnx(
                 "export safetensors instead"
             )
         program = _run_exporter(net, shape, opset=opset, dynamic_batch=dynamic_batch, name=name)
-    proto = program.model_proto
+    proto = _at_opset(program.model_proto, opset, name)
     kept = [p for p in proto.metadata_props if p.key not in props]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
@@ -202,6 +202,25 @@ def _run_exporter(model: nn.Module, shape: tuple[int, ...], *, opset: int, dynam
             )
     except Exception as exc:
         raise ExportError(f"ONNX export of {name} failed: {_exporter_reason(exc)}") from exc
+
+
+def _at_opset(proto: Any, opset: int, name: str) -> Any:
+    """The graph at the requested opset: below 18 the exporter may silently keep 18."""
+    import onnx
+
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if written == opset:
+        return proto
+    # The exporter converts before optimising, when axes are not constants yet, and keeps
+    # opset 18 without a word when that fails; after optimisation the converter has a chance.
+    try:
+        converted = onnx.version_converter.convert_version(proto, opset)
+        onnx.checker.check_model(converted)  # the converter can emit attributes the old opset lacks
+    except Exception as exc:
+        raise ExportError(f"ONNX export of {name}: torch's exporter writes opset {written} and onnx cannot convert "
+                          f"this graph to opset {opset} ({_first_lines(exc, 1)}); set export.onnx.opset to "
+                          f"{written} or higher") from exc
+    return converted
 
 
 def _exporter_reason(exc: BaseException) -> str:
