@@ -243,7 +243,7 @@ def test_features_command(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "run"), "--quiet")
     assert code == 0, err
     out = tmp_path / "f.safetensors"
-    code, stdout, err = run(capsys, "features", str(tmp_path / "run" / "model.safetensors"), "--layers", "3,8",
+    code, _stdout, err = run(capsys, "features", str(tmp_path / "run" / "model.safetensors"), "--layers", "3,8",
                             "--out", str(out), "--split", "val")
     assert code == 0, err
     tensors = load_file(out)
