@@ -4,7 +4,8 @@
 runs/<name>/
   recipe.yaml       the resolved recipe          plan.json      load report + group/epoch table
   metrics.jsonl     one object per epoch         checkpoints/   last.pt (+ kept epochs): what --resume needs
-  model.safetensors / model.pt                   curves.png     training curves
+  model.safetensors / model.pt / model.onnx      curves.png     training curves
+  README.md         the model card
 ```
 
 Every file is written atomically. A run that fails or is interrupted leaves its last
@@ -15,6 +16,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Callable
@@ -29,9 +31,6 @@ from recipec.recipe.load import dump_recipe
 from recipec.recipe.spec import Recipe
 
 __all__ = ["build", "resolve_upstream", "run_directory"]
-
-_NOT_BUILT = {"onnx": "ONNX export is not built yet; use safetensors or torch"}
-
 
 def run_directory(recipe: Recipe, out: str | Path | None = None) -> Path:
     """Where a build of ``recipe`` writes: ``out``, else ``runs/<name>``."""
@@ -66,7 +65,6 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
     from recipec.train.state import checkpoint_paths, load_state, restore_state, rotate_checkpoints, save_state
 
     say = log or (lambda line: None)
-    _refuse_unbuilt(recipe)
     recipe = resolve_upstream(recipe, build_missing=True, log=say, _chain=_chain)
     run = run_directory(recipe, out)
     last = run / "checkpoints" / "last.pt"
@@ -181,15 +179,6 @@ def resolve_upstream(recipe: Recipe, *, build_missing: bool, log: Callable[[str]
     return recipe.model_copy(update={"source": source})
 
 
-def _refuse_unbuilt(recipe: Recipe) -> None:
-    problems: list[tuple[tuple[str | int, ...], str]] = []
-    for i, fmt in enumerate(recipe.export.formats):
-        if fmt in _NOT_BUILT:
-            problems.append((("export", "formats", i), _NOT_BUILT[fmt]))
-    if problems:
-        raise RecipeError(problems)
-
-
 def _check_resumable(recipe: Recipe, saved_yaml: str) -> None:
     """A resumed run must be the same recipe; only train.epochs may grow."""
     import yaml
@@ -267,6 +256,12 @@ def _export(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml: str,
     written: list[Path] = []
     try:
         for fmt in recipe.export.formats:
+            if fmt == "onnx":
+                from recipec.convert import to_onnx
+
+                # exported in float32 whatever export.dtype says: fp16 graphs often fail on onnxruntime CPU
+                written.append(to_onnx(copy.deepcopy(model).float().cpu().eval(), recipe, run / "model.onnx", metadata))
+                continue
             target = run / ("model.safetensors" if fmt == "safetensors" else "model.pt")
             shard = recipe.export.shard_size if fmt == "safetensors" else None
             written += formats.save(state, target, metadata=metadata, shard_size=shard)

@@ -190,6 +190,38 @@ def plan(recipe: str, overrides: tuple[str, ...], device: str | None, as_json: b
 
 
 @cli.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--to", type=click.Choice(["torch", "safetensors", "onnx"]), help="Output format (default: DST's suffix).")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Cast floating tensors.")
+@click.option("--recipe", type=click.Path(dir_okay=False),
+              help="The recipe that describes the architecture, for files that carry none (needed for ONNX).")
+@click.option("--shard-size", metavar="SIZE", help="Shard safetensors output above SIZE (e.g. 2GB).")
+@click.option("--allow-global", "allow_globals", multiple=True, metavar="MODULE.NAME",
+              help="A pickle global you trust in a torch source (repeatable).")
+def convert(src: str, dst: str, to: str | None, dtype: str | None, recipe: str | None, shard_size: str | None,
+            allow_globals: tuple[str, ...]) -> None:
+    """Convert a checkpoint between torch, safetensors and ONNX.
+
+    The recipe and provenance a recipec export carries travel into the output. ONNX needs
+    the architecture: from the checkpoint's own metadata or from --recipe; the graph is
+    checked against torch with onnxruntime before it is written (exit 1 beyond tolerance).
+
+    \b
+    Examples:
+      recipec convert runs/quickstart/model.safetensors model.onnx
+      recipec convert runs/quickstart/checkpoints/last.pt model.safetensors --dtype bfloat16
+      recipec convert backbone.pth backbone.safetensors --shard-size 2GB
+      recipec convert foreign.pth model.onnx --recipe recipes/quickstart.yaml
+    """
+    from recipec.convert import convert as run_convert
+
+    for path in run_convert(src, dst, to=to, dtype=dtype, recipe=recipe, shard_size=shard_size,
+                            allow_globals=allow_globals):
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
 @click.argument("checkpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, every tensor included.")
 @click.option("--allow-global", "allow_globals", multiple=True, metavar="MODULE.NAME",

@@ -26,7 +26,7 @@ from recipec.errors import CheckpointError, ExportError
 from recipec.recipe.spec import Recipe
 from recipec.weights import formats
 
-__all__ = ["CONVERTED_FROM_KEY", "FORMATS", "convert"]
+__all__ = ["CONVERTED_FROM_KEY", "FORMATS", "convert", "to_onnx"]
 
 INDEX_SUFFIX = formats.INDEX_SUFFIX
 
@@ -108,7 +108,7 @@ def convert(
     model = _rebuild(spec, state, source) if spec is not None else None
     if fmt == "onnx":
         assert spec is not None and model is not None
-        return [_to_onnx(model, spec, target, metadata)]
+        return [to_onnx(model, spec, target, metadata)]
     return _save(state, target, fmt, metadata, shard)
 
 
@@ -238,21 +238,14 @@ def _embedded_recipe(metadata: Mapping[str, str], source: Path) -> Recipe:
 
 def _rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path) -> nn.Module:
     """The architecture the recipe describes (as ``recipec.load`` builds it), with ``state`` loaded strictly."""
-    from recipec.model import heads, zoo
+    from recipec.restore import build_model
 
     spec = recipe.model
-    # pretrained=... only sets what the weights imply (e.g. googlenet's transform_input); nothing is fetched
-    model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None)
-    if spec.head is not None:
-        heads.replace_head(model, spec.arch, num_classes=spec.head.num_classes, type=spec.head.type,
-                           hidden=spec.head.hidden, dropout=spec.head.dropout, activation=spec.head.activation,
-                           at=spec.head.at)
-    if spec.in_channels != 3:
-        zoo.set_input_channels(model, spec.in_channels)
+    model = build_model(recipe)
     expected = model.state_dict()
     problems = [f"{source}: lacks {k!r}, which {spec.arch} has" for k in sorted(set(expected) - set(state))[:10]]
     problems += [f"{source}: has {k!r}, which {spec.arch} lacks" for k in sorted(set(state) - set(expected))[:10]]
-    problems += [f"{source}: {k!r} has shape {list(state[k].shape)}, {spec.arch} {list(v.shape)}"
+    problems += [f"{source}: {k!r} has shape {list(state[k].shape)}, but {spec.arch} has {list(v.shape)}"
                  for k, v in expected.items() if k in state and state[k].shape != v.shape][:10]
     if problems:
         raise CheckpointError([*problems, "the tensors do not fit the architecture the recipe describes; "
@@ -261,7 +254,8 @@ def _rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path) ->
     return model.eval()
 
 
-def _to_onnx(model: nn.Module, recipe: Recipe, target: Path, metadata: dict[str, str]) -> Path:
+def to_onnx(model: nn.Module, recipe: Recipe, target: Path, metadata: dict[str, str]) -> Path:
+    """Export ``model`` to ONNX as ``recipe.export.onnx`` says, verified before it appears at ``target``."""
     from recipec.weights.onnx import export_onnx, verify_onnx
 
     options = recipe.export.onnx

@@ -16,7 +16,7 @@ from torch import nn
 
 from recipec.errors import CheckpointError
 
-__all__ = ["load", "read_export"]
+__all__ = ["build_model", "load", "read_export"]
 
 
 def read_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], Any]:
@@ -42,18 +42,15 @@ def read_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], Any]
     return recipe, provenance, checkpoint
 
 
-def load(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild the fine-tuned model of an export (``model.safetensors``, ``model.pt``), in eval mode.
+def build_model(recipe: Any) -> nn.Module:
+    """The architecture a recipe describes, head and input channels included, with no weights loaded.
 
-    Example:
-        >>> model = recipec.load("runs/quickstart/model.safetensors")
-        >>> logits = model(images)
+    Nothing is fetched: ``pretrained=...`` only sets what the weights imply (e.g. googlenet's
+    ``transform_input``), since every tensor comes from the checkpoint loaded next.
     """
     from recipec.model import heads, zoo
 
-    recipe, _, checkpoint = read_export(Path(path))
     spec = recipe.model
-    # pretrained=... only sets what the weights imply (e.g. googlenet's transform_input); nothing is fetched
     model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None)
     if spec.head is not None:
         heads.replace_head(model, spec.arch, num_classes=spec.head.num_classes, type=spec.head.type,
@@ -61,6 +58,18 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
                            at=spec.head.at)
     if spec.in_channels != 3:
         zoo.set_input_channels(model, spec.in_channels)
+    return model
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild the fine-tuned model of an export (``model.safetensors``, ``model.pt``), in eval mode.
+
+    Example:
+        >>> model = recipec.load("runs/quickstart/model.safetensors")
+        >>> logits = model(images)
+    """
+    recipe, _, checkpoint = read_export(Path(path))
+    model = build_model(recipe)
     state = checkpoint.state_dict
     try:
         dtype = next(v.dtype for v in state.values() if v.is_floating_point())

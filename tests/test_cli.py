@@ -211,8 +211,9 @@ def test_build_exit_codes(tmp_path, capsys, monkeypatch):
     assert "epoch 2/2" in stdout and (out / "model.safetensors").exists()
     code, _, err = run(capsys, "build", str(recipe), "--out", str(out))
     assert code == 2 and "--resume" in err
-    code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "x"), "--set", "export.formats=[onnx]")
-    assert code == 2 and f"{recipe}:" not in err and "export.formats.0" in err
+    code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "x"),
+                       "--set", "data={dataset: imagefolder, root: /nonexistent/flowers}")
+    assert code == 2 and "data.root" in err and "/nonexistent/flowers" in err
     assert not (tmp_path / "x").exists()
     code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "y"), "--nproc", "2")
     assert code == 2 and "--nproc" in err
@@ -250,3 +251,18 @@ def test_features_command(tmp_path, capsys, monkeypatch):
     assert tensors["3"].shape[1] == 8 and tensors["8"].shape[1] == 10 and tensors["labels"].ndim == 1
     code, _, err = run(capsys, "features", str(recipe), "--layers", "nope", "--out", str(tmp_path / "g.safetensors"))
     assert code == 2 and "unknown layer 'nope'" in err and not (tmp_path / "g.safetensors").exists()
+
+
+def test_convert_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = _write(tmp_path, "tiny.yaml", TINY_RECIPE)
+    code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 0, err
+    src = tmp_path / "run" / "model.safetensors"
+    code, out, err = run(capsys, "convert", str(src), str(tmp_path / "m.onnx"))
+    assert code == 0, err
+    assert (tmp_path / "m.onnx").exists() and "wrote" in out
+    code, _, err = run(capsys, "convert", str(src), str(tmp_path / "m.xyz"))
+    assert code == 2 and "--to" in err
+    code, _, err = run(capsys, "convert", str(tmp_path / "absent.pt"), str(tmp_path / "n.safetensors"))
+    assert code == 2 and not (tmp_path / "n.safetensors").exists()

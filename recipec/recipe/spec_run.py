@@ -77,7 +77,7 @@ class TrainSpec(_Spec):
 class OnnxSpec(_Spec):
     """ONNX export options."""
 
-    opset: int = Field(18, ge=13, le=23, description="ONNX opset version.", examples=[18])
+    opset: int = Field(18, ge=18, le=23, description="ONNX opset version (torch's exporter writes 18 or newer).", examples=[18])
     dynamic_batch: bool = Field(True, description="Leave the batch dimension symbolic.", examples=[True])
     verify: bool = Field(True, description="Compare onnxruntime outputs with torch outputs.", examples=[True])
     atol: float = Field(1e-4, gt=0, description="Largest absolute difference accepted by verification.", examples=[1e-4])

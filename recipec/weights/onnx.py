@@ -77,14 +77,14 @@ def export_onnx(
     name = arch or type(model).__name__
     shape = _check_shape(input_shape)
     props = _check_metadata(metadata)
+    size = sum(t.numel() * 4 for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+    if size > _MAX_BYTES:
+        raise ExportError(
+            f"ONNX export of {name}: {size / 1024**3:.1f} GiB of float32 weights; a single .onnx file holds "
+            "at most 2 GiB (bigger ones need external data, which recipec does not write); "
+            "export safetensors instead"
+        )
     with _float32_cpu_eval(model) as net:
-        size = sum(t.numel() * 4 for t in (*net.parameters(), *net.buffers()) if t.is_floating_point())
-        if size > _MAX_BYTES:
-            raise ExportError(
-                f"ONNX export of {name}: {size / 1024**3:.1f} GiB of float32 weights; a single .onnx file holds "
-                "at most 2 GiB (bigger ones need external data, which recipec does not write); "
-                "export safetensors instead"
-            )
         program = _run_exporter(net, shape, opset=opset, dynamic_batch=dynamic_batch, name=name)
     proto = _at_opset(program.model_proto, opset, name)
     kept = [p for p in proto.metadata_props if p.key not in props]
