@@ -32,7 +32,7 @@ VALID: dict[str, Any] = {
                   "scheduler": {"name": "step", "step_epochs": 2, "gamma": 0.5, "warmup_epochs": 1}},
     "data": {"dataset": "imagefolder", "root": "data", "classes": ["a", "b"], "augment": ["hflip"], "image_size": 32},
     "train": {"epochs": 4, "early_stopping": {"metric": "val_loss", "patience": 2}},
-    "export": {"formats": ["safetensors", "onnx"], "shard_size": "1GB", "onnx": {"opset": 17}},
+    "export": {"formats": ["safetensors", "onnx"], "shard_size": "1GB", "onnx": {"opset": 19}},
     "card": {"tags": ["x"], "license": "mit"},
 }
 KNOWN = sorted({str(p[-1]) for p, _ in iter_paths(VALID) if p and isinstance(p[-1], str)} | {"extends", "step", "cosine"})
