@@ -3,7 +3,7 @@
 Both train the same ResNet-18 (new 10-class head, every group trainable) on the same
 digits batches at 32x32 for one epoch with AdamW; recipec adds the freezing schedule,
 BatchNorm policy, per-group lr schedule and metrics. The table shows seconds per epoch
-(best of N) and the ratio.
+(median of N, interleaved) and the ratio.
 
     python benchmarks/bench_fit.py [--repeats 3]
 """
@@ -11,6 +11,7 @@ BatchNorm policy, per-group lr schedule and metrics. The table shows seconds per
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import textwrap
 import time
@@ -70,7 +71,7 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved, so load on the machine hits both alike
         plains.append(_plain_epoch(recipe, data))
         ours_all.append(_recipec_epoch(recipe, data))
-    plain, ours = min(plains), min(ours_all)
+    plain, ours = statistics.median(plains), statistics.median(ours_all)
     print(f"{'loop':<28}{'s/epoch':>10}{'ratio':>8}")
     print(f"{'hand-written PyTorch':<28}{plain:>10.2f}{1.0:>8.2f}")
     print(f"{'recipec fit':<28}{ours:>10.2f}{ours / plain:>8.2f}")
