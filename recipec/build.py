@@ -59,13 +59,27 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
         >>> (run / "model.safetensors").exists()
         True
     """
+    from recipec.device import resolve_device
+    from recipec.train.distributed import setup, teardown
+
+    world, target = setup(resolve_device(device or recipe.device))
+    try:
+        return _build(recipe, out=out, resume=resume, device=target, world=world, log=log, _chain=_chain)
+    finally:
+        teardown(world)
+
+
+def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torch.device, world: Any,
+           log: Callable[[str], None] | None, _chain: tuple[str, ...]) -> Path:
     from recipec.compiler import compile_recipe
     from recipec.train.data import build_data
+    from recipec.train.distributed import shard_loader
     from recipec.train.loop import EarlyStopping, fit
     from recipec.train.state import checkpoint_paths, load_state, restore_state, rotate_checkpoints, save_state
 
-    say = log or (lambda line: None)
-    recipe = resolve_upstream(recipe, build_missing=True, log=say, _chain=_chain)
+    say = log if log is not None and world.main else (lambda line: None)
+    # several ranks must not race to build an upstream run: under --nproc it must exist already
+    recipe = resolve_upstream(recipe, build_missing=not world.distributed, log=say, _chain=_chain)
     run = run_directory(recipe, out)
     last = run / "checkpoints" / "last.pt"
     state = None
@@ -79,18 +93,21 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
                             "or choose another --out")
 
     data = build_data(**_data_kwargs(recipe))
+    if world.distributed:
+        data.train = shard_loader(data.train, world, recipe.seed)
     if recipe.model.head is not None and recipe.model.head.num_classes != len(data.classes):
         raise RecipeError([(("model", "head", "num_classes"),
                             f"is {recipe.model.head.num_classes} but the data has {len(data.classes)} classes "
                             f"({', '.join(data.classes[:10])}{', ...' if len(data.classes) > 10 else ''})")])
     steps = math.ceil(len(data.train) / recipe.train.accumulate)
-    compiled = compile_recipe(recipe, device=device, steps_per_epoch=steps)
+    compiled = compile_recipe(recipe, device=str(device), steps_per_epoch=steps)
     recipe_yaml = dump_recipe(recipe)
 
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run / "recipe.yaml", recipe_yaml)
-    plan = compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps}
-    atomic_write_text(run / "plan.json", json.dumps(plan, indent=2) + "\n")
+    if world.main:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / "recipe.yaml", recipe_yaml)
+        plan = compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": world.size}
+        atomic_write_text(run / "plan.json", json.dumps(plan, indent=2) + "\n")
 
     history: list[dict[str, Any]] = []
     start = 0
@@ -104,6 +121,8 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
     def on_epoch_end(metrics: dict[str, Any]) -> None:
         history.append(metrics)
         step["n"] += steps
+        if not world.main:
+            return
         lines = "".join(json.dumps(m) + "\n" for m in history)
         atomic_write_text(run / "metrics.jsonl", lines)
         done = metrics["epoch"] + 1
@@ -122,7 +141,9 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
     fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
         schedule=compiled.schedule, data=data, device=compiled.device, epochs=train.epochs, start_epoch=start,
         batchnorm=recipe.freeze.batchnorm, amp=train.amp, grad_clip=train.grad_clip, accumulate=train.accumulate,
-        early_stopping=stopping, history=list(history), on_epoch_end=on_epoch_end)
+        early_stopping=stopping, history=list(history), on_epoch_end=on_epoch_end, world=world)
+    if not world.main:
+        return run
 
     provenance = _provenance(recipe, compiled, data, history)
     for path in _export(recipe, compiled.model, run, recipe_yaml, provenance):

@@ -123,7 +123,7 @@ def schema(out: str | None) -> None:
 @click.option("--resume", is_flag=True, help="Continue the run from its checkpoints/last.pt.")
 @click.option("--device", help="Override the recipe's device (auto, cpu, cuda, cuda:N, mps).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes for distributed training (only 1 is built so far).")
+              help="Data-parallel processes on this machine (gloo on CPU, NCCL on CUDA); torchrun works too.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def build(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, device: str | None, nproc: int,
           quiet: bool) -> None:
@@ -141,18 +141,27 @@ def build(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool
       recipec build recipes/quickstart.yaml --set train.epochs=1 --out runs/try
       recipec build recipes/quickstart.yaml --resume
     """
-    if nproc != 1:
-        raise click.BadParameter("distributed training is not built yet; use --nproc 1", param_hint="--nproc")
     if device is not None:
         overrides = (*overrides, f"device={device}")
-    spec = _load(recipe, overrides)
+    spec = _load(recipe, overrides)  # a bad recipe is reported once, before any process starts
+    if nproc > 1:
+        if os.environ.get("WORLD_SIZE", "1") != "1":
+            raise click.BadParameter("already running under torchrun; drop --nproc", param_hint="--nproc")
+        from recipec.train.distributed import launch
+
+        argv = ["build", recipe, *(["--out", out] if out else []), *(a for o in overrides for a in ("--set", o)),
+                *(["--resume"] if resume else []), *(["--quiet"] if quiet else [])]
+        code = launch(argv, nproc)
+        if code:
+            raise click.exceptions.Exit(code)
+        return
     try:
         from recipec.build import build as run_build
 
         run = run_build(spec, out=out, resume=resume, log=None if quiet else click.echo)
     except RecipecError as exc:
         raise _locate(exc, spec) from exc
-    if not quiet:
+    if not quiet and os.environ.get("RANK", "0") == "0":
         click.echo(f"done: {run}")
 
 
@@ -298,6 +307,8 @@ def card(run_dir: str, template: str | None, out: str | None) -> None:
 
 
 def _print_errors(lines: Sequence[str]) -> None:
+    if os.environ.get("RECIPEC_QUIET_RANK") == "1":  # ranks > 0 of --nproc: rank 0 reports
+        return
     for line in lines:
         click.echo(f"error: {line}", err=True)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from recipec.errors import DatasetError
@@ -58,7 +58,10 @@ def set_epoch(data: Data, epoch: int) -> None:
     from the same generator, so their augmentations repeat too. A no-op when
     ``build_data(epoch_seed=False)``.
     """
-    if data.epoch_seed and data.train.generator is not None:
+    sampler = data.train.sampler
+    if isinstance(sampler, DistributedSampler):  # one shard per rank; the sampler orders each epoch
+        sampler.set_epoch(epoch)
+    elif data.epoch_seed and data.train.generator is not None:
         data.train.generator.manual_seed(data.seed * _EPOCH_STRIDE + epoch)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from recipec.errors import RunError
 from recipec.train.data import Data, set_epoch
+from recipec.train.distributed import World, all_sum, average_gradients, broadcast_buffers
 from recipec.train.freezing import FreezeSchedule, apply_trainable, set_train_mode
 
 __all__ = ["EarlyStopping", "evaluate", "fit", "group_lrs"]
@@ -48,13 +49,17 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
         schedule: FreezeSchedule, data: Data, device: torch.device, epochs: int, start_epoch: int = 0,
         batchnorm: str = "frozen", amp: str = "none", grad_clip: float | None = None, accumulate: int = 1,
         early_stopping: EarlyStopping | None = None, history: Sequence[dict[str, Any]] = (),
-        on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None, world: World | None = None) -> list[dict[str, Any]]:
     """Train from ``start_epoch`` to ``epochs``; return the metrics of every epoch (``history`` included).
+
+    With several processes (``world``), each trains on its shard, gradients are averaged
+    after every backward, and losses are summed over ranks before they are reported.
 
     Raises:
         RunError: the loss became NaN or infinite (exit 1; the last checkpoint stays intact).
     """
     history = list(history)
+    world = world or World()
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
     best, stale = _early_stopping_state(history, early_stopping)
     for epoch in range(start_epoch, epochs):
@@ -80,10 +85,14 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
             scaled = loss / accumulate
             (scaler.scale(scaled) if scaler else scaled).backward()
             if (i + 1) % accumulate == 0 or i + 1 == batches:
+                average_gradients(model, world)
                 _optimizer_step(model, optimizer, scaler, grad_clip)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
+        total_loss, summed = all_sum([total_loss, seen], world)
+        seen = int(summed)
+        broadcast_buffers(model, world)  # every rank validates and saves the same model
         val_loss, val_acc = evaluate(model, data.val, device, amp) if data.val is not None else (None, None)
         metrics = {
             "epoch": epoch,
