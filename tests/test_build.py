@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import recipec
 from recipec.build import build
-from recipec.errors import RecipecError, RecipeError, RunDirectoryError
+from recipec.errors import RecipecError, RunDirectoryError
 from recipec.recipe.load import load_recipe
 
 TINY = """\
