@@ -138,10 +138,11 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     if train.early_stopping is not None:
         es = train.early_stopping
         stopping = EarlyStopping(metric=es.metric, patience=es.patience, min_delta=es.min_delta)
+    cache = _feature_cache(recipe, compiled, data, world)
     fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
         schedule=compiled.schedule, data=data, device=compiled.device, epochs=train.epochs, start_epoch=start,
         batchnorm=recipe.freeze.batchnorm, amp=train.amp, grad_clip=train.grad_clip, accumulate=train.accumulate,
-        early_stopping=stopping, history=list(history), on_epoch_end=on_epoch_end, world=world)
+        early_stopping=stopping, history=list(history), on_epoch_end=on_epoch_end, world=world, cache=cache)
     if not world.main:
         return run
 
@@ -198,6 +199,26 @@ def resolve_upstream(recipe: Recipe, *, build_missing: bool, log: Callable[[str]
                                     "add one of them to its export.formats")])
     source = recipe.source.model_copy(update={"recipe": None, "checkpoint": str(export.resolve())})
     return recipe.model_copy(update={"source": source})
+
+
+def _feature_cache(recipe: Recipe, compiled: Any, data: Any, world: Any) -> Any:
+    """The head-input cache for the leading epochs in which only the head trains, when it is safe."""
+    from recipec.train.cache import HeadCache, cache_refusal
+
+    if recipe.train.feature_cache == "off":
+        return None
+    head_group = compiled.groups[-1].name
+    epochs = []
+    for epoch in range(recipe.train.epochs):
+        if tuple(compiled.schedule.trainable_at(epoch)) != (head_group,):
+            break
+        epochs.append(epoch)
+    head_path = compiled.head_prefix.rstrip(".")
+    if not epochs or cache_refusal(compiled.model, head_path=head_path, head_group=head_group,
+                                   groups=compiled.groups, augment=recipe.data.augment,
+                                   batchnorm=recipe.freeze.batchnorm, distributed=world.distributed):
+        return None
+    return HeadCache(compiled.model, head_path, data.train, epochs)
 
 
 def _check_resumable(recipe: Recipe, saved_yaml: str) -> None:

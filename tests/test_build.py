@@ -205,3 +205,21 @@ def test_source_recipe_builds_the_upstream_once_and_starts_from_it(tmp_path, mon
     lines.clear()
     build(load_recipe(down), out=tmp_path / "again", log=lines.append)
     assert not any("building upstream" in line for line in lines)
+
+
+def test_feature_cache_trains_the_head_like_full_passes(tmp_path):
+    plain = ["data.augment=[]", "freeze.unfreeze={2: [block2]}"]
+    cached = build(_recipe(tmp_path, *plain), out=tmp_path / "cached")
+    full = build(_recipe(tmp_path, *plain, "train.feature_cache=off"), out=tmp_path / "full")
+    assert [m["feature_cache"] for m in _metrics(cached)] == [True, True, False]
+    assert [m["feature_cache"] for m in _metrics(full)] == [False, False, False]
+    a, b = load_file(cached / "model.safetensors"), load_file(full / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    for m, n in zip(_metrics(cached), _metrics(full)):
+        assert m["train_loss"] == pytest.approx(n["train_loss"], rel=1e-4)
+
+
+def test_feature_cache_stays_off_when_the_prefix_is_random(tmp_path):
+    run = build(_recipe(tmp_path, "train.epochs=2"), out=tmp_path / "run")  # hflip augmentation
+    assert [m["feature_cache"] for m in _metrics(run)] == [False, False]

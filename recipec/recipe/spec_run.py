@@ -6,9 +6,9 @@ re-exports every name here. This module never imports torch.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from recipec.recipe._fields import ByteSize, FieldProblems, _Spec
 
@@ -63,8 +63,11 @@ class TrainSpec(_Spec):
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="Mixed precision.", examples=["bf16"])
     grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.", examples=[1.0])
     accumulate: int = Field(1, ge=1, description="Batches per optimizer step.", examples=[4])
-    feature_cache: Literal["auto", "off"] = Field(
-        "auto", description="auto: cache features of the frozen prefix while it cannot change; off.", examples=["off"])
+    # YAML 1.1 reads a bare `off` as false; it means the same here
+    feature_cache: Annotated[Literal["auto", "off"], BeforeValidator(lambda v: "off" if v is False else v)] = Field(
+        "auto", description="auto: while only the head trains, compute the frozen body once and train the head on its cached "
+                            "output (not with augmentations, dropout before the head, batchnorm: train or --nproc); off.",
+        examples=["off"])
     checkpoint_every: int = Field(1, ge=1, description="Epochs between training checkpoints.", examples=[1])
     keep_last: int = Field(2, ge=1, description="Training checkpoints kept.", examples=[2])
     early_stopping: EarlyStoppingSpec | None = Field(

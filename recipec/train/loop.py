@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recipec.errors import RunError
+from recipec.train.cache import HeadCache
 from recipec.train.data import Data, set_epoch
 from recipec.train.distributed import World, all_sum, average_gradients, broadcast_buffers
 from recipec.train.freezing import FreezeSchedule, apply_trainable, set_train_mode
@@ -49,11 +50,13 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
         schedule: FreezeSchedule, data: Data, device: torch.device, epochs: int, start_epoch: int = 0,
         batchnorm: str = "frozen", amp: str = "none", grad_clip: float | None = None, accumulate: int = 1,
         early_stopping: EarlyStopping | None = None, history: Sequence[dict[str, Any]] = (),
-        on_epoch_end: Callable[[dict[str, Any]], None] | None = None, world: World | None = None) -> list[dict[str, Any]]:
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None, world: World | None = None,
+        cache: HeadCache | None = None) -> list[dict[str, Any]]:
     """Train from ``start_epoch`` to ``epochs``; return the metrics of every epoch (``history`` included).
 
     With several processes (``world``), each trains on its shard, gradients are averaged
     after every backward, and losses are summed over ranks before they are reported.
+    With a ``cache``, its epochs train the head on cached inputs of the frozen prefix.
 
     Raises:
         RunError: the loss became NaN or infinite (exit 1; the last checkpoint stays intact).
@@ -72,11 +75,13 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
 
         total_loss, seen = 0.0, 0
         batches = len(data.train)
+        cached = cache is not None and epoch in cache.epochs and cache.fill(device)
+        forward = cache.head if cached and cache is not None else model
         optimizer.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(data.train):
+        for i, (x, y) in enumerate(cache.batches() if cached and cache is not None else data.train):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device, amp):
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(forward(x), y)
             if not torch.isfinite(loss):
                 raise RunError(f"epoch {epoch}, batch {i}: the loss is {loss.item()}; lower optimizer.lr, "
                                "set train.grad_clip, or check the data")
@@ -102,6 +107,7 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
             "lr": lrs_at_start,
             "trainable_groups": list(trainable),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "feature_cache": cached,
             "seconds": round(time.perf_counter() - started, 3),
         }
         history.append(metrics)
