@@ -341,6 +341,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.ClickException as exc:
         _print_errors([exc.format_message()])
         code = exc.exit_code
+    except OSError as exc:  # the file system refused (permissions, a full disk): not a bug, not the recipe
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        # a path the user gave that cannot be used is bad input; a full disk or an I/O fault is a failed run
+        code = 2 if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                                     FileExistsError)) else 1
     except (KeyboardInterrupt, click.Abort):
         click.echo("error: interrupted", err=True)
         code = 130

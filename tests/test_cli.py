@@ -266,3 +266,10 @@ def test_convert_command(tmp_path, capsys, monkeypatch):
     assert code == 2 and "--to" in err
     code, _, err = run(capsys, "convert", str(tmp_path / "absent.pt"), str(tmp_path / "n.safetensors"))
     assert code == 2 and not (tmp_path / "n.safetensors").exists()
+
+
+def test_an_unusable_output_path_is_a_clean_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = run(capsys, "schema", "--out", str(blocker / "schema.json"))
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
