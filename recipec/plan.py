@@ -76,7 +76,8 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
             "name": weights_info.name, "url": weights_info.url, "path": str(weights_info.path)},
         "normalization": None if normalization is None else {
             "mean": list(normalization[0]), "std": list(normalization[1])},
-        "load_report": last.to_dict() if last is not None else None,
+        # nothing loaded (random initialisation): the same shape, empty, so readers need no special case
+        "load_report": last.to_dict() if last is not None else _EMPTY_REPORT | {"renamed": {}},
         "reports": {stage: report.to_dict() for stage, report in reports.items()},
         "optimizer": {"name": opt.name, "lr": opt.lr, "lr_decay": opt.lr_decay,
                       "weight_decay": opt.weight_decay, "scheduler": opt.scheduler.model_dump()},
@@ -84,6 +85,11 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
         "groups": rows,
     }
     return Plan(data)
+
+
+_EMPTY_REPORT: dict[str, Any] = {
+    key: [] for key in ("loaded", "missing", "unexpected", "mismatched", "excluded", "adapted", "new", "defaulted")
+} | {"source": None, "state_dict_key": None}
 
 
 def _head_dict(head: Any, head_prefix: str) -> dict[str, Any]:

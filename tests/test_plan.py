@@ -62,3 +62,10 @@ def test_text_shows_reasons_and_schedule(plan):
     assert "eval -> train" in text
     schedule = text.split("schedule")[1].splitlines()
     assert schedule[3].split()[:5] == ["1", ".", ".", ".", "."]
+
+
+def test_random_init_still_has_a_load_report(tmp_path):
+    (tmp_path / "r.yaml").write_text("name: r\ndevice: cpu\nmodel: {arch: resnet18}\ntrain: {epochs: 1}\n")
+    data = compile_recipe(load_recipe(tmp_path / "r.yaml")).plan.to_dict()
+    assert data["load_report"]["loaded"] == [] and data["load_report"]["renamed"] == {}
+    assert data["reports"] == {}

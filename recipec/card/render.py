@@ -239,7 +239,7 @@ def _training(recipe: dict[str, Any], plan: dict[str, Any], metrics: list[dict[s
 
 
 def _transfer(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    reports = plan.get("reports") or ({"source": plan["load_report"]} if plan.get("load_report") else {})
+    reports = plan["reports"] if "reports" in plan else ({"source": plan["load_report"]} if plan.get("load_report") else {})
     return [_stage(name, report) for name, report in reports.items()]
 
 
