@@ -16,7 +16,6 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from recipec._atomic import atomic_write_text
-from recipec.errors import ExportError, RecipeError, RunDirectoryError
+from recipec.errors import RecipeError, RunDirectoryError
 from recipec.recipe.load import dump_recipe
 from recipec.recipe.spec import Recipe
 
@@ -72,6 +71,7 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
 def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torch.device, world: Any,
            log: Callable[[str], None] | None, _chain: tuple[str, ...]) -> Path:
     from recipec.compiler import compile_recipe
+    from recipec.outputs import export_model, plot_curves, provenance_of
     from recipec.train.data import build_data
     from recipec.train.distributed import shard_loader
     from recipec.train.loop import EarlyStopping, fit
@@ -146,10 +146,10 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     if not world.main:
         return run
 
-    provenance = _provenance(recipe, compiled, data, history)
-    for path in _export(recipe, compiled.model, run, recipe_yaml, provenance):
+    provenance = provenance_of(recipe, compiled, data, history)
+    for path in export_model(recipe, compiled.model, run, recipe_yaml, provenance):
         say(f"wrote {path}")
-    _plot_curves(history, run / "curves.png")
+    plot_curves(history, run / "curves.png")
     from recipec.card.render import write_card
 
     say(f"wrote {write_card(run)}")
@@ -256,89 +256,6 @@ def _data_kwargs(recipe: Recipe) -> dict[str, Any]:
             "augment": d.augment, "batch_size": d.batch_size, "num_workers": d.num_workers, "seed": recipe.seed,
             "in_channels": recipe.model.in_channels, "weights_normalization": normalization,
             "num_classes": recipe.model.head.num_classes if recipe.model.head else None}
-
-
-def _provenance(recipe: Recipe, compiled: Any, data: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
-    from recipec.card.provenance import environment, file_digest, now_utc, versions
-
-    source = None
-    if recipe.source is not None and recipe.source.checkpoint:
-        path = Path(recipe.source.checkpoint)
-        source = {"checkpoint": str(path), "sha256": file_digest(path) if path.is_file() else None,
-                  "state_dict_key": compiled.reports["source"].state_dict_key}
-    weights = compiled.weights_info
-    final = history[-1] if history else {}
-    return {
-        "name": recipe.name,
-        "time": now_utc(),
-        "base_model": {"arch": recipe.model.arch, "weights": weights.name if weights else None,
-                       "url": weights.url if weights else None},
-        "source": source,
-        "data": data.info,
-        "classes": data.classes,
-        "normalization": (None if data.normalization is None else
-                          {"mean": list(data.normalization[0]), "std": list(data.normalization[1])}),
-        "frozen_groups": [g.name for g in compiled.groups if g.name not in final.get("trainable_groups", [])],
-        "epochs_trained": len(history),
-        "final_metrics": {k: final.get(k) for k in ("train_loss", "val_loss", "val_acc")},
-        "versions": versions(),
-        "environment": environment(str(compiled.device)),
-    }
-
-
-def _export(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml: str,
-            provenance: dict[str, Any]) -> list[Path]:
-    from recipec.card.provenance import export_metadata
-    from recipec.weights import formats
-
-    dtype = getattr(torch, recipe.export.dtype)
-    state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
-             for k, v in model.state_dict().items()}
-    metadata = export_metadata(recipe_yaml=recipe_yaml, provenance=provenance)
-    written: list[Path] = []
-    try:
-        for fmt in recipe.export.formats:
-            if fmt == "onnx":
-                from recipec.convert import to_onnx
-
-                # exported in float32 whatever export.dtype says: fp16 graphs often fail on onnxruntime CPU
-                written.append(to_onnx(copy.deepcopy(model).float().cpu().eval(), recipe, run / "model.onnx", metadata))
-                continue
-            target = run / ("model.safetensors" if fmt == "safetensors" else "model.pt")
-            shard = recipe.export.shard_size if fmt == "safetensors" else None
-            written += formats.save(state, target, metadata=metadata, shard_size=shard)
-    except OSError as exc:
-        raise ExportError(f"writing the exports to {run} failed: {exc}") from exc
-    return written
-
-
-def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from recipec._atomic import atomic_path
-
-    epochs = [m["epoch"] for m in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.plot(epochs, [m["train_loss"] for m in history], marker="o", label="train loss")
-    if any(m["val_loss"] is not None for m in history):
-        left.plot(epochs, [m["val_loss"] for m in history], marker="o", label="val loss")
-        right.plot(epochs, [m["val_acc"] for m in history], marker="o", color="tab:green", label="val accuracy")
-    for axis in (left, right):
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    left.legend()
-    right.set_ylim(0, 1)
-    right.legend()
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
 
 
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:
