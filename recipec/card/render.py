@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 import yaml
 
 from recipec._atomic import atomic_write_text
@@ -109,8 +110,10 @@ def render_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[
     context = card_context(run_dir)
     path = Path(template) if template is not None else Path(
         (context["recipe"].get("card") or {}).get("template") or DEFAULT_TEMPLATE)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
-                             autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    # sandboxed: a card template is text from a recipe, and may reach only the data it is given
+    env = jinja2.sandbox.SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
+        autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters.update(_FILTERS)
     try:
         text = env.get_template(path.name).render(context)
@@ -121,7 +124,7 @@ def render_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[
             raise RecipeError(f"card template {path}: not found; give an existing Jinja2 file "
                               "(--template or card.template)") from None
         raise RecipeError(f"{_template_line(exc) or path}: card template: {exc.name!r} is not in {path.parent}") from exc
-    except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError) as exc:
+    except (jinja2.TemplateError, jinja2.sandbox.SecurityError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError) as exc:
         raise RecipeError(f"{_template_line(exc) or path}: card template: {exc}") from exc
     except OSError as exc:
         raise RecipeError(f"card template {path}: cannot be read ({exc})") from exc

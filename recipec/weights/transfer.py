@@ -88,7 +88,7 @@ def apply_transfer(
 
     Example:
         >>> model = torchvision.models.resnet18(weights=None, num_classes=5)
-        >>> report = apply_transfer(model, torch.load("ddp.pt"), rename=[(r"^module\\.", "")],
+        >>> report = apply_transfer(model, load_state_dict("ddp.pt"), rename=[(r"^module\\.", "")],
         ...                         exclude=[r"^fc\\."], new_keys_prefixes=["fc."])
         >>> report.summary()
         '120 of 122 model tensors loaded (0 adapted, 120 renamed); 2 new, 0 defaulted, 0 mismatched, ...'

@@ -294,3 +294,19 @@ def test_importing_the_renderer_does_not_import_torch() -> None:
     code = "import sys, recipec.card.render; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "[]"
+
+
+def test_templates_run_sandboxed(tmp_path):
+    from recipec.card import render
+
+    evil = tmp_path / "evil.j2"
+    evil.write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}\n")
+    run_dir = tmp_path / "fake-run"
+    run_dir.mkdir()
+    (run_dir / "recipe.yaml").write_text("name: x\nmodel: {arch: resnet18}\n")
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 0, "train_loss": 1.0, "val_loss": null, "val_acc": null}\n')
+    from recipec.errors import RecipecError
+
+    with pytest.raises(RecipecError) as info:
+        render.render_card(run_dir, template=evil)
+    assert "evil.j2" in str(info.value) and info.value.exit_code == 2
