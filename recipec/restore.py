@@ -16,7 +16,7 @@ from torch import nn
 
 from recipec.errors import CheckpointError
 
-__all__ = ["build_model", "load", "read_export"]
+__all__ = ["build_model", "load", "model_from", "read_export"]
 
 
 def read_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], Any]:
@@ -69,6 +69,11 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
         >>> logits = model(images)
     """
     recipe, _, checkpoint = read_export(Path(path))
+    return model_from(recipe, checkpoint, path)
+
+
+def model_from(recipe: Any, checkpoint: Any, path: str | os.PathLike[str]) -> nn.Module:
+    """The model of an already read export (see :func:`read_export`), weights loaded, in eval mode."""
     model = build_model(recipe)
     state = checkpoint.state_dict
     try:

@@ -206,11 +206,12 @@ def _model_and_recipe(target: Path, overrides: Sequence[str],
                               "recipe instead, or drop the overrides")
     from recipec.card.provenance import RECIPE_KEY
     from recipec.device import resolve_device
-    from recipec.restore import load, read_export
+    from recipec.restore import model_from, read_export
 
     recipe, _, checkpoint = read_export(target)
     run_on = resolve_device(device or recipe.device)
-    return recipe, load(target).to(run_on), run_on, checkpoint.metadata.get(RECIPE_KEY)
+    # one read of the file: the recipe, the metadata and the weights all come from `checkpoint`
+    return recipe, model_from(recipe, checkpoint, target).to(run_on), run_on, checkpoint.metadata.get(RECIPE_KEY)
 
 
 def _check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
