@@ -1,38 +1,124 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a partial one."""
+"""Atomic file writes: a reader sees the old file or the new one, never a partial one.
+
+The new content goes to a temporary file beside the target, then ``os.replace`` puts it in
+place. What that means for the target:
+
+- a symlink is written *through*: the file it leads to is replaced (the temporary file sits
+  beside that real file, so the rename stays on one file system) and the link stays a link;
+- a device, FIFO, socket or directory is refused (:class:`~recipec.errors.OutputError`,
+  exit 2): ``--out /dev/null`` never turns a device node into a regular file;
+- permissions: a new file gets ``0666 & ~umask``, as ``open()`` would give it (the
+  temporary file is created with mode 0666 and the kernel applies the umask); a file that
+  is replaced keeps its own permission bits (someone who made an export read-only to the
+  group, or private, keeps that). Ownership is the writer's, as with any new file;
+- on any failure the temporary file is removed and the target is untouched. A full disk
+  (``ENOSPC``/``EDQUOT``, or a library's write failing while the file system has no space
+  left) is reported as ``no space left on device`` naming the user's path
+  (:class:`~recipec.errors.RunError`, exit 1), and other file system errors name the
+  user's path too, never the temporary file.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from recipec._files import check_output
+from recipec.errors import RecipecError, RunError
+
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` at once.
+    """Yield a temporary path beside ``path``'s real file; on success it replaces that file at once.
 
     On any exception the temporary file is removed and ``path`` is left untouched.
+
+    Raises:
+        OutputError: ``path`` is empty, a directory or a special file (exit 2).
+        RunError: the disk is full (exit 1).
+        OSError: another file system error, naming ``path``.
 
     Example:
         >>> with atomic_path("model.safetensors") as tmp:
         ...     safetensors.torch.save_file(tensors, tmp)
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    shown = check_output(path, what="the output")
+    real = Path(os.path.realpath(shown))
+    with _user_path(shown):
+        keep_mode = stat.S_IMODE(os.stat(real).st_mode) if real.exists() else None
+        real.parent.mkdir(parents=True, exist_ok=True)
+        tmp, created_mode = _create_temp(real)
     try:
         yield tmp
-        os.replace(tmp, target)
-    except BaseException:
+        os.chmod(tmp, keep_mode if keep_mode is not None else created_mode)
+        os.replace(tmp, real)
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and _out_of_space(exc, real.parent)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if full:
+            raise RunError(f"{shown}: no space left on device; the previous file, if any, is untouched. "
+                           "Free some space (or write elsewhere) and run again") from exc
+        if isinstance(exc, RecipecError) and str(tmp) in str(exc):
+            raise type(exc)([p.replace(str(tmp), str(shown)) for p in exc.problems]) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, RecipecError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, os.fspath(shown)) from exc
         raise
+
+
+@contextlib.contextmanager
+def _user_path(shown: Path) -> Iterator[None]:
+    """File system errors while preparing the write name the user's path."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise RunError(f"{shown}: no space left on device; nothing was written") from exc
+        raise OSError(exc.errno, exc.strerror, os.fspath(shown)) from exc
+
+
+def _create_temp(real: Path) -> tuple[Path, int]:
+    """A new empty file ``.<name>.<random>.tmp`` beside ``real``, mode ``0666 & ~umask``; and that mode."""
+    for _ in range(100):
+        tmp = real.parent / f".{real.name[:200]}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        try:
+            return tmp, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", os.fspath(real))
+
+
+def _out_of_space(exc: BaseException, directory: Path) -> bool:
+    """Whether a failed write failed for want of space (libraries often hide the errno)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in _FULL:
+            return True
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, RecipecError):
+        return False
+    try:  # e.g. torch.save's "unexpected pos" RuntimeError: look at the disk itself
+        fs = os.statvfs(directory)
+    except OSError:
+        return False
+    return fs.f_bavail == 0 or (fs.f_files > 0 and fs.f_favail == 0)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

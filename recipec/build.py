@@ -16,28 +16,33 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from recipec import _json as clean_json
 from recipec._atomic import atomic_write_text
-from recipec.errors import RecipeError, RunDirectoryError
+from recipec.errors import BuildInterrupted, RecipeError, RunDirectoryError
 from recipec.recipe.load import dump_recipe
 from recipec.recipe.spec import Recipe
+from recipec.rundir import claim_run_directory
 
 __all__ = ["build", "resolve_upstream", "run_directory"]
 
 def run_directory(recipe: Recipe, out: str | Path | None = None) -> Path:
     """Where a build of ``recipe`` writes: ``out``, else ``runs/<name>``."""
+    if out is not None and not str(out):  # Path("") would be the working directory
+        raise RunDirectoryError("--out: the path is empty; give a run directory (default: runs/<name>)")
     return Path(out) if out is not None else Path("runs") / recipe.name
 
 
 def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False, device: str | None = None,
-          log: Callable[[str], None] | None = None, _chain: tuple[str, ...] = ()) -> Path:
+          log: Callable[[str], None] | None = None, smoke: int | None = None, _chain: tuple[str, ...] = ()) -> Path:
     """Compile, fine-tune and export a recipe.
 
     Args:
@@ -46,6 +51,8 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
         resume: continue from ``checkpoints/last.pt`` of the run directory.
         device: overrides ``recipe.device``.
         log: called with one line per epoch and per written file (the CLI prints them).
+        smoke: a smoke run: one epoch per phase of the freezing schedule, each on ``smoke``
+            training and validation batches, then exports and card (see :mod:`recipec.smoke`).
 
     Returns:
         The run directory.
@@ -63,36 +70,60 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
 
     world, target = setup(resolve_device(device or recipe.device))
     try:
-        return _build(recipe, out=out, resume=resume, device=target, world=world, log=log, _chain=_chain)
+        # one build at a time, only in a directory recipec made, never over its own inputs (recipec.rundir)
+        inputs = (recipe.source.checkpoint if recipe.source else None, recipe.card.template)
+        with claim_run_directory(run_directory(recipe, out), world=world, inputs=inputs):
+            return _build(recipe, out=out, resume=resume, device=target, world=world, log=log, smoke=smoke,
+                          _chain=_chain)
+    except BuildInterrupted:
+        raise  # an upstream build's (source.recipe): it names its own run
+    except KeyboardInterrupt as exc:
+        from recipec.train.state import newest_checkpoint
+
+        run = run_directory(recipe, out)
+        kept = newest_checkpoint(run / "checkpoints")
+        raise BuildInterrupted(str(run), str(kept[0]) if kept else None, kept[1] if kept else None) from exc
     finally:
         teardown(world)
 
 
 def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torch.device, world: Any,
-           log: Callable[[str], None] | None, _chain: tuple[str, ...]) -> Path:
+           log: Callable[[str], None] | None, smoke: int | None, _chain: tuple[str, ...]) -> Path:
     from recipec.compiler import compile_recipe
     from recipec.outputs import export_model, plot_curves, provenance_of
     from recipec.train.data import build_data
     from recipec.train.distributed import shard_loader
-    from recipec.train.loop import EarlyStopping, fit
-    from recipec.train.state import checkpoint_paths, load_state, restore_state, rotate_checkpoints, save_state
+    from recipec.train.loop import EarlyStopping, fit, grad_scaler
+    from recipec.train.state import checkpoint_files, checkpoint_paths, restore_state, rotate_checkpoints, save_state
 
     say = log if log is not None and world.main else (lambda line: None)
     # several ranks must not race to build an upstream run: under --nproc it must exist already
-    recipe = resolve_upstream(recipe, build_missing=not world.distributed, log=say, _chain=_chain)
+    from recipec.checks import check_inputs
+
+    check_inputs(recipe)  # every missing path and data problem at once, before anything is written
+    recipe = resolve_upstream(recipe, build_missing=not world.distributed, log=say, _chain=_chain,
+                              smoke_into=Path(out or run_directory(recipe)).parent if smoke else None)
+    if smoke:
+        from recipec.smoke import smoke_recipe
+
+        recipe = smoke_recipe(recipe)
+        say(f"smoke run: {recipe.train.epochs} epoch(s), one per phase of the schedule, {smoke} batch(es) each")
     run = run_directory(recipe, out)
-    last = run / "checkpoints" / "last.pt"
     state = None
     if resume:
-        if not last.exists():
-            raise RunDirectoryError(f"--resume: {last} does not exist; build without --resume to start the run")
-        state = load_state(last)
-        _check_resumable(recipe, state["recipe"])
-    elif last.exists():
-        raise RunDirectoryError(f"{run} already holds a run ({last}); add --resume to continue it, "
-                            "or choose another --out")
+        state = _resume_state(run / "checkpoints", recipe, say)
+        _check_resumable(recipe, state["recipe"], run)
+    elif checkpoint_files(run / "checkpoints"):
+        held = ", ".join(p.name for p in checkpoint_files(run / "checkpoints")[:3])
+        raise RunDirectoryError(f"{run} already holds a run (checkpoints/{held}); add --resume to continue it, "
+                                "or choose another --out")
 
     data = build_data(**_data_kwargs(recipe))
+    _note_data(recipe, data, say)
+    if smoke:
+        from recipec.smoke import smoke_data
+
+        data = smoke_data(data, smoke)
     if world.distributed:
         data.train = shard_loader(data.train, world, recipe.seed)
     if recipe.model.head is not None and recipe.model.head.num_classes != len(data.classes):
@@ -100,19 +131,29 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
                             f"is {recipe.model.head.num_classes} but the data has {len(data.classes)} classes "
                             f"({', '.join(data.classes[:10])}{', ...' if len(data.classes) > 10 else ''})")])
     steps = math.ceil(len(data.train) / recipe.train.accumulate)
+    identity = _run_identity(recipe, data)  # kept in every training state; a resume must match it
+    if state is not None:
+        _check_same_run(recipe, state, identity, steps, say)
     compiled = compile_recipe(recipe, device=str(device), steps_per_epoch=steps)
-    recipe_yaml = dump_recipe(recipe)
+    recipe_yaml = dump_recipe(recipe, relative_to=run)  # paths in the run's tree relative: it can move
 
     if world.main:
         run.mkdir(parents=True, exist_ok=True)
+        _remove_temporaries(run)
         atomic_write_text(run / "recipe.yaml", recipe_yaml)
         plan = compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": world.size}
-        atomic_write_text(run / "plan.json", json.dumps(plan, indent=2) + "\n")
+        atomic_write_text(run / "plan.json", clean_json.dumps(plan, indent=2) + "\n")
+        if data.info.get("skipped_images"):
+            atomic_write_text(run / "skipped_images.txt", "".join(f"{p}\n" for p in data.info["skipped_images"]))
 
     history: list[dict[str, Any]] = []
     start = 0
+    scaler = grad_scaler(recipe.train.amp, compiled.device)
     if state is not None:
-        restore_state(state, model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler)
+        restore_state(state, model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
+                      scaler=scaler)
+        if _saved_epochs(state) != recipe.train.epochs:
+            _continue_schedule(compiled.optimizer, compiled.scheduler)
         history, start = list(state["history"]), int(state["epoch"])
         say(f"resumed {run} at epoch {start}")
     step = {"n": start * steps}
@@ -123,14 +164,15 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         step["n"] += steps
         if not world.main:
             return
-        lines = "".join(json.dumps(m) + "\n" for m in history)
+        lines = "".join(clean_json.dumps(m) + "\n" for m in history)  # a NaN loss is null + a note
         atomic_write_text(run / "metrics.jsonl", lines)
         done = metrics["epoch"] + 1
         if done % train.checkpoint_every == 0 or done == train.epochs or metrics.get("early_stopped"):
             epoch_file, _ = checkpoint_paths(run / "checkpoints", done)
             save_state(epoch_file, model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
                        epoch=done, step=step["n"], recipe_yaml=recipe_yaml,
-                       trainable_groups=metrics["trainable_groups"], history=history)
+                       trainable_groups=metrics["trainable_groups"], history=history,
+                       extra=identity | ({"scaler": scaler.state_dict()} if scaler is not None else {}))
             rotate_checkpoints(run / "checkpoints", keep_last=train.keep_last)
         say(_epoch_line(metrics, train.epochs))
 
@@ -141,8 +183,10 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     cache = _feature_cache(recipe, compiled, data, world)
     fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
         schedule=compiled.schedule, data=data, device=compiled.device, epochs=train.epochs, start_epoch=start,
-        batchnorm=recipe.freeze.batchnorm, amp=train.amp, grad_clip=train.grad_clip, accumulate=train.accumulate,
-        early_stopping=stopping, history=list(history), on_epoch_end=on_epoch_end, world=world, cache=cache)
+        batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout, amp=train.amp, grad_clip=train.grad_clip,
+        accumulate=train.accumulate,
+        early_stopping=stopping, history=list(history), on_epoch_end=on_epoch_end, world=world, cache=cache,
+        scaler=scaler)
     if not world.main:
         return run
 
@@ -157,7 +201,7 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
 
 
 def resolve_upstream(recipe: Recipe, *, build_missing: bool, log: Callable[[str], None] | None = None,
-                     _chain: tuple[str, ...] = ()) -> Recipe:
+                     _chain: tuple[str, ...] = (), smoke_into: Path | None = None) -> Recipe:
     """Turn ``source.recipe`` into ``source.checkpoint``: the export of the upstream run.
 
     The upstream run is ``runs/<upstream name>`` (relative to the working directory). It is
@@ -181,8 +225,13 @@ def resolve_upstream(recipe: Recipe, *, build_missing: bool, log: Callable[[str]
     except RecipeError as exc:
         raise RecipeError([(at, f"upstream recipe {path}: {p}") for p in exc.problems]) from exc
     run = run_directory(upstream)
+    expected = upstream
+    if smoke_into is not None and not run.exists():  # a smoke run smoke-builds its upstream beside itself
+        from recipec.smoke import smoke_recipe
+
+        run, expected = smoke_into / f"upstream-{upstream.name}", smoke_recipe(upstream)
     built = run / "recipe.yaml"
-    if built.exists() and built.read_text() != dump_recipe(upstream):
+    if built.exists() and not _same_recipe(built, expected):
         raise RecipeError([(at, f"the upstream run {run} was built from another version of {path}; "
                                 "remove it (or build it again elsewhere) so it can be rebuilt")])
     export = next((run / n for n in ("model.safetensors", "model.pt") if (run / n).exists()), None)
@@ -190,15 +239,33 @@ def resolve_upstream(recipe: Recipe, *, build_missing: bool, log: Callable[[str]
         if not build_missing:
             raise RunDirectoryError([(at, f"the upstream run {run} is not built yet; run `recipec build {path}` "
                                           "(recipec build does it for you)")])
+        from recipec.train.state import checkpoint_files
+
+        # an upstream build that was interrupted continues from its checkpoints (its recipe.yaml is the same)
+        again = smoke_into is None and bool(checkpoint_files(run / "checkpoints"))
         if log is not None:
-            log(f"building upstream recipe {path} into {run}")
-        build(upstream, log=log, _chain=(*_chain, str(Path(path).resolve())))
+            log(f"{'resuming' if again else 'building'} upstream recipe {path} into {run}")
+        build(upstream, log=log, _chain=(*_chain, str(Path(path).resolve())), out=run if smoke_into else None,
+              smoke=2 if smoke_into else None, resume=again)
         export = next((run / n for n in ("model.safetensors", "model.pt") if (run / n).exists()), None)
         if export is None:
             raise RecipeError([(at, f"the upstream recipe {path} exports neither safetensors nor torch; "
                                     "add one of them to its export.formats")])
     source = recipe.source.model_copy(update={"recipe": None, "checkpoint": str(export.resolve())})
     return recipe.model_copy(update={"source": source})
+
+
+def _same_recipe(built: Path, recipe: Recipe) -> bool:
+    """Whether a run's ``recipe.yaml`` (paths relative to its directory, or absolute) is ``recipe``."""
+    import yaml
+
+    from recipec.recipe.load import resolve_paths
+
+    try:
+        saved = resolve_paths(yaml.safe_load(built.read_text()), built.parent)
+    except (OSError, yaml.YAMLError):
+        return False
+    return bool(saved == yaml.safe_load(dump_recipe(recipe)))
 
 
 def _feature_cache(recipe: Recipe, compiled: Any, data: Any, world: Any) -> Any:
@@ -216,16 +283,20 @@ def _feature_cache(recipe: Recipe, compiled: Any, data: Any, world: Any) -> Any:
     head_path = compiled.head_prefix.rstrip(".")
     if not epochs or cache_refusal(compiled.model, head_path=head_path, head_group=head_group,
                                    groups=compiled.groups, augment=recipe.data.augment,
-                                   batchnorm=recipe.freeze.batchnorm, distributed=world.distributed):
+                                   batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout,
+                                   distributed=world.distributed):
         return None
     return HeadCache(compiled.model, head_path, data.train, epochs)
 
 
-def _check_resumable(recipe: Recipe, saved_yaml: str) -> None:
+def _check_resumable(recipe: Recipe, saved_yaml: str, run: Path | None = None) -> None:
     """A resumed run must be the same recipe; only train.epochs may grow."""
     import yaml
 
-    saved = yaml.safe_load(saved_yaml)
+    from recipec.recipe.load import resolve_paths
+
+    # the saved text has paths relative to the run directory (where it was then, and is now)
+    saved = resolve_paths(yaml.safe_load(saved_yaml), run) if run is not None else yaml.safe_load(saved_yaml)
     now = yaml.safe_load(dump_recipe(recipe))
     saved.get("train", {}).pop("epochs", None)
     now.get("train", {}).pop("epochs", None)
@@ -233,6 +304,123 @@ def _check_resumable(recipe: Recipe, saved_yaml: str) -> None:
         changed = sorted(_diff(saved, now, ()))
         raise RunDirectoryError([f"--resume: the recipe changed since the checkpoint at {p or '(root)'}; "
                              "resume with the recipe.yaml of the run, or start a new run" for p in changed[:10]])
+
+
+def _resume_state(checkpoints: Path, recipe: Recipe, say: Callable[[str], None]) -> dict[str, Any]:
+    """The newest intact training state of the run (verified), saying which damaged files were passed over."""
+    from recipec.train.state import latest_state
+
+    try:
+        path, state, damaged = latest_state(checkpoints)
+    except RunDirectoryError as exc:
+        raise RunDirectoryError([f"--resume: {p}" for p in exc.problems]) from exc
+    for line in damaged:
+        say(f"warning: damaged checkpoint passed over: {line}")
+    if damaged or path.name != "last.pt":
+        say(f"resuming from {path} (epoch {state['epoch']}), the newest intact checkpoint")
+    return state
+
+
+def _run_identity(recipe: Recipe, data: Any) -> dict[str, Any]:
+    """What a training state records of the run's inputs beyond the recipe text: the data split and the source file."""
+    from recipec.card.provenance import file_digest
+
+    source = recipe.source.checkpoint if recipe.source is not None else None
+    digest = file_digest(source) if source and Path(source).is_file() else None
+    return {"data_fingerprint": data.info.get("fingerprint"), "source_sha256": digest}
+
+
+def _saved_epochs(state: dict[str, Any]) -> int | None:
+    import yaml
+
+    saved = yaml.safe_load(state["recipe"])
+    epochs = saved.get("train", {}).get("epochs") if isinstance(saved, dict) else None
+    return epochs if type(epochs) is int else None
+
+
+def _check_same_run(recipe: Recipe, state: dict[str, Any], identity: dict[str, Any], steps: int,
+                    say: Callable[[str], None]) -> None:
+    """A resume must continue the run it resumes: same data split, same source file, epochs it can honestly reach.
+
+    ``train.epochs`` may change only where the epochs already trained ran at the same learning
+    rates as in a run of the new length (schedulers ``none`` and ``step``; not ``cosine`` or
+    ``onecycle``, whose curve is stretched over the total): the run then is exactly a run
+    started with the new ``train.epochs``, and its ``recipe.yaml`` reproduces it.
+    """
+    saved = state.get("extra") or {}
+    done, epochs, before = int(state["epoch"]), recipe.train.epochs, _saved_epochs(state)
+    problems: list[Any] = []
+    if done > epochs:
+        problems.append((("train", "epochs"), f"is {epochs}, but the run to resume already trained {done} epochs; resume with "
+                                              f"train.epochs >= {done}, or start a new run to train fewer"))
+    elif before is not None and before != epochs:
+        differs = _schedule_differs(recipe, before, epochs, steps, done)
+        if differs:
+            s, a, b = differs
+            problems.append((("train", "epochs"), (
+                f"changed from {before} to {epochs}, but the {recipe.optimizer.scheduler.name} lr schedule depends "
+                f"on the number of epochs: the {done} epochs already trained followed the {before}-epoch curve "
+                f"(lr factor {a:.4g} at step {s}, where a {epochs}-epoch run has {b:.4g}), so recipe.yaml could "
+                f"not reproduce the run; resume with train.epochs={before}, or start a new run with {epochs} "
+                "(the none and step schedules can grow)")))
+        else:
+            say(f"train.epochs changed from {before} to {epochs}: the {done} epochs trained ran at the lrs of a "
+                f"{epochs}-epoch run, so the run continues exactly as if started with train.epochs={epochs}")
+    recorded, now = saved.get("source_sha256"), identity["source_sha256"]
+    if "source_sha256" in saved and recorded != now and recipe.source is not None:
+        problems.append((("source", "checkpoint"), (
+            f"{recipe.source.checkpoint} has sha256 {now}, but the run was trained from a file with sha256 "
+            f"{recorded}: the source checkpoint was replaced since the run started; put the original file back, "
+            "or start a new run")))
+    recorded, now = saved.get("data_fingerprint"), identity["data_fingerprint"]
+    if "data_fingerprint" in saved and recorded != now:
+        where = ("data", "root") if recipe.data.root else ("data", "dataset")
+        problems.append((where, (
+            f"the data changed since the run started (split fingerprint {str(recorded)[:12]}, now {str(now)[:12]}): "
+            "images were added, removed or resized, so the train/val split would change mid-run and training "
+            "images could land in validation; restore the data as it was, or start a new run")))
+    if problems:
+        raise RunDirectoryError(problems)
+
+
+def _schedule_differs(recipe: Recipe, before: int, epochs: int, steps: int, done: int) -> tuple[int, float, float] | None:
+    """The first optimizer step up to the next one (``done`` epochs in) whose lr factor differs between a
+    ``before``-epoch and an ``epochs``-epoch run, with both factors; None when there is none."""
+    from recipec.train.schedule import lr_factor, scheduler_kwargs
+
+    per_epoch = max(1, steps)
+    old = scheduler_kwargs(recipe.optimizer.scheduler, before, steps_per_epoch=per_epoch)
+    new = scheduler_kwargs(recipe.optimizer.scheduler, epochs, steps_per_epoch=per_epoch)
+    for s in range(done * per_epoch + 1):  # + 1: the first step after the resume runs at the lr set before it
+        a, b = lr_factor(s / (before * per_epoch), **old), lr_factor(s / (epochs * per_epoch), **new)
+        if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15):
+            return s, a, b
+    return None
+
+
+def _continue_schedule(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """After a resume with another ``train.epochs``: the current lr from the new schedule, not the saved one."""
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # recipec._atomic's temporary files
+
+
+def _remove_temporaries(run: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed build left (``.model.safetensors.1a2b3c4d.tmp``)."""
+    removed = []
+    for folder in (run, run / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if _TEMPORARY.match(path.name) and path.is_file() and not path.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def _diff(a: Any, b: Any, path: tuple[str, ...]) -> list[str]:
@@ -245,20 +433,36 @@ def _diff(a: Any, b: Any, path: tuple[str, ...]) -> list[str]:
 
 
 def _data_kwargs(recipe: Recipe) -> dict[str, Any]:
-    d = recipe.data
-    normalization = None
-    if recipe.model.weights is not None:
-        from recipec.model.pretrained import normalization_of, resolve_weights
+    from recipec.compiler import resolve_normalization
 
-        normalization = normalization_of(resolve_weights(recipe.model.arch, recipe.model.weights))
-    return {"dataset": d.dataset, "root": d.root, "classes": d.classes, "per_class": d.per_class,
+    d = recipe.data
+    # from_weights follows the weights the model ends up with: a recipec source's recorded normalisation first
+    normalization, _ = resolve_normalization(recipe)
+    return {"on_bad_image": d.on_bad_image, "dataset": d.dataset, "root": d.root, "classes": d.classes, "per_class": d.per_class,
             "val_fraction": d.val_fraction, "image_size": d.image_size, "normalize": d.normalize,
             "augment": d.augment, "batch_size": d.batch_size, "num_workers": d.num_workers, "seed": recipe.seed,
             "in_channels": recipe.model.in_channels, "weights_normalization": normalization,
             "num_classes": recipe.model.head.num_classes if recipe.model.head else None}
 
 
+def _note_data(recipe: Recipe, data: Any, say: Callable[[str], None]) -> None:
+    """Record where the normalisation came from; say what the user must not miss (no normalisation, skipped files)."""
+    from recipec.compiler import NOT_NORMALISED, resolve_normalization
+
+    stats, origin = resolve_normalization(recipe)
+    data.info["normalize"] = {**data.info.get("normalize", {}), "from": origin}
+    if stats is None and recipe.data.normalize == "from_weights":
+        data.info["normalize"]["applied"] = f"none ({origin})"
+        if origin.startswith(NOT_NORMALISED[:20]):
+            say(f"warning: {origin}")
+    skipped = data.info.get("skipped_images") or []
+    if skipped:
+        say(f"skipped {len(skipped)} unreadable image(s) (data.on_bad_image: skip), listed in skipped_images.txt: "
+            + ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else ""))
+
+
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:
     val = "" if m["val_loss"] is None else f"  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.3f}"
-    return (f"epoch {m['epoch'] + 1}/{epochs}  train_loss {m['train_loss']:.4f}{val}  "
+    # the recipe's 0-based epoch (freeze.unfreeze, metrics.jsonl, curves), then the count for people
+    return (f"epoch {m['epoch']} ({m['epoch'] + 1} of {epochs})  train_loss {m['train_loss']:.4f}{val}  "
             f"trainable {', '.join(m['trainable_groups'])}  ({m['seconds']:.1f} s)")

@@ -9,15 +9,17 @@ traceback unless ``--debug`` or ``RECIPEC_DEBUG=1``); 1 the run itself failed.
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from recipec.errors import RecipecError, RecipeError
+from recipec import _json as clean_json
+from recipec._terminal import escape
+from recipec.errors import BuildInterrupted, RecipecError, RecipeError
 
 if TYPE_CHECKING:
     from recipec.recipe.spec import Recipe
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["cli", "main"]
 
 _SET_HELP = "Override a recipe value: dotted.path=YAML value (repeatable), e.g. optimizer.lr=3e-4."
+_TRUST_HELP = ("A custom factory (model.arch) that the file's own recipe may import and call to rebuild the "
+               "model (repeatable, exact name); any other is refused. torchvision models need none.")
 
 
 class _Located(Exception):
@@ -46,6 +50,35 @@ def _locate(error: RecipecError, recipe: Recipe | None) -> _Located:
     return _Located(error, lines)
 
 
+class _Interrupted(Exception):
+    """Ctrl-C during a build, with the lines that say what was kept and how to resume.
+
+    Not a KeyboardInterrupt: click would turn that into a bare ``Abort`` and print a blank line.
+    """
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+def _resume_lines(exc: BuildInterrupted, args: list[str], out: str | None, run: str, smoke: bool) -> list[str]:
+    """What Ctrl-C kept, and the exact command that continues: the user's recipe, --set and --device."""
+    import shlex
+
+    if smoke:
+        return [f"a smoke run: nothing to resume ({exc.run})"]
+    if os.path.abspath(run) != os.path.abspath(exc.run):  # a source.recipe upstream: the same command continues it
+        kept = f"kept {exc.checkpoint}" if exc.checkpoint else "no checkpoint yet"
+        command = shlex.join(["recipec", "build", args[0], *(["--out", out] if out else []), *args[1:]])
+        return [f"interrupted while building the upstream run {exc.run} ({kept}); continue with:", f"  {command}"]
+    command = shlex.join(["recipec", "build", args[0], "--out", exc.run, *args[1:]])
+    if exc.checkpoint is None:
+        return ["no checkpoint was written yet (the first epoch did not end): nothing to resume; start again with:",
+                f"  {command}"]
+    done = f" ({exc.epoch} epochs done)" if exc.epoch is not None else ""
+    return [f"kept {exc.checkpoint}{done}; continue with:", f"  {command} --resume"]
+
+
 def _load(path: str, overrides: Sequence[str] = ()) -> Recipe:
     from recipec.recipe.load import load_recipe
 
@@ -64,7 +97,7 @@ def cli(debug: bool) -> None:
       recipec validate recipes/*.yaml
       recipec plan recipes/quickstart.yaml --set optimizer.lr=3e-4
       recipec plan recipes/quickstart.yaml --json > plan.json
-      recipec inspect model.safetensors
+      recipec inspect runs/quickstart/model.safetensors
       recipec schema --out schemas/recipe.schema.json
     """
 
@@ -81,7 +114,7 @@ def validate(recipes: tuple[str, ...], overrides: tuple[str, ...], quiet: bool) 
     \b
     Examples:
       recipec validate recipes/quickstart.yaml
-      recipec validate recipes/*.yaml --set train.epochs=1
+      recipec validate recipes/*.yaml --set seed=1
     """
     problems: list[str] = []
     for path in recipes:
@@ -125,8 +158,14 @@ def schema(out: str | None) -> None:
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine (gloo on CPU, NCCL on CUDA); torchrun works too.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--smoke", is_flag=True,
+              help="A smoke test: one epoch per phase of the freezing schedule (every set of trainable groups, each "
+                   "at its own lr), a few training and validation batches each, then exports and card; into a new "
+                   "temporary directory unless --out is given.")
+@click.option("--smoke-batches", type=click.IntRange(min=1), default=2, show_default=True, metavar="N",
+              help="Training and validation batches per epoch of a --smoke run.")
 def build(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, device: str | None, nproc: int,
-          quiet: bool) -> None:
+          quiet: bool, smoke: bool, smoke_batches: int) -> None:
     """Compile a recipe, fine-tune, and export into a run directory.
 
     The run directory holds recipe.yaml (resolved), plan.json, metrics.jsonl (one line per
@@ -138,19 +177,31 @@ def build(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool
     \b
     Examples:
       recipec build recipes/quickstart.yaml
-      recipec build recipes/quickstart.yaml --set train.epochs=1 --out runs/try
+      recipec build recipes/quickstart.yaml --smoke
+      recipec build recipes/quickstart.yaml --set train.epochs=3 --set optimizer.lr=3e-4 --out runs/try
       recipec build recipes/quickstart.yaml --resume
     """
+    resume_args = [recipe, *(a for o in overrides for a in ("--set", o)), *(["--device", device] if device else []),
+                   *(["--nproc", str(nproc)] if nproc > 1 else [])]
     if device is not None:
         overrides = (*overrides, f"device={device}")
     spec = _load(recipe, overrides)  # a bad recipe is reported once, before any process starts
+    if smoke and resume:
+        raise click.BadParameter("a smoke run starts fresh; drop --resume", param_hint="--smoke")
+    if smoke and out is None:
+        import tempfile
+
+        out = os.path.join(tempfile.mkdtemp(prefix="recipec-smoke-"), spec.name)
+        if not quiet:
+            click.echo(f"smoke run into {out} (a temporary directory; --out keeps it elsewhere)")
     if nproc > 1:
         if os.environ.get("WORLD_SIZE", "1") != "1":
             raise click.BadParameter("already running under torchrun; drop --nproc", param_hint="--nproc")
         from recipec.train.distributed import launch
 
         argv = ["build", recipe, *(["--out", out] if out else []), *(a for o in overrides for a in ("--set", o)),
-                *(["--resume"] if resume else []), *(["--quiet"] if quiet else [])]
+                *(["--resume"] if resume else []), *(["--quiet"] if quiet else []),
+                *(["--smoke", "--smoke-batches", str(smoke_batches)] if smoke else [])]
         code = launch(argv, nproc)
         if code:
             raise click.exceptions.Exit(code)
@@ -158,9 +209,14 @@ def build(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool
     try:
         from recipec.build import build as run_build
 
-        run = run_build(spec, out=out, resume=resume, log=None if quiet else click.echo)
+        run = run_build(spec, out=out, resume=resume, log=None if quiet else click.echo,
+                        smoke=smoke_batches if smoke else None)
     except RecipecError as exc:
         raise _locate(exc, spec) from exc
+    except BuildInterrupted as exc:
+        from recipec.build import run_directory
+
+        raise _Interrupted(_resume_lines(exc, resume_args, out, str(run_directory(spec, out)), smoke)) from exc
     if not quiet and os.environ.get("RANK", "0") == "0":
         click.echo(f"done: {run}")
 
@@ -180,7 +236,7 @@ def plan(recipe: str, overrides: tuple[str, ...], device: str | None, as_json: b
     \b
     Examples:
       recipec plan recipes/quickstart.yaml
-      recipec plan recipes/quickstart.yaml --set source.on_mismatch=skip --json
+      recipec plan recipes/quickstart.yaml --set train.epochs=8 --set freeze.unfreeze.5=[layer2] --json
     """
     if device is not None:
         overrides = (*overrides, f"device={device}")
@@ -189,13 +245,16 @@ def plan(recipe: str, overrides: tuple[str, ...], device: str | None, as_json: b
         from recipec.build import resolve_upstream
         from recipec.compiler import compile_recipe
 
+        from recipec.checks import check_inputs
+
+        check_inputs(spec, scan_images=True)  # every missing path and data problem at once, before compiling
         compiled = compile_recipe(resolve_upstream(spec, build_missing=False))
     except RecipecError as exc:
         raise _locate(exc, spec) from exc
     if as_json:
-        click.echo(json.dumps(compiled.plan.to_dict(), indent=2))
+        click.echo(clean_json.dumps(compiled.plan.to_dict(), indent=2))
     else:
-        click.echo(compiled.plan.text())
+        click.echo(escape(compiled.plan.text()))  # key names come from the source checkpoint
 
 
 @cli.command()
@@ -208,8 +267,10 @@ def plan(recipe: str, overrides: tuple[str, ...], device: str | None, as_json: b
 @click.option("--shard-size", metavar="SIZE", help="Shard safetensors output above SIZE (e.g. 2GB).")
 @click.option("--allow-global", "allow_globals", multiple=True, metavar="MODULE.NAME",
               help="A pickle global you trust in a torch source (repeatable).")
+@click.option("--trust-factory", "trust_factories", multiple=True, metavar="PKG.MODULE:FACTORY",
+              help=_TRUST_HELP)
 def convert(src: str, dst: str, to: str | None, dtype: str | None, recipe: str | None, shard_size: str | None,
-            allow_globals: tuple[str, ...]) -> None:
+            allow_globals: tuple[str, ...], trust_factories: tuple[str, ...]) -> None:
     """Convert a checkpoint between torch, safetensors and ONNX.
 
     The recipe and provenance a recipec export carries travel into the output. ONNX needs
@@ -226,7 +287,7 @@ def convert(src: str, dst: str, to: str | None, dtype: str | None, recipe: str |
     from recipec.convert import convert as run_convert
 
     for path in run_convert(src, dst, to=to, dtype=dtype, recipe=recipe, shard_size=shard_size,
-                            allow_globals=allow_globals):
+                            allow_globals=allow_globals, trust_factories=trust_factories):
         click.echo(f"wrote {path}")
 
 
@@ -243,13 +304,13 @@ def inspect(checkpoint: str, as_json: bool, allow_globals: tuple[str, ...]) -> N
 
     \b
     Examples:
-      recipec inspect runs/flowers/model.safetensors
-      recipec inspect resnet18-f37072fd.pth --json
+      recipec inspect runs/quickstart/model.safetensors
+      recipec inspect runs/quickstart/checkpoints/last.pt --json
     """
     from recipec.weights.inspect import format_inspect, inspect_checkpoint
 
     report = inspect_checkpoint(checkpoint, allow_globals=allow_globals)
-    click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))
+    click.echo(clean_json.dumps(report, indent=2) if as_json else format_inspect(report))
 
 
 @cli.command()
@@ -262,9 +323,11 @@ def inspect(checkpoint: str, as_json: bool, allow_globals: tuple[str, ...]) -> N
               help="How spatial (or token) outputs are pooled to one vector per example.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP + " Recipes only.")
 @click.option("--device", help="Device to run the model on (default: the recipe's).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Override data.batch_size.")
+@click.option("--batch-size", type=click.IntRange(min=1, max=65_536), help="Override data.batch_size (at most 65,536, as there).")
+@click.option("--trust-factory", "trust_factories", multiple=True, metavar="PKG.MODULE:FACTORY",
+              help=_TRUST_HELP)
 def features(target: str, layers: str, out: str, split: str, pool: str, overrides: tuple[str, ...],
-             device: str | None, batch_size: int | None) -> None:
+             device: str | None, batch_size: int | None, trust_factories: tuple[str, ...]) -> None:
     """Extract pooled features of intermediate layers over a dataset into safetensors.
 
     TARGET is a recipe (the model is compiled with its weights and source) or a recipec
@@ -281,7 +344,7 @@ def features(target: str, layers: str, out: str, split: str, pool: str, override
 
     names = [name.strip() for name in layers.split(",") if name.strip()]
     path = extract(target, layers=names, out=out, split=split, overrides=overrides, device=device,
-                   batch_size=batch_size, pool=pool)
+                   batch_size=batch_size, pool=pool, trust_factories=trust_factories)
     click.echo(f"wrote {path}")
 
 
@@ -310,7 +373,7 @@ def _print_errors(lines: Sequence[str]) -> None:
     if os.environ.get("RECIPEC_QUIET_RANK") == "1":  # ranks > 0 of --nproc: rank 0 reports
         return
     for line in lines:
-        click.echo(f"error: {line}", err=True)
+        click.echo(f"error: {escape(line, newlines=False)}", err=True)  # keys quoted from files
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -318,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("RECIPEC_DEBUG", "") not in ("", "0")
     code = 0
+    previous = _catch_interrupts()
     try:
         result: Any = cli.main(args=args, prog_name="recipec", standalone_mode=False)
         code = result if isinstance(result, int) else 0
@@ -349,8 +413,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # a path the user gave that cannot be used is bad input; a full disk or an I/O fault is a failed run
         code = 2 if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
                                      FileExistsError)) else 1
-    except (KeyboardInterrupt, click.Abort):
+    except (KeyboardInterrupt, click.Abort, _Interrupted) as exc:
         click.echo("error: interrupted", err=True)
+        for line in getattr(exc, "lines", []):
+            click.echo(line, err=True)
         code = 130
     except Exception as exc:  # a bug in recipec, not the user's input
         if debug:
@@ -358,7 +424,41 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, "
                    "and please report it)", err=True)
         code = 1
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
     sys.exit(code)
+
+
+_MAIN_PID = [0]
+
+
+def _catch_interrupts() -> Any:
+    """Make a second Ctrl-C, during the shutdown the first one started, end the process at once and quietly.
+
+    Returns the handler it replaced (None when it left Python's default alone: not the main thread,
+    or someone else's handler is installed).
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None
+    _MAIN_PID[0] = os.getpid()
+    return signal.signal(signal.SIGINT, _first_interrupt)
+
+
+def _first_interrupt(signum: int, frame: Any) -> None:
+    if os.getpid() == _MAIN_PID[0]:  # not in forked data-loader workers: they stop on their own
+        signal.signal(signal.SIGINT, _second_interrupt)
+    raise KeyboardInterrupt
+
+
+def _second_interrupt(signum: int, frame: Any) -> None:
+    if os.getpid() != _MAIN_PID[0]:
+        raise KeyboardInterrupt
+    # files are written atomically: stopping here leaves every finished file whole (no traceback, no cleanup)
+    os.write(2, b"error: interrupted again: stopped at once; the last complete checkpoint is intact\n")
+    os._exit(130)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,7 +24,7 @@ from recipec.errors import CheckpointError, Problem, RecipecError, TransferError
 from recipec.plan import Plan, build_plan
 from recipec.recipe.spec import Recipe
 
-__all__ = ["Compiled", "compile_recipe"]
+__all__ = ["Compiled", "compile_recipe", "resolve_normalization"]
 
 
 @dataclass
@@ -74,7 +74,7 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     from recipec.device import resolve_device
     from recipec.model import heads, pretrained, zoo
     from recipec.model.groups import assign_groups, preset_groups
-    from recipec.train.freezing import apply_trainable, compile_schedule
+    from recipec.train.freezing import apply_trainable, compile_schedule, fixed_parameters, keep_fixed
     from recipec.train.optim import build_optimizer, build_param_groups, build_scheduler, scheduler_kwargs
 
     spec = recipe.model
@@ -83,6 +83,7 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
 
     with _cwd_importable():
         model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None)
+    keep_fixed(model)  # what the architecture freezes itself stays frozen (a replaced head is new)
     head_info = None
     if spec.head is not None:
         head_info = heads.replace_head(
@@ -135,16 +136,67 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
         weight_decay=opt.weight_decay, no_weight_decay=opt.no_weight_decay)
     optimizer = build_optimizer(param_groups, name=opt.name, lr=opt.lr, momentum=opt.momentum,
                                 nesterov=opt.nesterov, betas=opt.betas)
-    factor_kwargs = scheduler_kwargs(opt.scheduler, recipe.train.epochs)
-    scheduler = build_scheduler(optimizer, total_steps=recipe.train.epochs * max(1, steps_per_epoch), **factor_kwargs)
+    # onecycle's factor_kwargs carry total_steps too (the plan's table needs them): the same number
+    factor_kwargs = scheduler_kwargs(opt.scheduler, recipe.train.epochs, steps_per_epoch=max(1, steps_per_epoch))
+    scheduler = build_scheduler(optimizer, **{"total_steps": recipe.train.epochs * max(1, steps_per_epoch),
+                                              **factor_kwargs})
 
     plan = build_plan(recipe, model=model, device=target, groups=groups, schedule=schedule, reports=reports,
                       optimizer=optimizer,
                       head=head_info, head_prefix=head_prefix, factor_kwargs=factor_kwargs,
-                      weights_info=weights_info, normalization=normalization)
+                      weights_info=weights_info, normalization=normalization, fixed=fixed_parameters(model))
+    stats, origin = resolve_normalization(recipe)
+    plan.data["data_normalization"] = {"mean": None if stats is None else list(stats[0]),
+                                       "std": None if stats is None else list(stats[1]), "from": origin}
     return Compiled(recipe=recipe, model=model, device=target, groups=groups, schedule=schedule,
                     optimizer=optimizer, scheduler=scheduler, plan=plan, reports=reports, head=head_info,
                     head_prefix=head_prefix, normalization=normalization, weights_info=weights_info)
+
+
+NOT_NORMALISED = ("inputs are NOT normalised: data.normalize is from_weights, but the weights come from "
+                  "source.checkpoint {source}, which records no normalisation{weights}; set data.normalize: imagenet "
+                  "(the statistics most backbones were trained with) or data.normalize: none to say so")
+
+
+def resolve_normalization(recipe: Recipe) -> tuple[tuple[tuple[float, ...], tuple[float, ...]] | None, str]:
+    """The (mean, std) the data will be normalised with (before channel adaptation), and where it comes from.
+
+    ``data.normalize: from_weights`` follows the weights the model ends up with: a recipec
+    export in ``source.checkpoint`` (``source.recipe`` resolves to one) records the
+    normalisation it was trained with, and that wins; otherwise ``model.weights``' transforms.
+    A foreign source checkpoint without ``model.weights`` records nothing: no normalisation,
+    and the origin says so loudly (:data:`NOT_NORMALISED`).
+    """
+    normalize = recipe.data.normalize
+    if normalize == "imagenet":
+        return ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "ImageNet statistics (data.normalize: imagenet)"
+    if normalize == "none":
+        return None, "none (data.normalize: none)"
+    source = recipe.source.checkpoint if recipe.source is not None else None
+    if source:
+        from recipec.card.provenance import read_export_metadata
+        from recipec.weights import formats
+
+        try:
+            _, provenance = read_export_metadata(formats.read_metadata(source))
+        except (RecipecError, OSError):
+            provenance = {}  # unreadable here: the source stage reports it
+        if "normalization" in provenance:
+            recorded = provenance["normalization"]
+            if isinstance(recorded, dict) and recorded.get("mean") and recorded.get("std"):
+                return ((tuple(float(v) for v in recorded["mean"]), tuple(float(v) for v in recorded["std"])),
+                        f"the metadata of source.checkpoint {source} (data.normalize: from_weights)")
+            return None, f"none: source.checkpoint {source} was trained without normalisation (its metadata says so)"
+    if recipe.model.weights is not None:
+        from recipec.model.pretrained import normalization_of, resolve_weights
+
+        stats = normalization_of(resolve_weights(recipe.model.arch, recipe.model.weights))
+        if stats is not None:
+            return stats, f"the transforms of {recipe.model.weights} (data.normalize: from_weights)"
+    if source:
+        weights = "" if recipe.model.weights is None else f" (nor do the transforms of {recipe.model.weights})"
+        return None, NOT_NORMALISED.format(source=source, weights=weights)
+    return None, "none (no pretrained weights; data.normalize: from_weights)"
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from recipec._atomic import atomic_path
+from recipec._files import check_output, require_path
 from recipec.card.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
 from recipec.errors import CheckpointError, ExportError
 from recipec.recipe.spec import Recipe
@@ -46,6 +47,7 @@ def convert(
     recipe: str | os.PathLike[str] | None = None,
     shard_size: int | str | None = None,
     allow_globals: Sequence[str] = (),
+    trust_factories: Sequence[str] = (),
 ) -> list[Path]:
     """Convert a checkpoint; every file is written atomically and nothing is written on error.
 
@@ -62,6 +64,10 @@ def convert(
             tensors must fit it exactly, and the output then carries this recipe.
         shard_size: bytes per shard (``"2GB"`` or an int): sharded safetensors with an index.
         allow_globals: ``"module.Name"`` pickle globals a torch source may contain.
+        trust_factories: custom factories (``"package.module:factory"``, exact names) that the
+            checkpoint's own recipe may import and call to rebuild the model (for ONNX); a
+            factory named by the file and not listed is refused before anything is imported.
+            ``recipe``, being yours, needs none.
 
     Returns:
         The files written (for a sharded output: the shards, then the index).
@@ -71,6 +77,8 @@ def convert(
             overlap, an unknown suffix without ``to``, an option that does not fit the format,
             tensors that do not fit the recipe, or ONNX without a known architecture (exit 2).
         RecipeError: ``recipe`` is not a valid recipe (exit 2).
+        UntrustedFactoryError: the checkpoint's recipe names a custom factory not in
+            ``trust_factories`` (exit 2).
         ExportError: the ONNX exporter failed or its outputs differ from torch's beyond
             ``export.onnx.atol`` (exit 1).
 
@@ -80,18 +88,25 @@ def convert(
         >>> convert("runs/flowers/checkpoints/last.pt", "half.safetensors", dtype="float16")
         [PosixPath('half.safetensors')]
     """
-    source, target = Path(src), Path(dst)
+    from recipec.model.zoo import factory_names
+
+    trusted = factory_names(trust_factories)
+    # Path("") is the working directory: an empty path must not pick a file from it
+    source = require_path(src, what="convert: the source", error=CheckpointError)
+    target = require_path(dst, what="convert: the destination", error=CheckpointError)
     fmt = _target_format(target, to)
     cast = _check_dtype(dtype, fmt)
     shard = _check_shard_size(shard_size, fmt, target)
     if target.resolve() == source.resolve():
         raise CheckpointError(f"{target}: is the source checkpoint itself; write the conversion to another file")
+    check_output(target, inputs=[source, recipe], what="the conversion", error=CheckpointError)
     spec = None
     if recipe is not None:
         from recipec.recipe.load import load_recipe
 
         spec = load_recipe(recipe)
     checkpoint = formats.load(source, allow_globals=allow_globals)
+    check_output(target, inputs=checkpoint.files, what="the conversion", error=CheckpointError)  # hard links too
     _refuse_overwrite(checkpoint.files, target, fmt)
     metadata = _carried_metadata(checkpoint)
     metadata[CONVERTED_FROM_KEY] = json.dumps(
@@ -105,7 +120,9 @@ def convert(
         metadata[RECIPE_KEY] = dump_recipe(spec)
     elif fmt == "onnx":
         spec = _embedded_recipe(metadata, source)
-    model = _rebuild(spec, state, source) if spec is not None else None
+    # --recipe is the user's own: its factory is trusted; the checkpoint's only as far as they say
+    trust: bool | tuple[str, ...] = True if recipe is not None else trusted
+    model = _rebuild(spec, state, source, trust) if spec is not None else None
     if fmt == "onnx":
         assert spec is not None and model is not None
         return [to_onnx(model, spec, target, metadata)]
@@ -153,8 +170,8 @@ def _check_shard_size(shard_size: int | str | None, fmt: str, target: Path) -> i
         size = parse_size(shard_size)
     except ValueError as exc:
         raise CheckpointError(f"--shard-size: {exc}") from exc
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise CheckpointError(f"--shard-size: must be a positive size such as 2GB or 500MB, got {shard_size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 10**12:  # as export.shard_size
+        raise CheckpointError(f"--shard-size: must be a positive size up to 1TB such as 2GB or 500MB, got {shard_size!r}")
     return size
 
 
@@ -236,12 +253,13 @@ def _embedded_recipe(metadata: Mapping[str, str], source: Path) -> Recipe:
         raise CheckpointError(f"{source}: the embedded recipe is not valid ({_first_line(exc)}); pass --recipe") from exc
 
 
-def _rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path) -> nn.Module:
+def _rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path,
+             trust_factories: bool | tuple[str, ...]) -> nn.Module:
     """The architecture the recipe describes (as ``recipec.load`` builds it), with ``state`` loaded strictly."""
     from recipec.restore import build_model
 
     spec = recipe.model
-    model = build_model(recipe)
+    model = build_model(recipe, trust_factories=trust_factories, origin=str(source))
     expected = model.state_dict()
     problems = [f"{source}: lacks {k!r}, which {spec.arch} has" for k in sorted(set(expected) - set(state))[:10]]
     problems += [f"{source}: has {k!r}, which {spec.arch} lacks" for k in sorted(set(state) - set(expected))[:10]]

@@ -14,18 +14,21 @@ RecipePath = tuple[str | int, ...]
 Problem = str | tuple[RecipePath, str]
 
 __all__ = [
+    "BuildInterrupted",
     "CheckpointError",
     "DatasetError",
     "DeviceError",
     "ExportError",
     "GroupError",
     "ModelError",
+    "OutputError",
     "RecipeError",
     "RecipecError",
     "RunDirectoryError",
     "RunError",
     "TransferError",
     "UnsafeCheckpointError",
+    "UntrustedFactoryError",
     "WeightsUnavailableError",
     "format_path",
 ]
@@ -89,6 +92,10 @@ class ModelError(RecipecError, ValueError):
     """An architecture, a factory or a head location that cannot be built."""
 
 
+class UntrustedFactoryError(ModelError):
+    """A file's recipe names a custom factory the caller did not trust; nothing was imported."""
+
+
 class WeightsUnavailableError(ModelError):
     """Pretrained weights are neither in the local cache nor downloadable."""
 
@@ -105,6 +112,10 @@ class RunDirectoryError(RecipecError, ValueError):
     """The run directory does not allow what was asked (a run already there, nothing to resume)."""
 
 
+class OutputError(RecipecError, ValueError):
+    """An output path recipec must not write: empty, a special file (device, FIFO, directory), or an input."""
+
+
 class DeviceError(RecipecError, ValueError):
     """The requested device does not exist on this machine."""
 
@@ -119,3 +130,15 @@ class RunError(RecipecError, RuntimeError):
     """The run itself failed after its inputs were accepted."""
 
     exit_code = 1
+
+
+class BuildInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a build: which run it was and the newest training state it kept (None: none yet).
+
+    A ``KeyboardInterrupt``, so code that catches that still does; the command line prints how
+    to resume and exits 130.
+    """
+
+    def __init__(self, run: str, checkpoint: str | None, epoch: int | None) -> None:
+        self.run, self.checkpoint, self.epoch = run, checkpoint, epoch
+        super().__init__(f"interrupted; kept {checkpoint}" if checkpoint else "interrupted before any checkpoint")

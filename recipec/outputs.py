@@ -35,12 +35,28 @@ def provenance_of(recipe: Recipe, compiled: Any, data: Any, history: list[dict[s
         "classes": data.classes,
         "normalization": (None if data.normalization is None else
                           {"mean": list(data.normalization[0]), "std": list(data.normalization[1])}),
+        # where the recipe's paths pointed on the building machine (recipe.yaml holds them relative to the run)
+        "paths": _recipe_paths(recipe),
         "frozen_groups": [g.name for g in compiled.groups if g.name not in final.get("trainable_groups", [])],
         "epochs_trained": len(history),
         "final_metrics": {k: final.get(k) for k in ("train_loss", "val_loss", "val_acc")},
         "versions": versions(),
         "environment": environment(str(compiled.device)),
     }
+
+
+def _recipe_paths(recipe: Recipe) -> dict[str, str]:
+    from recipec.recipe.load import PATH_FIELDS
+
+    data = recipe.model_dump(mode="python")
+    found = {}
+    for path in PATH_FIELDS:
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str) and node:
+            found[".".join(map(str, path))] = node
+    return found
 
 
 def export_model(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml: str,

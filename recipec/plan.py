@@ -8,6 +8,7 @@ BatchNorm mode of each group per epoch and the normalisation of the pretrained w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +33,13 @@ class Plan:
 def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], schedule: Any, reports: dict[str, Any],
                optimizer: Any,
                head: Any, head_prefix: str, factor_kwargs: dict[str, Any], weights_info: Any,
-               normalization: Any) -> Plan:
-    """Collect the plan of a compiled recipe (see :func:`recipec.compile_recipe`)."""
+               normalization: Any, fixed: Sequence[str] = ()) -> Plan:
+    """Collect the plan of a compiled recipe (see :func:`recipec.compile_recipe`).
+
+    ``fixed``: parameters the architecture keeps frozen itself; they never train, whatever their group.
+    """
     from recipec.train.freezing import batchnorm_modes
+    from recipec.train.modes import random_layer_modes
     from recipec.train.optim import group_learning_rates, lr_table
 
     opt = recipe.optimizer
@@ -44,6 +49,8 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
     lrs = lr_table(names, base_lrs, epochs=epochs, **factor_kwargs)
     bn_by_epoch = [batchnorm_modes(model, groups, schedule.trainable_at(e), batchnorm=recipe.freeze.batchnorm)
                    for e in range(epochs)]
+    random_by_epoch = [random_layer_modes(model, groups, schedule.trainable_at(e), dropout=recipe.freeze.dropout)
+                       for e in range(epochs)]
     no_decay: dict[str, int] = {}
     for pg in optimizer.param_groups if optimizer is not None else []:
         if pg.get("no_decay"):
@@ -61,9 +68,16 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
                                                                       for e in range(epochs))],
             "no_decay_params": no_decay.get(group.name, 0),
             "batchnorm": [modes.get(group.name, "-") for modes in bn_by_epoch],
+            # dropout, stochastic depth and other modules that compute differently in training mode
+            "dropout": [modes.get(group.name, "-") for modes in random_by_epoch],
         })
     total = sum(p.numel() for p in model.parameters())
-    trainable_per_epoch = [sum(r["params"] for r in rows if r["trainable"][e]) for e in range(epochs)]
+    named = dict(model.named_parameters())
+    fixed_by_group: dict[str, int] = {}
+    for group in groups:
+        fixed_by_group[group.name] = sum(named[n].numel() for n in group.params if n in fixed)
+    trainable_per_epoch = [sum(r["params"] - fixed_by_group[r["name"]] for r in rows if r["trainable"][e])
+                           for e in range(epochs)]
     last = reports.get("source") or reports.get("model.weights")
     data: dict[str, Any] = {
         "name": recipe.name,
@@ -71,6 +85,8 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
         "device": str(device),
         "epochs": epochs,
         "parameters": {"total": total, "trainable": trainable_per_epoch},
+        # requires_grad=False in the architecture itself: never trained, whatever the groups say
+        "fixed_parameters": {"tensors": list(fixed), "params": sum(named[n].numel() for n in fixed)},
         "head": _head_dict(head, head_prefix),
         "weights": None if weights_info is None else {
             "name": weights_info.name, "url": weights_info.url, "path": str(weights_info.path)},
@@ -82,6 +98,7 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
         "optimizer": {"name": opt.name, "lr": opt.lr, "lr_decay": opt.lr_decay,
                       "weight_decay": opt.weight_decay, "scheduler": opt.scheduler.model_dump()},
         "batchnorm_policy": recipe.freeze.batchnorm,
+        "dropout_policy": recipe.freeze.dropout,
         "groups": rows,
     }
     return Plan(data)
@@ -112,26 +129,38 @@ def _render(d: dict[str, Any]) -> str:
         lines.append(f"head      {head['path']} (the architecture's own, kept)")
     weights = d["weights"]
     lines.append(f"weights   {weights['name'] if weights else 'none (random initialisation)'}")
-    if d["normalization"]:
+    applied = d.get("data_normalization")
+    if applied and applied["mean"]:
+        lines.append(f"normalize mean {[round(m, 3) for m in applied['mean']]}, "
+                     f"std {[round(s, 3) for s in applied['std']]}, from {applied['from']}")
+    elif applied:
+        lines.append(f"normalize {applied['from']}")
+    elif d["normalization"]:
         mean, std = d["normalization"]["mean"], d["normalization"]["std"]
         lines.append(f"normalize mean {[round(m, 3) for m in mean]}, std {[round(s, 3) for s in std]} "
                      "(from the pretrained weights)")
     params = d["parameters"]
     lines.append(f"params    {params['total']:,} total; trainable at epoch 0: {params['trainable'][0]:,}")
+    fixed = d.get("fixed_parameters") or {"tensors": []}
+    if fixed["tensors"]:
+        names = ", ".join(fixed["tensors"][:5]) + (", ..." if len(fixed["tensors"]) > 5 else "")
+        lines.append(f"fixed     {fixed['params']:,} parameters in {len(fixed['tensors'])} tensors the architecture "
+                     f"keeps frozen (requires_grad=False), never trained: {names}")
     for stage, report in d["reports"].items():
         where = f", state dict at '{report['state_dict_key']}'" if report.get("state_dict_key") else ""
         lines += ["", f"load report ({stage}: {report.get('source') or '-'}{where})"]
         lines += ["  " + line for line in _report_lines(report)]
-    lines += ["", f"groups (earliest first; batchnorm: {d['batchnorm_policy']})"]
+    lines += ["", f"groups (earliest first; batchnorm: {d['batchnorm_policy']}; dropout: {d['dropout_policy']})"]
     header = (f"  {'group':<14}{'params':>12}  {'trainable from':<15}{'lr at epoch 0':>14}"
-              f"{'weight decay':>14}{'no decay':>10}  batchnorm")
+              f"{'weight decay':>14}{'no decay':>10}  {'batchnorm':<16}dropout")
     lines.append(header)
     for row in d["groups"]:
         start = next((e for e, t in enumerate(row["trainable"]) if t), None)
         bn = list(dict.fromkeys(m for m in row["batchnorm"] if m != "-"))
+        drop = list(dict.fromkeys(m for m in row["dropout"] if m != "-"))
         lines.append(f"  {row['name']:<14}{row['params']:>12,}  {'never' if start is None else f'epoch {start}':<15}"
                      f"{_lr(row['lr'][0]):>14}{d['optimizer']['weight_decay']:>14g}{row['no_decay_params']:>10,}  "
-                     f"{' -> '.join(bn) or '-'}")
+                     f"{' -> '.join(bn) or '-':<16}{' -> '.join(drop) or '-'}")
     lines += ["", "schedule (lr at the start of each epoch; '.' = frozen)"]
     names = [r["name"] for r in d["groups"]]
     width = max(9, *(len(n) + 1 for n in names))

@@ -3,18 +3,24 @@
 Exports carry the resolved recipe in their metadata, so the architecture, the head and
 the input channels are rebuilt from it (no pretrained weights are fetched: every tensor
 comes from the file) and the weights are loaded strictly.
+
+A file must never name code that runs: torchvision architectures are looked up by name, and
+a custom factory (``model.arch: "package.module:factory"``) in a file's recipe is refused,
+before its module is imported, unless the caller trusts that exact factory
+(``trust_factories``, ``--trust-factory`` on the command line).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import yaml
 from torch import nn
 
-from recipec.errors import CheckpointError
+from recipec.errors import CheckpointError, ModelError, UntrustedFactoryError
 
 __all__ = ["build_model", "load", "model_from", "read_export"]
 
@@ -36,22 +42,42 @@ def read_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], Any]
         raise CheckpointError(f"{path}: has no recipec recipe in its metadata, so the architecture is unknown; "
                               "load its state dict with recipec.weights.load_state_dict instead")
     try:
-        recipe = Recipe.model_validate(yaml.safe_load(recipe_yaml))
+        from recipec.recipe.load import resolve_paths
+
+        # paths in the embedded recipe are relative to the run directory the export was written into
+        recipe = Recipe.model_validate(resolve_paths(yaml.safe_load(recipe_yaml), Path(path).parent))
     except Exception as exc:  # pydantic or YAML: the embedded recipe is damaged
         raise CheckpointError(f"{path}: the embedded recipe is not valid: {exc}") from exc
     return recipe, provenance, checkpoint
 
 
-def build_model(recipe: Any) -> nn.Module:
+def build_model(recipe: Any, *, trust_factories: bool | Collection[str] = (), origin: str = "") -> nn.Module:
     """The architecture a recipe describes, head and input channels included, with no weights loaded.
 
     Nothing is fetched: ``pretrained=...`` only sets what the weights imply (e.g. googlenet's
     ``transform_input``), since every tensor comes from the checkpoint loaded next.
+
+    Args:
+        recipe: the recipe, typically read from a file.
+        trust_factories: the ``"package.module:factory"`` names that may be imported and called;
+            by default none (a recipe from a file); ``True`` only for a recipe the caller wrote.
+        origin: the file the recipe came from, named in a refusal.
+
+    Raises:
+        UntrustedFactoryError: the recipe names a custom factory not in ``trust_factories``.
+        ModelError: the architecture cannot be built.
     """
     from recipec.model import heads, zoo
 
     spec = recipe.model
-    model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None)
+    try:
+        model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None,
+                                       trust_factories=trust_factories, origin=origin)
+    except ModelError as exc:
+        if not origin or isinstance(exc, UntrustedFactoryError):  # a refusal names the file already
+            raise
+        # the recipe at fault is the file's, which has no lines to point at: name the file
+        raise type(exc)([f"{origin}: {problem}" for problem in exc.problems]) from exc
     if spec.head is not None:
         heads.replace_head(model, spec.arch, num_classes=spec.head.num_classes, type=spec.head.type,
                            hidden=spec.head.hidden, dropout=spec.head.dropout, activation=spec.head.activation,
@@ -61,20 +87,37 @@ def build_model(recipe: Any) -> nn.Module:
     return model
 
 
-def load(path: str | os.PathLike[str]) -> nn.Module:
+def load(path: str | os.PathLike[str], *, trust_factories: Collection[str] = ()) -> nn.Module:
     """Rebuild the fine-tuned model of an export (``model.safetensors``, ``model.pt``), in eval mode.
+
+    Args:
+        path: the export (a sharded ``*.safetensors.index.json`` or a run directory too).
+        trust_factories: custom factories (``"package.module:factory"``, exact names) that the
+            export's recipe may import and call; torchvision architectures need none.
+
+    Raises:
+        UntrustedFactoryError: the export's recipe names a custom factory you did not trust;
+            nothing was imported.
+        CheckpointError: the file is unreadable, foreign, or its tensors do not fit its recipe.
 
     Example:
         >>> model = recipec.load("runs/quickstart/model.safetensors")
         >>> logits = model(images)
+        >>> mine = recipec.load("runs/mine/model.safetensors", trust_factories=["mynets:small_cnn"])
     """
     recipe, _, checkpoint = read_export(Path(path))
-    return model_from(recipe, checkpoint, path)
+    return model_from(recipe, checkpoint, path, trust_factories=trust_factories)
 
 
-def model_from(recipe: Any, checkpoint: Any, path: str | os.PathLike[str]) -> nn.Module:
-    """The model of an already read export (see :func:`read_export`), weights loaded, in eval mode."""
-    model = build_model(recipe)
+def model_from(recipe: Any, checkpoint: Any, path: str | os.PathLike[str], *,
+               trust_factories: Collection[str] = ()) -> nn.Module:
+    """The model of an already read export (see :func:`read_export`), weights loaded, in eval mode.
+
+    ``trust_factories`` as for :func:`load`: the export's recipe came from the file.
+    """
+    from recipec.model.zoo import factory_names
+
+    model = build_model(recipe, trust_factories=factory_names(trust_factories), origin=str(path))
     state = checkpoint.state_dict
     try:
         dtype = next(v.dtype for v in state.values() if v.is_floating_point())

@@ -15,6 +15,7 @@ from recipec.build import build
 from recipec.errors import RecipecError, RunDirectoryError
 from recipec.recipe.load import load_recipe
 
+TRUST = ["tests.tinynets:tiny_cnn"]  # the factory TINY names: trusted where an export rebuilds it
 TINY = """\
     name: tiny
     seed: 3
@@ -125,8 +126,8 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
 def test_exports_load_alone_and_predict_the_same(tmp_path, name):
     recipe = _recipe(tmp_path, "train.epochs=2")
     run = build(recipe, out=tmp_path / "run")
-    model = recipec.load(run / name)
-    reference = recipec.load(run / "model.safetensors")
+    model = recipec.load(run / name, trust_factories=TRUST)
+    reference = recipec.load(run / "model.safetensors", trust_factories=TRUST)
     x = torch.randn(4, 3, 8, 8)
     assert torch.equal(model(x), reference(x))
     assert not model.training
@@ -140,7 +141,7 @@ def test_float16_export(tmp_path):
     tensors = load_file(run / "model.safetensors")
     assert tensors["8.1.weight"].dtype == torch.float16
     assert tensors["1.num_batches_tracked"].dtype == torch.int64
-    assert recipec.load(run / "model.safetensors")(torch.randn(1, 3, 8, 8).half()).shape == (1, 10)
+    assert recipec.load(run / "model.safetensors", trust_factories=TRUST)(torch.randn(1, 3, 8, 8).half()).shape == (1, 10)
 
 
 def test_head_size_must_match_the_data(tmp_path):
@@ -160,7 +161,7 @@ def test_onnx_export_matches_the_torch_model(tmp_path):
     session = onnxruntime.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 3, 8, 8)
     (logits,) = session.run(None, {"input": x.numpy()})
-    reference = recipec.load(run / "model.safetensors").float()(x).detach().numpy()
+    reference = recipec.load(run / "model.safetensors", trust_factories=TRUST).float()(x).detach().numpy()
     assert logits.shape == (3, 10)
     assert np.abs(logits - reference).max() < 1e-2  # the safetensors export is float16, the graph float32
     props = {p.key: p.value for p in onnx.load(run / "model.onnx").metadata_props}

@@ -208,7 +208,7 @@ def test_build_exit_codes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     code, stdout, err = run(capsys, "build", str(recipe), "--out", str(out))
     assert code == 0, err
-    assert "epoch 2/2" in stdout and (out / "model.safetensors").exists()
+    assert "epoch 1 (2 of 2)" in stdout and (out / "model.safetensors").exists()
     code, _, err = run(capsys, "build", str(recipe), "--out", str(out))
     assert code == 2 and "--resume" in err
     code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "x"),
@@ -245,7 +245,7 @@ def test_features_command(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     out = tmp_path / "f.safetensors"
     code, _stdout, err = run(capsys, "features", str(tmp_path / "run" / "model.safetensors"), "--layers", "3,8",
-                            "--out", str(out), "--split", "val")
+                            "--out", str(out), "--split", "val", "--trust-factory", "tests.tinynets:tiny_cnn")
     assert code == 0, err
     tensors = load_file(out)
     assert tensors["3"].shape[1] == 8 and tensors["8"].shape[1] == 10 and tensors["labels"].ndim == 1
@@ -259,7 +259,7 @@ def test_convert_command(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "run"), "--quiet")
     assert code == 0, err
     src = tmp_path / "run" / "model.safetensors"
-    code, out, err = run(capsys, "convert", str(src), str(tmp_path / "m.onnx"))
+    code, out, err = run(capsys, "convert", str(src), str(tmp_path / "m.onnx"), "--trust-factory", "tests.tinynets:tiny_cnn")
     assert code == 0, err
     assert (tmp_path / "m.onnx").exists() and "wrote" in out
     code, _, err = run(capsys, "convert", str(src), str(tmp_path / "m.xyz"))

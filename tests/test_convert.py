@@ -20,6 +20,7 @@ from recipec.errors import CheckpointError, ExportError
 from recipec.recipe.load import load_recipe
 from recipec.weights import formats
 
+TINY = ("tests.tinynets:tiny_cnn",)  # the runs' own factory, trusted where a file's recipe rebuilds it
 RECIPE = """\
     name: tiny-convert
     seed: 0
@@ -45,7 +46,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def onnx_file(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     dst = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    assert convert(run / "model.safetensors", dst) == [dst]
+    assert convert(run / "model.safetensors", dst, trust_factories=TINY) == [dst]
     return dst
 
 
@@ -71,7 +72,7 @@ def test_safetensors_torch_safetensors_round_trip(run: Path, tmp_path: Path) -> 
     plain = torch.load(tmp_path / "model.pt", weights_only=True)
     assert plain["recipec_metadata"][RECIPE_KEY] == original.metadata[RECIPE_KEY]
     assert json.loads(plain["recipec_metadata"][CONVERTED_FROM_KEY])["sha256"] == _sha256(src)
-    assert isinstance(recipec.load(tmp_path / "again.safetensors"), torch.nn.Module)
+    assert isinstance(recipec.load(tmp_path / "again.safetensors", trust_factories=TINY), torch.nn.Module)
 
 
 def test_float16_cast_leaves_integers(run: Path, tmp_path: Path) -> None:
@@ -117,8 +118,8 @@ def test_training_state_becomes_a_self_describing_export(run: Path, tmp_path: Pa
     assert converted.metadata[RECIPE_KEY] == state["recipe"]
     assert json.loads(converted.metadata[PROVENANCE_KEY])["epochs_trained"] == 1
     assert not {"rng", "optimizer", "history"} & set(converted.metadata)  # resume-only state stays behind
-    model = recipec.load(tmp_path / "weights.safetensors")
-    reference = recipec.load(run / "model.safetensors")
+    model = recipec.load(tmp_path / "weights.safetensors", trust_factories=TINY)
+    reference = recipec.load(run / "model.safetensors", trust_factories=TINY)
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(model(x), reference(x))
 
@@ -130,7 +131,7 @@ def test_export_to_onnx_from_its_embedded_recipe(run: Path, onnx_file: Path) -> 
     assert props[RECIPE_KEY] == source_meta[RECIPE_KEY] and props[PROVENANCE_KEY] == source_meta[PROVENANCE_KEY]
     assert json.loads(props[CONVERTED_FROM_KEY])["sha256"] == _sha256(run / "model.safetensors")
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    model = recipec.load(run / "model.safetensors")
+    model = recipec.load(run / "model.safetensors", trust_factories=TINY)
     x = torch.randn(3, 3, 8, 8)
     (logits,) = session.run(["logits"], {"input": x.numpy()})
     with torch.no_grad():
@@ -165,7 +166,7 @@ def test_parity_failure_writes_no_onnx(run: Path, tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(ort.InferenceSession, "run", drifting_run)
     with pytest.raises(ExportError, match=r"m\.onnx: ONNX parity check failed: .* up to 0\.001, beyond atol 1e-05") as info:
-        convert(run / "model.safetensors", tmp_path / "m.onnx")
+        convert(run / "model.safetensors", tmp_path / "m.onnx", trust_factories=TINY)
     assert info.value.exit_code == 1 and list(tmp_path.iterdir()) == []
 
 

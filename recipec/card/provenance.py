@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from recipec._files import open_regular
 from recipec.errors import CheckpointError, ExportError
 
 __all__ = [
@@ -107,8 +108,11 @@ def file_digest(path: str | os.PathLike[str]) -> str:
         CheckpointError: the file does not exist or cannot be read.
     """
     digest = hashlib.sha256()
+    if not os.path.exists(path):
+        raise CheckpointError(f"{os.fspath(path)}: cannot be hashed (no such file)")
     try:
-        with open(path, "rb") as f:
+        # a FIFO or /dev/urandom is refused: hashing it would hang or never end
+        with open_regular(path, what="file to hash") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     except OSError as exc:
@@ -172,6 +176,9 @@ def read_export_metadata(metadata: Mapping[str, str]) -> tuple[str | None, dict[
         provenance = json.loads(raw)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"metadata {PROVENANCE_KEY!r}: not valid JSON ({exc}); the file's metadata is damaged") from exc
+    except RecursionError as exc:  # [[[[...]]]] thousands deep
+        raise CheckpointError(f"metadata {PROVENANCE_KEY!r}: nested too deeply to be provenance; the file's metadata "
+                              "is damaged") from exc
     if not isinstance(provenance, dict):
         raise CheckpointError(
             f"metadata {PROVENANCE_KEY!r}: expected a JSON object, got {type(provenance).__name__}; "

@@ -22,6 +22,8 @@ import jinja2.sandbox
 import yaml
 
 from recipec._atomic import atomic_write_text
+from recipec._files import check_output, check_regular
+from recipec.card._sandbox import LimitedSandbox, TemplateLimit, render_limited
 from recipec.errors import RecipeError, RunDirectoryError
 
 __all__ = ["DEFAULT_TEMPLATE", "card_context", "render_card", "write_card"]
@@ -31,6 +33,19 @@ DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "card.
 _EXPORTS = ("model.safetensors", "model.safetensors.index.json", "model.pt", "model.onnx")
 _KEY_ROWS = 20  # non-loaded keys listed per load stage; the rest are counted
 _FATES = ("loaded", "adapted", "renamed", "mismatched", "missing", "new", "defaulted", "excluded", "unexpected")
+MAX_TEMPLATE_BYTES = 1 << 20  # a card template is a page of Markdown
+
+
+class _RegularFileLoader(jinja2.FileSystemLoader):
+    """Templates (and what they include) are read only from regular files of bounded size: no FIFO, no device."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:
+        for root in self.searchpath:
+            candidate = os.path.join(root, *jinja2.loaders.split_template_path(template))
+            if os.path.exists(candidate):
+                check_regular(candidate, what="card template", error=RecipeError, max_bytes=MAX_TEMPLATE_BYTES)
+                break
+        return super().get_source(environment, template)
 
 
 def card_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -108,15 +123,19 @@ def render_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[
         ---
     """
     context = card_context(run_dir)
-    path = Path(template) if template is not None else Path(
-        (context["recipe"].get("card") or {}).get("template") or DEFAULT_TEMPLATE)
+    recorded = (context["recipe"].get("card") or {}).get("template")  # relative to the run directory, or absolute
+    path = Path(template) if template is not None else (Path(run_dir) / recorded if recorded else DEFAULT_TEMPLATE)
     # sandboxed: a card template is text from a recipe, and may reach only the data it is given
-    env = jinja2.sandbox.SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
+    env = LimitedSandbox(  # bounded output, sizes, loops and time too (recipec.card._sandbox)
+        loader=_RegularFileLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
         autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters.update(_FILTERS)
     try:
-        text = env.get_template(path.name).render(context)
+        text = render_limited(env.get_template(path.name), context)
+    except TemplateLimit as exc:
+        raise RecipeError(f"{_template_line(exc) or path}: card template: {exc}") from exc
+    except RecursionError as exc:  # compiling a template nested thousands deep
+        raise RecipeError(f"{path}: card template: nested too deeply to compile") from exc
     except jinja2.TemplateSyntaxError as exc:
         raise RecipeError(f"{exc.filename or path}:{exc.lineno}: card template: {exc.message}") from exc
     except jinja2.TemplateNotFound as exc:
@@ -144,8 +163,12 @@ def write_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[s
     Raises:
         RunDirectoryError, RecipeError: see :func:`render_card`.
     """
+    run = Path(run_dir)
+    target = Path(run_dir) / "README.md" if out is None else check_output(
+        out, what="the card", error=RunDirectoryError,  # never onto a file the card is made from
+        inputs=[*(run / n for n in ("recipe.yaml", "metrics.jsonl", "plan.json", "curves.png", *_EXPORTS)),
+                run / "checkpoints", template, DEFAULT_TEMPLATE])
     text = render_card(run_dir, template=template)
-    target = Path(out) if out is not None else Path(run_dir) / "README.md"
     atomic_write_text(target, text)
     return target
 
@@ -206,7 +229,8 @@ def _data(recipe: dict[str, Any], info: dict[str, Any], weights: str | None) -> 
     normalize = info.get("normalize") or {}
     applied = normalize.get("applied", "none" if spec.get("normalize") == "none" else None)
     requested = str(normalize.get("requested") or spec.get("normalize"))
-    sources = {"from_weights": f"the transforms of {weights}", "imagenet": "ImageNet statistics (data.normalize)"}
+    sources = {"from_weights": f"the transforms of {weights}" if weights else "the normalisation recorded by the "
+               "source checkpoint", "imagenet": "ImageNet statistics (data.normalize)"}
     classes = info.get("classes") or spec.get("classes") or []
     return {
         "dataset": dataset,

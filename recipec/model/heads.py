@@ -35,6 +35,7 @@ _HEAD_PATHS = {
     "squeezenet": "classifier.1",
 }
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+_MAX_HEAD_WEIGHTS = 2**31  # 8 GiB of float32; 1,000,000 classes on 2048 features (resnet50) fit, just
 _AUX_HEADS = ("aux1", "aux2", "AuxLogits")
 
 
@@ -183,6 +184,13 @@ def build_head(
             return nn.Conv2d(n_in, n_out, kernel_size=1, device=device, dtype=dtype)
         return nn.Linear(n_in, n_out, device=device, dtype=dtype)
 
+    # Counted before anything is allocated: num_classes x hidden sizes that no memory holds are an error, not an OOM kill.
+    widths = [in_features, *((hidden if hidden is not None else [512]) if type == "mlp" else []), num_classes]
+    weights = sum(a * b for a, b in zip(widths, widths[1:]))
+    if weights > _MAX_HEAD_WEIGHTS:
+        raise ModelError((("model", "head"), (
+            f"the head would hold {weights:,} weights ({weights * 4 / 2**30:,.1f} GiB in float32, layers "
+            f"{' -> '.join(map(str, widths))}); at most {_MAX_HEAD_WEIGHTS:,}: lower num_classes or the hidden sizes")))
     if type == "linear":
         if dropout > 0:
             return nn.Sequential(nn.Dropout(dropout), layer(in_features, num_classes))

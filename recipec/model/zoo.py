@@ -8,17 +8,22 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
+import os
 import re
-from collections.abc import Mapping
+import shlex
+import sys
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
-from recipec.errors import ModelError
+from recipec.errors import ModelError, UntrustedFactoryError
 
-__all__ = ["build_architecture", "family_of", "first_conv_path", "list_architectures", "set_input_channels"]
+__all__ = ["build_architecture", "check_factory_trust", "factory_names", "family_of", "first_conv_path",
+           "list_architectures", "set_input_channels"]
 
 _FAMILY_ALIASES = {"wide": "resnet", "resnext": "resnet"}
 # Eval output must be a tensor, so the auxiliary classifiers are off unless asked for; torchvision's
@@ -69,8 +74,17 @@ def _unknown_architecture(arch: str) -> ModelError:
         "see recipec.model.zoo.list_architectures(), or 'package.module:factory' for your own)")))
 
 
-def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *, pretrained: bool = False) -> nn.Module:
+def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *, pretrained: bool = False,
+                       trust_factories: bool | Collection[str] = True, origin: str = "") -> nn.Module:
     """Build an architecture with random weights; nothing is downloaded.
+
+    torchvision architectures are looked up by name and never imported from a path. A custom
+    factory is imported and called only when trusted: every one is when the recipe is the
+    caller's own (``trust_factories=True``, what ``compile_recipe`` does); a recipe read from a
+    file (an export's metadata, a training state) passes the exact factories its user trusts,
+    and any other is refused before its module is imported (see :func:`check_factory_trust`).
+    Even a trusted factory must be an ``nn.Module`` subclass or a Python function, and return
+    an ``nn.Module``.
 
     googlenet and inception_v3 are built with ``aux_logits=False, init_weights=False`` unless
     ``kwargs`` say otherwise, so that they return a tensor, not a named tuple, in training too.
@@ -82,19 +96,26 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *, pr
             is ``model.weights``).
         pretrained: the model is about to receive torchvision's pretrained weights; build it as
             torchvision does for them (googlenet and inception_v3 get ``transform_input=True``).
+        trust_factories: ``True`` when the caller wrote the recipe, else the ``"package.module:factory"``
+            names the caller trusts (``()`` or ``False``: none).
+        origin: where the recipe came from (a file), named in a refusal.
 
     Returns:
         The model, in training mode.
 
     Raises:
         ModelError: unknown architecture (with suggestions), a factory that cannot be imported,
-            found or called, one that does not return an ``nn.Module``, or arguments it rejects.
+            found or called, one that is not an ``nn.Module`` class or a Python function (a
+            builtin such as ``os:system``), one that does not return an ``nn.Module``, or
+            arguments it rejects.
+        UntrustedFactoryError: a custom factory that ``trust_factories`` does not name.
 
     Example:
         >>> model = build_architecture("vit_b_16", {"image_size": 32})
     """
     kwargs = dict(kwargs or {})
     if ":" in arch:
+        check_factory_trust(arch, trust_factories, origin=origin)
         return _build_custom(arch, kwargs)
     if arch not in _architectures():
         raise _unknown_architecture(arch)
@@ -108,10 +129,55 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *, pr
         raise ModelError((("model", "kwargs"), f"{arch} rejected its arguments {kwargs!r}: {exc}")) from exc
 
 
+def check_factory_trust(arch: str, trust_factories: bool | Collection[str], *, origin: str = "") -> None:
+    """Refuse a custom factory (``"package.module:factory"``) the caller does not trust; import nothing.
+
+    Importing a module runs its code, and so does calling a factory: a recipe that came from a
+    file (an export's metadata, a training state) must not choose either. Trust is given per
+    factory, by its exact name, as ``trust_remote_code`` is given per call in Hugging Face.
+
+    Args:
+        arch: ``model.arch``; torchvision names (no ``:``) pass, as they are looked up by name.
+        trust_factories: ``True`` (the caller wrote the recipe), or the exact factory names trusted.
+        origin: the file the recipe came from, named in the refusal.
+
+    Raises:
+        UntrustedFactoryError: ``arch`` is a custom factory not in ``trust_factories``.
+    """
+    if ":" not in arch or trust_factories is True:
+        return
+    if arch in (() if trust_factories is False else factory_names(trust_factories)):
+        return
+    where = f"{origin}: " if origin else ""
+    flag = shlex.quote(arch) if arch.isprintable() else repr(arch)
+    raise UntrustedFactoryError(
+        f"{where}refused to import the custom factory {arch!r} that the file's recipe names (model.arch): "
+        f"a file must not name code that runs, and nothing was imported; if you trust {arch!r}, pass "
+        f"--trust-factory {flag} (Python: trust_factories=[{arch!r}])")
+
+
+def factory_names(trust_factories: str | Collection[str]) -> tuple[str, ...]:
+    """``"m:f"`` or ``["m:f", ...]`` -> ``("m:f", ...)``: exact names, never ``True`` (trust everything).
+
+    Raises:
+        TypeError: not a name or a collection of names (a bool, a number, a non-str item).
+    """
+    names = (trust_factories,) if isinstance(trust_factories, str) else trust_factories
+    if not isinstance(names, Collection) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"trust_factories must list 'package.module:factory' names, got {trust_factories!r}")
+    return tuple(names)
+
+
 def _build_custom(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     module_name, _, attr = arch.partition(":")
+    package = module_name.partition(".")[0]
+    if package in sys.stdlib_module_names:
+        # os:popen, subprocess:run, shutil:rmtree are Python functions too, and build no model
+        raise ModelError((("model", "arch"), (
+            f"{arch!r} is in Python's standard library ({package!r}), which has no model factories; "
+            "name a function or torch.nn.Module class of your own package, so nothing was imported")))
     try:
-        module = importlib.import_module(module_name)
+        module = _import_from_cwd(module_name)
     except (ImportError, SyntaxError) as exc:
         raise ModelError((("model", "arch"), (
             f"cannot import module {module_name!r} for factory {arch!r}: {type(exc).__name__}: {exc} "
@@ -126,6 +192,11 @@ def _build_custom(arch: str, kwargs: dict[str, Any]) -> nn.Module:
         factory = getattr(factory, part)
     if not callable(factory):
         raise ModelError((("model", "arch"), f"{arch!r} is a {type(factory).__name__}, not a callable factory"))
+    if not _is_model_factory(factory):
+        kind = "a class that is not a torch.nn.Module" if isinstance(factory, type) else f"a {type(factory).__name__}"
+        raise ModelError((("model", "arch"), (
+            f"{arch!r} is {kind}; a factory must be a torch.nn.Module subclass or a Python function "
+            "that returns one, so nothing was called")))
     try:
         model = factory(**kwargs)
     except TypeError as exc:
@@ -134,6 +205,32 @@ def _build_custom(arch: str, kwargs: dict[str, Any]) -> nn.Module:
         raise ModelError((("model", "arch"), (
             f"factory {arch!r} returned a {type(model).__name__}, not a torch.nn.Module")))
     return model
+
+
+def _import_from_cwd(module_name: str) -> Any:
+    """Import as ``python -m`` would, the working directory first on ``sys.path`` (for this import only)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _is_model_factory(factory: Any) -> bool:
+    """An nn.Module subclass, or a function written in Python (a static or class method too).
+
+    Builtins (``os.system``), other classes (``subprocess.Popen``) and callable objects are not
+    factories of models, whatever a recipe says.
+    """
+    if isinstance(factory, type):
+        return issubclass(factory, nn.Module)
+    if inspect.ismethod(factory):
+        factory = factory.__func__
+    return inspect.isfunction(factory)
 
 
 def first_conv_path(model: nn.Module) -> str:

@@ -7,17 +7,96 @@ This module never imports torch.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+import types
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-__all__ = ["SCHEMA_ID", "ByteSize", "FieldProblems", "Regex", "parse_size"]
+__all__ = ["MAX_BATCH", "MAX_CLASSES", "MAX_EPOCHS", "MAX_INPUT_BYTES", "MAX_LR", "SCHEMA_ID", "ByteSize", "FieldProblems", "Regex",
+           "parse_size"]
 
 SCHEMA_ID = "https://recipec.dev/schemas/recipe.schema.json"
+
+# Bounds of numbers: beyond them a value is a typo, or something no machine can hold (each Field says why).
+MAX_EPOCHS = 10_000  # the longest schedules in use (MAE: 1600); the plan holds one row per epoch
+MAX_BATCH = 65_536  # the largest batches in the literature (LARS/LAMB at 64k); `features --batch-size` too
+MAX_CLASSES = 1_000_000  # face-identity label sets are about this; a head beyond holds billions of weights
+MAX_LR = 100.0  # large-batch SGD uses up to ~30
+MAX_INPUT_BYTES = 2**36  # one float32 input batch (batch_size x in_channels x image_size**2 x 4) above 64 GiB
+
+_NUMBER_TEXT = re.compile(r"[-+]?([0-9][0-9_]*)?\.?[0-9_]*([eE][-+]?[0-9]+)?")
 
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        """Booleans are not numbers; a whole-number field takes a whole float (``1e3``, ``2.0``).
+
+        Pydantic's lax mode reads ``true`` (YAML: on, yes) as 1, so ``epochs: on`` would be one
+        epoch. A boolean in a number field is replaced by a marker that pydantic refuses like any
+        other non-number, so it is reported with every other problem. Text that reads as a number
+        still is one (YAML 1.1 reads ``3e-4`` and ``1e3`` as text); ``1e3`` in a whole-number field
+        is 1000, ``2.5`` there is refused.
+        """
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            if name in out:
+                out[name] = _check_numbers(field.annotation, out[name])
+        return out
+
+
+class NotANumber:
+    """A boolean found where a number belongs; pydantic refuses it as it refuses any object."""
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return f"{str(self.value).lower()} (YAML reads on/off/yes/no as booleans)"
+
+    __repr__ = __str__
+
+
+def _check_numbers(tp: Any, value: Any) -> Any:
+    """``value`` with whole floats made ints where ``tp`` wants an int, and booleans where it wants a number marked."""
+    tp = _bare(tp)
+    if get_origin(tp) in (Union, types.UnionType):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        if len(members) != 1:  # Literal | float unions and model unions check their own members
+            return value
+        tp = _bare(members[0])
+    origin, args = get_origin(tp), get_args(tp)
+    if tp in (int, float):
+        if isinstance(value, bool):
+            return NotANumber(value)
+        if tp is int and isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()) and any(
+                c.isdigit() for c in value):
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                return value
+            return int(number) if number.is_integer() else value
+        if tp is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+    if origin is list and isinstance(value, list) and args:
+        return [_check_numbers(args[0], v) for v in value]
+    if origin is tuple and isinstance(value, (list, tuple)) and args:
+        return [_check_numbers(args[i], v) if i < len(args) else v for i, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return {k: _check_numbers(args[1], v) for k, v in value.items()}
+    return value
+
+
+def _bare(tp: Any) -> Any:
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
 
 
 class FieldProblems(ValueError):

@@ -8,18 +8,21 @@ what JSON means) and the YAML composer, which reads JSON too, supplies the posit
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import yaml
 
+from recipec._files import read_regular
 from recipec.errors import RecipeError, format_path
 
 RecipePath = tuple[str | int, ...]
 
 _MAP, _SEQ, _MERGE = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:merge"
 _MAX_NODES = 50_000  # aliases can expand exponentially ("billion laughs")
+MAX_RECIPE_BYTES = 4 << 20  # a recipe is a page of YAML; 4 MiB is far beyond any real one
 
 
 class Position(NamedTuple):
@@ -98,15 +101,10 @@ def read_recipe_file(path: str) -> tuple[dict[str | int, Any], SourceMap]:
         RecipeError: the file is missing, unreadable, not UTF-8, not valid YAML/JSON, has
             duplicate or non-text keys, or is not a mapping at top level.
     """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise RecipeError(f"{path}: is a directory, not a recipe file") from None
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if os.path.isdir(path):
+        raise RecipeError(f"{path}: is a directory, not a recipe file")
+    # a FIFO or /dev/zero is refused before it can block or fill memory
+    raw = read_regular(path, what="recipe", error=RecipeError, max_bytes=MAX_RECIPE_BYTES)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

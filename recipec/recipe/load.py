@@ -19,12 +19,22 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from recipec._files import check_regular
 from recipec.errors import RecipeError, format_path
 from recipec.recipe._problems import located_problems, show_value
-from recipec.recipe._yaml import Position, RecipePath, SourceMap, iter_paths, parse_value, read_recipe_file
+from recipec.recipe._yaml import (
+    MAX_RECIPE_BYTES,
+    Position,
+    RecipePath,
+    SourceMap,
+    iter_paths,
+    parse_value,
+    read_recipe_file,
+)
 from recipec.recipe.spec import Recipe
 
-__all__ = ["PATH_FIELDS", "Position", "SourceMap", "dump_recipe", "load_recipe", "load_recipe_data", "recipe_location"]
+__all__ = ["PATH_FIELDS", "Position", "SourceMap", "dump_recipe", "load_recipe", "load_recipe_data", "recipe_location",
+           "resolve_paths"]
 
 # Values that are file system paths; relative ones are resolved against the file that wrote them.
 PATH_FIELDS: tuple[RecipePath, ...] = (("source", "checkpoint"), ("source", "recipe"), ("data", "root"),
@@ -59,9 +69,50 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(located_problems(exc, data, sources)) from None
+        raise RecipeError(_blame_overrides(path, overrides, located_problems(exc, data, sources))) from None
     object.__setattr__(recipe, _SOURCES, sources)  # frozen models still allow a non-field attribute this way
     return recipe
+
+
+def _blame_overrides(path: str | os.PathLike[str], overrides: Sequence[str], problems: list[str]) -> list[str]:
+    """Point problems that only an override causes at that ``--set``, not at a line of the file.
+
+    ``--set train.epochs=1`` makes ``freeze.unfreeze.2`` (written in the file) wrong: the
+    problem is reported as ``--set train.epochs=1: freeze.unfreeze.2: ...``, since the file
+    alone is valid there. An override is to blame when leaving it out makes the problem go away.
+    """
+    items = [overrides] if isinstance(overrides, str) else list(overrides)
+    if not items:
+        return problems
+    blamed: dict[str, list[str]] = {}
+    for i, item in enumerate(items):
+        try:
+            data, _ = load_recipe_data(path, [*items[:i], *items[i + 1:]])
+            Recipe.model_validate(data)
+            without: set[str] = set()
+        except ValidationError as exc:
+            without = set(located_problems(exc, data, SourceMap()))  # unlocated texts
+        except RecipeError:
+            continue  # the other overrides do not stand alone: no verdict for this one
+        for line in problems:
+            if line.startswith("--set ") or any(line.endswith(": " + text) or line == text for text in without):
+                continue
+            blamed.setdefault(line, []).append(item)
+    out = []
+    for line in problems:
+        if line not in blamed:
+            out.append(line)
+            continue
+        where, text = _split_location(line)
+        written = f" (written at {where})" if where else ""
+        out.append(f"{' '.join('--set ' + item for item in blamed[line])}: {text}{written}")
+    return out
+
+
+def _split_location(line: str) -> tuple[str | None, str]:
+    """``"file:3:7: a.b: msg"`` -> ``("file:3:7", "a.b: msg")``; a line without a location -> ``(None, line)``."""
+    match = re.match(r"^(.*?:[0-9]+:[0-9]+): (.*)$", line, flags=re.S)
+    return (match.group(1), match.group(2)) if match else (None, line)
 
 
 def load_recipe_data(path: str | os.PathLike[str],
@@ -124,17 +175,44 @@ def recipe_location(recipe: Recipe, path: Sequence[str | int]) -> str | None:
     return str(where) if where is not None else None
 
 
-def dump_recipe(recipe: Recipe) -> str:
+def dump_recipe(recipe: Recipe, *, relative_to: str | os.PathLike[str] | None = None) -> str:
     """The resolved recipe as YAML text: every field, defaults included, and no ``extends``.
 
     Args:
         recipe: any recipe.
+        relative_to: the directory the text will live in (a run directory). Paths of
+            :data:`PATH_FIELDS` that share a directory with it other than the file system's root
+            are written relative to it (``../../data/flowers``), so a run directory copied or
+            moved together with its data rebuilds elsewhere; the others stay absolute.
 
     Returns:
-        YAML that :func:`load_recipe` reads back into an equal recipe (paths are already absolute).
+        YAML that :func:`load_recipe` reads back into an equal recipe: absolute paths as they
+        are, relative ones against the directory of the file (``relative_to``).
     """
     data = _plain(recipe.model_dump(mode="python", exclude={"extends"}))
+    if relative_to is not None:
+        base = os.path.abspath(relative_to)
+        for *parents, last in PATH_FIELDS:
+            node: Any = data
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            value = node.get(last) if isinstance(node, dict) else None
+            if isinstance(value, str) and os.path.isabs(value):
+                common = os.path.commonpath([value, base])
+                if os.path.dirname(common) != common:  # not the root: they belong to one tree
+                    node[last] = os.path.relpath(value, base)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=10**9)
+
+
+def resolve_paths(data: dict[str | int, Any], directory: str | os.PathLike[str]) -> dict[str | int, Any]:
+    """Make the relative :data:`PATH_FIELDS` of raw recipe data absolute against ``directory``, in place.
+
+    For recipe text that did not come from a file :func:`load_recipe` reads: the ``recipe.yaml``
+    inside a training state, or the recipe an export carries (relative to the export's directory).
+    """
+    if isinstance(data, dict):
+        _absolutize(data, PATH_FIELDS, os.path.abspath(directory))
+    return data
 
 
 def _plain(value: Any) -> Any:
@@ -156,6 +234,11 @@ def _load_chain(file: str, chain: list[tuple[str, str]], at: Position | None) ->
         raise RecipeError(f"{at}: extends: cycle {cycle}")
     if at is not None and not os.path.exists(file):
         raise RecipeError(f"{at}: extends: no such file {file}")
+    if at is not None:  # a base that is a FIFO, a device or huge: say which extends named it
+        try:
+            check_regular(file, what="recipe", error=RecipeError, max_bytes=MAX_RECIPE_BYTES)
+        except RecipeError as exc:
+            raise RecipeError(f"{at}: extends: {exc.problems[0]}") from None
     data, sources = read_recipe_file(file)
     _absolutize(data, PATH_FIELDS, os.path.dirname(os.path.abspath(file)))
     parent = data.pop("extends", None)
@@ -166,8 +249,14 @@ def _load_chain(file: str, chain: list[tuple[str, str]], at: Position | None) ->
     if not isinstance(parent, str) or not parent.strip():
         raise RecipeError(f"{where}: extends: must be the path of a recipe file, got {show_value(parent)}")
     parent_file = os.path.normpath(os.path.join(os.path.dirname(file), os.path.expanduser(parent)))
+    if not os.path.exists(parent_file):  # report the file's other missing paths with it, not one per try
+        from recipec.checks import path_problems
+
+        others = [f"{sources.locate(p)}: {format_path(p)}: {text}" for p, text in path_problems(data)]  # type: ignore[misc]
+        raise RecipeError([f"{where}: extends: no such file {parent_file}", *others])
     base, base_sources = _load_chain(parent_file, [*chain, (real, file)], where)
-    merged = _merge(base, data)
+    # An empty mapping clears a section, but a file that is only `extends: base.yaml` is the base.
+    merged = _merge(base, data) if data else base
     return merged, _merge_sources(merged, base_sources, sources)
 
 

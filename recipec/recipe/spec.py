@@ -18,7 +18,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from recipec.recipe._fields import SCHEMA_ID, FieldProblems, Regex, _check_regex, _Spec, parse_size
+from recipec.recipe._fields import (
+    MAX_CLASSES,
+    MAX_EPOCHS,
+    MAX_INPUT_BYTES,
+    MAX_LR,
+    SCHEMA_ID,
+    FieldProblems,
+    Regex,
+    _check_regex,
+    _Spec,
+    parse_size,
+)
 from recipec.recipe.spec_run import CardSpec, DataSpec, EarlyStoppingSpec, ExportSpec, OnnxSpec, TrainSpec
 
 # Not used here; the `as` form re-exports them to code that imports them from this module.
@@ -57,12 +68,15 @@ class HeadSpec(_Spec):
     """The new classifier that replaces the architecture's own."""
 
     num_classes: int = Field(
-        ge=1, description="Number of output logits of the new head.", examples=[5])
+        ge=1, le=MAX_CLASSES, description="Number of output logits of the new head (at most 1,000,000: the largest "
+                                          "label sets in use, face identities, are about that; a head beyond it holds "
+                                          "billions of weights).", examples=[5])
     type: Literal["linear", "mlp"] = Field(
         "linear", description="linear: one Linear layer. mlp: hidden Linear layers with activation and dropout, then the output Linear.",
         examples=["mlp"])
-    hidden: list[Annotated[int, Field(ge=1)]] | None = Field(
-        None, description="mlp only: sizes of the hidden layers (default [512]).", examples=[[512]])
+    hidden: list[Annotated[int, Field(ge=1, le=65_536)]] | None = Field(
+        None, max_length=16, description="mlp only: sizes of the hidden layers (default [512]); at most 16 layers of "
+                                         "65,536 (one such layer already holds 4 billion weights).", examples=[[512]])
     dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="Dropout probability: before the Linear of a linear head; after each hidden activation of an mlp head.", examples=[0.2])
     activation: Literal["relu", "gelu", "silu"] | None = Field(
@@ -99,8 +113,9 @@ class ModelSpec(_Spec):
         description="torchvision weights enum name (IMAGENET1K_V1, DEFAULT, ...) or null for random initialisation.",
         examples=["IMAGENET1K_V1", "DEFAULT"])
     in_channels: int = Field(
-        3, ge=1, description="Input channels; when not 3, the first convolution is rebuilt and pretrained filters adapted "
-                             "(sum for 1 channel, repeat and rescale otherwise).", examples=[1])
+        3, ge=1, le=1024, description="Input channels; when not 3, the first convolution is rebuilt and pretrained filters "
+                                      "adapted (sum for 1 channel, repeat and rescale otherwise). At most 1024: "
+                                      "hyperspectral sensors record a few hundred bands.", examples=[1])
     head: HeadSpec | None = Field(
         None, description="The new classifier; null keeps the architecture's own.", examples=[{"num_classes": 5}])
 
@@ -117,8 +132,10 @@ class AdaptSpec(_Spec):
                     "truncate_pad: copy the overlapping block, zero the rest. "
                     "class_subset: keep the rows `indices` of a source classifier.",
         examples=["input_channels"])
-    indices: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, description="class_subset only: source rows (classes) to keep, in the model's class order.",
+    indices: list[Annotated[int, Field(ge=0, lt=MAX_CLASSES)]] | None = Field(
+        None, max_length=MAX_CLASSES,
+        description="class_subset only: source rows (classes) to keep, in the model's class order (below 1,000,000, "
+                    "the bound of num_classes).",
         examples=[[0, 3, 7]])
 
     @model_validator(mode="after")
@@ -189,8 +206,9 @@ class GroupSpec(_Spec):
 class GradualSpec(_Spec):
     """ULMFiT gradual unfreezing: one more group from the top every `every` epochs, from epoch `start`."""
 
-    every: int = Field(1, ge=1, description="Epochs between two unfreezings.", examples=[5])
-    start: int = Field(1, ge=0, description="Epoch of the first unfreezing.", examples=[5])
+    every: int = Field(1, ge=1, le=MAX_EPOCHS, description="Epochs between two unfreezings (at most 10,000, "
+                                                           "the bound of train.epochs).", examples=[5])
+    start: int = Field(1, ge=0, lt=MAX_EPOCHS, description="Epoch of the first unfreezing.", examples=[5])
 
 
 class FreezeSpec(_Spec):
@@ -198,7 +216,7 @@ class FreezeSpec(_Spec):
 
     trainable: list[str] | None = Field(
         None, description="Groups trainable from epoch 0; null: every group (full fine-tuning).", examples=[["head"]])
-    unfreeze: dict[Annotated[int, Field(ge=0)], list[str]] = Field(
+    unfreeze: dict[Annotated[int, Field(ge=0, lt=MAX_EPOCHS)], list[str]] = Field(
         default_factory=dict, description="Epoch -> groups unfrozen at the start of that epoch.",
         examples=[{3: ["layer4"], 5: ["layer3"]}], json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
     gradual: GradualSpec | None = Field(
@@ -206,13 +224,18 @@ class FreezeSpec(_Spec):
     batchnorm: Literal["frozen", "train"] = Field(
         "frozen", description="frozen: BatchNorm layers of frozen groups stay in eval mode (running statistics kept). "
                               "train: they keep updating running statistics.", examples=["train"])
+    dropout: Literal["frozen", "train"] = Field(
+        "frozen", description="frozen: every other module of frozen groups runs in eval mode, so dropout, stochastic depth "
+                              "and other train-mode randomness stop there (a frozen part is a fixed function). "
+                              "train: they stay random while frozen, as model.train() leaves them.", examples=["train"])
 
 
 # --------------------------------------------------------------------------- optimizer
 
 
 class _SchedulerBase(_Spec):
-    warmup_epochs: float = Field(0, ge=0, description="Linear warmup over this many epochs (fractions allowed), from 1% of each group's lr.",
+    warmup_epochs: float = Field(0, ge=0, le=MAX_EPOCHS,
+                                 description="Linear warmup over this many epochs (fractions allowed), from 1% of each group's lr.",
                                  examples=[1])
 
 
@@ -234,7 +257,7 @@ class StepSchedulerSpec(_SchedulerBase):
     """Multiply every group's lr by gamma every step_epochs epochs."""
 
     name: Literal["step"] = Field(description="Scheduler kind.", examples=["step"])
-    step_epochs: int = Field(ge=1, description="Epochs between two decays.", examples=[10])
+    step_epochs: int = Field(ge=1, le=MAX_EPOCHS, description="Epochs between two decays.", examples=[10])
     gamma: float = Field(0.1, gt=0, le=1, description="Decay factor.", examples=[0.1])
 
 
@@ -243,8 +266,10 @@ class OneCycleSchedulerSpec(_Spec):
 
     name: Literal["onecycle"] = Field(description="Scheduler kind.", examples=["onecycle"])
     pct_start: float = Field(0.25, gt=0, lt=1, description="Fraction of training spent increasing the lr.", examples=[0.3])
-    div_factor: float = Field(25.0, ge=1, description="Initial lr = lr / div_factor.", examples=[25])
-    final_div_factor: float = Field(1e4, ge=1, description="Final lr = initial lr / final_div_factor.", examples=[1e4])
+    div_factor: float = Field(25.0, ge=1, le=1e6, description="Initial lr = lr / div_factor (at most 1e6: below that "
+                                                              "an lr moves no float32 weight).", examples=[25])
+    final_div_factor: float = Field(1e4, ge=1, le=1e9, description="Final lr = initial lr / final_div_factor (at most 1e9).",
+                                    examples=[1e4])
 
 
 SchedulerSpec = Annotated[
@@ -257,14 +282,19 @@ class OptimizerSpec(_Spec):
     """Optimizer, discriminative learning rates and schedule."""
 
     name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Optimizer.", examples=["sgd"])
-    lr: float = Field(1e-3, gt=0, description="Learning rate of the last group (the head).", examples=[3e-4])
+    lr: float = Field(1e-3, gt=0, le=MAX_LR, description="Learning rate of the last group (the head); at most 100 "
+                                                       "(large-batch SGD uses up to ~30; beyond, weights diverge at once).",
+                      examples=[3e-4])
     lr_decay: float = Field(
-        1.0, ge=1, description="Discriminative learning rates: group i of n gets lr / lr_decay ** (n - 1 - i); 1 means one lr.",
+        1.0, ge=1, le=100, description="Discriminative learning rates: group i of n gets lr / lr_decay ** (n - 1 - i); "
+                                       "1 means one lr. At most 100 (ULMFiT uses 2.6; beyond, early groups get lrs "
+                                       "that underflow).",
         examples=[2.6])
-    group_lr: dict[str, Annotated[float, Field(gt=0)]] = Field(
+    group_lr: dict[str, Annotated[float, Field(gt=0, le=MAX_LR)]] = Field(
         default_factory=dict, description="Explicit learning rates by group name; they win over lr_decay.",
         examples=[{"stem": 1e-5}])
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled (adamw) or L2 (adam, sgd) weight decay.", examples=[0.01])
+    weight_decay: float = Field(0.0, ge=0, le=10, description="Decoupled (adamw) or L2 (adam, sgd) weight decay; at most "
+                                                              "10 (common values are 1e-4 to 0.3).", examples=[0.01])
     no_weight_decay: list[str] = Field(
         default_factory=lambda: ["bias", "norm"],
         description="Parameters without weight decay: 'bias' (every bias), 'norm' (parameters of normalisation layers), "
@@ -307,9 +337,13 @@ class Recipe(_Spec):
     extends: str | None = Field(
         None, description="A recipe this one refines (path relative to this file): deep merge, lists replace.",
         examples=["base.yaml"])
-    name: str = Field(pattern=_NAME, description="Run name; output goes to runs/<name>/ unless --out. Default: the file's stem.",
+    name: str = Field(pattern=_NAME, max_length=200,
+                      description="Run name; output goes to runs/<name>/ unless --out. Default: the file's stem. At most 200 "
+                                  "characters (a file name holds 255 bytes; recipec adds suffixes).",
                       examples=["flowers-resnet18"])
-    seed: int = Field(0, ge=0, description="Random seed.", examples=[0])
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Random seed, below 2**32 like numpy's (the data order is seeded "
+                                                         "with seed * 1,000,003 + epoch, which must fit torch's 64 bits).",
+                      examples=[0])
     device: str = Field("auto", pattern=_DEVICE, description="auto | cpu | cuda | cuda:N | mps", examples=["cuda:0"])
     model: ModelSpec = Field(description="The base network and its head.", examples=[{"arch": "resnet18"}])
     source: SourceSpec | None = Field(None, description="Weights to transfer in after model.weights.",
@@ -352,6 +386,14 @@ class Recipe(_Spec):
             if epoch >= self.train.epochs:
                 problems.append((("freeze", "unfreeze", epoch),
                                  f"epoch {epoch} never starts (train.epochs is {self.train.epochs}; epochs count from 0)"))
+        # Only the input is estimated (activations are larger still): a cheap check for sizes no machine holds.
+        batch_bytes = self.data.batch_size * self.model.in_channels * self.data.image_size ** 2 * 4
+        if batch_bytes > MAX_INPUT_BYTES:
+            problems.append((("data", "batch_size"),
+                             f"one input batch alone would take {batch_bytes / 2**30:,.0f} GiB (batch_size "
+                             f"{self.data.batch_size} x {self.model.in_channels} channels x {self.data.image_size}x"
+                             f"{self.data.image_size} x 4 bytes; at most {MAX_INPUT_BYTES // 2**30} GiB); "
+                             "lower data.batch_size or data.image_size"))
         if self.freeze.gradual is not None and self.freeze.gradual.start >= self.train.epochs:
             problems.append((("freeze", "gradual", "start"),
                              f"epoch {self.freeze.gradual.start} never starts "

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from recipec.recipe._fields import ByteSize, FieldProblems, _Spec
+from recipec.recipe._fields import MAX_BATCH, MAX_EPOCHS, ByteSize, FieldProblems, _Spec
 
 __all__ = ["CardSpec", "DataSpec", "EarlyStoppingSpec", "ExportFormat", "ExportSpec", "OnnxSpec", "TrainSpec"]
 
@@ -27,16 +27,25 @@ class DataSpec(_Spec):
         examples=["imagefolder"])
     root: str | None = Field(None, description="Dataset directory (relative to the recipe).", examples=["data/flowers"])
     classes: list[str] | None = Field(None, min_length=1, description="Subset and order of classes.", examples=[["cat", "dog"]])
-    per_class: int | None = Field(None, ge=1, description="Few-shot cap on training examples per class.", examples=[16])
+    per_class: int | None = Field(None, ge=1, le=10**9, description="Few-shot cap on training examples per class "
+                                                                    "(null: no cap).", examples=[16])
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of the data held out for validation.", examples=[0.2])
-    image_size: int = Field(224, ge=8, description="Side of the square input images.", examples=[224])
+    image_size: int = Field(224, ge=8, le=4096, description="Side of the square input images; at most 4096 (one "
+                                                            "3x4096x4096 float32 image is 200 MB).", examples=[224])
     normalize: Literal["from_weights", "imagenet", "none"] = Field(
         "from_weights", description="from_weights: the mean/std of the pretrained weights' transforms; imagenet; none.",
         examples=["imagenet"])
     augment: list[Literal["hflip", "vflip", "random_crop", "random_resized_crop", "color_jitter", "rotate"]] = Field(
         default_factory=list, description="Training augmentations.", examples=[["hflip", "random_resized_crop"]])
-    batch_size: int = Field(32, ge=1, description="Examples per step.", examples=[64])
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.", examples=[2])
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="Examples per step; at most 65,536 (the largest "
+                                                                "batches in use, with LARS/LAMB).", examples=[64])
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes; at most 256 (each is a process; "
+                                                          "more than the CPU cores only costs memory).", examples=[2])
+
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="An image file that cannot be decoded. error: stop, naming the file (recipec plan lists "
+                             "them all); skip: leave it out before the split and list it in the run directory "
+                             "(skipped_images.txt).", examples=["skip"])
 
     @model_validator(mode="after")
     def _root(self) -> DataSpec:
@@ -52,24 +61,28 @@ class EarlyStoppingSpec(_Spec):
     """Stop when a validation metric has not improved for `patience` epochs."""
 
     metric: Literal["val_acc", "val_loss"] = Field("val_acc", description="Metric watched.", examples=["val_loss"])
-    patience: int = Field(3, ge=1, description="Epochs without improvement before stopping.", examples=[3])
-    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.", examples=[0.001])
+    patience: int = Field(3, ge=1, le=MAX_EPOCHS, description="Epochs without improvement before stopping.", examples=[3])
+    min_delta: float = Field(0.0, ge=0, le=1e6, description="Smallest change that counts as improvement.",
+                             examples=[0.001])
 
 
 class TrainSpec(_Spec):
     """The fit loop."""
 
-    epochs: int = Field(10, ge=1, description="Number of epochs.", examples=[10])
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS, description="Number of epochs; at most 10,000 (the plan has a row "
+                                                             "per epoch).", examples=[10])
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="Mixed precision.", examples=["bf16"])
-    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.", examples=[1.0])
-    accumulate: int = Field(1, ge=1, description="Batches per optimizer step.", examples=[4])
+    grad_clip: float | None = Field(None, gt=0, le=1e6, description="Clip the global gradient norm to this value "
+                                                                    "(null: no clipping).", examples=[1.0])
+    accumulate: int = Field(1, ge=1, le=MAX_BATCH, description="Batches per optimizer step; at most 65,536.",
+                            examples=[4])
     # YAML 1.1 reads a bare `off` as false; it means the same here
     feature_cache: Annotated[Literal["auto", "off"], BeforeValidator(lambda v: "off" if v is False else v)] = Field(
         "auto", description="auto: while only the head trains, compute the frozen body once and train the head on its cached "
                             "output (not with augmentations, dropout before the head, batchnorm: train or --nproc); off.",
         examples=["off"])
-    checkpoint_every: int = Field(1, ge=1, description="Epochs between training checkpoints.", examples=[1])
-    keep_last: int = Field(2, ge=1, description="Training checkpoints kept.", examples=[2])
+    checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="Epochs between training checkpoints.", examples=[1])
+    keep_last: int = Field(2, ge=1, le=MAX_EPOCHS, description="Training checkpoints kept.", examples=[2])
     early_stopping: EarlyStoppingSpec | None = Field(
         None, description="Stop early on a validation metric.", examples=[{"metric": "val_acc", "patience": 3}])
 
@@ -83,7 +96,8 @@ class OnnxSpec(_Spec):
     opset: int = Field(18, ge=18, le=23, description="ONNX opset version (torch's exporter writes 18 or newer).", examples=[18])
     dynamic_batch: bool = Field(True, description="Leave the batch dimension symbolic.", examples=[True])
     verify: bool = Field(True, description="Compare onnxruntime outputs with torch outputs.", examples=[True])
-    atol: float = Field(1e-4, gt=0, description="Largest absolute difference accepted by verification.", examples=[1e-4])
+    atol: float = Field(1e-4, gt=0, le=1, description="Largest absolute difference accepted by verification; at most 1 "
+                                                      "(to skip the check, set verify: false).", examples=[1e-4])
 
 
 ExportFormat = Literal["safetensors", "torch", "onnx"]
@@ -103,7 +117,8 @@ class ExportSpec(_Spec):
                                                              examples=["float16"])
     onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX options.", examples=[{"opset": 18}])
     shard_size: ByteSize | None = Field(
-        None, description="Shard safetensors exports above this size (model.safetensors.index.json).", examples=["2GB"])
+        None, le=10**12, description="Shard safetensors exports above this size (model.safetensors.index.json); at most "
+                                     "1TB.", examples=["2GB"])
 
     @model_validator(mode="after")
     def _unique(self) -> ExportSpec:

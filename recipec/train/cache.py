@@ -1,8 +1,9 @@
 """The frozen-prefix feature cache (``train.feature_cache: auto``).
 
-While only the head trains, everything before it is frozen and, with BatchNorm kept in
-eval mode, no dropout and no augmentation, deterministic: its output for a training
-example cannot change from one epoch to the next. So it is computed once, and those
+While only the head trains, everything before it is frozen and, with the frozen groups in
+eval mode (``freeze.batchnorm`` and ``freeze.dropout``: frozen) and no augmentation,
+deterministic: its output for a training example cannot change from one epoch to the next.
+It is computed once, in eval mode and under the run's autocast, and those
 epochs train the head on the cached inputs, in exactly the batch order the data loader
 would have used. The first epoch that unfreezes anything else goes back to full forward
 passes (unfreezing is monotonic, so the cached epochs are a prefix of the run).
@@ -10,12 +11,16 @@ passes (unfreezing is monotonic, so the cached epochs are a prefix of the run).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from recipec.train.freezing import set_train_mode
+from recipec.train.modes import differs_in_training
 
 __all__ = ["HeadCache", "cache_refusal"]
 
@@ -34,8 +39,14 @@ class _Indices(Dataset[int]):
 
 
 def cache_refusal(model: nn.Module, *, head_path: str, head_group: str, groups: Sequence[Any],
-                  augment: Sequence[str], batchnorm: str, distributed: bool) -> str | None:
-    """Why the cache cannot be used for this run, or None when it can."""
+                  augment: Sequence[str], batchnorm: str, distributed: bool, dropout: str = "frozen") -> str | None:
+    """Why the cache cannot be used for this run, or None when it can.
+
+    The cache is used only where it provably gives the same numbers: while only the head
+    trains, every module outside the head must be in eval mode (as ``freeze.batchnorm`` and
+    ``freeze.dropout`` put frozen groups) or have code that computes the same in both modes
+    (:func:`recipec.train.modes.depends_on_training` reads it). The cache fills in eval mode.
+    """
     if augment:
         return "augmentations change the inputs every epoch"
     if distributed:
@@ -47,14 +58,28 @@ def cache_refusal(model: nn.Module, *, head_path: str, head_group: str, groups: 
     if {id(named[n]) for n in group.params} != head_params:
         return f"the group {head_group!r} is not exactly the head module {head_path!r}"
     inside = {id(m) for m in head.modules()}
-    for name, module in model.named_modules():
-        if id(module) in inside:
-            continue
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
-            return f"{name} is a dropout layer before the head (random in training)"
-        if batchnorm == "train" and isinstance(module, nn.modules.batchnorm._BatchNorm):
-            return "batchnorm: train lets frozen BatchNorm statistics change"
+    modes = {m: m.training for m in model.modules()}
+    set_train_mode(model, groups, (head_group,), batchnorm=batchnorm, dropout=dropout)  # as the cached epochs run
+    try:
+        for name, module in model.named_modules():
+            if id(module) in inside or not module.training or _switches_aux_only(module):
+                continue
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                return "batchnorm: train lets frozen BatchNorm statistics change"
+            if differs_in_training(module):
+                why = " (freeze.dropout: train keeps it random while frozen)" if dropout == "train" else ""
+                return f"{name or 'the model'} ({type(module).__name__}) computes differently in training mode{why}"
+    finally:
+        for module, training in modes.items():
+            module.training = training
     return None
+
+
+def _switches_aux_only(module: nn.Module) -> bool:
+    # torchvision's GoogLeNet and Inception3 read `training` only to return auxiliary outputs
+    from torchvision.models import GoogLeNet, Inception3
+
+    return isinstance(module, (GoogLeNet, Inception3)) and not module.aux_logits
 
 
 class HeadCache:
@@ -69,8 +94,9 @@ class HeadCache:
         self.labels: torch.Tensor | None = None     # (examples,)
 
     @torch.no_grad()
-    def fill(self, device: torch.device) -> bool:
-        """Compute the cache (once); False when it would be too large to keep."""
+    def fill(self, device: torch.device, amp: str = "none") -> bool:
+        """Compute the cache (once), under the autocast the uncached forward uses (``amp``, as
+        ``train.amp``); False when it would be too large to keep."""
         if self.features is not None:
             return True
         captured: list[torch.Tensor] = []
@@ -83,8 +109,11 @@ class HeadCache:
             # would shift every later dropout mask and augmentation
             ordered = DataLoader(self.loader.dataset, batch_size=self.loader.batch_size, shuffle=False,
                                  num_workers=self.loader.num_workers, generator=torch.Generator())
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
             for x, y in ordered:
-                self.model(x.to(device))
+                # the head then sees the same (e.g. bfloat16) inputs as in a full pass
+                with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+                    self.model(x.to(device))
                 labels.append(y)
                 if sum(t.numel() * t.element_size() for t in captured) > _MAX_BYTES:
                     return False
@@ -104,7 +133,7 @@ class HeadCache:
         """
         assert self.features is not None and self.labels is not None
         order = DataLoader(_Indices(len(self.features)), batch_size=self.loader.batch_size, shuffle=True,
-                           generator=self.loader.generator)
+                           generator=self.loader.generator, drop_last=self.loader.drop_last)
         for index in order:
             index = index.to(self.features.device)
             yield self.features[index], self.labels[index]

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 
 from recipec.errors import DatasetError
 
-__all__ = ["DATASETS", "Data", "build_data", "set_epoch"]
+__all__ = ["DATASETS", "LAST_BATCH_POLICY", "Data", "build_data", "drops_single_last", "set_epoch"]
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -51,6 +51,20 @@ class Data:
     epoch_seed: bool = True
 
 
+LAST_BATCH_POLICY = ("a last partial batch of one example is left out of that epoch (BatchNorm cannot train "
+                     "on one example); the order is reshuffled every epoch, so a different example each time")
+
+
+def drops_single_last(examples: int, batch_size: int) -> bool:
+    """The loader's ``drop_last``: True exactly when the last batch would hold one example of several.
+
+    BatchNorm in training mode cannot normalise a batch of one ("Expected more than 1 value per
+    channel"), so that one example waits for the next epoch's order (:data:`LAST_BATCH_POLICY`).
+    Every other last partial batch trains. A split of one example keeps it.
+    """
+    return examples > 1 and examples % batch_size == 1
+
+
 def set_epoch(data: Data, epoch: int) -> None:
     """Make the training order of ``epoch`` depend on nothing but ``(seed, epoch)``.
 
@@ -69,7 +83,7 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
                per_class: int | None = None, val_fraction: float = 0.2, image_size: int = 224,
                normalize: str = "from_weights", augment: Sequence[str] = (), batch_size: int = 32,
                num_workers: int = 0, seed: int = 0, in_channels: int = 3, weights_normalization: Stats | None = None,
-               num_classes: int | None = None, epoch_seed: bool = True) -> Data:
+               num_classes: int | None = None, epoch_seed: bool = True, on_bad_image: str = "error") -> Data:
     """Load a dataset, split it by class and wrap both parts in data loaders.
 
     Args:
@@ -90,6 +104,9 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
             repeated; other counts repeat channels cyclically or drop the extra ones.
         weights_normalization: (mean, std) of the pretrained weights' transforms.
         num_classes: the model's output count; required by ``fake``, otherwise checked against the classes.
+        on_bad_image: ``error``: an image file that cannot be decoded stops the run with a
+            :class:`DatasetError` naming it; ``skip``: every file is decoded once up front and the
+            unreadable ones are left out before the split (``info["skipped_images"]`` lists them).
         epoch_seed: reseed the training order every epoch with :func:`set_epoch`; when False the
             order continues from one generator seeded at build time.
 
@@ -107,6 +124,9 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
     """
     _check_args(dataset, normalize, augment, val_fraction, image_size, in_channels)
     images, targets, names, source = _load(dataset, root, num_classes, seed)
+    bad: list[str] = []
+    if on_bad_image == "skip" and source is not None and hasattr(source, "samples"):
+        source, targets, bad = _without_bad_images(source, targets)
     labels, chosen = _select(targets, names, classes)
     if num_classes is not None and len(chosen) > num_classes:
         raise DatasetError([(("model", "head", "num_classes"), f"is {num_classes} but the data has {len(chosen)} "
@@ -138,7 +158,8 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
     # Augmentations draw from the global torch RNG (in workers: seeds drawn from `generator`),
     # which the training state saves and restores.
     train = DataLoader(loaded(train_idx, augs), batch_size=batch_size, shuffle=True, generator=generator,
-                       num_workers=num_workers, drop_last=False, persistent_workers=False)
+                       num_workers=num_workers, drop_last=drops_single_last(len(train_idx), batch_size),
+                       persistent_workers=False)
     val = None
     if val_fraction > 0:
         val = DataLoader(loaded(val_idx, []), batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -157,6 +178,10 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
         "normalize": {"requested": normalize, "applied": applied},
         "augment": [a for a in augment if a not in skipped], "augment_skipped": skipped,
         "val_fraction": val_fraction, "per_class": per_class, "seed": seed,
+        "fingerprint": _fingerprint(source, root, labels, train_idx, val_idx),
+        "on_bad_image": on_bad_image, "skipped_images": bad,
+        "batches": {"batch_size": batch_size, "per_epoch": len(train),
+                    "dropped_per_epoch": 1 if train.drop_last else 0, "last_batch": LAST_BATCH_POLICY},
     }
     return Data(train, val, class_names, stats, info, seed=seed, epoch_seed=epoch_seed)
 
@@ -184,7 +209,14 @@ class _FileImages(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.source[self.indices[i]][0]), self.labels[i]
+        index = self.indices[i]
+        try:
+            image = self.source[index][0]
+        except (OSError, ValueError, SyntaxError) as exc:  # what PIL raises for a file it cannot decode
+            path = self.source.samples[index][0] if hasattr(self.source, "samples") else f"example {index}"
+            raise DatasetError(f"unreadable image {path}: {exc} (fix or remove it, or set data.on_bad_image: skip; "
+                               "`recipec plan` lists every unreadable image)") from exc
+        return self.transform(image), self.labels[i]
 
 
 def _load(dataset: str, root: str | None, num_classes: int | None,
@@ -263,6 +295,38 @@ def _split(labels: list[int], chosen: list[int], val_fraction: float, per_class:
         val += order[:n_val]
         train += order[n_val:][:per_class]
     return sorted(train), sorted(val)
+
+
+def _without_bad_images(source: Any, targets: list[int]) -> tuple[Any, list[int], list[str]]:
+    """An ImageFolder without the files that cannot be decoded, its targets, and those files (sorted)."""
+    from recipec.checks import decodes
+
+    keep = [decodes(path) is None for path, _ in source.samples]
+    bad = [path for (path, _), ok in zip(source.samples, keep) if not ok]
+    if bad:
+        source.samples = [s for s, ok in zip(source.samples, keep) if ok]
+        source.imgs = source.samples
+        source.targets = [t for _, t in source.samples]
+        targets = [t for t, ok in zip(targets, keep) if ok]
+    return source, targets, bad
+
+
+def _fingerprint(source: Any, root: str | None, labels: list[int], train_idx: list[int], val_idx: list[int]) -> str:
+    """sha256 of what each split holds: per example its label and its file (path relative to the root, size)
+    or, for data held in memory (digits, fake, torchvision arrays), its index. A resume checks it."""
+    import hashlib
+    import json
+
+    samples = getattr(source, "samples", None)  # ImageFolder: (path, class index), sorted
+
+    def item(i: int) -> list[Any]:
+        if samples is None:
+            return [i, labels[i]]
+        path = samples[i][0]
+        return [os.path.relpath(path, root or "."), os.path.getsize(path), labels[i]]
+
+    split = {"train": [item(i) for i in train_idx], "val": [item(i) for i in val_idx]}
+    return hashlib.sha256(json.dumps(split, separators=(",", ":")).encode()).hexdigest()
 
 
 def _counts(indices: list[int], labels: list[int], names: list[str]) -> dict[str, int]:

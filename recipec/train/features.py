@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
+from recipec._files import check_output, require_path
 from recipec.errors import CheckpointError, DatasetError, ModelError
 
 __all__ = ["POOLS", "SPLITS", "extract_features", "features", "layer_names"]
@@ -110,7 +111,7 @@ def extract_features(model: nn.Module, loader: Any, layers: Sequence[str], *, de
 
 def features(target: str | os.PathLike[str], *, layers: Sequence[str], out: str | os.PathLike[str],
              split: str = "all", overrides: Sequence[str] = (), device: str | None = None,
-             batch_size: int | None = None, pool: str = "avg") -> Path:
+             batch_size: int | None = None, pool: str = "avg", trust_factories: Sequence[str] = ()) -> Path:
     """Extract pooled features of a recipe's dataset into a safetensors file.
 
     The model is compiled from a recipe (its weights and ``source`` applied, as ``recipec
@@ -127,6 +128,9 @@ def features(target: str | os.PathLike[str], *, layers: Sequence[str], out: str 
         device: overrides the recipe's ``device``.
         batch_size: overrides ``data.batch_size``.
         pool: ``avg`` or ``max`` over the spatial (or token) positions.
+        trust_factories: custom factories (``"package.module:factory"``, exact names) that an
+            export's recipe may import and call; any other it names is refused before anything
+            is imported. A recipe target is yours and needs none.
 
     Returns:
         ``out``. It holds one ``(N, C)`` float32 tensor per layer, named as the layer, and
@@ -151,11 +155,15 @@ def features(target: str | os.PathLike[str], *, layers: Sequence[str], out: str 
         raise DatasetError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
     if pool not in POOLS:
         raise ModelError(f"pool {pool!r}: choose one of {', '.join(POOLS)}")
-    if not Path(out).name.endswith(".safetensors"):
+    if not Path(require_path(out, what="features: --out", error=CheckpointError)).name.endswith(".safetensors"):
         raise CheckpointError(f"{out}: features are written as safetensors; name the output *.safetensors")
-    if batch_size is not None and batch_size < 1:
-        raise DatasetError(f"batch_size must be >= 1, got {batch_size}")
-    recipe, model, run_on, recipe_yaml = _model_and_recipe(Path(target), overrides, device)
+    if batch_size is not None and (isinstance(batch_size, bool) or not 1 <= batch_size <= 65_536):
+        raise DatasetError(f"batch_size must be from 1 to 65536 (as data.batch_size), got {batch_size}")
+    target = require_path(target, what="features: the recipe or export", error=CheckpointError)  # "" is not "."
+    check_output(out, inputs=[target], what="the features", error=CheckpointError)
+    recipe, model, run_on, recipe_yaml = _model_and_recipe(Path(target), overrides, device, trust_factories)
+    check_output(out, inputs=[recipe.source.checkpoint if recipe.source else None], what="the features",
+                 error=CheckpointError)
     _check_layers(model, layers)  # before the dataset loads: a typo fails fast
 
     kwargs = _data_kwargs(recipe) | {"augment": ()}
@@ -186,8 +194,8 @@ def features(target: str | os.PathLike[str], *, layers: Sequence[str], out: str 
     return Path(out)
 
 
-def _model_and_recipe(target: Path, overrides: Sequence[str],
-                      device: str | None) -> tuple[Any, nn.Module, torch.device, str | None]:
+def _model_and_recipe(target: Path, overrides: Sequence[str], device: str | None,
+                      trust_factories: Sequence[str]) -> tuple[Any, nn.Module, torch.device, str | None]:
     """(recipe, model on its device, that device, the export's own recipe YAML or None)."""
     name = target.name.lower()
     if name.endswith(_RECIPE_SUFFIXES) and not name.endswith(".index.json"):
@@ -211,7 +219,8 @@ def _model_and_recipe(target: Path, overrides: Sequence[str],
     recipe, _, checkpoint = read_export(target)
     run_on = resolve_device(device or recipe.device)
     # one read of the file: the recipe, the metadata and the weights all come from `checkpoint`
-    return recipe, model_from(recipe, checkpoint, target).to(run_on), run_on, checkpoint.metadata.get(RECIPE_KEY)
+    model = model_from(recipe, checkpoint, target, trust_factories=trust_factories)
+    return recipe, model.to(run_on), run_on, checkpoint.metadata.get(RECIPE_KEY)
 
 
 def _check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:

@@ -26,10 +26,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from recipec.errors import GroupError, Problem
 from recipec.model.groups import LayerGroup, param_to_group
+from recipec.train.modes import frozen_modules
 
-__all__ = ["FreezeSchedule", "apply_trainable", "batchnorm_modes", "compile_schedule", "set_train_mode"]
+__all__ = ["FreezeSchedule", "apply_trainable", "batchnorm_modes", "compile_schedule", "fixed_parameters", "keep_fixed",
+           "set_train_mode"]
 
 _NO_UNFREEZE: Mapping[int, Sequence[str]] = MappingProxyType({})
+_FIXED = "_recipec_fixed"  # attribute of a parameter the architecture keeps frozen (see keep_fixed)
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,8 @@ def apply_trainable(model: nn.Module, groups: Sequence[LayerGroup], trainable: I
     """Set ``requires_grad`` of every parameter from its group; frozen parameters lose their grad.
 
     Setting ``grad`` to None (not zero) matters: AdamW applies weight decay to a parameter whose
-    grad is a zero tensor, but skips one whose grad is None.
+    grad is a zero tensor, but skips one whose grad is None. A parameter :func:`keep_fixed`
+    marked (frozen by the architecture itself) never trains.
 
     Raises:
         GroupError: ``trainable`` names an unknown group, or a parameter is in no group.
@@ -150,9 +154,30 @@ def apply_trainable(model: nn.Module, groups: Sequence[LayerGroup], trainable: I
     for name, param in model.named_parameters():
         if name not in owner:
             raise GroupError(f"parameter {name!r} is in no layer group; the groups were assigned to another model")
-        param.requires_grad_(owner[name] in on)
-        if owner[name] not in on:
+        train = owner[name] in on and not getattr(param, _FIXED, False)
+        param.requires_grad_(train)
+        if not train:
             param.grad = None
+
+
+def keep_fixed(model: nn.Module) -> list[str]:
+    """Mark the parameters the architecture itself keeps frozen (``requires_grad=False``); return their names.
+
+    Call it on the freshly built architecture: :func:`apply_trainable` never makes a marked
+    parameter trainable, whatever its group does (a factory's fixed filters or embeddings
+    stay as the architecture defines them).
+    """
+    fixed = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            setattr(param, _FIXED, True)
+            fixed.append(name)
+    return fixed
+
+
+def fixed_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters :func:`keep_fixed` marked."""
+    return [name for name, param in model.named_parameters() if getattr(param, _FIXED, False)]
 
 
 def set_train_mode(
@@ -161,22 +186,33 @@ def set_train_mode(
     trainable: Iterable[str],
     *,
     batchnorm: str = "frozen",
+    dropout: str = "frozen",
 ) -> None:
-    """``model.train()``, then BatchNorm of frozen groups back to eval mode when ``batchnorm="frozen"``.
+    """``model.train()``, then the frozen groups back to eval mode as ``batchnorm`` and ``dropout`` say.
 
     Call it wherever the loop would call ``model.train()``. An eval-mode BatchNorm normalises
     with its running statistics and does not update them, so a frozen group computes exactly
     what it computed before fine-tuning. With ``batchnorm="train"`` every BatchNorm stays in
     training mode (running statistics adapt to the new data; weights stay frozen).
 
+    With ``dropout="frozen"`` every other module of the frozen groups is in eval mode too:
+    dropout, stochastic depth and any other train-mode randomness stop there, so the frozen
+    part is a fixed function (:mod:`recipec.train.modes` says which modules belong to which
+    groups). With ``dropout="train"`` they stay in training mode, as ``model.train()`` leaves them.
+
     A BatchNorm module is frozen when all its parameters belong to frozen groups; one without
     parameters (``affine=False``) follows the groups of its nearest ancestor that has some.
 
     Raises:
-        GroupError: unknown group name or ``batchnorm`` value.
+        GroupError: unknown group name, ``batchnorm`` or ``dropout`` value.
     """
     modes = _batchnorm_modes(model, groups, trainable, batchnorm)
+    if dropout not in ("frozen", "train"):
+        raise GroupError((("freeze", "dropout"), f"must be frozen or train, got {dropout!r}"))
+    quiet = frozen_modules(model, groups, trainable) if dropout == "frozen" else []
     model.train()
+    for module in quiet:
+        module.training = False  # this module only: its children have their own groups
     for module, (_, mode) in modes.items():
         if mode == "eval":
             module.eval()

@@ -26,7 +26,7 @@ from recipec.train.data import Data, set_epoch
 from recipec.train.distributed import World, all_sum, average_gradients, broadcast_buffers
 from recipec.train.freezing import FreezeSchedule, apply_trainable, set_train_mode
 
-__all__ = ["EarlyStopping", "evaluate", "fit", "group_lrs"]
+__all__ = ["EarlyStopping", "evaluate", "fit", "grad_scaler", "group_lrs"]
 
 
 @dataclass(frozen=True)
@@ -48,22 +48,25 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 
 def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, groups: Sequence[Any],
         schedule: FreezeSchedule, data: Data, device: torch.device, epochs: int, start_epoch: int = 0,
-        batchnorm: str = "frozen", amp: str = "none", grad_clip: float | None = None, accumulate: int = 1,
+        batchnorm: str = "frozen", dropout: str = "frozen", amp: str = "none", grad_clip: float | None = None,
+        accumulate: int = 1,
         early_stopping: EarlyStopping | None = None, history: Sequence[dict[str, Any]] = (),
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None, world: World | None = None,
-        cache: HeadCache | None = None) -> list[dict[str, Any]]:
+        cache: HeadCache | None = None, scaler: torch.amp.GradScaler | None = None) -> list[dict[str, Any]]:
     """Train from ``start_epoch`` to ``epochs``; return the metrics of every epoch (``history`` included).
 
     With several processes (``world``), each trains on its shard, gradients are averaged
     after every backward, and losses are summed over ranks before they are reported.
     With a ``cache``, its epochs train the head on cached inputs of the frozen prefix.
+    ``scaler``: the fp16 loss scaler (default: :func:`grad_scaler`); pass it to save and restore
+    its state with the training state, so an fp16 resume is exact.
 
     Raises:
         RunError: the loss became NaN or infinite (exit 1; the last checkpoint stays intact).
     """
     history = list(history)
     world = world or World()
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+    scaler = scaler if scaler is not None else grad_scaler(amp, device)
     best, stale = _early_stopping_state(history, early_stopping)
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
@@ -71,11 +74,11 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
         apply_trainable(model, groups, trainable)
         set_epoch(data, epoch)
         lrs_at_start = group_lrs(optimizer)
-        set_train_mode(model, groups, trainable, batchnorm=batchnorm)
+        set_train_mode(model, groups, trainable, batchnorm=batchnorm, dropout=dropout)
 
         total_loss, seen = 0.0, 0
         batches = len(data.train)
-        cached = cache is not None and epoch in cache.epochs and cache.fill(device)
+        cached = cache is not None and epoch in cache.epochs and cache.fill(device, amp)
         forward = cache.head if cached and cache is not None else model
         optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(cache.batches() if cached and cache is not None else data.train):
@@ -136,6 +139,11 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
     return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """The loss scaler an ``amp`` run needs on ``device``: fp16 on CUDA only (bf16 and CPU fp16 need none)."""
+    return torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, grad_clip: float | None) -> None:

@@ -36,6 +36,7 @@ def lr_factor(
     pct_start: float = 0.25,
     div_factor: float = 25.0,
     final_div_factor: float = 1e4,
+    total_steps: int | None = None,
 ) -> float:
     """The lr multiplier at ``progress`` (fraction of training done, 0 to 1).
 
@@ -44,6 +45,10 @@ def lr_factor(
     - ``step``: ``gamma ** floor(progress / step_every)`` (counted from progress 0, warmup included).
     - ``onecycle``: as torch's ``OneCycleLR`` with ``anneal_strategy="cos"``: cosine from
       ``1 / div_factor`` up to 1 at ``pct_start``, then down to ``1 / (div_factor * final_div_factor)``.
+      With ``total_steps`` it is torch's schedule step for step (the lr before step ``s`` is torch's
+      after ``s`` scheduler steps): the rise ends at step ``pct_start * total_steps - 1`` and the
+      last step, ``total_steps - 1``, runs at the final lr. Without it, the same curve over a
+      continuous progress (the limit of many steps). The momentum is not cycled.
 
     Warmup (none, cosine, step) ramps linearly from ``warmup_start`` at progress 0 to the
     schedule's value at ``warmup``. It starts above 0 on purpose: the first optimizer step runs at
@@ -59,6 +64,7 @@ def lr_factor(
         step_every: step only: fraction of training between two decays (step_epochs / epochs).
         gamma: step only: decay factor.
         pct_start, div_factor, final_div_factor: onecycle only.
+        total_steps: onecycle only: optimizer steps in the run, to place the phases at torch's steps.
 
     Raises:
         RecipeError: unknown scheduler or arguments out of range.
@@ -72,6 +78,8 @@ def lr_factor(
         if not 0 < pct_start < 1:
             raise RecipeError(f"pct_start must be in (0, 1), got {pct_start}")
         start = 1 / div_factor
+        if total_steps is not None:
+            return _one_cycle_at(progress * total_steps, total_steps, pct_start, start, start / final_div_factor)
         if progress <= pct_start:
             return _cos_anneal(start, 1.0, progress / pct_start)
         return _cos_anneal(1.0, start / final_div_factor, (progress - pct_start) / (1 - pct_start))
@@ -91,6 +99,18 @@ def lr_factor(
     return factor
 
 
+def _one_cycle_at(step: float, total_steps: int, pct_start: float, start: float, end: float) -> float:
+    # torch's OneCycleLR.get_lr (two phases): phase ends at steps pct_start * total - 1 and total - 1
+    # progress * total_steps is the step up to float rounding; torch refuses steps past the last,
+    # the scheduler's step after the last optimizer step keeps the final lr
+    step = min(round(step), total_steps - 1)
+    rise_end = float(pct_start * total_steps) - 1
+    if step <= rise_end:
+        return _cos_anneal(start, 1.0, step / rise_end if rise_end > 0 else 1.0)
+    span = (total_steps - 1) - rise_end
+    return _cos_anneal(1.0, end, (step - rise_end) / span if span > 0 else 1.0)
+
+
 def _cos_anneal(start: float, end: float, done: float) -> float:
     # torch's OneCycleLR._annealing_cos: exactly `start` at 0 and `end` at 1
     return end + (start - end) / 2.0 * (math.cos(math.pi * done) + 1)
@@ -99,10 +119,11 @@ def _cos_anneal(start: float, end: float, done: float) -> float:
 SchedulerSpecs = NoSchedulerSpec | CosineSchedulerSpec | StepSchedulerSpec | OneCycleSchedulerSpec
 
 
-def scheduler_kwargs(spec: SchedulerSpecs, epochs: int) -> dict[str, Any]:
+def scheduler_kwargs(spec: SchedulerSpecs, epochs: int, steps_per_epoch: int | None = None) -> dict[str, Any]:
     """Flatten a recipe's ``optimizer.scheduler`` into :func:`lr_factor` keyword arguments.
 
-    Epoch counts become fractions of training (``warmup_epochs / epochs``).
+    Epoch counts become fractions of training (``warmup_epochs / epochs``). With
+    ``steps_per_epoch``, onecycle also gets ``total_steps`` (torch's step-exact phases).
 
     Raises:
         RecipeError: a warmup that fills the whole run (at ``optimizer.scheduler.warmup_epochs``).
@@ -112,8 +133,9 @@ def scheduler_kwargs(spec: SchedulerSpecs, epochs: int) -> dict[str, Any]:
         {'scheduler': 'cosine', 'warmup': 0.1, 'min_factor': 0.0}
     """
     if isinstance(spec, OneCycleSchedulerSpec):
+        steps = {} if steps_per_epoch is None else {"total_steps": epochs * max(1, steps_per_epoch)}
         return {"scheduler": "onecycle", "pct_start": spec.pct_start, "div_factor": spec.div_factor,
-                "final_div_factor": spec.final_div_factor}
+                "final_div_factor": spec.final_div_factor, **steps}
     if isinstance(spec, NoSchedulerSpec):
         return {"scheduler": "none"}
     if spec.warmup_epochs >= epochs:
@@ -134,7 +156,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, **fac
 
     Args:
         optimizer: its param groups' ``initial_lr`` (or ``lr``) are the lrs scaled.
-        total_steps: optimizer steps in the whole run (epochs x steps per epoch).
+        total_steps: optimizer steps in the whole run (epochs x steps per epoch); onecycle places
+            its phases at these steps, as torch's ``OneCycleLR(total_steps=...)`` does.
         **factor_kwargs: :func:`lr_factor` arguments, e.g. from :func:`scheduler_kwargs`.
 
     Raises:
@@ -142,6 +165,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, **fac
     """
     if total_steps < 1:
         raise RecipeError(f"a schedule needs at least one optimizer step, got total_steps={total_steps}")
+    if factor_kwargs.get("scheduler") == "onecycle":
+        factor_kwargs = {**factor_kwargs, "total_steps": total_steps}
     lr_factor(0.0, **factor_kwargs)
     return LambdaLR(optimizer, lambda step: lr_factor(step / total_steps, **factor_kwargs))
 

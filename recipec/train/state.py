@@ -15,6 +15,12 @@ must be plain data themselves.
 
 Layout of ``checkpoints/``: ``epoch-0003.pt`` (3 completed epochs), the newest ``keep_last``
 of them kept, and ``last.pt``, the state to resume from, never deleted.
+
+Every state is verified before it is used: each record of the zip archive against the
+CRC-32 written with it (a flipped bit anywhere is caught before a damaged tensor reaches a
+model), then every field's type and range. :func:`latest_state` resumes from the newest
+intact file, ``last.pt`` or an ``epoch-*.pt`` (a crash between the two leaves the epoch file
+newer), and names the damaged ones it passed over.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import os
 import random
 import re
 import shutil
+import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,9 +43,10 @@ from torch import nn
 
 from recipec._atomic import atomic_path
 from recipec.card.provenance import now_utc, versions
-from recipec.errors import CheckpointError, RecipeError, UnsafeCheckpointError
+from recipec.errors import CheckpointError, RecipeError, RunDirectoryError, UnsafeCheckpointError
 
-__all__ = ["FORMAT", "VERSION", "checkpoint_paths", "load_state", "restore_state", "rotate_checkpoints", "save_state"]
+__all__ = ["FORMAT", "VERSION", "checkpoint_files", "checkpoint_paths", "latest_state", "load_state",
+           "newest_checkpoint", "restore_state", "rotate_checkpoints", "save_state"]
 
 FORMAT = "recipec-training-state"
 VERSION = 1
@@ -128,10 +137,14 @@ def save_state(
 def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a training state written by :func:`save_state` (always ``weights_only=True``, onto the CPU).
 
+    The zip archive is checked record by record against its CRC-32 first (``torch.load`` does
+    not: one flipped bit would load as a wild weight), then every field of the state.
+
     Raises:
-        CheckpointError: the file is missing, empty, corrupt or truncated, or is not a recipec
-            training state (the message says what it is instead: a weights export, a bare
-            state dict, another tool's checkpoint...).
+        CheckpointError: the file is missing, empty, corrupt or truncated, fails its CRC-32
+            check, has a damaged field (named), or is not a recipec training state (the message
+            says what it is instead: a weights export, a bare state dict, another tool's
+            checkpoint...).
     """
     from recipec.weights._pickle import load_torch
     from recipec.weights.formats import detect_format
@@ -143,6 +156,7 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     if fmt.startswith("safetensors"):
         raise CheckpointError(f"{file}: not a recipec training state but a safetensors file, which holds weights "
                               f"only; resume from the run's checkpoints/{LAST}")
+    _verify_archive(file)
     try:
         obj, _ = load_torch(file, mmap=False)
     except UnsafeCheckpointError as exc:
@@ -159,12 +173,82 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [key for key in _REQUIRED if key not in obj]
     if missing:
         raise CheckpointError(f"{file}: incomplete training state: no {', '.join(map(repr, missing))}")
+    damaged = _damaged_fields(obj)
+    if damaged:
+        raise CheckpointError([f"{file}: damaged training state: field {field}: {why}; resume from an older "
+                               "checkpoint (checkpoints/epoch-*.pt) or start a new run" for field, why in damaged])
     return obj
 
 
+def checkpoint_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """The training states in a ``checkpoints/`` directory, newest first: ``last.pt``, then epoch files by number."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    epochs = sorted(((int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))), reverse=True)
+    last = folder / LAST
+    return ([last] if last.exists() else []) + [p for _, p in epochs]
+
+
+def newest_checkpoint(directory: str | os.PathLike[str]) -> tuple[Path, int | None] | None:
+    """The newest training state by file name alone (nothing is read): the highest ``epoch-*.pt`` and its
+    epoch, else ``last.pt`` (epoch unknown: ``keep_last: 0``), else None."""
+    files = checkpoint_files(directory)
+    for path in files:
+        if m := _EPOCH_FILE.match(path.name):
+            return path, int(m.group(1))
+    return (files[0], None) if files else None
+
+
+def latest_state(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any], list[str]]:
+    """The newest intact training state of a ``checkpoints/`` directory, to resume from.
+
+    ``last.pt`` is normally the newest; an ``epoch-*.pt`` with a higher epoch wins over it (a
+    crash between writing the epoch file and refreshing ``last.pt``), and a damaged file (CRC
+    mismatch, truncation, a damaged field, an epoch that is not its file name's) is passed over
+    for the next older one.
+
+    Returns:
+        ``(path, state, damaged)``: the file used, its loaded state, and one line per damaged
+        file passed over (``"<file>: <why>"``), newest first.
+
+    Raises:
+        CheckpointError: there are training states but none is intact (each one's damage listed).
+        RunDirectoryError: there is no training state at all.
+    """
+    folder = Path(directory)
+    files = checkpoint_files(folder)
+    if not files:
+        raise RunDirectoryError(f"{folder / LAST} does not exist and no {folder / 'epoch-*.pt'} either: "
+                                "nothing to resume; build without --resume to start the run")
+    damaged: list[str] = []
+    found: tuple[Path, dict[str, Any]] | None = None
+    for path in files:
+        m = _EPOCH_FILE.match(path.name)
+        if found is not None and (m is None or int(m.group(1)) <= found[1]["epoch"]):
+            continue  # not newer than what we have
+        try:
+            state = load_state(path)
+        except CheckpointError as exc:
+            damaged += [p if p.startswith(str(path)) else f"{path}: {p}" for p in exc.problems]
+            continue
+        if m is not None and int(m.group(1)) != state["epoch"]:
+            damaged.append(f"{path}: holds epoch {state['epoch']}, not the {int(m.group(1))} its name says")
+            continue
+        if found is None or state["epoch"] > found[1]["epoch"]:
+            found = (path, state)
+    if found is None:
+        raise CheckpointError([*damaged, f"{folder}: no intact training state to resume from; start a new run "
+                                         "(remove the run directory or choose another --out)"])
+    return found[0], found[1], damaged
+
+
 def restore_state(state: Mapping[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  scheduler: Any) -> None:
-    """Put a loaded training state back: model (strictly), optimizer, scheduler and every RNG.
+                  scheduler: Any, scaler: Any = None) -> None:
+    """Put a loaded training state back: model (strictly), optimizer, scheduler, every RNG, and a GradScaler.
+
+    ``scaler`` (a ``torch.amp.GradScaler`` of an fp16 run) gets the loss scale and growth
+    tracker saved under ``state["extra"]["scaler"]`` (``save_state(extra={"scaler": ...})``).
 
     Build ``model``, ``optimizer`` and ``scheduler`` exactly as the saved run did (same recipe),
     restore, then continue from epoch ``state["epoch"]``. Optimizer state moves to the
@@ -192,7 +276,13 @@ def restore_state(state: Mapping[str, Any], *, model: nn.Module, optimizer: torc
                               "resume with the run's own recipe") from exc
     # LambdaLR.load_state_dict adopts the lists it is given; keep the loaded state untouched.
     scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
-    _set_rng_state(state["rng"])
+    if scaler is not None and isinstance(state.get("extra", {}).get("scaler"), dict):
+        scaler.load_state_dict(state["extra"]["scaler"])
+    try:
+        _set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise CheckpointError(f"training state: field 'rng' cannot be restored ({exc}); resume from an older "
+                              "checkpoint or start a new run") from exc
 
 
 def rotate_checkpoints(directory: str | os.PathLike[str], *, keep_last: int) -> list[Path]:
@@ -234,6 +324,86 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _verify_archive(file: Path) -> None:
+    """Check every record of a zip-format state against its CRC-32 (a legacy file has none; torch checks it)."""
+    try:
+        if not zipfile.is_zipfile(file):
+            return
+        with zipfile.ZipFile(file) as archive:
+            bad = archive.testzip()
+    except FileNotFoundError:
+        return  # load_torch says so in its own words
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{file}: damaged: its zip archive cannot be read ({exc}); resume from an older "
+                              "checkpoint (checkpoints/epoch-*.pt) or start a new run") from exc
+    if bad is not None:
+        raise CheckpointError(f"{file}: damaged: record {bad!r} fails its CRC-32 check (the file changed after "
+                              "it was written: a disk, copy or transfer fault); resume from an older checkpoint "
+                              "(checkpoints/epoch-*.pt) or start a new run")
+
+
+def _damaged_fields(state: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(field, why)`` for every field of a loaded state that :func:`save_state` could not have written."""
+    def whole(value: Any) -> bool:
+        return type(value) is int and value >= 0
+
+    def shown(value: Any) -> str:
+        text = repr(value) if not isinstance(value, torch.Tensor) else f"a tensor of shape {list(value.shape)}"
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    problems: list[tuple[str, str]] = []
+    for key in ("epoch", "step"):
+        if not whole(state[key]):
+            problems.append((repr(key), f"must be a whole number >= 0, got {shown(state[key])}"))
+    if not isinstance(state["recipe"], str) or not state["recipe"].strip():
+        problems.append(("'recipe'", f"must be the resolved recipe as YAML text, got {shown(state['recipe'])}"))
+    groups = state["trainable_groups"]
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        problems.append(("'trainable_groups'", f"must be a list of group names, got {shown(groups)}"))
+    history = state["history"]
+    if not isinstance(history, list) or not all(isinstance(m, dict) and whole(m.get("epoch")) for m in history):
+        problems.append(("'history'", f"must be a list of per-epoch metrics with an 'epoch', got {shown(history)}"))
+    model = state["model"]
+    if not isinstance(model, dict) or not model or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        problems.append(("'model'", "must map parameter names to tensors"))
+    optimizer = state["optimizer"]
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list)):
+        problems.append(("'optimizer'", "must be an optimizer state dict ('state' and 'param_groups')"))
+    if not isinstance(state["scheduler"], dict):
+        problems.append(("'scheduler'", f"must be a scheduler state dict, got {shown(state['scheduler'])}"))
+    for key, kind in (("extra", dict), ("best", (dict, type(None)))):
+        if key in state and not isinstance(state[key], kind):
+            problems.append((repr(key), f"must be a dict, got {shown(state[key])}"))
+    problems += _damaged_rng(state["rng"])
+    return problems
+
+
+def _damaged_rng(rng: Any) -> list[tuple[str, str]]:
+    if not isinstance(rng, dict):
+        return [("'rng'", f"must hold the random number generator states, got {type(rng).__name__}")]
+    problems = []
+    expected = torch.get_rng_state()
+    saved = rng.get("torch")
+    if not (isinstance(saved, torch.Tensor) and saved.dtype == expected.dtype and saved.shape == expected.shape):
+        what = f"a {saved.dtype} tensor of shape {list(saved.shape)}" if isinstance(saved, torch.Tensor) else repr(saved)
+        problems.append(("'rng.torch'", f"must be a {expected.dtype} tensor of shape {list(expected.shape)}, got "
+                                        f"{what[:60]}"))
+    py = rng.get("python")
+    if not (isinstance(py, dict) and isinstance(py.get("version"), int) and isinstance(py.get("state"), list)
+            and len(py["state"]) == 625 and all(type(v) is int for v in py["state"])
+            and (py.get("gauss_next") is None or isinstance(py.get("gauss_next"), float))):
+        problems.append(("'rng.python'", "must be Python's random state (version, 625 ints, gauss_next)"))
+    cuda = rng.get("cuda", [])
+    if not isinstance(cuda, list) or not all(isinstance(t, torch.Tensor) and t.numel() for t in cuda):
+        problems.append(("'rng.cuda'", "must be a list of CUDA generator states (tensors)"))
+    n = rng.get("numpy")
+    if n is not None and not (isinstance(n, dict) and isinstance(n.get("keys"), list) and len(n["keys"]) == 624
+                              and all(type(v) is int for v in n["keys"]) and type(n.get("pos")) is int):
+        problems.append(("'rng.numpy'", "must be numpy's legacy random state (624 keys and a position)"))
+    return problems
 
 
 def _rng_state() -> dict[str, Any]:

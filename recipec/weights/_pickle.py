@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import torch
 
+from recipec._files import check_regular
 from recipec.errors import CheckpointError, Problem, UnsafeCheckpointError
 
 __all__ = ["STATE_DICT_KEYS", "TORCH_METADATA_KEY", "find_state_dict", "load_torch", "plain_metadata"]
@@ -83,6 +84,7 @@ def load_torch(path: Path, *, allow_globals: Sequence[str] = (), mmap: bool = Tr
             TorchScript, not a pickle).
     """
     trusted = resolve_globals(allow_globals)
+    check_regular(path, what="checkpoint")  # a FIFO or /dev/zero must not hang or fill memory
     is_zip = zipfile.is_zipfile(path)
     if not is_zip and _starts_with(path, b"PK\x03\x04"):
         raise CheckpointError(f"{path}: truncated or corrupt torch zip file (no zip central directory)")
@@ -259,14 +261,29 @@ def _describe_keys(obj: Mapping[Any, Any], limit: int = 20) -> str:
     return (", ".join(items) + more) or "none (empty mapping)"
 
 
-def plain_metadata(obj: Any, state_dict_key: str) -> dict[str, Any]:
-    """Top-level entries of plain data (numbers, strings, lists, dicts) beside the state dict."""
+def plain_metadata(obj: Any, state_dict_key: str, file: Path | None = None) -> dict[str, Any]:
+    """Top-level entries of plain data (numbers, strings, lists, dicts) beside the state dict.
+
+    Entries of anything else are left out. Plain data that contains itself, is nested deeper than
+    100 levels or holds over 1,000,000 values (shared ones counted each time: a pickle can share
+    a list with itself 2**100 times in a few bytes) is refused: it cannot be written as JSON,
+    and walking it would exhaust the stack or the time.
+
+    Raises:
+        CheckpointError: a cyclic, too deeply nested or too large entry.
+    """
     if not isinstance(obj, Mapping) or not state_dict_key:
         return {}
     top = state_dict_key.split(".")[0]
     metadata: dict[str, Any] = {}
     for key, value in obj.items():
-        if key in (top, state_dict_key) or not isinstance(key, str) or not _is_plain(value):
+        if key in (top, state_dict_key) or not isinstance(key, str):
+            continue
+        plain = _is_plain(value)
+        if isinstance(plain, str):
+            raise CheckpointError(f"{file or 'checkpoint'}: metadata {key!r} {plain}; a checkpoint's metadata must be "
+                                  "plain data: save the file without it")
+        if not plain:
             continue
         if key == TORCH_METADATA_KEY and isinstance(value, Mapping):
             metadata.update(value)
@@ -275,11 +292,35 @@ def plain_metadata(obj: Any, state_dict_key: str) -> dict[str, Any]:
     return metadata
 
 
-def _is_plain(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain(v) for v in value)
-    if isinstance(value, Mapping):
-        return all(isinstance(k, (str, int, float, bool)) and _is_plain(v) for k, v in value.items())
-    return False
+_MAX_DEPTH = 100
+_MAX_VALUES = 1_000_000
+
+
+def _is_plain(value: Any) -> bool | str:
+    """True for plain data, False for anything else, or why plain data cannot be used (cyclic, too deep).
+
+    Iterative, so a hostile nesting cannot exhaust the stack.
+    """
+    stack: list[tuple[Any, int, tuple[int, ...]]] = [(value, 0, ())]  # (item, depth, ids of the containers above)
+    seen = 0
+    while stack:
+        item, depth, above = stack.pop()
+        seen += 1
+        if seen > _MAX_VALUES:
+            return f"holds more than {_MAX_VALUES:,} values (shared ones counted each time they appear)"
+        if item is None or isinstance(item, (bool, int, float, str)):
+            continue
+        if not isinstance(item, (list, tuple, Mapping)):
+            return False
+        if id(item) in above:
+            return "is cyclic (a list or mapping that contains itself)"
+        if depth >= _MAX_DEPTH:
+            return f"is nested deeper than {_MAX_DEPTH} levels"
+        inner = (*above, id(item))
+        if isinstance(item, Mapping):
+            if not all(isinstance(k, (str, int, float, bool)) for k in item):
+                return False
+            stack.extend((v, depth + 1, inner) for v in item.values())
+        else:
+            stack.extend((v, depth + 1, inner) for v in item)
+    return True

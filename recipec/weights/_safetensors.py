@@ -20,9 +20,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from recipec._atomic import atomic_path
+from recipec._files import check_regular, read_regular
 from recipec.errors import CheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
+MAX_INDEX_BYTES = 64 << 20  # an index maps names to shard files: a few MB for the largest models
 
 
 @contextlib.contextmanager
@@ -43,9 +45,10 @@ def _short(exc: BaseException) -> str:
 
 def _sharded_layout(index: Path) -> tuple[dict[Path, list[str]], dict[str, str]]:
     """Check a sharded checkpoint's index against its shards' headers; return shard -> names, metadata."""
+    raw = read_regular(index, what="sharded index", max_bytes=MAX_INDEX_BYTES)
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"{index}: not a readable JSON index ({_short(exc)})") from exc
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     index_meta = data.get("metadata") or {} if isinstance(data, dict) else {}
@@ -61,10 +64,12 @@ def _sharded_layout(index: Path) -> tuple[dict[Path, list[str]], dict[str, str]]
             raise CheckpointError(f"{index}: shard {shard!r} of {name!r} must be a file beside the index")
         shards.setdefault(index.parent / shard, []).append(name)
     missing = [
-        f"{index}: shard {s.name!r} does not exist (it holds {n[0]!r}...)" for s, n in shards.items() if not s.is_file()
+        f"{index}: shard {s.name!r} does not exist (it holds {n[0]!r}...)" for s, n in shards.items() if not s.exists()
     ]
     if missing:
         raise CheckpointError(missing)
+    for shard in shards:  # a FIFO or a link to /dev/zero must not hang or fill memory
+        check_regular(shard, what="checkpoint shard")
     problems: list[str] = []
     metadata: dict[str, str] = {}
     for shard, names in shards.items():
@@ -155,6 +160,7 @@ def _save_sharded(stored: dict[str, torch.Tensor], target: Path, meta: dict[str,
             filled = 0
         shards[-1][name] = tensor
         filled += nbytes
+    # shards go beside the path given, as readers look for them (a symlinked index, as in the Hugging Face cache)
     stem, directory = _stem(target), target.parent
     if len(shards) == 1:
         return _save_single(stored, directory / f"{stem}.safetensors", meta)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from recipec._atomic import atomic_path
+from recipec._files import check_regular, open_regular, require_path
 from recipec.errors import CheckpointError
 from recipec.weights._pickle import TORCH_METADATA_KEY, find_state_dict, load_torch, plain_metadata
 from recipec.weights._safetensors import (
@@ -77,6 +78,7 @@ def load(
     state_dict_key: str = "auto",
     allow_globals: Sequence[str] = (),
     mmap: bool = True,
+    check: bool = True,
 ) -> Checkpoint:
     """Load a checkpoint safely and find its state dict.
 
@@ -88,6 +90,8 @@ def load(
             names it; ``""`` means the top-level mapping. Torch files only.
         allow_globals: ``"module.Name"`` pickle globals you trust this file to contain.
         mmap: memory-map torch zip files (legacy files cannot be).
+        check: refuse tensors no model can take as they are: meta tensors (no data) and
+            sparse ones. ``inspect`` passes False to describe them instead.
 
     Returns:
         The state dict with its format, key, metadata and files. Tensors that a safetensors
@@ -95,7 +99,8 @@ def load(
 
     Raises:
         UnsafeCheckpointError: a torch file needs a global that is not allowed.
-        CheckpointError: missing, corrupt, truncated, or no state dict found.
+        CheckpointError: missing, corrupt, truncated, no state dict found, or (``check``) a meta
+            or sparse tensor.
 
     Example:
         >>> ckpt = load("runs/flowers/checkpoints/last.pt")
@@ -128,7 +133,23 @@ def load(
         return Checkpoint(state_dict, fmt, "", metadata, files)
     obj, is_zip = load_torch(file, allow_globals=allow_globals, mmap=mmap)
     state_dict, key = find_state_dict(obj, state_dict_key, file)
-    return Checkpoint(state_dict, "torch" if is_zip else "torch-legacy", key, plain_metadata(obj, key), [file])
+    if check:
+        _check_loaded(state_dict, file)
+    return Checkpoint(state_dict, "torch" if is_zip else "torch-legacy", key, plain_metadata(obj, key, file), [file])
+
+
+def _check_loaded(state_dict: Mapping[str, torch.Tensor], file: Path) -> None:
+    """Tensors a model cannot take as they are; safetensors cannot hold any of these."""
+    problems = []
+    for key, value in state_dict.items():
+        if value.is_meta:
+            problems.append(f"{file}: tensor {key!r} is on the meta device: it has a shape but no data (saved from a "
+                            "model built on the meta device); load real weights into the model before saving it")
+        elif value.layout != torch.strided:
+            problems.append(f"{file}: tensor {key!r} is a {str(value.layout).removeprefix('torch.')} tensor; recipec "
+                            "reads dense tensors only: save it with `.to_dense()`")
+    if problems:
+        raise CheckpointError(problems)
 
 
 def load_state_dict(path: PathType, **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -160,7 +181,7 @@ def sha256(path: PathType) -> str:
     directory hashes the checkpoint file found in it.
     """
     digest = hashlib.sha256()
-    with open(_resolve(path), "rb") as f:
+    with open_regular(_resolve(path), what="checkpoint") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -200,6 +221,7 @@ def save(
     tensors = _check_state_dict(state_dict)
     meta = _check_metadata(metadata, tensors)
     if target.name.endswith((".safetensors", INDEX_SUFFIX)):
+        _check_safetensors_dtypes(tensors, target)
         stored, aliases = _dedupe(tensors)
         if shard_size is None and target.name.endswith(".safetensors"):
             return _save_single(stored, target, {**meta, **aliases})
@@ -216,7 +238,13 @@ def save(
 
 
 def _resolve(path: PathType) -> Path:
-    file = Path(path)
+    """The checkpoint file ``path`` names (a directory: the one checkpoint in it), checked to be a regular file."""
+    file = _locate(require_path(path, what="checkpoint", error=CheckpointError))
+    check_regular(file, what="checkpoint")  # a FIFO or /dev/zero must not hang or fill memory
+    return file
+
+
+def _locate(file: Path) -> Path:
     if not file.exists():
         raise CheckpointError(f"{file}: no such file or directory")
     if not file.is_dir():
@@ -243,7 +271,7 @@ def _sniff(file: Path) -> str:
     if file.name.endswith(".json"):
         return "safetensors-sharded"
     try:
-        with open(file, "rb") as f:
+        with open_regular(file, what="checkpoint") as f:
             head = f.read(9)
     except OSError as exc:
         raise CheckpointError(f"{file}: cannot be read ({exc.strerror})") from exc
@@ -276,6 +304,17 @@ def _check_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     if problems:
         raise CheckpointError(problems)
     return {key: value.detach() for key, value in state_dict.items()}
+
+
+def _check_safetensors_dtypes(tensors: Mapping[str, torch.Tensor], target: Path) -> None:
+    from safetensors.torch import _TYPES  # the dtypes the format has a name for
+
+    known = set(_TYPES.values())
+    problems = [f"{target}: tensor {key!r} is {str(t.dtype).removeprefix('torch.')}, which safetensors cannot store "
+                f"(it has complex64 but no complex128 or complex32); cast it (e.g. to complex64) or write a torch file "
+                f"({', '.join(TORCH_SUFFIXES)})" for key, t in tensors.items() if t.dtype not in known]
+    if problems:
+        raise CheckpointError(problems)
 
 
 def _check_metadata(metadata: Mapping[str, Any] | None, tensors: Mapping[str, Any]) -> dict[str, str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from recipec._terminal import escape
 from recipec.weights.formats import _resolve, _safetensors_reader, _sharded_layout, _sniff, load
 
 __all__ = ["format_inspect", "inspect_checkpoint"]
@@ -54,12 +55,9 @@ def inspect_checkpoint(path: str | PathLike[str], *, allow_globals: Sequence[str
         entries, metadata, files = _safetensors_entries(file, sharded=fmt == "safetensors-sharded")
         key = ""
     else:
-        ckpt = load(file, allow_globals=allow_globals, mmap=True)
+        ckpt = load(file, allow_globals=allow_globals, mmap=True, check=False)  # describe meta and sparse tensors
         fmt, key, metadata, files = ckpt.format, ckpt.key, ckpt.metadata, ckpt.files
-        entries = [
-            {"key": name, "shape": list(t.shape), "dtype": _dtype_name(t.dtype), "bytes": t.numel() * t.element_size()}
-            for name, t in ckpt.state_dict.items()
-        ]
+        entries = [_torch_entry(name, t) for name, t in ckpt.state_dict.items()]
     largest = sorted(entries, key=lambda e: -e["bytes"])[:_LARGEST]
     return {
         "path": str(path),
@@ -72,6 +70,7 @@ def inspect_checkpoint(path: str | PathLike[str], *, allow_globals: Sequence[str
         "dtypes": dict(sorted(Counter(e["dtype"] for e in entries).items(), key=lambda item: (-item[1], item[0]))),
         "largest": [{k: e[k] for k in ("key", "shape", "dtype", "bytes")} for e in largest],
         "keys": [{k: v for k, v in e.items() if k != "bytes"} for e in entries],
+        "unusable": [e["key"] for e in entries if "device" in e or "layout" in e],
         "metadata": _jsonable(metadata),
     }
 
@@ -102,6 +101,17 @@ def _safetensors_entries(file: Path, *, sharded: bool) -> tuple[list[dict[str, A
             entries[alias] = {**entries[kept], "key": alias, "alias_of": kept}
     files = [file, *shards] if sharded else [file]
     return list(entries.values()), metadata, files
+
+
+def _torch_entry(name: str, tensor: torch.Tensor) -> dict[str, Any]:
+    """One tensor's row; a meta tensor holds no bytes, a sparse one says its layout (``load`` refuses both)."""
+    entry: dict[str, Any] = {"key": name, "shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype),
+                             "bytes": 0 if tensor.is_meta else tensor.numel() * tensor.element_size()}
+    if tensor.is_meta:
+        entry["device"] = "meta"
+    if tensor.layout != torch.strided:
+        entry["layout"] = str(tensor.layout).removeprefix("torch.")
+    return entry
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -136,9 +146,13 @@ def format_inspect(report: dict[str, Any]) -> str:
         f"size:       {_human_bytes(report['total_bytes'])}",
         "dtypes:     " + (", ".join(f"{d} x{n}" for d, n in report["dtypes"].items()) or "none"),
     ]
+    if report.get("unusable"):
+        shown = ", ".join(escape(repr(k)) for k in report["unusable"][:_LARGEST])
+        more = f" and {len(report['unusable']) - _LARGEST} more" if len(report["unusable"]) > _LARGEST else ""
+        lines.append(f"unusable:   {len(report['unusable'])} meta or sparse tensors, which load refuses: {shown}{more}")
     if report["largest"]:
-        rows = [(e["key"], "x".join(map(str, e["shape"])) or "scalar", e["dtype"], _human_bytes(e["bytes"]))
-                for e in report["largest"]]  # fmt: skip
+        rows = [(escape(repr(e["key"])[1:-1]), "x".join(map(str, e["shape"])) or "scalar", e["dtype"],
+                 _human_bytes(e["bytes"])) for e in report["largest"]]  # fmt: skip
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines.append("largest tensors:")
         lines += [f"  {k:<{widths[0]}}  {s:<{widths[1]}}  {d:<{widths[2]}}  {b:>10}" for k, s, d, b in rows]
@@ -146,8 +160,9 @@ def format_inspect(report: dict[str, Any]) -> str:
         lines.append("metadata:")
         for name, value in report["metadata"].items():
             text = " ".join((value if isinstance(value, str) else repr(value)).split())
-            lines.append(f"  {name}: {text if len(text) <= 80 else text[:77] + '...'}")
-    return "\n".join(lines)
+            text = escape(text if len(text) <= 80 else text[:77] + "...", newlines=False)
+            lines.append(f"  {escape(name, newlines=False)}: {text}")
+    return escape("\n".join(lines))  # the path, and anything else a file could name
 
 
 def _human_bytes(size: int) -> str:

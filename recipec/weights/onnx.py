@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from recipec._atomic import atomic_path
+from recipec._files import check_regular
 from recipec.errors import ExportError
 
 __all__ = ["export_onnx", "verify_onnx"]
@@ -135,6 +136,7 @@ def verify_onnx(
     import onnxruntime as ort
 
     shape = _check_shape(input_shape)
+    check_regular(path, what="ONNX file")  # onnxruntime would block on a FIFO
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings would reach the user's console
     try:

@@ -124,6 +124,14 @@ def apply_transfer(
             failed.add(name)
             problems.append(f"source entry '{key}' is a {type(value).__name__}, not a tensor; exclude it")
             continue
+        if value.is_complex() != target.is_complex() or (value.is_floating_point() and not target.is_floating_point()
+                                                          and not target.is_complex()):
+            # copy_ would drop the imaginary part, or truncate floats to integers, with at most a warning
+            failed.add(name)
+            problems.append(f"'{name}'{f' (source {key!r})' if name != key else ''}: source dtype "
+                            f"{str(value.dtype).removeprefix('torch.')} cannot be copied into the model's "
+                            f"{str(target.dtype).removeprefix('torch.')} without losing values; exclude it (source.exclude)")
+            continue
         if value.shape != target.shape:
             have, want = list(value.shape), list(target.shape)
             index = next((i for i, (p, _, _) in enumerate(adapt_rules) if p.search(name)), None)

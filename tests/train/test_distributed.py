@@ -69,7 +69,7 @@ def test_build_with_two_processes(tmp_path):
     result = subprocess.run([sys.executable, "-m", "recipec", "build", str(recipe), "--out", str(out), "--nproc", "2"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("done:") == 1 and result.stdout.count("epoch 2/2") == 1
+    assert result.stdout.count("done:") == 1 and result.stdout.count("epoch 1 (2 of 2)") == 1
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and metrics[1]["trainable_groups"] == ["body", "head"]
     assert json.loads((out / "plan.json").read_text())["world_size"] == 2

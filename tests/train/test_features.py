@@ -22,6 +22,7 @@ from recipec.train.features import extract_features, features, layer_names
 from tests.tinynets import tiny_cnn
 
 CPU = torch.device("cpu")
+TRUST = ["tests.tinynets:tiny_cnn"]  # the factory TINY names: trusted where an export rebuilds it
 TINY = """\
     name: tiny-features
     seed: 1
@@ -225,15 +226,16 @@ def test_recipe_errors_write_nothing(recipe_file, tmp_path):
 
 
 def test_features_of_an_export_equal_those_of_the_loaded_model(export, recipe_file, tmp_path):
-    got = load_file(features(export, layers=["3", "8"], out=tmp_path / "f.safetensors"))
+    got = load_file(features(export, layers=["3", "8"], out=tmp_path / "f.safetensors", trust_factories=TRUST))
     data = _plain_data(recipe_file)
     rows = torch.utils.data.ConcatDataset([data.train.dataset, data.val.dataset])
-    want = extract_features(recipec.load(export), DataLoader(rows, batch_size=32), ["3", "8"], device=CPU)
+    want = extract_features(recipec.load(export, trust_factories=TRUST), DataLoader(rows, batch_size=32), ["3", "8"],
+                            device=CPU)
     assert set(got) == set(want)
     for name in want:
         assert torch.equal(got[name], want[name]), name
     # the run directory names the same export
-    again = load_file(features(export.parent, layers=["3", "8"], out=tmp_path / "g.safetensors"))
+    again = load_file(features(export.parent, layers=["3", "8"], out=tmp_path / "g.safetensors", trust_factories=TRUST))
     assert torch.equal(again["8"], got["8"])
     with safe_open(tmp_path / "f.safetensors", "pt") as f:
         assert f.metadata()["recipec.recipe"] == (export.parent / "recipe.yaml").read_text()

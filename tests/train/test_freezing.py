@@ -102,9 +102,11 @@ def test_apply_trainable_sets_requires_grad_and_drops_grads() -> None:
 def test_set_train_mode_puts_frozen_batchnorm_in_eval() -> None:
     model = ConvBNNet()
     groups = _groups(model)
-    set_train_mode(model, groups, ["block", "head"])
+    set_train_mode(model, groups, ["block", "head"], dropout="train")
     assert model.training and model.stem.training and not model.stem[1].training
     assert model.block[1].training
+    set_train_mode(model, groups, ["block", "head"])  # dropout: frozen puts the whole frozen stem in eval mode
+    assert model.training and model.block.training and not any(m.training for m in model.stem.modules())
     set_train_mode(model, groups, ["block", "head"], batchnorm="train")
     assert model.stem[1].training
     assert batchnorm_modes(model, groups, ["block", "head"], "frozen") == {"stem": "eval", "block": "train", "head": "-"}
