@@ -14,7 +14,7 @@ place. What that means for the target:
 - on any failure the temporary file is removed and the target is untouched. A full disk
   (``ENOSPC``/``EDQUOT``, or a library's write failing while the file system has no space
   left) is reported as ``no space left on device`` naming the user's path
-  (:class:`~recipec.errors.RunError`, exit 1), and other file system errors name the
+  (:class:`~recipec.errors.DiskFullError`, a ``RunError`` and an ``OSError``, exit 1), and other file system errors name the
   user's path too, never the temporary file.
 """
 
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from recipec._files import check_output
-from recipec.errors import RecipecError, RunError
+from recipec.errors import DiskFullError, Problem, RecipecError, format_path
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
 
@@ -44,7 +44,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     Raises:
         OutputError: ``path`` is empty, a directory or a special file (exit 2).
-        RunError: the disk is full (exit 1).
+        DiskFullError: the disk is full (exit 1).
         OSError: another file system error, naming ``path``.
 
     Example:
@@ -66,11 +66,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         if full:
-            raise RunError(f"{shown}: no space left on device; the previous file, if any, is untouched. "
-                           "Free some space (or write elsewhere) and run again") from exc
+            raise _disk_full(f"{shown}: no space left on device; the previous file, if any, is untouched. "
+                             "Free some space (or write elsewhere) and run again") from exc
         if isinstance(exc, RecipecError) and str(tmp) in str(exc):
-            raise type(exc)([p.replace(str(tmp), str(shown)) for p in exc.problems]) from exc
-        if isinstance(exc, OSError) and not isinstance(exc, RecipecError) and exc.errno is not None:
+            renamed = _renamed(exc, str(tmp), str(shown))
+            if renamed is not None:
+                raise renamed from exc
+        if (isinstance(exc, OSError) and not isinstance(exc, RecipecError) and exc.errno is not None
+                and exc.filename in (None, str(tmp), os.fspath(tmp))):  # about the temporary file, not another
             raise OSError(exc.errno, exc.strerror, os.fspath(shown)) from exc
         raise
 
@@ -82,8 +85,28 @@ def _user_path(shown: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno in _FULL:
-            raise RunError(f"{shown}: no space left on device; nothing was written") from exc
+            raise _disk_full(f"{shown}: no space left on device; nothing was written") from exc
         raise OSError(exc.errno, exc.strerror, os.fspath(shown)) from exc
+
+
+def _renamed(exc: RecipecError, tmp: str, shown: str) -> RecipecError | None:
+    """The same error naming the user's path instead of the temporary file (None if it cannot be rebuilt)."""
+    problems: list[Problem] = []
+    for path, text in zip(exc.paths, exc.problems):
+        if path:  # a located problem: its text starts with the dotted path, which the constructor adds back
+            problems.append((path, text.replace(tmp, shown).removeprefix(f"{format_path(path)}: ")))
+        else:
+            problems.append(text.replace(tmp, shown))
+    try:
+        return type(exc)(problems)
+    except TypeError:  # a subclass with another signature: keep it as it is
+        return None
+
+
+def _disk_full(message: str) -> DiskFullError:
+    error = DiskFullError(message)
+    error.errno, error.strerror = errno.ENOSPC, os.strerror(errno.ENOSPC)
+    return error
 
 
 def _create_temp(real: Path) -> tuple[Path, int]:

@@ -48,7 +48,9 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
     Args:
         recipe: a validated recipe.
         out: the run directory (default ``runs/<name>``).
-        resume: continue from ``checkpoints/last.pt`` of the run directory.
+        resume: continue from the newest intact training state in ``checkpoints/`` (``last.pt``, or an
+            ``epoch-*.pt`` when that is newer or ``last.pt`` is damaged); refused when the recipe,
+            the data split or the source file changed, or ``train.epochs`` cannot honestly change.
         device: overrides ``recipe.device``.
         log: called with one line per epoch and per written file (the CLI prints them).
         smoke: a smoke run: one epoch per phase of the freezing schedule, each on ``smoke``
@@ -59,6 +61,7 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
 
     Raises:
         RecipecError: bad input (exit 2) before anything is written, or a failed run (exit 1).
+        BuildInterrupted: Ctrl-C (a ``KeyboardInterrupt``), naming the newest checkpoint kept.
 
     Example:
         >>> run = build(load_recipe("recipes/quickstart.yaml"), out="runs/qs")
@@ -184,7 +187,7 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
         schedule=compiled.schedule, data=data, device=compiled.device, epochs=train.epochs, start_epoch=start,
         batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout, amp=train.amp, grad_clip=train.grad_clip,
-        accumulate=train.accumulate,
+        accumulate=train.accumulate, aux_loss_weight=recipe.model.aux_loss_weight,
         early_stopping=stopping, history=list(history), on_epoch_end=on_epoch_end, world=world, cache=cache,
         scaler=scaler)
     if not world.main:
@@ -359,12 +362,12 @@ def _check_same_run(recipe: Recipe, state: dict[str, Any], identity: dict[str, A
             s, a, b = differs
             problems.append((("train", "epochs"), (
                 f"changed from {before} to {epochs}, but the {recipe.optimizer.scheduler.name} lr schedule depends "
-                f"on the number of epochs: the {done} epochs already trained followed the {before}-epoch curve "
+                f"on the number of epochs: the {_epochs(done)} already trained followed the {before}-epoch curve "
                 f"(lr factor {a:.4g} at step {s}, where a {epochs}-epoch run has {b:.4g}), so recipe.yaml could "
                 f"not reproduce the run; resume with train.epochs={before}, or start a new run with {epochs} "
                 "(the none and step schedules can grow)")))
         else:
-            say(f"train.epochs changed from {before} to {epochs}: the {done} epochs trained ran at the lrs of a "
+            say(f"train.epochs changed from {before} to {epochs}: the {_epochs(done)} trained ran at the lrs of a "
                 f"{epochs}-epoch run, so the run continues exactly as if started with train.epochs={epochs}")
     recorded, now = saved.get("source_sha256"), identity["source_sha256"]
     if "source_sha256" in saved and recorded != now and recipe.source is not None:
@@ -381,6 +384,10 @@ def _check_same_run(recipe: Recipe, state: dict[str, Any], identity: dict[str, A
             "images could land in validation; restore the data as it was, or start a new run")))
     if problems:
         raise RunDirectoryError(problems)
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
 
 
 def _schedule_differs(recipe: Recipe, before: int, epochs: int, steps: int, done: int) -> tuple[int, float, float] | None:

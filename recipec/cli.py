@@ -75,7 +75,7 @@ def _resume_lines(exc: BuildInterrupted, args: list[str], out: str | None, run: 
     if exc.checkpoint is None:
         return ["no checkpoint was written yet (the first epoch did not end): nothing to resume; start again with:",
                 f"  {command}"]
-    done = f" ({exc.epoch} epochs done)" if exc.epoch is not None else ""
+    done = f" ({exc.epoch} epoch{'' if exc.epoch == 1 else 's'} done)" if exc.epoch is not None else ""
     return [f"kept {exc.checkpoint}{done}; continue with:", f"  {command} --resume"]
 
 
@@ -153,16 +153,16 @@ def schema(out: str | None) -> None:
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: runs/<name>).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
-@click.option("--resume", is_flag=True, help="Continue the run from its checkpoints/last.pt.")
+@click.option("--resume", is_flag=True, help="Continue the run from its newest intact checkpoint (last.pt or epoch-*.pt).")
 @click.option("--device", help="Override the recipe's device (auto, cpu, cuda, cuda:N, mps).")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Data-parallel processes on this machine (gloo on CPU, NCCL on CUDA); torchrun works too.")
+@click.option("--nproc", type=click.IntRange(min=1, max=256), default=1, show_default=True,
+              help="Data-parallel processes on this machine (gloo on CPU, NCCL on CUDA; at most 256); torchrun works too.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--smoke", is_flag=True,
               help="A smoke test: one epoch per phase of the freezing schedule (every set of trainable groups, each "
                    "at its own lr), a few training and validation batches each, then exports and card; into a new "
                    "temporary directory unless --out is given.")
-@click.option("--smoke-batches", type=click.IntRange(min=1), default=2, show_default=True, metavar="N",
+@click.option("--smoke-batches", type=click.IntRange(min=1, max=10_000), default=2, show_default=True, metavar="N",
               help="Training and validation batches per epoch of a --smoke run.")
 def build(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, device: str | None, nproc: int,
           quiet: bool, smoke: bool, smoke_batches: int) -> None:
@@ -171,8 +171,8 @@ def build(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool
     The run directory holds recipe.yaml (resolved), plan.json, metrics.jsonl (one line per
     epoch), checkpoints/last.pt (everything --resume needs), the exports named by
     export.formats (model.safetensors, model.pt) and curves.png. Ctrl-C leaves the last
-    complete checkpoint; --resume continues from it with the same result as an
-    uninterrupted run.
+    complete checkpoint and prints the command that resumes it (exit 130); --resume
+    continues from it with the same result as an uninterrupted run.
 
     \b
     Examples:
@@ -409,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if debug:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        click.echo(f"error: {escape(f'{where}{exc.strerror or exc}', newlines=False)}", err=True)
         # a path the user gave that cannot be used is bad input; a full disk or an I/O fault is a failed run
         code = 2 if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
                                      FileExistsError)) else 1
@@ -421,10 +421,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as exc:  # a bug in recipec, not the user's input
         if debug:
             raise
-        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, "
-                   "and please report it)", err=True)
+        click.echo(f"error: internal error: {type(exc).__name__}: {escape(str(exc), newlines=False)} (rerun with "
+                   "--debug for the traceback, and please report it)", err=True)
         code = 1
-    if previous is not None:
+    if previous is not None and code != 130:  # after Ctrl-C the handler stays for the interpreter's shutdown
         signal.signal(signal.SIGINT, previous)
     sys.exit(code)
 

@@ -82,7 +82,8 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     torch.manual_seed(recipe.seed)
 
     with _cwd_importable():
-        model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None)
+        model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None,
+                                       weights=spec.weights)
     keep_fixed(model)  # what the architecture freezes itself stays frozen (a replaced head is new)
     head_info = None
     if spec.head is not None:
@@ -92,7 +93,13 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
         head_prefix = head_info.param_prefix
     else:
         head_prefix = heads.default_head_path(model, spec.arch) + "."
-    new_prefixes = [head_prefix] if head_info is not None else []
+    new_prefixes = [head_prefix, *head_info.aux_prefixes] if head_info is not None else []
+    if "aux_loss_weight" in spec.model_fields_set and not heads.aux_classifiers(model):
+        from recipec.errors import ModelError
+
+        raise ModelError((("model", "aux_loss_weight"), (
+            f"{spec.arch} has no auxiliary classifiers; it applies to googlenet and inception_v3 built with "
+            "model.kwargs.aux_logits: true (remove it, or set aux_logits)")))
 
     reports: dict[str, Any] = {}
     weights_info = None
@@ -101,10 +108,13 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
         from recipec.weights.transfer import apply_transfer
 
         state_dict, weights_info = pretrained.load_pretrained_state_dict(spec.arch, spec.weights)
-        exclude = [f"^{_escape(head_prefix)}"] if head_info is not None else []
+        # the replaced head, and the replaced layers of auxiliary classifiers the weights hold
+        exclude = [f"^{_escape(prefix)}" for i, prefix in enumerate(new_prefixes)
+                   if i == 0 or any(key.startswith(prefix) for key in state_dict)]
         reports["model.weights"] = _transfer(
             apply_transfer, ("model", "weights"), model, state_dict, exclude=exclude,
-            new_keys_prefixes=new_prefixes, source=weights_info.name)
+            new_keys_prefixes=new_prefixes, source=weights_info.name,
+            adapt=pretrained.position_embedding_adapts(model, state_dict))  # a ViT at another image size
         normalization = weights_info.normalization
     if spec.in_channels != 3:
         conv = zoo.first_conv_path(model)
@@ -119,7 +129,7 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
         reports["source"] = _apply_source(recipe, model, new_prefixes)
 
     group_specs = ([(g.name, list(g.match)) for g in recipe.groups] if recipe.groups is not None
-                   else preset_groups(spec.arch, model, head_prefix))
+                   else preset_groups(spec.arch, model, head_prefix, fine=spec.group_matcher == "fine"))
     groups = assign_groups(model, group_specs, head_prefix=head_prefix, from_recipe=recipe.groups is not None)
     names = [g.name for g in groups]
     freeze = recipe.freeze
@@ -153,9 +163,8 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
                     head_prefix=head_prefix, normalization=normalization, weights_info=weights_info)
 
 
-NOT_NORMALISED = ("inputs are NOT normalised: data.normalize is from_weights, but the weights come from "
-                  "source.checkpoint {source}, which records no normalisation{weights}; set data.normalize: imagenet "
-                  "(the statistics most backbones were trained with) or data.normalize: none to say so")
+NOT_NORMALISED = ("inputs are NOT normalised: source.checkpoint {source} records no normalisation{weights} "
+                  "(data.normalize: from_weights); set data.normalize: imagenet, or none to say so")
 
 
 def resolve_normalization(recipe: Recipe) -> tuple[tuple[tuple[float, ...], tuple[float, ...]] | None, str]:
@@ -188,9 +197,9 @@ def resolve_normalization(recipe: Recipe) -> tuple[tuple[tuple[float, ...], tupl
                         f"the metadata of source.checkpoint {source} (data.normalize: from_weights)")
             return None, f"none: source.checkpoint {source} was trained without normalisation (its metadata says so)"
     if recipe.model.weights is not None:
-        from recipec.model.pretrained import normalization_of, resolve_weights
+        from recipec.model.pretrained import weights_normalization
 
-        stats = normalization_of(resolve_weights(recipe.model.arch, recipe.model.weights))
+        stats = weights_normalization(recipe.model.arch, recipe.model.weights)
         if stats is not None:
             return stats, f"the transforms of {recipe.model.weights} (data.normalize: from_weights)"
     if source:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recipec import _json as clean_json
 from recipec._atomic import atomic_path
 from recipec._files import check_output, require_path
 from recipec.card.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
@@ -117,8 +118,10 @@ def convert(
         from recipec.recipe.load import dump_recipe
 
         # The output describes the architecture its tensors were checked against.
-        metadata[RECIPE_KEY] = dump_recipe(spec)
-    elif fmt == "onnx":
+        metadata[RECIPE_KEY] = dump_recipe(spec, relative_to=target.parent)
+    elif isinstance(metadata.get(RECIPE_KEY), str):
+        metadata[RECIPE_KEY] = _moved_recipe(metadata[RECIPE_KEY], source.parent, target.parent)
+    if spec is None and fmt == "onnx":
         spec = _embedded_recipe(metadata, source)
     # --recipe is the user's own: its factory is trusted; the checkpoint's only as far as they say
     trust: bool | tuple[str, ...] = True if recipe is not None else trusted
@@ -127,6 +130,22 @@ def convert(
         assert spec is not None and model is not None
         return [to_onnx(model, spec, target, metadata)]
     return _save(state, target, fmt, metadata, shard)
+
+
+def _moved_recipe(recipe_yaml: str, source_dir: Path, target_dir: Path) -> str:
+    """The carried recipe with its relative paths (relative to the source's run directory) following the file."""
+    import yaml
+
+    from recipec.recipe.load import relative_paths, resolve_paths
+
+    try:
+        data = yaml.safe_load(recipe_yaml)
+    except yaml.YAMLError:
+        return recipe_yaml  # damaged: carried as it is, and reported where it is read
+    if not isinstance(data, dict) or source_dir.resolve() == target_dir.resolve():
+        return recipe_yaml
+    data = relative_paths(resolve_paths(data, source_dir), target_dir)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=10**9)
 
 
 def _target_format(target: Path, to: str | None) -> str:
@@ -206,7 +225,7 @@ def _carried_metadata(checkpoint: formats.Checkpoint) -> dict[str, str]:
             carried[key] = value
             continue
         try:
-            carried[key] = json.dumps(value, sort_keys=True)
+            carried[key] = clean_json.dumps(value, sort_keys=True)
         except (TypeError, ValueError):
             continue  # not data JSON can hold; a str -> str header has no place for it
     return carried
@@ -218,7 +237,7 @@ def _training_state_metadata(state: Mapping[str, Any]) -> dict[str, str]:
     last = history[-1] if isinstance(history[-1], dict) else {}
     provenance = {"epochs_trained": state.get("epoch"), "time": state.get("time"), "versions": state.get("versions"),
                   "final_metrics": {k: last.get(k) for k in ("train_loss", "val_loss", "val_acc")}}
-    carried = {PROVENANCE_KEY: json.dumps({k: v for k, v in provenance.items() if v is not None}, sort_keys=True)}
+    carried = {PROVENANCE_KEY: clean_json.dumps({k: v for k, v in provenance.items() if v is not None}, sort_keys=True)}
     if isinstance(state.get("recipe"), str):
         carried[RECIPE_KEY] = state["recipe"]
     return carried

@@ -18,6 +18,7 @@ __all__ = [
     "CheckpointError",
     "DatasetError",
     "DeviceError",
+    "DiskFullError",
     "ExportError",
     "GroupError",
     "ModelError",
@@ -130,6 +131,16 @@ class RunError(RecipecError, RuntimeError):
     """The run itself failed after its inputs were accepted."""
 
     exit_code = 1
+
+
+class DiskFullError(RunError, OSError):
+    """No space left on device while writing a file; the previous file is intact (exit 1).
+
+    Also an ``OSError`` (``errno.ENOSPC``), for callers that catch file system errors.
+    """
+
+    def __str__(self) -> str:  # OSError's would print "[Errno 28] ..." instead of the message
+        return "\n".join(self.problems)
 
 
 class BuildInterrupted(KeyboardInterrupt):

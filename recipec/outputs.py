@@ -29,7 +29,9 @@ def provenance_of(recipe: Recipe, compiled: Any, data: Any, history: list[dict[s
         "name": recipe.name,
         "time": now_utc(),
         "base_model": {"arch": recipe.model.arch, "weights": weights.name if weights else None,
-                       "url": weights.url if weights else None},
+                       "url": weights.url if weights else None} | (
+            # timm's pretrained_cfg: input size, interpolation, crop_pct the weights were trained with
+            {"preprocessing": weights.preprocessing} if getattr(weights, "preprocessing", None) else {}),
         "source": source,
         "data": data.info,
         "classes": data.classes,

@@ -38,6 +38,7 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
 
     ``fixed``: parameters the architecture keeps frozen itself; they never train, whatever their group.
     """
+    from recipec.train.data import LAST_BATCH_POLICY
     from recipec.train.freezing import batchnorm_modes
     from recipec.train.modes import random_layer_modes
     from recipec.train.optim import group_learning_rates, lr_table
@@ -87,9 +88,12 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
         "parameters": {"total": total, "trainable": trainable_per_epoch},
         # requires_grad=False in the architecture itself: never trained, whatever the groups say
         "fixed_parameters": {"tensors": list(fixed), "params": sum(named[n].numel() for n in fixed)},
-        "head": _head_dict(head, head_prefix),
+        "head": _head_dict(head, head_prefix) | (
+            {"aux_loss_weight": recipe.model.aux_loss_weight} if head is not None and head.aux_prefixes
+            and not recipe.model.arch.startswith("timm/") else {}),  # timm's head_dist: averaged, no extra loss
         "weights": None if weights_info is None else {
-            "name": weights_info.name, "url": weights_info.url, "path": str(weights_info.path)},
+            "name": weights_info.name, "url": weights_info.url, "path": str(weights_info.path)} | (
+            {"preprocessing": weights_info.preprocessing} if getattr(weights_info, "preprocessing", None) else {}),
         "normalization": None if normalization is None else {
             "mean": list(normalization[0]), "std": list(normalization[1])},
         # nothing loaded (random initialisation): the same shape, empty, so readers need no special case
@@ -99,6 +103,8 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
                       "weight_decay": opt.weight_decay, "scheduler": opt.scheduler.model_dump()},
         "batchnorm_policy": recipe.freeze.batchnorm,
         "dropout_policy": recipe.freeze.dropout,
+        "batches": {"batch_size": recipe.data.batch_size, "accumulate": recipe.train.accumulate,
+                    "last_batch": LAST_BATCH_POLICY},
         "groups": rows,
     }
     return Plan(data)
@@ -113,7 +119,8 @@ def _head_dict(head: Any, head_prefix: str) -> dict[str, Any]:
     if head is None:
         return {"path": head_prefix.rstrip("."), "replaced": False}
     return {"path": head.path, "replaced": True, "in_features": head.in_features, "old": head.old,
-            "new": head.new, "params": head.num_params}
+            "new": head.new, "params": head.num_params, "notes": list(head.notes),
+            "aux": [prefix.rstrip(".") for prefix in head.aux_prefixes]}
 
 
 def _lr(value: float) -> str:
@@ -127,8 +134,17 @@ def _render(d: dict[str, Any]) -> str:
         lines.append(f"head      {head['path']}: {head['old']}  ->  {head['new']}  ({head['params']:,} new parameters)")
     else:
         lines.append(f"head      {head['path']} (the architecture's own, kept)")
+    for note in head.get("notes", []):
+        lines.append(f"          {note}")
+    if head.get("aux") and "aux_loss_weight" in head:
+        lines.append(f"aux loss  {head['aux_loss_weight']:g} x the cross-entropy of each auxiliary classifier, "
+                     "in the epochs its group trains (evaluation and exports use the main output only)")
     weights = d["weights"]
     lines.append(f"weights   {weights['name'] if weights else 'none (random initialisation)'}")
+    if weights and weights.get("preprocessing"):  # timm's pretrained_cfg: what the weights were trained on
+        pre = weights["preprocessing"]
+        lines.append(f"pretrain  input {'x'.join(map(str, pre['input_size']))}, {pre['interpolation']} resize, "
+                     f"crop_pct {pre['crop_pct']} ({pre['crop_mode']}); data.image_size is what this run uses")
     applied = d.get("data_normalization")
     if applied and applied["mean"]:
         lines.append(f"normalize mean {[round(m, 3) for m in applied['mean']]}, "
@@ -141,11 +157,14 @@ def _render(d: dict[str, Any]) -> str:
                      "(from the pretrained weights)")
     params = d["parameters"]
     lines.append(f"params    {params['total']:,} total; trainable at epoch 0: {params['trainable'][0]:,}")
+    if d.get("batches"):
+        per_step = f" x {d['batches']['accumulate']} per step" if d["batches"]["accumulate"] > 1 else ""
+        lines.append(f"batches   {d['batches']['batch_size']}{per_step}; {d['batches']['last_batch']}")
     fixed = d.get("fixed_parameters") or {"tensors": []}
     if fixed["tensors"]:
-        names = ", ".join(fixed["tensors"][:5]) + (", ..." if len(fixed["tensors"]) > 5 else "")
+        shown = ", ".join(fixed["tensors"][:5]) + (", ..." if len(fixed["tensors"]) > 5 else "")
         lines.append(f"fixed     {fixed['params']:,} parameters in {len(fixed['tensors'])} tensors the architecture "
-                     f"keeps frozen (requires_grad=False), never trained: {names}")
+                     f"keeps frozen (requires_grad=False), never trained: {shown}")
     for stage, report in d["reports"].items():
         where = f", state dict at '{report['state_dict_key']}'" if report.get("state_dict_key") else ""
         lines += ["", f"load report ({stage}: {report.get('source') or '-'}{where})"]
@@ -176,7 +195,8 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
               ("loaded", "adapted", "excluded", "mismatched", "missing", "unexpected", "new", "defaulted")}
     lines = ["  ".join(f"{fate} {n}" for fate, n in counts.items() if n or fate == "loaded")]
     for item in report.get("adapted") or []:
-        lines.append(f"adapted     {item['key']}: {item['rule']} {item.get('source_shape')} -> {item.get('model_shape')}")
+        grid = f", grid {item['grid']}" if item.get("grid") else ""
+        lines.append(f"adapted     {item['key']}: {item['rule']} {item.get('source_shape')} -> {item.get('model_shape')}{grid}")
     for item in report.get("mismatched") or []:
         lines.append(f"mismatched  {item['key']}: source {item['source_shape']} vs model {item['model_shape']} (skipped)")
     for item in report.get("excluded") or []:

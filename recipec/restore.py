@@ -71,7 +71,7 @@ def build_model(recipe: Any, *, trust_factories: bool | Collection[str] = (), or
 
     spec = recipe.model
     try:
-        model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None,
+        model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None, weights=spec.weights,
                                        trust_factories=trust_factories, origin=origin)
     except ModelError as exc:
         if not origin or isinstance(exc, UntrustedFactoryError):  # a refusal names the file already

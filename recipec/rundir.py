@@ -179,3 +179,5 @@ def _lock(fd: int, run: Path) -> None:
     except BlockingIOError:
         raise RunDirectoryError(f"{run}: another build is writing this run directory right now; wait for it to "
                                 "finish, or choose another --out") from None
+    except OSError:
+        return  # a file system without locks (some network mounts): the build runs unlocked, as before

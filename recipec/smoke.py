@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from recipec.recipe.spec import Recipe
+from recipec.recipe.spec import GradualSpec, Recipe
 
 __all__ = ["smoke_data", "smoke_recipe"]
 
@@ -37,23 +37,24 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
         first = index[gradual[0]]
         if [index[e] for e in gradual] != list(range(first, len(starts))):
             return _with(recipe, train={"early_stopping": None})
-        new_gradual = {"every": 1, "start": first}
+        new_gradual = GradualSpec(every=1, start=first)
     ratio = len(starts) / epochs
-    scheduler = recipe.optimizer.scheduler.model_dump()
-    if "warmup_epochs" in scheduler:
-        scheduler["warmup_epochs"] = scheduler["warmup_epochs"] * ratio
-    if "step_epochs" in scheduler:
-        scheduler["step_epochs"] = max(1, round(scheduler["step_epochs"] * ratio))
+    scheduler = recipe.optimizer.scheduler
+    scaled: dict[str, Any] = {}
+    if hasattr(scheduler, "warmup_epochs"):
+        scaled["warmup_epochs"] = scheduler.warmup_epochs * ratio
+    if hasattr(scheduler, "step_epochs"):
+        scaled["step_epochs"] = max(1, round(scheduler.step_epochs * ratio))
     return _with(recipe, train={"epochs": len(starts), "early_stopping": None},
                  freeze={"unfreeze": {index[e]: list(g) for e, g in freeze.unfreeze.items()}, "gradual": new_gradual},
-                 optimizer={"scheduler": scheduler})
+                 optimizer={"scheduler": scheduler.model_copy(update=scaled)})
 
 
 def _with(recipe: Recipe, **sections: dict[str, Any]) -> Recipe:
-    data = recipe.model_dump(mode="python")
-    for name, values in sections.items():
-        data[name] = {**data[name], **values}
-    return Recipe.model_validate(data)
+    # model_copy, not a dump and a validation: the values are consistent by construction, and a
+    # validator may look at which fields were written, which a round trip through a dump changes
+    update = {name: getattr(recipe, name).model_copy(update=values) for name, values in sections.items()}
+    return recipe.model_copy(update=update)
 
 
 def smoke_data(data: Any, batches: int) -> Any:

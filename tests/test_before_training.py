@@ -89,7 +89,7 @@ def test_plan_reports_every_missing_path_at_once_located(tmp_path, capsys):
         train: {epochs: 1}
     """)
     for command in ("plan", "build"):
-        code, _, err = run(capsys, command, str(recipe), "--set", f"device=cpu")
+        code, _, err = run(capsys, command, str(recipe), "--set", "device=cpu")
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 3, err
         assert lines[0].startswith(f"error: {recipe}:4:22: source.checkpoint: no such file {tmp_path / 'missing.pt'}")
@@ -124,7 +124,7 @@ def test_plan_checks_the_data_against_the_recipe(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "plan", str(recipe), "--set", "data.classes=[a, zebra]")
     assert code == 2 and "data.classes.1: unknown class 'zebra'" in err, err
     assert "num_classes" not in err  # the count is not judged from a list with a typo in it
-    code, out, err = run(capsys, "plan", str(recipe), "--set", "data.classes=[a, b]")
+    code, _, err = run(capsys, "plan", str(recipe), "--set", "data.classes=[a, b]")
     assert code == 0, err
 
 
@@ -304,6 +304,12 @@ def test_a_moved_tree_rebuilds_from_its_recipe_yaml(tmp_path, capsys, monkeypatc
 
     spec, _, _ = read_export(moved / "runs" / "r" / "model.safetensors")
     assert spec.data.root == str(moved / "data")
+    # a conversion into another directory carries the paths along
+    code, _, err = run(capsys, "convert", str(moved / "runs" / "r" / "model.safetensors"),
+                       str(moved / "exports" / "deep" / "m.pt"), "--trust-factory", "tests.tinynets:tiny_cnn")
+    assert code == 0, err
+    spec, _, _ = read_export(moved / "exports" / "deep" / "m.pt")
+    assert spec.data.root == str(moved / "data") and spec.card.template == str(moved / "card.md.j2")
 
 
 def test_resume_and_upstream_checks_still_hold_with_relative_paths(tmp_path, capsys, monkeypatch):

@@ -219,7 +219,7 @@ def test_build_exit_codes(tmp_path, capsys, monkeypatch):
     assert code == 2 and "--nproc" in err
     # a diverging run is a failed run (exit 1), not bad input
     code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "z"),
-                       "--set", "optimizer={name: sgd, lr: 1.0e+30}")
+                       "--set", "optimizer={name: sgd, lr: 100, weight_decay: 10}", "--set", "train.epochs=8")
     assert code == 1 and "loss" in err, err
 
 

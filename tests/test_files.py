@@ -30,7 +30,7 @@ from recipec.card.provenance import file_digest
 from recipec.card.render import render_card, write_card
 from recipec.cli import main
 from recipec.convert import convert
-from recipec.errors import CheckpointError, OutputError, RecipeError, RunDirectoryError, RunError
+from recipec.errors import CheckpointError, DiskFullError, OutputError, RecipeError, RunDirectoryError, RunError
 from recipec.recipe.load import load_recipe
 from recipec.rundir import MARKER, claim_run_directory
 from recipec.train.distributed import World
@@ -196,6 +196,15 @@ def test_checkpoint_special_files_are_refused(tmp_path: Path, suffix: str,
             read(path)
 
 
+def test_a_special_training_state_is_refused(tmp_path: Path, special: tuple[Callable[[Path], Path], str]) -> None:
+    from recipec.train.state import load_state
+
+    make, kind = special
+    path = make(tmp_path / "last.pt")
+    with _unblock(path), pytest.raises(CheckpointError, match=kind):
+        load_state(path)
+
+
 def test_inspect_of_a_fifo_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fifo = _fifo(tmp_path / "model.pt")
     with _unblock(fifo):
@@ -227,13 +236,16 @@ def test_files_hashed_for_provenance_must_be_regular(tmp_path: Path, special: tu
         file_digest(path)
 
 
-def test_source_sha256_of_a_fifo_is_refused_by_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_refuses_a_special_source_and_template_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fifo = _fifo(tmp_path / "source.safetensors")
+    template = _link_to("/dev/zero")(tmp_path / "card.md.j2")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(textwrap.dedent(TINY) + f"source: {{checkpoint: {fifo}, sha256: '{'0' * 64}'}}\n")
+    recipe.write_text(textwrap.dedent(TINY) + f"source: {{checkpoint: {fifo}, sha256: '{'0' * 64}'}}\n"
+                      f"card: {{template: {template}}}\n")
     with _unblock(fifo):
         code, err = cli(capsys, "plan", str(recipe))
-    assert code == 2 and "is a FIFO (named pipe), not a regular file" in err, err
+    assert code == 2 and "source.checkpoint: " in err and "is a FIFO (named pipe), not a regular file" in err, err
+    assert "card.template: " in err and "is a character device, not a regular file" in err, err
 
 
 @pytest.mark.parametrize("what", ["template", "include"])
@@ -368,9 +380,10 @@ def test_a_full_disk_leaves_the_previous_file(tmp_path: Path, monkeypatch: pytes
             # safetensors reports the errno only in its message
             raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
         monkeypatch.setattr("recipec.weights._safetensors.save_file", half_written)
-    with pytest.raises(RunError, match=f"^{target}: no space left on device") as info:
+    with pytest.raises(DiskFullError, match=f"^{target}: no space left on device") as info:
         formats.save({"w": torch.zeros(3)}, target)
-    assert ".tmp" not in str(info.value)
+    assert ".tmp" not in str(info.value) and isinstance(info.value, RunError) and info.value.exit_code == 1
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
 
@@ -594,6 +607,21 @@ def test_the_lock_dies_with_its_process(tmp_path: Path, capsys: pytest.CaptureFi
         pass
 
 
+@pytest.mark.slow  # two processes with torch and gloo: ~30 s on two cores (the logic: the next test, fast)
+def test_a_locked_run_stops_every_rank_of_nproc_at_once(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(textwrap.dedent(TINY))
+    out = tmp_path / "run"
+    with claim_run_directory(out):
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "recipec", "build", str(recipe), "--out", str(out),
+                                 "--nproc", "2"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("another build is writing this run directory") == 1, result.stderr
+    assert time.monotonic() - started < 120  # no rank waited for the collective timeout
+    assert not out.exists()  # the holder wrote nothing, so it left nothing
+
+
 def test_ranks_above_zero_neither_claim_nor_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import recipec.train.distributed as distributed
 
@@ -639,3 +667,11 @@ def test_atomic_path_cleans_up_after_any_failure(tmp_path: Path) -> None:
         tmp.write_text("new")
         raise KeyError("boom")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
+
+
+def test_errors_raised_while_writing_name_the_users_path(tmp_path: Path) -> None:
+    target = tmp_path / "x.onnx"
+    with pytest.raises(CheckpointError) as info, atomic_path(target) as tmp:
+        raise CheckpointError([(("export", "onnx"), f"{tmp}: does not verify"), f"{tmp}: cannot load"])
+    assert info.value.problems == [f"export.onnx: {target}: does not verify", f"{target}: cannot load"]
+    assert info.value.paths == [("export", "onnx"), None]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import shlex
 import textwrap
 from pathlib import Path
@@ -129,7 +128,7 @@ def _check(example: str, scratch: Path, capsys, monkeypatch) -> None:
         from recipec.restore import load
 
         torch.save(load("runs/quickstart/model.safetensors").state_dict(), "foreign.pth")
-    code, out, err = _run(example, capsys, slow=_is_slow(example))
+    code, _, err = _run(example, capsys, slow=_is_slow(example))
     assert code == 0, f"{example}\n{err}"
 
 

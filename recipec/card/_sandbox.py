@@ -59,10 +59,10 @@ def _check(size: float, what: str) -> None:
 
 
 class _CodeGenerator(jinja2.compiler.CodeGenerator):
-    """``a ~ b`` goes through :meth:`LimitedSandbox.concat`, so doubling a string in a loop is bounded too."""
+    """``a ~ b`` goes through :meth:`LimitedSandbox.limited_concat`, so doubling a string in a loop is bounded too."""
 
     def visit_Concat(self, node: jinja2.nodes.Concat, frame: jinja2.compiler.Frame) -> None:
-        self.write("environment.concat((")
+        self.write("environment.limited_concat((")
         for arg in node.nodes:
             self.visit(arg, frame)
             self.write(", ")
@@ -95,7 +95,7 @@ class LimitedSandbox(jinja2.sandbox.SandboxedEnvironment):
         self.check_time()
         return iter(items)
 
-    def concat(self, parts: tuple[Any, ...]) -> str:
+    def limited_concat(self, parts: tuple[Any, ...]) -> str:
         texts = [str(p) for p in parts]
         _check(sum(map(len, texts)), "a '~' concatenation")
         return "".join(texts)

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from recipec import _json as clean_json
 from recipec._files import open_regular
 from recipec.errors import CheckpointError, ExportError
 
@@ -144,7 +145,7 @@ def export_metadata(*, recipe_yaml: str, provenance: Mapping[str, Any]) -> dict[
         ExportError: ``provenance`` holds a value JSON cannot represent.
     """
     try:
-        encoded = json.dumps(provenance, sort_keys=True)
+        encoded = clean_json.dumps(provenance, sort_keys=True)  # a NaN final metric: null + "nonfinite"
     except (TypeError, ValueError) as exc:
         raise ExportError(
             f"provenance is not JSON-serialisable ({exc}); convert such values to str, numbers, lists or dicts"

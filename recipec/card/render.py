@@ -213,6 +213,8 @@ def _model(recipe: dict[str, Any], plan: dict[str, Any], prov: dict[str, Any], f
     return {
         "arch": spec.get("arch"), "kwargs": spec.get("kwargs") or {}, "in_channels": spec.get("in_channels", 3),
         "head": plan.get("head"), "weights": weights,
+        "preprocessing": ((plan.get("weights") or {}).get("preprocessing")
+                          or (prov.get("base_model") or {}).get("preprocessing")),
         "source": None if checkpoint is None else {
             "checkpoint": _shown(checkpoint), "sha256": source.get("sha256") or pinned.get("sha256"),
             "state_dict_key": source.get("state_dict_key") or report.get("state_dict_key")},

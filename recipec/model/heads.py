@@ -14,6 +14,7 @@ from recipec.model.zoo import family_of
 
 __all__ = [
     "HeadInfo",
+    "aux_classifiers",
     "build_head",
     "default_head_path",
     "get_module",
@@ -50,7 +51,8 @@ class HeadInfo:
         new: short description of the new head.
         param_prefix: state-dict prefix of the new head's tensors (``fc.``).
         num_params: parameters of the new head.
-        notes: anything the caller should know, e.g. auxiliary classifiers left unchanged.
+        notes: anything the caller should know, e.g. the auxiliary classifiers replaced too.
+        aux_prefixes: state-dict prefixes of the replaced final layers of auxiliary classifiers.
     """
 
     path: str
@@ -60,6 +62,7 @@ class HeadInfo:
     param_prefix: str
     num_params: int
     notes: tuple[str, ...] = ()
+    aux_prefixes: tuple[str, ...] = ()
 
 
 def _is_index(segment: str) -> bool:
@@ -123,6 +126,12 @@ def default_head_path(model: nn.Module, arch: str) -> str:
     Raises:
         ModelError: the family's path is missing, or a custom model has no ``nn.Linear``.
     """
+    if arch.startswith("timm/"):
+        from recipec.model.timm import timm_head_paths
+
+        found = timm_head_paths(model)
+        if found:
+            return found[0]
     path = _HEAD_PATHS.get(family_of(arch))
     if path is not None:
         return resolve_path(model, path, at=("model", "head"))
@@ -186,7 +195,7 @@ def build_head(
 
     # Counted before anything is allocated: num_classes x hidden sizes that no memory holds are an error, not an OOM kill.
     widths = [in_features, *((hidden if hidden is not None else [512]) if type == "mlp" else []), num_classes]
-    weights = sum(a * b for a, b in zip(widths, widths[1:]))
+    weights = sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1))
     if weights > _MAX_HEAD_WEIGHTS:
         raise ModelError((("model", "head"), (
             f"the head would hold {weights:,} weights ({weights * 4 / 2**30:,.1f} GiB in float32, layers "
@@ -245,8 +254,9 @@ def replace_head(
     """Replace the classifier of ``model`` with a new head of ``num_classes`` outputs, in place.
 
     The new head is created on the device and dtype of the module it replaces. A ``num_classes``
-    attribute the model keeps (squeezenet, mnasnet, vit, swin) is updated. Auxiliary classifiers
-    of googlenet/inception_v3 (present only with ``aux_logits=True``) are left as they are.
+    attribute the model keeps (squeezenet, mnasnet, vit, swin) is updated. The auxiliary
+    classifiers of googlenet/inception_v3 (present only with ``aux_logits=True``) get a new final
+    Linear of ``num_classes`` outputs too (``aux_prefixes``), as torchvision's fine-tuning does.
 
     Args:
         model: the network, changed in place.
@@ -268,6 +278,12 @@ def replace_head(
         >>> info.path, info.new
         ('fc', 'Sequential[Dropout(0.2), Linear(512 -> 5)]')
     """
+    if at is None and arch.startswith("timm/"):  # timm's reset_classifier: its pooling and norm stay
+        from recipec.model.timm import replace_timm_head
+
+        info: HeadInfo = replace_timm_head(model, arch, num_classes=num_classes, type=type, hidden=hidden,
+                                           dropout=dropout, activation=activation)
+        return info
     path = resolve_path(model, at) if at is not None else default_head_path(model, arch)
     old = model.get_submodule(path)
     in_features = in_features_of(old)
@@ -280,15 +296,22 @@ def replace_head(
         # bookkeeping only: no torchvision forward reads it, but code inspecting the model does
         model.num_classes = num_classes  # type: ignore[assignment]
     notes = []
-    for name in _AUX_HEADS:
-        aux = getattr(model, name, None)
-        if isinstance(aux, nn.Module):
-            notes.append(f"auxiliary classifier {name!r} still has {_out_of(aux)} outputs "
-                         "(used only in training with aux_logits=True)")
+    aux_prefixes = []
+    for name, aux in aux_classifiers(model).items():
+        # the final Linear of an auxiliary classifier gets the new class count too, freshly initialised
+        last = [n for n, m in aux.named_modules() if isinstance(m, nn.Linear)][-1]
+        linear = aux.get_submodule(last)
+        assert isinstance(linear, nn.Linear)
+        aux_device, aux_dtype = _placement(linear)
+        set_module(model, f"{name}.{last}", nn.Linear(linear.in_features, num_classes, device=aux_device, dtype=aux_dtype))
+        aux_prefixes.append(f"{name}.{last}.")
+        notes.append(f"auxiliary classifier {name}.{last}: Linear({linear.in_features} -> {linear.out_features})  ->  "
+                     f"Linear({linear.in_features} -> {num_classes})")
     return HeadInfo(path=path, in_features=in_features, old=_short(old), new=_short(head), param_prefix=f"{path}.",
-                    num_params=sum(p.numel() for p in head.parameters()), notes=tuple(notes))
+                    num_params=sum(p.numel() for p in head.parameters()), notes=tuple(notes),
+                    aux_prefixes=tuple(aux_prefixes))
 
 
-def _out_of(module: nn.Module) -> int:
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features if linears else 0
+def aux_classifiers(model: nn.Module) -> dict[str, nn.Module]:
+    """The auxiliary classifiers of googlenet / inception_v3 built with ``aux_logits=True`` (name -> module)."""
+    return {name: aux for name in _AUX_HEADS if isinstance(aux := getattr(model, name, None), nn.Module)}

@@ -122,7 +122,7 @@ _DYNAMIC: dict[str, Callable[[nn.Module], _Preset]] = {
 }
 
 
-def preset_groups(arch: str, model: nn.Module, head_prefix: str) -> list[tuple[str, list[str]]]:
+def preset_groups(arch: str, model: nn.Module, head_prefix: str, *, fine: bool = False) -> list[tuple[str, list[str]]]:
     """The default layer groups of an architecture, as (name, regexes), earliest first, head last.
 
     The family is ``zoo.family_of(arch)`` (``resnet50`` -> resnet). Regexes are
@@ -136,6 +136,8 @@ def preset_groups(arch: str, model: nn.Module, head_prefix: str) -> list[tuple[s
         arch: architecture name as in the recipe's ``model.arch``.
         model: the model, with its new head in place.
         head_prefix: state-dict prefix of the head, e.g. ``"fc."`` or ``"heads.head."``.
+        fine: ``timm/<name>`` only: the groups of timm's fine ``group_matcher`` (blocks), not the
+            coarse one (stages); see :func:`recipec.model.timm.timm_groups`.
 
     Returns:
         (group name, regexes) pairs, to be checked by :func:`~recipec.model.groups.assign_groups`.
@@ -152,6 +154,12 @@ def preset_groups(arch: str, model: nn.Module, head_prefix: str) -> list[tuple[s
     if not any(name.startswith(head) for name in params):
         raise GroupError(f"no parameter of the model starts with the head prefix {head!r}; "
                          f"the head's parameters are named e.g. {', '.join(params[-2:])}")
+    if arch.startswith("timm/"):
+        from recipec.model.timm import timm_groups
+
+        found = timm_groups(model, [head], fine=fine)
+        if len(found) > 1:
+            return found
     family = family_of(arch)
     if family in _STATIC:
         preset = _STATIC[family]

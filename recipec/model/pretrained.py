@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -22,7 +23,8 @@ from torchvision.models import WeightsEnum
 from recipec.errors import ModelError, WeightsUnavailableError
 from recipec.model.zoo import _architectures, _unknown_architecture, family_of
 
-__all__ = ["WeightsInfo", "load_pretrained_state_dict", "normalization_of", "resolve_weights", "weights_cache_path"]
+__all__ = ["WeightsInfo", "load_pretrained_state_dict", "normalization_of", "position_embedding_adapts",
+           "resolve_weights", "weights_cache_path", "weights_normalization"]
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -46,6 +48,8 @@ class WeightsInfo:
         normalization: ``(mean, std)`` of the pretraining transforms, or None.
         recipe: URL of the training recipe, if published.
         license: license URL or name, if the metadata has one.
+        preprocessing: the input the weights expect (timm's ``pretrained_cfg``: ``input_size``,
+            ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean``, ``std``), or None.
     """
 
     name: str
@@ -57,6 +61,7 @@ class WeightsInfo:
     normalization: Normalization | None
     recipe: str | None
     license: str | None
+    preprocessing: dict[str, Any] | None = None
 
 
 
@@ -176,6 +181,10 @@ def load_pretrained_state_dict(arch: str, name: str) -> tuple[dict[str, Tensor],
         >>> info.name
         'ResNet18_Weights.IMAGENET1K_V1'
     """
+    if arch.startswith("timm/"):
+        from recipec.model.timm import load_timm_weights
+
+        return load_timm_weights(arch, name)
     weights = resolve_weights(arch, name)
     path = weights_cache_path(weights)
     if not path.is_file():
@@ -195,3 +204,35 @@ def load_pretrained_state_dict(arch: str, name: str) -> tuple[dict[str, Tensor],
             if match:
                 state_dict[match.group(1) + match.group(2)] = state_dict.pop(key)
     return state_dict, _weights_info(weights, path)
+
+
+def weights_normalization(arch: str, name: str) -> Normalization | None:
+    """``(mean, std)`` of the pretrained weights ``name`` of ``arch`` (torchvision's transforms, timm's
+    ``pretrained_cfg``), read without loading them.
+
+    Raises:
+        ModelError: unknown architecture or weights name.
+    """
+    if arch.startswith("timm/"):
+        from recipec.model.timm import pretrained_cfg
+
+        cfg = pretrained_cfg(arch, name)
+        return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
+    return normalization_of(resolve_weights(arch, name))
+
+
+_POS_EMBED = re.compile(r"(^|\.)(pos_embed|pos_embedding)$")
+
+
+def position_embedding_adapts(model: torch.nn.Module, state_dict: dict[str, Tensor]) -> list[dict[str, str]]:
+    """``adapt`` rules (``pos_embed``) for the absolute position embeddings whose grid differs.
+
+    A ViT built for another image size (timm ``img_size``, torchvision ``image_size``) than its
+    pretrained weights has a position embedding of another length, ``(1, prefix + h*w, dim)``;
+    the weights' own is resampled to the model's grid, as timm does when it loads pretrained
+    weights (``resample_abs_pos_embed``), and the load report says so.
+    """
+    own = dict(model.named_parameters())
+    return [{"match": f"^{re.escape(key)}$", "rule": "pos_embed"} for key, value in state_dict.items()
+            if _POS_EMBED.search(key) and key in own and value.dim() == 3 and own[key].dim() == 3
+            and value.shape != own[key].shape and value.shape[2] == own[key].shape[2]]

@@ -75,7 +75,8 @@ def _unknown_architecture(arch: str) -> ModelError:
 
 
 def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *, pretrained: bool = False,
-                       trust_factories: bool | Collection[str] = True, origin: str = "") -> nn.Module:
+                       trust_factories: bool | Collection[str] = True, origin: str = "",
+                       weights: str | None = None) -> nn.Module:
     """Build an architecture with random weights; nothing is downloaded.
 
     torchvision architectures are looked up by name and never imported from a path. A custom
@@ -99,6 +100,8 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *, pr
         trust_factories: ``True`` when the caller wrote the recipe, else the ``"package.module:factory"``
             names the caller trusts (``()`` or ``False``: none).
         origin: where the recipe came from (a file), named in a refusal.
+        weights: ``model.weights``; a ``timm/<name>`` model is built from that tag's pretrained
+            config (its class count and image size), by name, never imported from a path.
 
     Returns:
         The model, in training mode.
@@ -114,6 +117,10 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *, pr
         >>> model = build_architecture("vit_b_16", {"image_size": 32})
     """
     kwargs = dict(kwargs or {})
+    if arch.startswith("timm/"):
+        from recipec.model.timm import build_timm
+
+        return build_timm(arch, kwargs, weights=weights)
     if ":" in arch:
         check_factory_trust(arch, trust_factories, origin=origin)
         return _build_custom(arch, kwargs)
@@ -127,6 +134,10 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *, pr
         return torchvision.models.get_model(arch, weights=None, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
         raise ModelError((("model", "kwargs"), f"{arch} rejected its arguments {kwargs!r}: {exc}")) from exc
+    except (MemoryError, RuntimeError) as exc:  # "DefaultCPUAllocator: can't allocate memory": sizes in kwargs
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        raise ModelError((("model", "kwargs"), f"{arch} with {kwargs!r} does not fit in memory: {exc}")) from exc
 
 
 def check_factory_trust(arch: str, trust_factories: bool | Collection[str], *, origin: str = "") -> None:
@@ -197,8 +208,11 @@ def _build_custom(arch: str, kwargs: dict[str, Any]) -> nn.Module:
         raise ModelError((("model", "arch"), (
             f"{arch!r} is {kind}; a factory must be a torch.nn.Module subclass or a Python function "
             "that returns one, so nothing was called")))
+    from recipec.model.timm import downloads_blocked
+
     try:
-        model = factory(**kwargs)
+        with downloads_blocked():  # timm:create_model with pretrained: true fetches nothing behind the policy
+            model = factory(**kwargs)
     except TypeError as exc:
         raise ModelError((("model", "kwargs"), f"factory {arch!r} rejected its arguments {kwargs!r}: {exc}")) from exc
     if not isinstance(model, nn.Module):

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-__all__ = ["MAX_BATCH", "MAX_CLASSES", "MAX_EPOCHS", "MAX_INPUT_BYTES", "MAX_LR", "SCHEMA_ID", "ByteSize", "FieldProblems", "Regex",
-           "parse_size"]
+__all__ = ["MAX_BATCH", "MAX_CLASSES", "MAX_EPOCHS", "MAX_INPUT_BYTES", "MAX_LR", "SCHEMA_ID", "ByteSize",
+           "FieldProblems", "Regex", "parse_size"]
 
 SCHEMA_ID = "https://recipec.dev/schemas/recipe.schema.json"
 
@@ -50,7 +50,7 @@ class _Spec(BaseModel):
         return out
 
 
-class NotANumber:
+class _NotANumber:
     """A boolean found where a number belongs; pydantic refuses it as it refuses any object."""
 
     def __init__(self, value: bool) -> None:
@@ -73,9 +73,10 @@ def _check_numbers(tp: Any, value: Any) -> Any:
     origin, args = get_origin(tp), get_args(tp)
     if tp in (int, float):
         if isinstance(value, bool):
-            return NotANumber(value)
-        if tp is int and isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()) and any(
-                c.isdigit() for c in value):
+            return _NotANumber(value)
+        # only "1e3" and "2.0" need float(); plain digits stay exact for pydantic
+        if (tp is int and isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip())
+                and any(c.isdigit() for c in value) and any(c in value for c in ".eE")):
             try:
                 number = float(value.replace("_", ""))
             except ValueError:
@@ -145,10 +146,10 @@ def parse_size(value: Any) -> Any:
 ByteSize = Annotated[
     int,
     BeforeValidator(parse_size),
-    Field(ge=1),
+    Field(ge=1, le=10**12),  # 1 TB: no single file of a vision model is larger
     WithJsonSchema({
         "anyOf": [
-            {"type": "integer", "minimum": 1},
+            {"type": "integer", "minimum": 1, "maximum": 10**12},
             {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KMGTkmgt][iI]?[bB]|[bB])?\s*$"},
         ],
     }),

@@ -34,7 +34,7 @@ from recipec.recipe._yaml import (
 from recipec.recipe.spec import Recipe
 
 __all__ = ["PATH_FIELDS", "Position", "SourceMap", "dump_recipe", "load_recipe", "load_recipe_data", "recipe_location",
-           "resolve_paths"]
+           "relative_paths", "resolve_paths"]
 
 # Values that are file system paths; relative ones are resolved against the file that wrote them.
 PATH_FIELDS: tuple[RecipePath, ...] = (("source", "checkpoint"), ("source", "recipe"), ("data", "root"),
@@ -191,17 +191,27 @@ def dump_recipe(recipe: Recipe, *, relative_to: str | os.PathLike[str] | None = 
     """
     data = _plain(recipe.model_dump(mode="python", exclude={"extends"}))
     if relative_to is not None:
-        base = os.path.abspath(relative_to)
-        for *parents, last in PATH_FIELDS:
-            node: Any = data
-            for part in parents:
-                node = node.get(part) if isinstance(node, dict) else None
-            value = node.get(last) if isinstance(node, dict) else None
-            if isinstance(value, str) and os.path.isabs(value):
-                common = os.path.commonpath([value, base])
-                if os.path.dirname(common) != common:  # not the root: they belong to one tree
-                    node[last] = os.path.relpath(value, base)
+        relative_paths(data, relative_to)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=10**9)
+
+
+def relative_paths(data: dict[str | int, Any], directory: str | os.PathLike[str]) -> dict[str | int, Any]:
+    """Write the absolute :data:`PATH_FIELDS` of raw recipe data relative to ``directory``, in place.
+
+    Only paths that share a directory with ``directory`` other than the file system's root:
+    ``/data/imagenet`` stays absolute for a run under ``/home``.
+    """
+    base = os.path.abspath(directory)
+    for *parents, last in PATH_FIELDS:
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(last) if isinstance(node, dict) else None
+        if isinstance(value, str) and os.path.isabs(value):
+            common = os.path.commonpath([value, base])
+            if os.path.dirname(common) != common:  # not the root: they belong to one tree
+                node[last] = os.path.relpath(value, base)
+    return data
 
 
 def resolve_paths(data: dict[str | int, Any], directory: str | os.PathLike[str]) -> dict[str | int, Any]:

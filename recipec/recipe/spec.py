@@ -56,7 +56,7 @@ __all__ = [
     "parse_size",
 ]
 
-_ARCH = r"^([A-Za-z_][A-Za-z0-9_]*|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*)$"
+_ARCH = r"^([A-Za-z_][A-Za-z0-9_]*|timm/[A-Za-z0-9_]+|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*)$"
 _DEVICE = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -104,20 +104,49 @@ class ModelSpec(_Spec):
 
     arch: str = Field(
         pattern=_ARCH,
-        description='A torchvision classification model name (resnet18, vit_b_16, ...) or "package.module:factory" for your own.',
-        examples=["resnet18", "mypackage.nets:make_net"])
+        description='A torchvision classification model name (resnet18, vit_b_16, ...), timm/<name> for a timm model '
+                    "(the timm extra: pip install 'recipec[timm]'), or \"package.module:factory\" for your own.",
+        examples=["resnet18", "timm/convnext_tiny", "mypackage.nets:make_net"])
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments passed to the factory.", examples=[{"dropout": 0.1}])
     weights: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_]+$",
-        description="torchvision weights enum name (IMAGENET1K_V1, DEFAULT, ...) or null for random initialisation.",
-        examples=["IMAGENET1K_V1", "DEFAULT"])
+        description="torchvision weights enum name (IMAGENET1K_V1, DEFAULT, ...), a timm pretrained tag "
+                    "(in12k_ft_in1k, lvd142m, ...; read from the Hugging Face hub cache), or null for random initialisation.",
+        examples=["IMAGENET1K_V1", "DEFAULT", "in1k"])
     in_channels: int = Field(
         3, ge=1, le=1024, description="Input channels; when not 3, the first convolution is rebuilt and pretrained filters "
                                       "adapted (sum for 1 channel, repeat and rescale otherwise). At most 1024: "
                                       "hyperspectral sensors record a few hundred bands.", examples=[1])
     head: HeadSpec | None = Field(
         None, description="The new classifier; null keeps the architecture's own.", examples=[{"num_classes": 5}])
+    group_matcher: Literal["coarse", "fine"] = Field(
+        "coarse", description="timm/<name> only: the default layer groups come from the model's group_matcher, "
+                              "coarse (stages) or fine (blocks, as timm's layer decay numbers them).", examples=["fine"])
+
+    @model_validator(mode="after")
+    def _timm(self) -> ModelSpec:
+        import importlib.util
+
+        if "group_matcher" in self.model_fields_set and not self.arch.startswith("timm/"):
+            raise FieldProblems([(("group_matcher",), f"only applies to timm/<name> architectures, not {self.arch!r}; remove it")])
+        if self.arch.startswith("timm/") and importlib.util.find_spec("timm") is None:
+            raise FieldProblems([(("arch",), f"{self.arch!r} needs the timm extra, which is not installed: "
+                                             "pip install 'recipec[timm]'")])
+        return self
+
+    @model_validator(mode="after")
+    def _kwargs_classes(self) -> ModelSpec:
+        # kwargs go to the factory as they are; the one size every classifier factory takes is bounded like the head's
+        n = self.kwargs.get("num_classes")
+        if isinstance(n, (int, float)) and not isinstance(n, bool) and not 1 <= n <= MAX_CLASSES:
+            raise FieldProblems([(("kwargs", "num_classes"), f"must be from 1 to {MAX_CLASSES:,}, got {n}")])
+        return self
+    aux_loss_weight: float = Field(
+        0.4, ge=0, le=1e3,
+        description="googlenet / inception_v3 with kwargs.aux_logits: true: the training loss adds this times the "
+                    "cross-entropy of each auxiliary classifier (they get the new class count), in the epochs their "
+                    "group trains; evaluation and exports use the main output only.", examples=[0.3])
 
 
 # --------------------------------------------------------------------------- source
@@ -127,10 +156,12 @@ class AdaptSpec(_Spec):
     """A shape adaptation applied to source tensors whose (renamed) key matches."""
 
     match: Regex = Field(description="Regex searched in the renamed key.", examples=[r"^conv1\.weight$"])
-    rule: Literal["input_channels", "truncate_pad", "class_subset"] = Field(
+    rule: Literal["input_channels", "truncate_pad", "class_subset", "pos_embed"] = Field(
         description="input_channels: adapt a first conv to the model's input channels (timm adapt_input_conv). "
                     "truncate_pad: copy the overlapping block, zero the rest. "
-                    "class_subset: keep the rows `indices` of a source classifier.",
+                    "class_subset: keep the rows `indices` of a source classifier. "
+                    "pos_embed: resample a ViT's absolute position embedding to the model's patch grid "
+                    "(timm resample_abs_pos_embed: bicubic, prefix tokens kept).",
         examples=["input_channels"])
     indices: list[Annotated[int, Field(ge=0, lt=MAX_CLASSES)]] | None = Field(
         None, max_length=MAX_CLASSES,

@@ -79,7 +79,8 @@ class TrainSpec(_Spec):
     # YAML 1.1 reads a bare `off` as false; it means the same here
     feature_cache: Annotated[Literal["auto", "off"], BeforeValidator(lambda v: "off" if v is False else v)] = Field(
         "auto", description="auto: while only the head trains, compute the frozen body once and train the head on its cached "
-                            "output (not with augmentations, dropout before the head, batchnorm: train or --nproc); off.",
+                            "output, only where that gives the same weights as off (not with augmentations, "
+                            "random modules before the head left in training mode, batchnorm: train or --nproc); off.",
         examples=["off"])
     checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="Epochs between training checkpoints.", examples=[1])
     keep_last: int = Field(2, ge=1, le=MAX_EPOCHS, description="Training checkpoints kept.", examples=[2])
@@ -117,7 +118,7 @@ class ExportSpec(_Spec):
                                                              examples=["float16"])
     onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX options.", examples=[{"opset": 18}])
     shard_size: ByteSize | None = Field(
-        None, le=10**12, description="Shard safetensors exports above this size (model.safetensors.index.json); at most "
+        None, description="Shard safetensors exports above this size (model.safetensors.index.json); at most "
                                      "1TB.", examples=["2GB"])
 
     @model_validator(mode="after")

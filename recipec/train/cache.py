@@ -76,10 +76,11 @@ def cache_refusal(model: nn.Module, *, head_path: str, head_group: str, groups: 
 
 
 def _switches_aux_only(module: nn.Module) -> bool:
-    # torchvision's GoogLeNet and Inception3 read `training` only to return auxiliary outputs
+    # torchvision's GoogLeNet and Inception3 read `training` only to return auxiliary outputs, and
+    # those count in the loss only while their group trains, never in a head-only (cached) epoch
     from torchvision.models import GoogLeNet, Inception3
 
-    return isinstance(module, (GoogLeNet, Inception3)) and not module.aux_logits
+    return isinstance(module, (GoogLeNet, Inception3))
 
 
 class HeadCache:

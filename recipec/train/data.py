@@ -51,8 +51,7 @@ class Data:
     epoch_seed: bool = True
 
 
-LAST_BATCH_POLICY = ("a last partial batch of one example is left out of that epoch (BatchNorm cannot train "
-                     "on one example); the order is reshuffled every epoch, so a different example each time")
+LAST_BATCH_POLICY = "a last batch of one example is skipped in its epoch (BatchNorm cannot train on one; order reshuffled)"
 
 
 def drops_single_last(examples: int, batch_size: int) -> bool:

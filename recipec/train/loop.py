@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recipec.errors import RunError
+from recipec.model.heads import aux_classifiers
 from recipec.train.cache import HeadCache
 from recipec.train.data import Data, set_epoch
 from recipec.train.distributed import World, all_sum, average_gradients, broadcast_buffers
@@ -52,12 +53,14 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
         accumulate: int = 1,
         early_stopping: EarlyStopping | None = None, history: Sequence[dict[str, Any]] = (),
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None, world: World | None = None,
-        cache: HeadCache | None = None, scaler: torch.amp.GradScaler | None = None) -> list[dict[str, Any]]:
+        cache: HeadCache | None = None, scaler: torch.amp.GradScaler | None = None,
+        aux_loss_weight: float = 0.4) -> list[dict[str, Any]]:
     """Train from ``start_epoch`` to ``epochs``; return the metrics of every epoch (``history`` included).
 
     With several processes (``world``), each trains on its shard, gradients are averaged
     after every backward, and losses are summed over ranks before they are reported.
     With a ``cache``, its epochs train the head on cached inputs of the frozen prefix.
+    Auxiliary classifiers (googlenet, inception_v3) add ``aux_loss_weight`` x their loss while they train.
     ``scaler``: the fp16 loss scaler (default: :func:`grad_scaler`); pass it to save and restore
     its state with the training state, so an fp16 resume is exact.
 
@@ -80,11 +83,12 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
         batches = len(data.train)
         cached = cache is not None and epoch in cache.epochs and cache.fill(device, amp)
         forward = cache.head if cached and cache is not None else model
+        aux_weight = aux_loss_weight if _aux_trains(model) else 0.0
         optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(cache.batches() if cached and cache is not None else data.train):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device, amp):
-                loss = F.cross_entropy(forward(x), y)
+                loss = _loss(forward(x), y, aux_weight)
             if not torch.isfinite(loss):
                 raise RunError(f"epoch {epoch}, batch {i}: the loss is {loss.item()}; lower optimizer.lr, "
                                "set train.grad_clip, or check the data")
@@ -144,6 +148,26 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
 def grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
     """The loss scaler an ``amp`` run needs on ``device``: fp16 on CUDA only (bf16 and CPU fp16 need none)."""
     return torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+
+
+def _loss(output: Any, y: torch.Tensor, aux_weight: float) -> torch.Tensor:
+    """Cross-entropy of the logits; with auxiliary outputs (googlenet's and inception_v3's named
+    tuples in training mode: main logits first), plus ``aux_weight`` x that of each of them."""
+    if isinstance(output, torch.Tensor):
+        return F.cross_entropy(output, y)
+    main, *aux = output
+    loss = F.cross_entropy(main, y)
+    for logits in aux:
+        if logits is not None and aux_weight:
+            loss = loss + aux_weight * F.cross_entropy(logits, y)
+    return loss
+
+
+def _aux_trains(model: nn.Module) -> bool:
+    # auxiliary classifiers count only while they train: a frozen one (e.g. fresh, in a frozen
+    # group) would push the trainable body with gradients through its random weights
+    aux = [p for module in aux_classifiers(model).values() for p in module.parameters()]
+    return bool(aux) and all(p.requires_grad for p in aux)
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, grad_clip: float | None) -> None:

@@ -16,7 +16,6 @@ when all its groups are.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 from collections.abc import Iterable, Sequence
@@ -44,10 +43,15 @@ def depends_on_training(module: nn.Module) -> bool:
     ``__init__`` and weight initialisation aside; a class whose source cannot be read counts as
     dependent. Children are not looked into: each module answers for its own code.
     """
-    return _class_depends(type(module))
+    cls = type(module)
+    if cls not in _DEPENDS:
+        _DEPENDS[cls] = _class_depends(cls)
+    return _DEPENDS[cls]
 
 
-@functools.lru_cache(maxsize=None)
+_DEPENDS: dict[type, bool] = {}
+
+
 def _class_depends(cls: type) -> bool:
     for klass in cls.__mro__:
         if klass in (nn.Module, object):

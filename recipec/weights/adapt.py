@@ -14,9 +14,11 @@ import torch
 
 from recipec.errors import TransferError
 
-__all__ = ["RULES", "adapt_input_channels", "apply_rule", "class_subset", "truncate_pad"]
+__all__ = ["RULES", "adapt_input_channels", "apply_rule", "class_subset", "pos_embed_grids", "resample_pos_embed",
+           "truncate_pad"]
 
-RULES: tuple[str, ...] = ("input_channels", "truncate_pad", "class_subset")
+RULES: tuple[str, ...] = ("input_channels", "truncate_pad", "class_subset", "pos_embed")
+_MAX_PREFIX_TOKENS = 8  # class, distillation and register tokens: timm's largest models keep 1 + 4 + ...
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -123,6 +125,44 @@ def class_subset(source: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
     return source.index_select(0, torch.as_tensor(list(indices), dtype=torch.long, device=source.device))
 
 
+def pos_embed_grids(source_len: int, target_len: int) -> tuple[int, int, int]:
+    """``(prefix tokens, source side, target side)`` of two square-grid position embeddings.
+
+    The prefix (class, distillation, register tokens kept before the patches) is the smallest
+    count, up to 8, that leaves a square number of patch positions on both sides: 197 and 17
+    tokens are 1 + 14x14 and 1 + 4x4.
+
+    Raises:
+        TransferError: no such count (a non-square grid; resample it yourself).
+    """
+    for prefix in range(min(_MAX_PREFIX_TOKENS, source_len - 1, target_len - 1) + 1):
+        old, new = math.isqrt(source_len - prefix), math.isqrt(target_len - prefix)
+        if old * old == source_len - prefix and new * new == target_len - prefix and old and new:
+            return prefix, old, new
+    raise TransferError(
+        f"pos_embed: {source_len} and {target_len} positions are not a few prefix tokens plus two square "
+        "patch grids; only square grids are resampled")
+
+
+def resample_pos_embed(posemb: torch.Tensor, new_grid: int, *, prefix_tokens: int) -> torch.Tensor:
+    """Resample an absolute position embedding ``(1, prefix + h*w, dim)`` to a ``new_grid`` square grid.
+
+    timm's ``resample_abs_pos_embed`` (bicubic, antialiased, computed in float32 and cast back):
+    the prefix tokens are kept as they are, the ``h x w`` patch positions are interpolated as an
+    image with ``dim`` channels. Works for timm ViTs (``pos_embed``) and torchvision's
+    (``encoder.pos_embedding``), so a ViT can be fine-tuned at another resolution.
+    """
+    import torch.nn.functional as F
+
+    dim = posemb.shape[-1]
+    prefix, grid = posemb[:, :prefix_tokens], posemb[:, prefix_tokens:]
+    side = math.isqrt(grid.shape[1])
+    image = grid.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)   # (1, dim, h, w)
+    image = F.interpolate(image, size=(new_grid, new_grid), mode="bicubic", antialias=True)
+    grid = image.permute(0, 2, 3, 1).reshape(1, -1, dim).to(posemb.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
 def apply_rule(
     rule: str, source: torch.Tensor, target_shape: torch.Size | Sequence[int], *, indices: Sequence[int] | None = None
 ) -> torch.Tensor:
@@ -165,6 +205,12 @@ def apply_rule(
                 f"class_subset keeps {len(indices)} classes but the model has {target[0]} (model shape {want}); "
                 f"give exactly {target[0]} indices")
         out = class_subset(source, indices)
+    elif rule == "pos_embed":
+        if source.dim() != 3 or len(target) != 3 or source.shape[0] != 1 or target[0] != 1 or source.shape[2] != target[2]:
+            raise TransferError(
+                f"pos_embed resamples a position embedding (1, tokens, dim) of the same dim; source {have}, model {want}")
+        prefix, _, new_grid = pos_embed_grids(source.shape[1], target[1])
+        out = resample_pos_embed(source, new_grid, prefix_tokens=prefix)
     else:
         raise TransferError(f"unknown adapt rule {rule!r}; choose one of: {', '.join(RULES)}")
     if tuple(out.shape) != target:

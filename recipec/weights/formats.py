@@ -8,7 +8,6 @@ the old files or the new ones, never a partial file.
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from recipec import _json as clean_json
 from recipec._atomic import atomic_path
 from recipec._files import check_regular, open_regular, require_path
 from recipec.errors import CheckpointError
@@ -171,7 +171,7 @@ def read_metadata(path: PathType) -> dict[str, str]:
             return dict(reader.metadata() or {})
     if fmt == "safetensors-sharded":
         return _sharded_layout(file)[1]
-    return {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in load(file).metadata.items()}
+    return {k: v if isinstance(v, str) else clean_json.dumps(v, default=str) for k, v in load(file).metadata.items()}
 
 
 def sha256(path: PathType) -> str:

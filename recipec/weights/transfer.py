@@ -17,7 +17,7 @@ from torch import nn
 from recipec.errors import Problem, TransferError
 from recipec.weights._keys import KeyMapping, _dead, map_keys
 from recipec.weights._report import LoadReport, format_shape
-from recipec.weights.adapt import RULES, apply_rule
+from recipec.weights.adapt import RULES, apply_rule, pos_embed_grids
 
 __all__ = ["KeyMapping", "LoadReport", "apply_transfer", "map_keys"]
 
@@ -144,6 +144,9 @@ def apply_transfer(
                     problems.append((("source", "adapt", index), f"'{name}': {exc}"))
                     continue
                 report.adapted.append({"key": name, "rule": rule, "source_shape": have, "model_shape": want})
+                if rule == "pos_embed":  # what was resampled: "14x14 -> 4x4 (+1 prefix token)"
+                    prefix, old_side, new_side = pos_embed_grids(have[1], want[1])
+                    report.adapted[-1]["grid"] = f"{old_side}x{old_side} -> {new_side}x{new_side} (+{prefix} prefix token{'s' * (prefix != 1)})"
             elif on_mismatch == "error":
                 failed.add(name)
                 problems.append(f"'{name}'{f' (source {key!r})' if name != key else ''}: shape mismatch, source "

@@ -197,12 +197,16 @@ def test_bookkeeping_num_classes() -> None:
     assert model.num_classes == 9
 
 
-def test_googlenet_aux_heads_are_noted() -> None:
+def test_googlenet_aux_heads_get_the_new_class_count() -> None:
     model = zoo.build_architecture("googlenet", {"aux_logits": True})
     info = heads.replace_head(model, "googlenet", num_classes=4)
     assert info.notes == tuple(
-        f"auxiliary classifier '{name}' still has 1000 outputs (used only in training with aux_logits=True)"
-        for name in ("aux1", "aux2"))
+        f"auxiliary classifier {name}.fc2: Linear(1024 -> 1000)  ->  Linear(1024 -> 4)" for name in ("aux1", "aux2"))
+    assert info.aux_prefixes == ("aux1.fc2.", "aux2.fc2.")
+    assert model.aux1.fc2.out_features == model.aux2.fc2.out_features == 4
+    inception = zoo.build_architecture("inception_v3", {"aux_logits": True})
+    assert heads.replace_head(inception, "inception_v3", num_classes=4).aux_prefixes == ("AuxLogits.fc.",)
+    assert inception.AuxLogits.fc.out_features == 4
     assert heads.replace_head(zoo.build_architecture("googlenet"), "googlenet", num_classes=4).notes == ()
 
 
