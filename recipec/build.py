@@ -97,6 +97,7 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     from recipec.train.data import build_data
     from recipec.train.distributed import shard_loader
     from recipec.train.loop import EarlyStopping, fit, grad_scaler
+    from recipec.train.resume import check_same_run, continue_schedule, resume_state, run_identity, saved_epochs
     from recipec.train.state import checkpoint_files, checkpoint_paths, restore_state, rotate_checkpoints, save_state
 
     say = log if log is not None and world.main else (lambda line: None)
@@ -114,7 +115,7 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     run = run_directory(recipe, out)
     state = None
     if resume:
-        state = _resume_state(run / "checkpoints", recipe, say)
+        state = resume_state(run / "checkpoints", say)
         _check_resumable(recipe, state["recipe"], run)
     elif checkpoint_files(run / "checkpoints"):
         held = ", ".join(p.name for p in checkpoint_files(run / "checkpoints")[:3])
@@ -134,9 +135,9 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
                             f"is {recipe.model.head.num_classes} but the data has {len(data.classes)} classes "
                             f"({', '.join(data.classes[:10])}{', ...' if len(data.classes) > 10 else ''})")])
     steps = math.ceil(len(data.train) / recipe.train.accumulate)
-    identity = _run_identity(recipe, data)  # kept in every training state; a resume must match it
+    identity = run_identity(recipe, data)  # kept in every training state; a resume must match it
     if state is not None:
-        _check_same_run(recipe, state, identity, steps, say)
+        check_same_run(recipe, state, identity, steps, say)
     compiled = compile_recipe(recipe, device=str(device), steps_per_epoch=steps)
     recipe_yaml = dump_recipe(recipe, relative_to=run)  # paths in the run's tree relative: it can move
 
@@ -155,8 +156,8 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     if state is not None:
         restore_state(state, model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
                       scaler=scaler)
-        if _saved_epochs(state) != recipe.train.epochs:
-            _continue_schedule(compiled.optimizer, compiled.scheduler)
+        if saved_epochs(state) != recipe.train.epochs:
+            continue_schedule(compiled.optimizer, compiled.scheduler)
         history, start = list(state["history"]), int(state["epoch"])
         say(f"resumed {run} at epoch {start}")
     step = {"n": start * steps}
@@ -307,110 +308,6 @@ def _check_resumable(recipe: Recipe, saved_yaml: str, run: Path | None = None) -
         changed = sorted(_diff(saved, now, ()))
         raise RunDirectoryError([f"--resume: the recipe changed since the checkpoint at {p or '(root)'}; "
                              "resume with the recipe.yaml of the run, or start a new run" for p in changed[:10]])
-
-
-def _resume_state(checkpoints: Path, recipe: Recipe, say: Callable[[str], None]) -> dict[str, Any]:
-    """The newest intact training state of the run (verified), saying which damaged files were passed over."""
-    from recipec.train.state import latest_state
-
-    try:
-        path, state, damaged = latest_state(checkpoints)
-    except RunDirectoryError as exc:
-        raise RunDirectoryError([f"--resume: {p}" for p in exc.problems]) from exc
-    for line in damaged:
-        say(f"warning: damaged checkpoint passed over: {line}")
-    if damaged or path.name != "last.pt":
-        say(f"resuming from {path} (epoch {state['epoch']}), the newest intact checkpoint")
-    return state
-
-
-def _run_identity(recipe: Recipe, data: Any) -> dict[str, Any]:
-    """What a training state records of the run's inputs beyond the recipe text: the data split and the source file."""
-    from recipec.card.provenance import file_digest
-
-    source = recipe.source.checkpoint if recipe.source is not None else None
-    digest = file_digest(source) if source and Path(source).is_file() else None
-    return {"data_fingerprint": data.info.get("fingerprint"), "source_sha256": digest}
-
-
-def _saved_epochs(state: dict[str, Any]) -> int | None:
-    import yaml
-
-    saved = yaml.safe_load(state["recipe"])
-    epochs = saved.get("train", {}).get("epochs") if isinstance(saved, dict) else None
-    return epochs if type(epochs) is int else None
-
-
-def _check_same_run(recipe: Recipe, state: dict[str, Any], identity: dict[str, Any], steps: int,
-                    say: Callable[[str], None]) -> None:
-    """A resume must continue the run it resumes: same data split, same source file, epochs it can honestly reach.
-
-    ``train.epochs`` may change only where the epochs already trained ran at the same learning
-    rates as in a run of the new length (schedulers ``none`` and ``step``; not ``cosine`` or
-    ``onecycle``, whose curve is stretched over the total): the run then is exactly a run
-    started with the new ``train.epochs``, and its ``recipe.yaml`` reproduces it.
-    """
-    saved = state.get("extra") or {}
-    done, epochs, before = int(state["epoch"]), recipe.train.epochs, _saved_epochs(state)
-    problems: list[Any] = []
-    if done > epochs:
-        problems.append((("train", "epochs"), f"is {epochs}, but the run to resume already trained {done} epochs; resume with "
-                                              f"train.epochs >= {done}, or start a new run to train fewer"))
-    elif before is not None and before != epochs:
-        differs = _schedule_differs(recipe, before, epochs, steps, done)
-        if differs:
-            s, a, b = differs
-            problems.append((("train", "epochs"), (
-                f"changed from {before} to {epochs}, but the {recipe.optimizer.scheduler.name} lr schedule depends "
-                f"on the number of epochs: the {_epochs(done)} already trained followed the {before}-epoch curve "
-                f"(lr factor {a:.4g} at step {s}, where a {epochs}-epoch run has {b:.4g}), so recipe.yaml could "
-                f"not reproduce the run; resume with train.epochs={before}, or start a new run with {epochs} "
-                "(the none and step schedules can grow)")))
-        else:
-            say(f"train.epochs changed from {before} to {epochs}: the {_epochs(done)} trained ran at the lrs of a "
-                f"{epochs}-epoch run, so the run continues exactly as if started with train.epochs={epochs}")
-    recorded, now = saved.get("source_sha256"), identity["source_sha256"]
-    if "source_sha256" in saved and recorded != now and recipe.source is not None:
-        problems.append((("source", "checkpoint"), (
-            f"{recipe.source.checkpoint} has sha256 {now}, but the run was trained from a file with sha256 "
-            f"{recorded}: the source checkpoint was replaced since the run started; put the original file back, "
-            "or start a new run")))
-    recorded, now = saved.get("data_fingerprint"), identity["data_fingerprint"]
-    if "data_fingerprint" in saved and recorded != now:
-        where = ("data", "root") if recipe.data.root else ("data", "dataset")
-        problems.append((where, (
-            f"the data changed since the run started (split fingerprint {str(recorded)[:12]}, now {str(now)[:12]}): "
-            "images were added, removed or resized, so the train/val split would change mid-run and training "
-            "images could land in validation; restore the data as it was, or start a new run")))
-    if problems:
-        raise RunDirectoryError(problems)
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch{'' if n == 1 else 's'}"
-
-
-def _schedule_differs(recipe: Recipe, before: int, epochs: int, steps: int, done: int) -> tuple[int, float, float] | None:
-    """The first optimizer step up to the next one (``done`` epochs in) whose lr factor differs between a
-    ``before``-epoch and an ``epochs``-epoch run, with both factors; None when there is none."""
-    from recipec.train.schedule import lr_factor, scheduler_kwargs
-
-    per_epoch = max(1, steps)
-    old = scheduler_kwargs(recipe.optimizer.scheduler, before, steps_per_epoch=per_epoch)
-    new = scheduler_kwargs(recipe.optimizer.scheduler, epochs, steps_per_epoch=per_epoch)
-    for s in range(done * per_epoch + 1):  # + 1: the first step after the resume runs at the lr set before it
-        a, b = lr_factor(s / (before * per_epoch), **old), lr_factor(s / (epochs * per_epoch), **new)
-        if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15):
-            return s, a, b
-    return None
-
-
-def _continue_schedule(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-    """After a resume with another ``train.epochs``: the current lr from the new schedule, not the saved one."""
-    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-    for group, lr in zip(optimizer.param_groups, lrs):
-        group["lr"] = lr
-    scheduler._last_lr = lrs
 
 
 _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # recipec._atomic's temporary files

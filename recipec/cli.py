@@ -414,9 +414,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 2 if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
                                      FileExistsError)) else 1
     except (KeyboardInterrupt, click.Abort, _Interrupted) as exc:
-        click.echo("error: interrupted", err=True)
-        for line in getattr(exc, "lines", []):
-            click.echo(line, err=True)
+        if os.environ.get("RECIPEC_QUIET_RANK") != "1":  # under --nproc, rank 0 says it once
+            click.echo("error: interrupted", err=True)
+            for line in getattr(exc, "lines", []):
+                click.echo(line, err=True)
         code = 130
     except Exception as exc:  # a bug in recipec, not the user's input
         if debug:

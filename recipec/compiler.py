@@ -94,7 +94,9 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     else:
         head_prefix = heads.default_head_path(model, spec.arch) + "."
     new_prefixes = [head_prefix, *head_info.aux_prefixes] if head_info is not None else []
-    if "aux_loss_weight" in spec.model_fields_set and not heads.aux_classifiers(model):
+    # a non-default value, not merely a written one: a dumped recipe.yaml writes every field, defaults included
+    default_aux = type(spec).model_fields["aux_loss_weight"].default
+    if spec.aux_loss_weight != default_aux and not heads.aux_classifiers(model):
         from recipec.errors import ModelError
 
         raise ModelError((("model", "aux_loss_weight"), (

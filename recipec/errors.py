@@ -28,6 +28,7 @@ __all__ = [
     "RunDirectoryError",
     "RunError",
     "TransferError",
+    "UnreadableImageError",
     "UnsafeCheckpointError",
     "UntrustedFactoryError",
     "WeightsUnavailableError",
@@ -107,6 +108,20 @@ class GroupError(RecipecError, ValueError):
 
 class DatasetError(RecipecError, ValueError):
     """A dataset that is not there, or does not fit the recipe (missing root, unknown class)."""
+
+
+class UnreadableImageError(DatasetError):
+    """An image file that cannot be decoded (the message names it).
+
+    A DataLoader worker's exception is re-raised in the main process as
+    ``type(exc)("Caught ... Original Traceback ...")``; only the original message is kept,
+    so the user sees one ``error:`` line naming the file, not a traceback.
+    """
+
+    def __init__(self, problems: Problem | Iterable[Problem]) -> None:
+        if isinstance(problems, str) and problems.startswith("Caught ") and "Traceback" in problems:
+            problems = problems.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(problems)
 
 
 class RunDirectoryError(RecipecError, ValueError):

@@ -142,9 +142,12 @@ def test_a_broken_image_names_its_file_in_plan_and_build(tmp_path, capsys, monke
     assert code == 2 and len(lines) == 2, err
     assert f"unreadable image {tmp_path / 'data' / 'a' / 'junk.png'}" in lines[0]
     assert f"unreadable image {tmp_path / 'data' / 'b' / '3.png'}" in lines[1]
-    code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "run"))
-    assert code == 2 and "unreadable image" in err and "Traceback" not in err, err
-    assert str(tmp_path / "data" / "a" / "junk.png") in err or str(tmp_path / "data" / "b" / "3.png") in err
+    for n, workers in enumerate(("0", "1")):  # from a DataLoader worker too: one line, no traceback
+        code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / f"run{n}"),
+                           "--set", f"data.num_workers={workers}")
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: unreadable image "), err
+        assert str(tmp_path / "data" / "a" / "junk.png") in err or str(tmp_path / "data" / "b" / "3.png") in err
 
 
 def test_skipped_images_are_listed_and_the_order_stays_seeded(tmp_path, capsys, monkeypatch):
@@ -239,24 +242,39 @@ def test_a_source_without_recorded_normalisation_is_said_loudly(tmp_path, capsys
 
 
 def test_smoke_runs_every_phase_of_the_schedule_on_a_few_batches(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
     import tempfile
 
+    monkeypatch.chdir(ROOT)  # the tiny architecture is imported from the working directory
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    code, out, err = run(capsys, "build", str(ROOT / "recipes" / "gradual-unfreezing.yaml"), "--smoke",
-                         "--smoke-batches", "1", "--device", "cpu", "--set", "data.image_size=8",
-                         "--set", "data.batch_size=8")
+    recipe = _write(tmp_path / "phases.yaml", """\
+        name: phases
+        device: cpu
+        model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
+        groups:
+          - {name: low, match: ['^[01]\\.']}
+          - {name: high, match: ['^[34]\\.']}
+          - {name: head, match: ['^8\\.']}
+        freeze: {trainable: [head], unfreeze: {7: [high], 19: [low]}}
+        optimizer: {lr: 1.0e-2, lr_decay: 2.6, scheduler: {name: cosine, warmup_epochs: 3}}
+        data: {dataset: digits, image_size: 8, batch_size: 8}
+        train: {epochs: 30, early_stopping: {patience: 1}}
+    """)
+    code, out, err = run(capsys, "build", str(recipe), "--smoke", "--smoke-batches", "1")
     assert code == 0, err
     where = Path(out.splitlines()[0].split("smoke run into ")[1].split(" ")[0])
-    assert where.parent.parent == tmp_path and where.name == "gradual-unfreezing"
+    assert where.parent.parent == tmp_path and where.name == "phases"
     metrics = [json.loads(line) for line in (where / "metrics.jsonl").read_text().splitlines()]
-    # six phases (head, +layer4, +layer3, +layer2, +layer1, +stem), one epoch each
-    assert [len(m["trainable_groups"]) for m in metrics] == [1, 2, 3, 4, 5, 6]
-    assert all(len(set(m["lr"].values())) == 6 for m in metrics)  # each group at its own lr
+    # three phases (head; high, head; low, high, head), one epoch each, every group at its own lr
+    assert [m["trainable_groups"] for m in metrics] == [["head"], ["high", "head"], ["low", "high", "head"]]
+    assert all(len(set(m["lr"].values())) == 3 for m in metrics)
     plan = json.loads((where / "plan.json").read_text())
-    assert plan["data"]["smoke"]["sizes"] == {"train": 8, "val": 8}
+    assert plan["data"]["smoke"]["sizes"] == {"train": 8, "val": 8} and plan["epochs"] == 3
+    saved = yaml.safe_load((where / "recipe.yaml").read_text())  # what ran, not what the file says
+    assert saved["train"]["epochs"] == 3 and saved["freeze"]["unfreeze"] == {1: ["high"], 2: ["low"]}
     assert (where / "model.safetensors").exists() and (where / "README.md").exists()
-    assert not (tmp_path / "runs").exists()
+    assert not (ROOT / "runs" / "phases").exists()
+    code, _, err = run(capsys, "build", str(recipe), "--smoke", "--resume")
+    assert code == 2 and "--resume" in err
 
 
 def test_smoke_recipe_compresses_the_schedule():

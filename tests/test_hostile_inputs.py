@@ -531,3 +531,22 @@ def test_file_system_errors_escape_control_characters(tmp_path: Path, capsys: py
     (tmp_path / "file\x1b[2J").write_text("")  # a file where a directory should be: the OS refuses
     code, _, err = run(capsys, "schema", "--out", str(tmp_path / "file\x1b[2J" / "x.json"))
     assert code == 2 and "\x1b" not in err and "file\\x1b[2J" in err
+
+
+def test_a_sharded_index_nested_thousands_deep_is_a_clear_error(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    save_file({"w": torch.ones(2)}, tmp_path / "m-00001-of-00001.safetensors")
+    index = tmp_path / "m.safetensors.index.json"
+    deep = "[" * 100_000 + "]" * 100_000
+    index.write_text(f'{{"weight_map": {{"w": "m-00001-of-00001.safetensors"}}, "metadata": {{"a": {deep}}}}}')
+    for command in ("inspect", "convert"):
+        args = [str(index)] if command == "inspect" else [str(index), str(tmp_path / "out.pt")]
+        code, _, err = run(capsys, command, *args)
+        assert code == 2 and "not a readable JSON index" in err and "internal error" not in err
+
+
+def test_provenance_nested_thousands_deep_is_a_clear_error() -> None:
+    from recipec.card.provenance import PROVENANCE_KEY, read_export_metadata
+
+    with pytest.raises(CheckpointError, match="nested too deeply to be provenance"):
+        read_export_metadata({PROVENANCE_KEY: "[" * 100_000 + "]" * 100_000})

@@ -128,7 +128,8 @@ class ModelSpec(_Spec):
     def _timm(self) -> ModelSpec:
         import importlib.util
 
-        if "group_matcher" in self.model_fields_set and not self.arch.startswith("timm/"):
+        # a non-default value, not merely a written one: a dumped recipe.yaml writes every field, defaults included
+        if self.group_matcher != type(self).model_fields["group_matcher"].default and not self.arch.startswith("timm/"):
             raise FieldProblems([(("group_matcher",), f"only applies to timm/<name> architectures, not {self.arch!r}; remove it")])
         if self.arch.startswith("timm/") and importlib.util.find_spec("timm") is None:
             raise FieldProblems([(("arch",), f"{self.arch!r} needs the timm extra, which is not installed: "

@@ -17,7 +17,7 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
-from recipec.errors import DatasetError
+from recipec.errors import DatasetError, UnreadableImageError
 
 __all__ = ["DATASETS", "LAST_BATCH_POLICY", "Data", "build_data", "drops_single_last", "set_epoch"]
 
@@ -213,8 +213,8 @@ class _FileImages(Dataset):
             image = self.source[index][0]
         except (OSError, ValueError, SyntaxError) as exc:  # what PIL raises for a file it cannot decode
             path = self.source.samples[index][0] if hasattr(self.source, "samples") else f"example {index}"
-            raise DatasetError(f"unreadable image {path}: {exc} (fix or remove it, or set data.on_bad_image: skip; "
-                               "`recipec plan` lists every unreadable image)") from exc
+            raise UnreadableImageError(f"unreadable image {path}: {exc} (fix or remove it, or set data.on_bad_image: "
+                                       "skip; `recipec plan` lists every unreadable image)") from exc
         return self.transform(image), self.labels[i]
 
 

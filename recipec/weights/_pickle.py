@@ -294,33 +294,46 @@ def plain_metadata(obj: Any, state_dict_key: str, file: Path | None = None) -> d
 
 _MAX_DEPTH = 100
 _MAX_VALUES = 1_000_000
+_SCALARS = (bool, int, float, str)
 
 
 def _is_plain(value: Any) -> bool | str:
-    """True for plain data, False for anything else, or why plain data cannot be used (cyclic, too deep).
+    """True for plain data, False for anything else, or why plain data cannot be used (cyclic, too deep, too large).
 
-    Iterative, so a hostile nesting cannot exhaust the stack.
+    An iterative depth-first walk, so a hostile nesting cannot exhaust the stack; a list shared
+    many times is walked once, its expanded size (what JSON would write) added up from memo.
     """
-    stack: list[tuple[Any, int, tuple[int, ...]]] = [(value, 0, ())]  # (item, depth, ids of the containers above)
-    seen = 0
+    if value is None or isinstance(value, _SCALARS):
+        return True
+    size: dict[int, int] = {}  # id -> values below it, shared ones counted each time (finished containers)
+    path: set[int] = set()  # ids of the containers being walked: meeting one again is a cycle
+    stack: list[tuple[Any, bool]] = [(value, False)]
     while stack:
-        item, depth, above = stack.pop()
-        seen += 1
-        if seen > _MAX_VALUES:
-            return f"holds more than {_MAX_VALUES:,} values (shared ones counted each time they appear)"
-        if item is None or isinstance(item, (bool, int, float, str)):
+        item, finished = stack.pop()
+        key = id(item)
+        if finished:
+            path.discard(key)
+            size[key] = len(item) + sum(size[id(child)] for child in _containers(item))
+            if size[key] > _MAX_VALUES:
+                return f"holds more than {_MAX_VALUES:,} values (shared ones counted each time they appear)"
             continue
+        if key in size:
+            continue
+        if key in path:
+            return "is cyclic (a list or mapping that contains itself)"
         if not isinstance(item, (list, tuple, Mapping)):
             return False
-        if id(item) in above:
-            return "is cyclic (a list or mapping that contains itself)"
-        if depth >= _MAX_DEPTH:
+        if isinstance(item, Mapping) and not all(isinstance(k, _SCALARS) for k in item):
+            return False
+        if len(path) >= _MAX_DEPTH:
             return f"is nested deeper than {_MAX_DEPTH} levels"
-        inner = (*above, id(item))
-        if isinstance(item, Mapping):
-            if not all(isinstance(k, (str, int, float, bool)) for k in item):
-                return False
-            stack.extend((v, depth + 1, inner) for v in item.values())
-        else:
-            stack.extend((v, depth + 1, inner) for v in item)
+        path.add(key)
+        stack.append((item, True))
+        stack.extend((child, False) for child in _containers(item))
     return True
+
+
+def _containers(item: Any) -> list[Any]:
+    """The children of a list, tuple or mapping that are not scalars (containers, or anything else)."""
+    children = item.values() if isinstance(item, Mapping) else item
+    return [c for c in children if c is not None and not isinstance(c, _SCALARS)]

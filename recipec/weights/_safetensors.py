@@ -48,7 +48,7 @@ def _sharded_layout(index: Path) -> tuple[dict[Path, list[str]], dict[str, str]]
     raw = read_regular(index, what="sharded index", max_bytes=MAX_INDEX_BYTES)
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: [[[...]]] thousands deep
         raise CheckpointError(f"{index}: not a readable JSON index ({_short(exc)})") from exc
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     index_meta = data.get("metadata") or {} if isinstance(data, dict) else {}

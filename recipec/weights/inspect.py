@@ -39,8 +39,10 @@ def inspect_checkpoint(path: str | PathLike[str], *, allow_globals: Sequence[str
         A JSON-serialisable report: ``path``, ``format``, ``files``, ``state_dict_key``,
         ``tensors`` (count), ``total_bytes``, ``parameters`` (elements), ``dtypes``
         (dtype -> count), ``largest`` (top 10 ``{key, shape, dtype, bytes}``), ``keys``
-        (every ``{key, shape, dtype}``, plus ``alias_of`` for a tied name stored once) and
-        ``metadata``.
+        (every ``{key, shape, dtype}``, plus ``alias_of`` for a tied name stored once,
+        ``device: "meta"`` for a tensor without data, ``layout`` for a sparse one),
+        ``unusable`` (the keys of meta and sparse tensors, which ``formats.load`` refuses) and
+        ``metadata``. It may hold NaN (metadata): write it with ``recipec._json.dumps``.
 
     Raises:
         CheckpointError: as ``formats.load``.

@@ -405,7 +405,7 @@ def test_resume_onto_changed_data_is_refused(tmp_path: Path, monkeypatch: pytest
     assert load_state(last)["epoch"] == 3
 
 
-def test_unchanged_data_has_the_same_fingerprint_and_resumes(tmp_path: Path) -> None:
+def test_unchanged_data_keeps_its_fingerprint(tmp_path: Path) -> None:
     for c, name in enumerate(("cat", "dog")):
         for i in range(6):
             _image(tmp_path / "images" / name / f"{i}.png", 30 * i + 100 * c)
@@ -550,7 +550,8 @@ def test_build_saves_and_restores_the_grad_scaler(tmp_path: Path, whole: Path, m
     assert _same_weights(whole, cut)  # power-of-two scales are exact in float32: the weights are the same
 
 
-def test_fit_uses_the_scaler_it_is_given(tmp_path: Path) -> None:
+@pytest.mark.filterwarnings("ignore:.*CUDA is not available")
+def test_a_grad_scaler_only_for_fp16_on_cuda() -> None:
     assert loop.grad_scaler("fp16", torch.device("cpu")) is None
     assert loop.grad_scaler("bf16", torch.device("cuda")) is None
     assert isinstance(loop.grad_scaler("fp16", torch.device("cuda")), torch.amp.GradScaler)

@@ -173,8 +173,8 @@ FAMILIES = [
     ("alexnet", 64, "{}", True),
     ("squeezenet1_1", 32, "{}", False),
     ("convnext_tiny", 32, "{stochastic_depth_prob: 0.5}", True),
-    ("swin_t", 32, "{stochastic_depth_prob: 0.5, dropout: 0.2, attention_dropout: 0.2}", True),
-    ("maxvit_t", 224, "{stochastic_depth_prob: 0.5}", True),
+    ("swin_t", 32, "{dropout: 0.2, attention_dropout: 0.2}", True),  # stochastic depth 0.2, fixed by swin_t
+    ("maxvit_t", 224, "{}", True),  # stochastic depth 0.2 and input size 224, fixed by maxvit_t
     ("efficientnet_b0", 32, "{stochastic_depth_prob: 0.5}", False),
     ("efficientnet_v2_s", 32, "{stochastic_depth_prob: 0.5}", False),
     ("mobilenet_v2", 32, "{}", False),
@@ -215,7 +215,13 @@ def _head_inputs(model: nn.Module, head: nn.Module, x: torch.Tensor, seed: int) 
 def _frozen_body_check(tmp_path: Path, arch: str, size: int, kwargs: str) -> None:
     compiled = compile_recipe(_recipe(tmp_path, arch, kwargs=kwargs, size=size))
     model, groups = compiled.model, compiled.groups
-    head = model.get_submodule(compiled.head_prefix.rstrip("."))
+    # the body ends where the head's group begins: efficientnet's classifier holds a dropout and the
+    # head, and that dropout is the head's (it trains with it)
+    path = compiled.head_prefix.rstrip(".")
+    head_params = set(model.get_submodule(path).parameters())
+    while "." in path and set(model.get_submodule(path.rpartition(".")[0]).parameters()) <= head_params:
+        path = path.rpartition(".")[0]
+    head = model.get_submodule(path)
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     # the family really is random in training mode, and the detector sees a module that makes it so
     model.train()
