@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from recipec.errors import RecipecError
@@ -44,3 +46,20 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'recipec' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """The ``recipec`` package, whose public names win over its submodules of the same name.
+
+    Importing ``recipec.build`` (the module) binds it on the package, which would turn
+    ``recipec.build`` (the function) into a module after its first call; the submodule stays
+    reachable as ``sys.modules["recipec.build"]`` and through ``from recipec.build import ...``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -284,13 +284,24 @@ def _feature_cache(recipe: Recipe, compiled: Any, data: Any, world: Any) -> Any:
         if tuple(compiled.schedule.trainable_at(epoch)) != (head_group,):
             break
         epochs.append(epoch)
-    head_path = compiled.head_prefix.rstrip(".")
+    head_path = _around_group(compiled.model, compiled.head_prefix.rstrip("."), compiled.groups[-1].params)
     if not epochs or cache_refusal(compiled.model, head_path=head_path, head_group=head_group,
                                    groups=compiled.groups, augment=recipe.data.augment,
                                    batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout,
                                    distributed=world.distributed):
         return None
     return HeadCache(compiled.model, head_path, data.train, epochs)
+
+
+def _around_group(model: Any, path: str, params: Any) -> str:
+    """The smallest module around the classifier at ``path`` holding exactly the head group's parameters:
+    timm's head group keeps the classifier's norm (``head.norm`` + ``head.fc``: cache the input of ``head``)."""
+    wanted, inner = set(params), path
+    while path:
+        if {f"{path}.{name}" for name, _ in model.get_submodule(path).named_parameters()} == wanted:
+            return path
+        path = path.rpartition(".")[0]
+    return inner
 
 
 def _check_resumable(recipe: Recipe, saved_yaml: str, run: Path | None = None) -> None:

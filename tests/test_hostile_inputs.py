@@ -550,3 +550,12 @@ def test_provenance_nested_thousands_deep_is_a_clear_error() -> None:
 
     with pytest.raises(CheckpointError, match="nested too deeply to be provenance"):
         read_export_metadata({PROVENANCE_KEY: "[" * 100_000 + "]" * 100_000})
+
+
+def test_a_card_renders_metrics_with_nonfinite_values(fake_run: Path, tmp_path: Path) -> None:
+    line = clean_json.dumps({"epoch": 0, "train_loss": math.nan, "val_loss": math.inf, "val_acc": 0.5})
+    (fake_run / "metrics.jsonl").write_text(line + "\n")
+    assert strict_json(line)["nonfinite"] == {"train_loss": "nan", "val_loss": "inf"}
+    template = tmp_path / "t.md.j2"
+    template.write_text("{{ metrics[-1].train_loss|num }} {{ metrics[-1].val_acc|pct }} {{ {'loss': 'nan'|float}|json }}\n")
+    assert render_card(fake_run, template=template) == '— 50.00 % {"loss": null, "nonfinite": {"loss": "nan"}}\n'

@@ -21,6 +21,7 @@ import jinja2
 import jinja2.sandbox
 import yaml
 
+from recipec import _json as clean_json
 from recipec._atomic import atomic_write_text
 from recipec._files import check_output, check_regular
 from recipec.card._sandbox import LimitedSandbox, TemplateLimit, render_limited
@@ -340,6 +341,6 @@ _FILTERS: dict[str, Any] = {
     "sig4": lambda x: float(f"{x:.4g}"),
     "size": _size,
     # JSON is valid YAML: front matter values written this way always parse, whatever they hold.
-    "json": lambda value: json.dumps(value, ensure_ascii=False),
+    "json": lambda value: clean_json.dumps(value, ensure_ascii=False),  # NaN: null
     "cell": lambda value: str(value).replace("|", "\\|").replace("\n", " "),
 }

@@ -284,21 +284,21 @@ def replace_timm_head(model: nn.Module, arch: str, *, num_classes: int, type: st
     if not paths:
         raise ModelError((("model", "head"), f"{arch}: timm names no classifier layer; set model.head.at"))
     new_modules = []
+    widths = []
     for path in paths:
         layer = model.get_submodule(path)
         conv = isinstance(layer, nn.Conv2d)
-        in_features = layer.in_channels if conv else layer.in_features  # type: ignore[union-attr]
+        width = int(layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features)  # type: ignore[arg-type]
         device, dtype = _placement(layer)
-        head = build_head(int(in_features), num_classes=num_classes, type=type, hidden=hidden,  # type: ignore[arg-type]
+        head = build_head(width, num_classes=num_classes, type=type, hidden=hidden,  # type: ignore[arg-type]
                           dropout=dropout, activation=activation, conv=conv, device=device, dtype=dtype)  # type: ignore[arg-type]
         set_module(model, path, head)
         new_modules.append(head)
+        widths.append(width)
     notes = tuple(f"distillation head {p}: {old.get(p, '?')}  ->  {_short(m)} (averaged with {paths[0]}'s logits)"
                   for p, m in zip(paths[1:], new_modules[1:]))
     main = new_modules[0]
-    first = next(m for m in main.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
-    in_features = first.in_features if isinstance(first, nn.Linear) else first.in_channels
-    return HeadInfo(path=paths[0], in_features=in_features, old=old.get(paths[0], old_paths[0] if old_paths else "?"),
+    return HeadInfo(path=paths[0], in_features=widths[0], old=old.get(paths[0], old_paths[0] if old_paths else "?"),
                     new=_short(main), param_prefix=f"{paths[0]}.",
                     num_params=sum(p.numel() for m in new_modules for p in m.parameters()), notes=notes,
                     aux_prefixes=tuple(f"{p}." for p in paths[1:]))

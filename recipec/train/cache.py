@@ -101,7 +101,8 @@ class HeadCache:
         if self.features is not None:
             return True
         captured: list[torch.Tensor] = []
-        hook = self.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+        # a copy: an inplace first layer of the head (ReLU(inplace=True)) would change the tensor kept
+        hook = self.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().clone()))
         modes = {m: m.training for m in self.model.modules()}  # BN of frozen groups may be in eval already
         self.model.eval()  # the frozen prefix computes in eval mode while cached: same numbers
         labels = []

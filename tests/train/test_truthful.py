@@ -202,7 +202,8 @@ def test_cache_is_exact_for_every_family(tmp_path, arch, size, kwargs, cached) -
 
 def _head_inputs(model: nn.Module, head: nn.Module, x: torch.Tensor, seed: int) -> torch.Tensor:
     seen: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    # a copy: an inplace dropout at the start of the head would change the tensor seen
+    hook = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
     try:
         torch.manual_seed(seed)
         with torch.no_grad():
