@@ -27,7 +27,7 @@ import torch
 
 from recipec import _json as clean_json
 from recipec._atomic import atomic_write_text
-from recipec.errors import BuildInterrupted, RecipeError, RunDirectoryError
+from recipec.errors import BuildInterrupted, RecipecError, RecipeError, RunDirectoryError
 from recipec.recipe.load import dump_recipe
 from recipec.recipe.spec import Recipe
 from recipec.rundir import claim_run_directory
@@ -263,11 +263,12 @@ def _same_recipe(built: Path, recipe: Recipe) -> bool:
     """Whether a run's ``recipe.yaml`` (paths relative to its directory, or absolute) is ``recipe``."""
     import yaml
 
+    from recipec.recipe._yaml import read_embedded
     from recipec.recipe.load import resolve_paths
 
     try:
-        saved = resolve_paths(yaml.safe_load(built.read_text()), built.parent)
-    except (OSError, yaml.YAMLError):
+        saved = resolve_paths(read_embedded(built.read_text(), str(built)), built.parent)
+    except (OSError, RecipecError):
         return False
     return bool(saved == yaml.safe_load(dump_recipe(recipe)))
 
@@ -308,10 +309,12 @@ def _check_resumable(recipe: Recipe, saved_yaml: str, run: Path | None = None) -
     """A resumed run must be the same recipe; only train.epochs may grow."""
     import yaml
 
+    from recipec.recipe._yaml import read_embedded
     from recipec.recipe.load import resolve_paths
 
     # the saved text has paths relative to the run directory (where it was then, and is now)
-    saved = resolve_paths(yaml.safe_load(saved_yaml), run) if run is not None else yaml.safe_load(saved_yaml)
+    saved = read_embedded(saved_yaml, "the training state's recipe")
+    saved = resolve_paths(saved, run) if run is not None else saved
     now = yaml.safe_load(dump_recipe(recipe))
     saved.get("train", {}).pop("epochs", None)
     now.get("train", {}).pop("epochs", None)

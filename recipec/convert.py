@@ -24,7 +24,7 @@ from recipec import _json as clean_json
 from recipec._atomic import atomic_path
 from recipec._files import check_output, require_path
 from recipec.card.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
-from recipec.errors import CheckpointError, ExportError
+from recipec.errors import CheckpointError, ExportError, RecipecError
 from recipec.recipe.spec import Recipe
 from recipec.weights import formats
 
@@ -136,11 +136,12 @@ def _moved_recipe(recipe_yaml: str, source_dir: Path, target_dir: Path) -> str:
     """The carried recipe with its relative paths (relative to the source's run directory) following the file."""
     import yaml
 
+    from recipec.recipe._yaml import read_embedded
     from recipec.recipe.load import relative_paths, resolve_paths
 
     try:
-        data = yaml.safe_load(recipe_yaml)
-    except yaml.YAMLError:
+        data = read_embedded(recipe_yaml, str(source_dir))
+    except RecipecError:
         return recipe_yaml  # damaged: carried as it is, and reported where it is read
     if not isinstance(data, dict) or source_dir.resolve() == target_dir.resolve():
         return recipe_yaml
@@ -261,13 +262,13 @@ def _cast(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[
 
 
 def _embedded_recipe(metadata: Mapping[str, str], source: Path) -> Recipe:
-    import yaml
+    from recipec.recipe._yaml import read_embedded
 
     recipe_yaml, _ = read_export_metadata(metadata)
     if recipe_yaml is None:
         raise CheckpointError(f"{source}: the checkpoint carries no recipe, so the architecture is unknown; pass --recipe")
     try:
-        return Recipe.model_validate(yaml.safe_load(recipe_yaml))
+        return Recipe.model_validate(read_embedded(recipe_yaml, str(source)))
     except Exception as exc:  # pydantic or YAML: the embedded recipe is damaged
         raise CheckpointError(f"{source}: the embedded recipe is not valid ({_first_line(exc)}); pass --recipe") from exc
 

@@ -17,7 +17,6 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 
 from recipec.errors import CheckpointError, ModelError, UntrustedFactoryError
@@ -42,10 +41,11 @@ def read_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], Any]
         raise CheckpointError(f"{path}: has no recipec recipe in its metadata, so the architecture is unknown; "
                               "load its state dict with recipec.weights.load_state_dict instead")
     try:
+        from recipec.recipe._yaml import read_embedded
         from recipec.recipe.load import resolve_paths
 
         # paths in the embedded recipe are relative to the run directory the export was written into
-        recipe = Recipe.model_validate(resolve_paths(yaml.safe_load(recipe_yaml), Path(path).parent))
+        recipe = Recipe.model_validate(resolve_paths(read_embedded(recipe_yaml, str(path)), Path(path).parent))
     except Exception as exc:  # pydantic or YAML: the embedded recipe is damaged
         raise CheckpointError(f"{path}: the embedded recipe is not valid: {exc}") from exc
     return recipe, provenance, checkpoint

@@ -430,3 +430,21 @@ def test_a_users_own_recipe_naming_a_builtin_is_refused(tmp_path: Path, capsys: 
     assert code == 2 and "model.arch" in err and "standard library" in err, err
     assert not marker.exists()
 
+
+
+BOMB = "\n".join(["name: bomb", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+                 + [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+                    f"*a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]) + "\n"
+
+
+@pytest.mark.parametrize("text", [
+    BOMB,                                              # "billion laughs": 10**9 values once expanded
+    "name: &a [*a]\n",                                  # an alias inside itself
+    "name: !!python/object/apply:os.system [echo]\n",  # a tag
+    "[" * 5000 + "]" * 5000,                           # nested past the recursion limit
+])
+def test_an_embedded_recipe_is_read_with_a_recipe_files_limits(tmp_path: Path, text: str) -> None:
+    path = formats.save(_state(), tmp_path / "model.safetensors",
+                        metadata=export_metadata(recipe_yaml=text, provenance={}))[0]
+    with pytest.raises(recipec.errors.CheckpointError, match="embedded recipe is not valid"):
+        recipec.load(path)

@@ -26,6 +26,7 @@ from recipec._atomic import atomic_write_text
 from recipec._files import check_output, check_regular
 from recipec.card._sandbox import LimitedSandbox, TemplateLimit, render_limited
 from recipec.errors import RecipeError, RunDirectoryError
+from recipec.recipe._yaml import read_embedded
 
 __all__ = ["DEFAULT_TEMPLATE", "card_context", "render_card", "write_card"]
 
@@ -74,7 +75,7 @@ def card_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise RunDirectoryError([f"{run}: {name} is missing; a card needs a run that finished at least one epoch"
                                  for name in missing])
     recipe_yaml = (run / "recipe.yaml").read_text(encoding="utf-8")
-    recipe = _parse(run / "recipe.yaml", recipe_yaml, yaml.safe_load)
+    recipe = _parse(run / "recipe.yaml", recipe_yaml, lambda text: read_embedded(text, str(run / "recipe.yaml")))
     metrics = [_parse(run / "metrics.jsonl", line, json.loads)
                for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     if not metrics:

@@ -217,6 +217,22 @@ def parse_value(text: str, label: str) -> Any:
         raise RecipeError(f"{label}: nested too deeply") from None
 
 
+def read_embedded(text: str, origin: str) -> Any:
+    """Recipe text that came inside a file recipec did not get from the user (an export's metadata,
+    a training state, a run directory's recipe.yaml), read with a recipe file's limits: plain
+    mappings and lists only, no tags, no self-referring or exploding aliases, no duplicate keys.
+
+    Raises:
+        RecipeError: ``origin: ...`` when the text is not such YAML.
+    """
+    if not isinstance(text, str):
+        raise RecipeError(f"{origin}: the recipe is a {type(text).__name__}, not text")
+    try:
+        return _read_yaml(text, origin)[0]
+    except RecursionError:
+        raise RecipeError(f"{origin}: the recipe is nested too deeply") from None
+
+
 def _read_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     try:
         loader = _Loader(text, file)  # checks for unprintable characters already

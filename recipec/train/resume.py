@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from recipec.card.provenance import file_digest
-from recipec.errors import RunDirectoryError
+from recipec.errors import RecipecError, RunDirectoryError
+from recipec.recipe._yaml import read_embedded
 from recipec.recipe.spec import Recipe
 from recipec.train.schedule import lr_factor, scheduler_kwargs
 from recipec.train.state import latest_state
@@ -55,7 +55,10 @@ def run_identity(recipe: Recipe, data: Any) -> dict[str, Any]:
 
 def saved_epochs(state: dict[str, Any]) -> int | None:
     """The ``train.epochs`` of the recipe a training state was saved under (None when unreadable)."""
-    saved = yaml.safe_load(state["recipe"])
+    try:
+        saved = read_embedded(state["recipe"], "the training state's recipe")
+    except RecipecError:
+        return None
     epochs = saved.get("train", {}).get("epochs") if isinstance(saved, dict) else None
     return epochs if type(epochs) is int else None
 
