@@ -84,7 +84,7 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     with _cwd_importable():
         model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None,
                                        weights=spec.weights)
-    keep_fixed(model)  # what the architecture freezes itself stays frozen (a replaced head is new)
+    fixed = keep_fixed(model)  # what the architecture freezes itself stays frozen (a replaced head is new)
     head_info = None
     if spec.head is not None:
         head_info = heads.replace_head(
@@ -122,6 +122,7 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
         conv = zoo.first_conv_path(model)
         before = list(_weight(model, conv).shape)
         zoo.set_input_channels(model, spec.in_channels)
+        keep_fixed(model, fixed)  # a fixed first convolution stays fixed when rebuilt
         if "model.weights" in reports:  # the pretrained filters were adapted, not re-initialised
             reports["model.weights"].adapted.append({
                 "key": f"{conv}.weight", "rule": "input_channels",

@@ -372,14 +372,18 @@ def _group_name(param: str, matcher: Any, used: set[str]) -> str:
 def _outermost(members: list[str], params: list[str]) -> list[str]:
     """The shortest module prefixes (or parameter names) that cover ``members`` and nothing else."""
     member_set = set(members)
+    under: dict[str, list[str]] = {}  # module prefix -> the parameters below it
+    for param in params:
+        parts = param.split(".")
+        for k in range(1, len(parts)):
+            under.setdefault(".".join(parts[:k]), []).append(param)
     out: list[str] = []
     for name in members:
         parts = name.split(".")
         chosen = name
         for k in range(1, len(parts)):
             prefix = ".".join(parts[:k])
-            under = [p for p in params if p.startswith(prefix + ".")]
-            if under and all(p in member_set for p in under):
+            if all(p in member_set for p in under[prefix]):
                 chosen = prefix
                 break
         if chosen not in out:

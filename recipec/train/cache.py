@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from recipec.train.freezing import set_train_mode
 from recipec.train.modes import differs_in_training
@@ -93,13 +93,22 @@ class HeadCache:
         self.epochs = frozenset(epochs)
         self.features: torch.Tensor | None = None   # (examples, *head input shape)
         self.labels: torch.Tensor | None = None     # (examples,)
+        self.refused: str | None = None             # why fill gave up (then for good)
 
     @torch.no_grad()
     def fill(self, device: torch.device, amp: str = "none") -> bool:
         """Compute the cache (once), under the autocast the uncached forward uses (``amp``, as
-        ``train.amp``); False when it would be too large to keep."""
+        ``train.amp``); False (and :attr:`refused` says why, for good) when it would be too large to
+        keep, or when the body's output for an example depends on the other examples of its batch.
+
+        That last check runs the last examples again as one batch in reverse order and wants the
+        same bits: most architectures compute each example alone, but some kernels do not (maxvit_t
+        on CPU differs by ~3e-7), and the cached epochs mix examples into other batches than the fill.
+        """
         if self.features is not None:
             return True
+        if self.refused is not None:
+            return False
         captured: list[torch.Tensor] = []
         # a copy: an inplace first layer of the head (ReLU(inplace=True)) would change the tensor kept
         hook = self.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().clone()))
@@ -118,12 +127,22 @@ class HeadCache:
                     self.model(x.to(device))
                 labels.append(y)
                 if sum(t.numel() * t.element_size() for t in captured) > _MAX_BYTES:
+                    self.refused = f"the head inputs would take more than {_MAX_BYTES / 1024**3:g} GiB"
                     return False
+            features = torch.cat(captured)
+            probe = list(range(len(features) - 1, max(len(features) - (self.loader.batch_size or 1), 0) - 1, -1))
+            for x, _ in DataLoader(Subset(self.loader.dataset, probe), batch_size=len(probe), shuffle=False,
+                                   generator=torch.Generator()):
+                with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+                    self.model(x.to(device))
+            if not torch.equal(captured[-1], features[probe]):
+                self.refused = "the body's output for an example depends on the rest of its batch (float rounding)"
+                return False
         finally:
             hook.remove()
             for module, training in modes.items():
                 module.training = training
-        self.features = torch.cat(captured)
+        self.features = features
         self.labels = torch.cat(labels).to(device)
         return True
 

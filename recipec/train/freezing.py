@@ -1,10 +1,10 @@
-"""Which layer groups train at each epoch, and what BatchNorm of frozen groups does.
+"""Which layer groups train at each epoch, and what BatchNorm (and the rest) of frozen groups does.
 
 A schedule is compiled once, before training, into a table ``table[epoch][group]`` so the
 plan can show it. The fit loop then calls, at the start of each epoch::
 
     apply_trainable(model, groups, schedule.trainable_at(epoch))
-    set_train_mode(model, groups, schedule.trainable_at(epoch), batchnorm=batchnorm)
+    set_train_mode(model, groups, schedule.trainable_at(epoch), batchnorm=batchnorm, dropout=dropout)
 
 and calls :func:`set_train_mode` again wherever it would call ``model.train()`` (e.g. after
 validation), because ``model.train()`` puts every BatchNorm back into training mode.
@@ -16,7 +16,7 @@ parameter has ``requires_grad=False`` and ``grad=None``, which AdamW, Adam and S
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -160,16 +160,17 @@ def apply_trainable(model: nn.Module, groups: Sequence[LayerGroup], trainable: I
             param.grad = None
 
 
-def keep_fixed(model: nn.Module) -> list[str]:
+def keep_fixed(model: nn.Module, names: Collection[str] | None = None) -> list[str]:
     """Mark the parameters the architecture itself keeps frozen (``requires_grad=False``); return their names.
 
     Call it on the freshly built architecture: :func:`apply_trainable` never makes a marked
     parameter trainable, whatever its group does (a factory's fixed filters or embeddings
-    stay as the architecture defines them).
+    stay as the architecture defines them). ``names``: mark these instead (again, after a
+    module was rebuilt, e.g. the first convolution for ``in_channels``).
     """
     fixed = []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
+        if (not param.requires_grad) if names is None else name in names:
             setattr(param, _FIXED, True)
             fixed.append(name)
     return fixed

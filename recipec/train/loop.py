@@ -115,6 +115,7 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
             "trainable_groups": list(trainable),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "feature_cache": cached,
+            **({"feature_cache_refused": cache.refused} if cache is not None and cache.refused else {}),
             "seconds": round(time.perf_counter() - started, 3),
         }
         history.append(metrics)

@@ -130,9 +130,11 @@ def random_layer_modes(model: nn.Module, groups: Sequence[LayerGroup], trainable
 
 
 def differs_in_training(module: nn.Module) -> bool:
-    """:func:`depends_on_training`, except dropout and stochastic depth that drop nothing (``p == 0``)."""
+    """:func:`depends_on_training`, except dropout, stochastic depth and attention that drop nothing (``p == 0``)."""
     from torchvision.ops import StochasticDepth
 
     if isinstance(module, (nn.modules.dropout._DropoutNd, StochasticDepth)) and module.p == 0:
+        return False
+    if type(module) is nn.MultiheadAttention and module.dropout == 0:  # `training` only gates its dropout
         return False
     return depends_on_training(module)

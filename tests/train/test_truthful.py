@@ -43,6 +43,18 @@ def random_body(num_classes: int = 10) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8, num_classes))
 
 
+class _BatchMix(nn.Module):
+    # deterministic and mode-free, but each example's output depends on the rest of its batch
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1e-3 * x.mean(0, keepdim=True)
+
+
+def batch_mixing(num_classes: int = 10) -> nn.Module:
+    """tiny_cnn's shape with a module that mixes the examples of a batch before the head (index 8)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), _BatchMix(), nn.Linear(8, num_classes))
+
+
 def fixed_filter_net(num_classes: int = 10) -> nn.Module:
     """A tiny CNN whose first convolution is a fixed filter bank (requires_grad=False), as some factories define."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
@@ -165,6 +177,16 @@ def test_cache_is_exact_under_bf16_autocast(tmp_path, arch) -> None:
     assert used == [True, True] and differ == []
 
 
+def test_cache_refuses_a_body_whose_outputs_depend_on_the_batch(tmp_path) -> None:
+    recipe = _recipe(tmp_path, "tests.train.test_truthful:batch_mixing", groups=_GROUPS)
+    cached, history, _ = _train(recipe)
+    full, _, _ = _train(_recipe(tmp_path, "tests.train.test_truthful:batch_mixing", "train.feature_cache=off",
+                                groups=_GROUPS))
+    assert [m["feature_cache"] for m in history] == [False, False]
+    assert "depends on the rest of its batch" in history[0]["feature_cache_refused"]
+    assert all(torch.equal(cached[k], full[k]) for k in cached)
+
+
 # Every torchvision family with randomness in its body (dropout of any kind, stochastic depth,
 # attention dropout), at the smallest input it takes; the kwargs switch randomness on where it is off by default.
 # (arch, image size, kwargs, cache expected: False where torchvision's own classifier dropout sits in the head module)
@@ -174,7 +196,9 @@ FAMILIES = [
     ("squeezenet1_1", 32, "{}", False),
     ("convnext_tiny", 32, "{stochastic_depth_prob: 0.5}", True),
     ("swin_t", 32, "{dropout: 0.2, attention_dropout: 0.2}", True),  # stochastic depth 0.2, fixed by swin_t
-    ("maxvit_t", 224, "{}", True),  # stochastic depth 0.2 and input size 224, fixed by maxvit_t
+    # stochastic depth 0.2 and input size 224, fixed by maxvit_t; its CPU kernels make an example's
+    # output depend on the rest of the batch (~3e-7), which the cache's check sees: no cache
+    ("maxvit_t", 224, "{}", False),
     ("efficientnet_b0", 32, "{stochastic_depth_prob: 0.5}", False),
     ("efficientnet_v2_s", 32, "{stochastic_depth_prob: 0.5}", False),
     ("mobilenet_v2", 32, "{}", False),
@@ -304,6 +328,11 @@ def test_parameters_the_architecture_freezes_never_train(tmp_path) -> None:
     after, history, _ = _train(recipe)
     assert torch.equal(after["0.weight"], before) and not torch.equal(after["3.weight"], compiled.model[3].weight)
     assert history[0]["trainable_params"] == total - 108
+    # a fixed first convolution rebuilt for in_channels stays fixed
+    gray = compile_recipe(_recipe(tmp_path, "tests.train.test_truthful:fixed_filter_net", "freeze.trainable=null",
+                                  "model.in_channels=1", groups=_GROUPS))
+    assert not gray.model[0].weight.requires_grad and gray.model[0].weight.shape == (4, 1, 3, 3)
+    assert gray.plan.to_dict()["fixed_parameters"] == {"tensors": ["0.weight"], "params": 36}
 
 
 # --------------------------------------------------------------------------- 8.10 a last batch of one

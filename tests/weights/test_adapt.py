@@ -120,7 +120,7 @@ def test_class_subset_names_every_index_out_of_range() -> None:
 
 
 def test_rules_are_the_recipe_choices() -> None:
-    assert RULES == ("input_channels", "truncate_pad", "class_subset")
+    assert RULES == ("input_channels", "truncate_pad", "class_subset", "pos_embed")
 
 
 def test_apply_rule_dispatches_and_checks_the_shape(rgb_weight: torch.Tensor) -> None:
