@@ -32,7 +32,7 @@ from recipec.recipe.load import dump_recipe
 from recipec.recipe.spec import Recipe
 from recipec.rundir import claim_run_directory
 
-__all__ = ["build", "resolve_upstream", "run_directory"]
+__all__ = ["build", "plan_recipe", "resolve_upstream", "run_directory"]
 
 def run_directory(recipe: Recipe, out: str | Path | None = None) -> Path:
     """Where a build of ``recipe`` writes: ``out``, else ``runs/<name>``."""
@@ -130,11 +130,8 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         data = smoke_data(data, smoke)
     if world.distributed:
         data.train = shard_loader(data.train, world, recipe.seed)
-    if recipe.model.head is not None and recipe.model.head.num_classes != len(data.classes):
-        raise RecipeError([(("model", "head", "num_classes"),
-                            f"is {recipe.model.head.num_classes} but the data has {len(data.classes)} classes "
-                            f"({', '.join(data.classes[:10])}{', ...' if len(data.classes) > 10 else ''})")])
-    steps = math.ceil(len(data.train) / recipe.train.accumulate)
+    _check_classes(recipe, data)
+    steps = _steps_per_epoch(recipe, data)
     identity = run_identity(recipe, data)  # kept in every training state; a resume must match it
     if state is not None:
         check_same_run(recipe, state, identity, steps, say)
@@ -350,14 +347,51 @@ def _diff(a: Any, b: Any, path: tuple[str, ...]) -> list[str]:
     return [] if a == b else [".".join(path)]
 
 
+def plan_recipe(recipe: Recipe, *, device: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """What ``recipec plan`` shows: the compiled recipe and the plan.json a one-process build would write.
+
+    The data is built (listed and split, not trained on) so that the lr table is tabulated at
+    the real optimizer steps per epoch: a per-step schedule (onecycle, warmup) is at a different
+    point at the start of each epoch with 10 steps per epoch than with 1.
+
+    Raises:
+        RecipecError: the data does not fit the recipe, or the recipe does not compile.
+    """
+    from recipec.compiler import compile_recipe
+    from recipec.train.data import build_data
+
+    data = build_data(**_data_kwargs(recipe))
+    _note_data(recipe, data, lambda line: None)
+    _check_classes(recipe, data)
+    steps = _steps_per_epoch(recipe, data)
+    compiled = compile_recipe(recipe, device=device, steps_per_epoch=steps)
+    return compiled, compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": 1}
+
+
+def _check_classes(recipe: Recipe, data: Any) -> None:
+    if recipe.model.head is not None and recipe.model.head.num_classes != len(data.classes):
+        raise RecipeError([(("model", "head", "num_classes"),
+                            f"is {recipe.model.head.num_classes} but the data has {len(data.classes)} classes "
+                            f"({', '.join(data.classes[:10])}{', ...' if len(data.classes) > 10 else ''})")])
+
+
+def _steps_per_epoch(recipe: Recipe, data: Any) -> int:
+    """Optimizer steps per epoch: batches (the single last one dropped, see data) over accumulation."""
+    return math.ceil(len(data.train) / recipe.train.accumulate)
+
+
 def _data_kwargs(recipe: Recipe) -> dict[str, Any]:
-    from recipec.compiler import resolve_normalization
+    from recipec.compiler import resolve_normalization, resolve_preprocessing
 
     d = recipe.data
     # from_weights follows the weights the model ends up with: a recipec source's recorded normalisation first
     normalization, _ = resolve_normalization(recipe)
+    rule = resolve_preprocessing(recipe)  # data.image_size / data.resize against the weights' preprocessing
+    shorter = rule["rule"] == "shorter_side"
     return {"on_bad_image": d.on_bad_image, "dataset": d.dataset, "root": d.root, "classes": d.classes, "per_class": d.per_class,
-            "val_fraction": d.val_fraction, "image_size": d.image_size, "normalize": d.normalize,
+            "val_fraction": d.val_fraction, "image_size": rule["image_size"], "normalize": d.normalize,
+            "resize_size": rule["resize_size"] if shorter else None, "interpolation": rule["interpolation"],
+            "crop_mode": rule["crop_mode"] or "center",
             "augment": d.augment, "batch_size": d.batch_size, "num_workers": d.num_workers, "seed": recipe.seed,
             "in_channels": recipe.model.in_channels, "weights_normalization": normalization,
             "num_classes": recipe.model.head.num_classes if recipe.model.head else None}
@@ -365,10 +399,13 @@ def _data_kwargs(recipe: Recipe) -> dict[str, Any]:
 
 def _note_data(recipe: Recipe, data: Any, say: Callable[[str], None]) -> None:
     """Record where the normalisation came from; say what the user must not miss (no normalisation, skipped files)."""
-    from recipec.compiler import NOT_NORMALISED, resolve_normalization
+    from recipec.compiler import NOT_NORMALISED, resolve_normalization, resolve_preprocessing
 
     stats, origin = resolve_normalization(recipe)
     data.info["normalize"] = {**data.info.get("normalize", {}), "from": origin}
+    if "resize" in data.info:  # what was applied, with the weights' crop_pct and where the rule came from
+        rule = resolve_preprocessing(recipe)
+        data.info["resize"] |= {k: rule[k] for k in ("crop_pct", "from", "summary")}
     if stats is None and recipe.data.normalize == "from_weights":
         data.info["normalize"]["applied"] = f"none ({origin})"
         if origin.startswith(NOT_NORMALISED[:20]):

@@ -242,19 +242,20 @@ def plan(recipe: str, overrides: tuple[str, ...], device: str | None, as_json: b
         overrides = (*overrides, f"device={device}")
     spec = _load(recipe, overrides)
     try:
-        from recipec.build import resolve_upstream
-        from recipec.compiler import compile_recipe
-
+        from recipec.build import plan_recipe, resolve_upstream
         from recipec.checks import check_inputs
 
         check_inputs(spec, scan_images=True)  # every missing path and data problem at once, before compiling
-        compiled = compile_recipe(resolve_upstream(spec, build_missing=False))
+        compiled, planned = plan_recipe(resolve_upstream(spec, build_missing=False))
     except RecipecError as exc:
         raise _locate(exc, spec) from exc
     if as_json:
-        click.echo(clean_json.dumps(compiled.plan.to_dict(), indent=2))
+        click.echo(clean_json.dumps(planned, indent=2))
     else:
+        info = planned["data"]
         click.echo(escape(compiled.plan.text()))  # key names come from the source checkpoint
+        click.echo(f"data: {info['sizes']['train']} training / {info['sizes']['val']} validation examples, "
+                   f"{planned['steps_per_epoch']} optimizer step(s) per epoch")
 
 
 @cli.command()

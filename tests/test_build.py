@@ -224,3 +224,16 @@ def test_feature_cache_trains_the_head_like_full_passes(tmp_path):
 def test_feature_cache_stays_off_when_the_prefix_is_random(tmp_path):
     run = build(_recipe(tmp_path, "train.epochs=2"), out=tmp_path / "run")  # hflip augmentation
     assert [m["feature_cache"] for m in _metrics(run)] == [False, False]
+
+
+def test_resuming_an_early_stopped_run_trains_no_further(tmp_path):
+    recipe = _recipe(tmp_path, "train.epochs=5", "train.early_stopping={metric: val_loss, patience: 1, min_delta: 100}")
+    run = build(recipe, out=tmp_path / "run")
+    stopped = _metrics(run)
+    assert len(stopped) == 2 and stopped[-1]["early_stopped"]
+    before = load_file(run / "model.safetensors")
+    (run / "model.safetensors").unlink()  # as if interrupted after the last checkpoint, before the exports
+    build(recipe, out=tmp_path / "run", resume=True)
+    assert [m["epoch"] for m in _metrics(run)] == [0, 1]
+    after = load_file(run / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)

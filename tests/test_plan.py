@@ -69,3 +69,25 @@ def test_random_init_still_has_a_load_report(tmp_path):
     data = compile_recipe(load_recipe(tmp_path / "r.yaml")).plan.to_dict()
     assert data["load_report"]["loaded"] == [] and data["load_report"]["renamed"] == {}
     assert data["reports"] == {}
+
+
+def test_cli_plan_tabulates_at_the_real_steps_per_epoch(tmp_path, capsys):
+    """onecycle is a per-step schedule: `recipec plan` must show the lrs the build then uses."""
+    from recipec.build import build
+    from recipec.cli import main
+    from tests.test_build import TINY
+
+    path = tmp_path / "r.yaml"
+    path.write_text(textwrap.dedent(TINY).replace("scheduler: {name: cosine}", "scheduler: {name: onecycle}"))
+    with pytest.raises(SystemExit) as info:
+        main(["plan", str(path), "--json"])
+    assert info.value.code == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["steps_per_epoch"] > 1
+    run = build(load_recipe(path), out=tmp_path / "run")
+    built = json.loads((run / "plan.json").read_text())
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert planned["steps_per_epoch"] == built["steps_per_epoch"]
+    for group in planned["groups"]:
+        assert group["lr"] == pytest.approx([m["lr"][group["name"]] for m in metrics], rel=1e-9)
+    assert [g["lr"] for g in planned["groups"]] == [g["lr"] for g in built["groups"]]

@@ -71,6 +71,8 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
     world = world or World()
     scaler = scaler if scaler is not None else grad_scaler(amp, device)
     best, stale = _early_stopping_state(history, early_stopping)
+    if history and history[-1].get("early_stopped"):
+        return history  # a resumed run that had already stopped early: nothing is left to train
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         trainable = schedule.trainable_at(epoch)

@@ -56,7 +56,7 @@ REFUSED: list[tuple[str, str]] = [
     ("source={checkpoint: a.pt, exclude: ['a{4294967296}']}",
      "source.exclude.0: 'a{4294967296}' is not a valid regular expression: the repetition number is too large"),
     ("source={checkpoint: a.pt, adapt: [{match: x, rule: flip}]}",
-     "source.adapt.0.rule: must be one of input_channels, truncate_pad, class_subset, got 'flip'"),
+     "source.adapt.0.rule: must be one of input_channels, truncate_pad, class_subset, pos_embed, got 'flip'"),
     ("source={checkpoint: a.pt, adapt: [{match: '(', rule: input_channels}]}", f"source.adapt.0.match: {BAD_REGEX}"),
     ("source={checkpoint: a.pt, adapt: [{match: x, rule: class_subset}]}",
      "source.adapt.0.rule: class_subset needs indices: the source classes to keep, e.g. indices: [0, 3, 7]"),
