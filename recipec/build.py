@@ -317,8 +317,12 @@ def _check_resumable(recipe: Recipe, saved_yaml: str, run: Path | None = None) -
     now.get("train", {}).pop("epochs", None)
     if saved != now:
         changed = sorted(_diff(saved, now, ()))
-        raise RunDirectoryError([f"--resume: the recipe changed since the checkpoint at {p or '(root)'}; "
-                             "resume with the recipe.yaml of the run, or start a new run" for p in changed[:10]])
+        raise RunDirectoryError([
+            f"--resume: {p} is not in the checkpoint's recipe: it was made by an earlier recipec, which had no such "
+            "key (its behaviour there may differ); finish the run with that version, or start a new run"
+            if _absent(saved, p) else
+            f"--resume: the recipe changed since the checkpoint at {p or '(root)'}; "
+            "resume with the recipe.yaml of the run, or start a new run" for p in changed[:10]])
 
 
 _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # recipec._atomic's temporary files
@@ -345,6 +349,14 @@ def _diff(a: Any, b: Any, path: tuple[str, ...]) -> list[str]:
             out += _diff(a.get(key), b.get(key), (*path, str(key)))
         return out
     return [] if a == b else [".".join(path)]
+
+
+def _absent(data: Any, dotted: str) -> bool:
+    for key in dotted.split(".") if dotted else ():
+        if not isinstance(data, dict) or key not in {str(k) for k in data}:
+            return True
+        data = next(v for k, v in data.items() if str(k) == key)
+    return False
 
 
 def plan_recipe(recipe: Recipe, *, device: str | None = None) -> tuple[Any, dict[str, Any]]:

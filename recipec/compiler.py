@@ -24,7 +24,7 @@ from recipec.errors import CheckpointError, Problem, RecipecError, TransferError
 from recipec.plan import Plan, build_plan
 from recipec.recipe.spec import Recipe
 
-__all__ = ["Compiled", "compile_recipe", "resolve_normalization"]
+__all__ = ["Compiled", "compile_recipe", "resolve_normalization", "resolve_preprocessing"]
 
 
 @dataclass
@@ -159,6 +159,7 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
                       head=head_info, head_prefix=head_prefix, factor_kwargs=factor_kwargs,
                       weights_info=weights_info, normalization=normalization, fixed=fixed_parameters(model))
     stats, origin = resolve_normalization(recipe)
+    plan.data["data_preprocessing"] = resolve_preprocessing(recipe)  # the resize the data will get
     plan.data["data_normalization"] = {"mean": None if stats is None else list(stats[0]),
                                        "std": None if stats is None else list(stats[1]), "from": origin}
     return Compiled(recipe=recipe, model=model, device=target, groups=groups, schedule=schedule,
@@ -209,6 +210,24 @@ def resolve_normalization(recipe: Recipe) -> tuple[tuple[tuple[float, ...], tupl
         weights = "" if recipe.model.weights is None else f" (nor do the transforms of {recipe.model.weights})"
         return None, NOT_NORMALISED.format(source=source, weights=weights)
     return None, "none (no pretrained weights; data.normalize: from_weights)"
+
+
+def resolve_preprocessing(recipe: Recipe) -> dict[str, Any]:
+    """How the data will be resized: :func:`recipec.train.data.resize_rule` for ``data.image_size``,
+    ``data.resize`` and the preprocessing of ``model.weights`` (timm ``pretrained_cfg``,
+    torchvision ``transforms()``); custom factories and ``weights: null`` have none.
+
+    Raises:
+        DatasetError: ``data.image_size: from_weights`` without such weights.
+    """
+    from recipec.model import pretrained
+    from recipec.train.data import resize_rule
+
+    spec = recipe.model
+    preprocessing = None
+    if spec.weights is not None and ":" not in spec.arch:
+        preprocessing = pretrained.weights_preprocessing(spec.arch, spec.weights)
+    return resize_rule(recipe.data.image_size, recipe.data.resize, preprocessing, spec.weights)
 
 
 @contextlib.contextmanager

@@ -297,7 +297,12 @@ def to_onnx(model: nn.Module, recipe: Recipe, target: Path, metadata: dict[str, 
     from recipec.weights.onnx import export_onnx, verify_onnx
 
     options = recipe.export.onnx
-    shape = (1, recipe.model.in_channels, recipe.data.image_size, recipe.data.image_size)
+    side = recipe.data.image_size
+    if not isinstance(side, int):  # data.image_size: from_weights
+        from recipec.compiler import resolve_preprocessing
+
+        side = resolve_preprocessing(recipe)["image_size"]
+    shape = (1, recipe.model.in_channels, side, side)
     # Export and verify under a temporary name: a file that fails verification never appears as dst.
     with atomic_path(target) as tmp:
         try:

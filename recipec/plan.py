@@ -144,7 +144,9 @@ def _render(d: dict[str, Any]) -> str:
     if weights and weights.get("preprocessing"):  # timm's pretrained_cfg: what the weights were trained on
         pre = weights["preprocessing"]
         lines.append(f"pretrain  input {'x'.join(map(str, pre['input_size']))}, {pre['interpolation']} resize, "
-                     f"crop_pct {pre['crop_pct']} ({pre['crop_mode']}); data.image_size is what this run uses")
+                     f"crop_pct {pre['crop_pct']} ({pre['crop_mode']})")
+    if d.get("data_preprocessing"):  # data.image_size and data.resize against the weights' preprocessing
+        lines.append(f"resize    {d['data_preprocessing']['summary']}")
     applied = d.get("data_normalization")
     if applied and applied["mean"]:
         lines.append(f"normalize mean {[round(m, 3) for m in applied['mean']]}, "

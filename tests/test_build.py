@@ -237,3 +237,21 @@ def test_resuming_an_early_stopped_run_trains_no_further(tmp_path):
     assert [m["epoch"] for m in _metrics(run)] == [0, 1]
     after = load_file(run / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_names_a_key_an_older_recipec_did_not_write(tmp_path):
+    import yaml
+
+    from recipec.build import _check_resumable
+    from recipec.recipe.load import dump_recipe
+
+    recipe = _recipe(tmp_path)
+    old = yaml.safe_load(dump_recipe(recipe))
+    del old["freeze"]["dropout"]  # a key added after the checkpoint was written
+    with pytest.raises(RunDirectoryError, match=r"freeze\.dropout is not in the checkpoint's recipe: .*earlier recipec"):
+        _check_resumable(recipe, yaml.safe_dump(old))
+    changed = yaml.safe_load(dump_recipe(recipe))
+    changed["optimizer"]["lr"] = 0.5
+    with pytest.raises(RunDirectoryError, match=r"the recipe changed since the checkpoint at optimizer\.lr"):
+        _check_resumable(recipe, yaml.safe_dump(changed))
+    _check_resumable(recipe, dump_recipe(recipe))  # the same recipe resumes

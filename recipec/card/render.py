@@ -247,6 +247,7 @@ def _data(recipe: dict[str, Any], info: dict[str, Any], weights: str | None) -> 
         "in_channels": info.get("in_channels") or (recipe.get("model") or {}).get("in_channels", 3),
         "normalization": applied if isinstance(applied, dict) else None,
         "normalization_from": sources.get(requested, requested),
+        "resize": (info.get("resize") or {}).get("summary"),  # the resize applied (data.resize), one line
         "normalization_note": applied if isinstance(applied, str) else None,  # "none", "none (no pretrained weights)"
         "augment": info.get("augment", spec.get("augment") or []), "augment_skipped": info.get("augment_skipped") or [],
     }

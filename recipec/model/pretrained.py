@@ -24,7 +24,7 @@ from recipec.errors import ModelError, WeightsUnavailableError
 from recipec.model.zoo import _architectures, _unknown_architecture, family_of
 
 __all__ = ["WeightsInfo", "load_pretrained_state_dict", "normalization_of", "position_embedding_adapts",
-           "resolve_weights", "weights_cache_path", "weights_normalization"]
+           "resolve_weights", "weights_cache_path", "weights_normalization", "weights_preprocessing"]
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -219,6 +219,36 @@ def weights_normalization(arch: str, name: str) -> Normalization | None:
         cfg = pretrained_cfg(arch, name)
         return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
     return normalization_of(resolve_weights(arch, name))
+
+
+def weights_preprocessing(arch: str, name: str) -> dict[str, Any] | None:
+    """How the pretrained weights ``name`` of ``arch`` expect images resized, read without loading them.
+
+    timm: the ``pretrained_cfg`` (``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``);
+    torchvision: the weights' ``transforms()`` (``crop_size``, ``resize_size``, ``interpolation``).
+    Returns ``{"input_size": side, "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode":
+    "center", "resize_size": 256 or None}`` (``resize_size``: torchvision's, for ``input_size``), or
+    None when the weights define no resize.
+
+    Raises:
+        ModelError: unknown architecture or weights name.
+    """
+    if arch.startswith("timm/"):
+        from recipec.model.timm import pretrained_cfg
+
+        cfg = pretrained_cfg(arch, name)
+        if not cfg.input_size:
+            return None
+        return {"input_size": int(cfg.input_size[-2]), "interpolation": str(cfg.interpolation or "bilinear"),
+                "crop_pct": float(cfg.crop_pct or 0.875), "crop_mode": str(cfg.crop_mode or "center"),
+                "resize_size": None}
+    transforms = resolve_weights(arch, name).transforms()
+    crop, resize = getattr(transforms, "crop_size", None), getattr(transforms, "resize_size", None)
+    if not crop or not resize:
+        return None
+    interpolation = getattr(transforms, "interpolation", None)
+    return {"input_size": int(crop[0]), "interpolation": str(getattr(interpolation, "value", "bilinear")),
+            "crop_pct": int(crop[0]) / int(resize[0]), "crop_mode": "center", "resize_size": int(resize[0])}
 
 
 _POS_EMBED = re.compile(r"(^|\.)(pos_embed|pos_embedding)$")

@@ -419,7 +419,8 @@ class Recipe(_Spec):
                 problems.append((("freeze", "unfreeze", epoch),
                                  f"epoch {epoch} never starts (train.epochs is {self.train.epochs}; epochs count from 0)"))
         # Only the input is estimated (activations are larger still): a cheap check for sizes no machine holds.
-        batch_bytes = self.data.batch_size * self.model.in_channels * self.data.image_size ** 2 * 4
+        side = self.data.image_size if isinstance(self.data.image_size, int) else 0  # from_weights: weights' sizes are small
+        batch_bytes = self.data.batch_size * self.model.in_channels * side ** 2 * 4
         if batch_bytes > MAX_INPUT_BYTES:
             problems.append((("data", "batch_size"),
                              f"one input batch alone would take {batch_bytes / 2**30:,.0f} GiB (batch_size "

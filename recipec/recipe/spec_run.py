@@ -10,12 +10,24 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from recipec.recipe._fields import MAX_BATCH, MAX_EPOCHS, ByteSize, FieldProblems, _Spec
+from recipec.recipe._fields import MAX_BATCH, MAX_EPOCHS, ByteSize, FieldProblems, _check_numbers, _Spec
 
 __all__ = ["CardSpec", "DataSpec", "EarlyStoppingSpec", "ExportFormat", "ExportSpec", "OnnxSpec", "TrainSpec"]
 
 
 # --------------------------------------------------------------------------- data
+
+
+def _side(value: object) -> object:
+    # a boolean or "1e3" as in any whole-number field; checked here so a wrong value is one error, not one per member
+    if value == "from_weights":
+        return value
+    number = _check_numbers(int, value)
+    if isinstance(number, int) and not isinstance(number, bool):
+        if not 8 <= number <= 4096:
+            raise ValueError(f"must be {'>= 8' if number < 8 else '<= 4096'}, got {number}")
+        return number
+    raise ValueError(f"must be a whole number or from_weights, got {number if not isinstance(number, str) else repr(number)}")
 
 
 class DataSpec(_Spec):
@@ -30,8 +42,18 @@ class DataSpec(_Spec):
     per_class: int | None = Field(None, ge=1, le=10**9, description="Few-shot cap on training examples per class "
                                                                     "(null: no cap).", examples=[16])
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of the data held out for validation.", examples=[0.2])
-    image_size: int = Field(224, ge=8, le=4096, description="Side of the square input images; at most 4096 (one "
-                                                            "3x4096x4096 float32 image is 200 MB).", examples=[224])
+    image_size: Annotated[Annotated[int, Field(ge=8, le=4096)] | Literal["from_weights"], BeforeValidator(_side)] = Field(
+        224, description="Side of the square input images; at most 4096 (one 3x4096x4096 float32 image is 200 MB). "
+                         "from_weights: the input size of the pretrained weights (timm pretrained_cfg.input_size, "
+                         "torchvision crop_size).", examples=[224, "from_weights"])
+    resize: Literal["from_weights", "square"] = Field(
+        "from_weights", description="from_weights: with pretrained weights that define their preprocessing (timm "
+                                    "pretrained_cfg, torchvision transforms), resize the shorter side to "
+                                    "image_size / crop_pct with their interpolation and cut out the centre image_size "
+                                    "square (timm's eval transform; Resize(256) + CenterCrop(224) for ImageNet weights), "
+                                    "for training (before augment) and validation alike, recorded in the exports; "
+                                    "without such weights, as square. square: resize every image to image_size "
+                                    "squared, bilinear.", examples=["square"])
     normalize: Literal["from_weights", "imagenet", "none"] = Field(
         "from_weights", description="from_weights: the mean/std of the pretrained weights' transforms; imagenet; none.",
         examples=["imagenet"])

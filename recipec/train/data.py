@@ -1,7 +1,8 @@
 """Datasets, the stratified train/val split, transforms and the data loaders.
 
 Every image becomes a float tensor (C, H, W): converted to ``in_channels``, resized to a
-square, augmented (train only), normalised. The training order of epoch ``e`` is a pure
+square (squashed, or as the pretrained weights were: :func:`resize_rule`), augmented (train
+only), normalised. The training order of epoch ``e`` is a pure
 function of ``(seed, e)`` (see :func:`set_epoch`), so a resumed run sees the same batches.
 """
 
@@ -19,12 +20,13 @@ from torchvision.transforms import v2
 
 from recipec.errors import DatasetError, UnreadableImageError
 
-__all__ = ["DATASETS", "LAST_BATCH_POLICY", "Data", "build_data", "drops_single_last", "set_epoch"]
+__all__ = ["DATASETS", "LAST_BATCH_POLICY", "Data", "build_data", "drops_single_last", "resize_rule", "set_epoch"]
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 DATASETS = ("imagefolder", "digits", "fake", "cifar10", "cifar100", "mnist", "fashionmnist")
 AUGMENTS = ("hflip", "vflip", "random_crop", "random_resized_crop", "color_jitter", "rotate")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 IMAGENET: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 FAKE_PER_CLASS = 32
 _EPOCH_STRIDE = 1_000_003
@@ -64,6 +66,55 @@ def drops_single_last(examples: int, batch_size: int) -> bool:
     return examples > 1 and examples % batch_size == 1
 
 
+def resize_rule(image_size: int | str, resize: str, preprocessing: dict[str, Any] | None,
+                weights: str | None) -> dict[str, Any]:
+    """How a run resizes its images: ``data.image_size`` and ``data.resize`` against the weights' preprocessing.
+
+    With ``resize: from_weights`` and weights that define a resize (``preprocessing`` from
+    :func:`recipec.model.pretrained.weights_preprocessing`), the shorter side goes to
+    ``floor(image_size / crop_pct)`` (torchvision weights: ``image_size * resize_size // crop_size``)
+    with the weights' interpolation and the centre ``image_size`` square is kept, as timm's
+    ``transforms_imagenet_eval`` does (``Resize(256) + CenterCrop(224)`` for ImageNet weights at
+    224). Otherwise the image is squashed to ``image_size`` squared, bilinear.
+
+    Returns:
+        ``image_size``, ``rule`` (``shorter_side`` or ``square``), ``resize_size``,
+        ``interpolation``, ``crop_pct``, ``crop_mode``, ``from`` and a one-line ``summary``.
+
+    Raises:
+        DatasetError: ``image_size: from_weights`` without weights that define an input size.
+    """
+    import math
+
+    source = f"the preprocessing of weights {weights}"
+    if image_size == "from_weights":
+        if preprocessing is None:
+            why = f"weights {weights} define no input size" if weights else "there are no pretrained weights (model.weights: null)"
+            raise DatasetError([(("data", "image_size"), f"from_weights, but {why}; set a number, e.g. 224")])
+        image_size = int(preprocessing["input_size"])
+    size = int(image_size)
+    if resize == "square" or preprocessing is None:
+        origin = "data.resize: square" if resize == "square" else (
+            f"weights {weights} define no resize" if weights else "no pretrained weights")
+        return {"image_size": size, "rule": "square", "resize_size": size, "interpolation": "bilinear",
+                "crop_pct": 1.0, "crop_mode": None, "from": origin,
+                "summary": f"{size}x{size} square resize (bilinear); {origin}"}
+    crop_pct = float(preprocessing["crop_pct"])
+    if preprocessing.get("resize_size"):  # torchvision: exact integers, 224 -> 256
+        resized = size * int(preprocessing["resize_size"]) // int(preprocessing["input_size"])
+    else:
+        resized = math.floor(size / crop_pct)  # timm's own arithmetic
+    mode = str(preprocessing.get("crop_mode") or "center")
+    note = "" if mode in ("center", "squash") else f" (crop_mode {mode} applied as center)"
+    mode = mode if mode in ("center", "squash") else "center"
+    side = "both sides" if mode == "squash" else "shorter side"
+    interpolation = str(preprocessing["interpolation"])
+    return {"image_size": size, "rule": "shorter_side", "resize_size": resized, "interpolation": interpolation,
+            "crop_pct": crop_pct, "crop_mode": mode, "from": source + note,
+            "summary": f"{side} to {resized} ({interpolation}), centre crop {size}x{size} (crop_pct {crop_pct:g}); "
+                       f"from {source}{note}"}
+
+
 def set_epoch(data: Data, epoch: int) -> None:
     """Make the training order of ``epoch`` depend on nothing but ``(seed, epoch)``.
 
@@ -82,7 +133,8 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
                per_class: int | None = None, val_fraction: float = 0.2, image_size: int = 224,
                normalize: str = "from_weights", augment: Sequence[str] = (), batch_size: int = 32,
                num_workers: int = 0, seed: int = 0, in_channels: int = 3, weights_normalization: Stats | None = None,
-               num_classes: int | None = None, epoch_seed: bool = True, on_bad_image: str = "error") -> Data:
+               num_classes: int | None = None, epoch_seed: bool = True, on_bad_image: str = "error",
+               resize_size: int | None = None, interpolation: str = "bilinear", crop_mode: str = "center") -> Data:
     """Load a dataset, split it by class and wrap both parts in data loaders.
 
     Args:
@@ -94,6 +146,13 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
         per_class: cap on training examples per class, applied after the split (val is untouched).
         val_fraction: share of each class held out (at least one when > 0 and the class has two).
         image_size: side of the square images.
+        resize_size: None: every image is resized to ``image_size`` squared (bilinear). A number
+            (:func:`resize_rule`): the shorter side is resized to it with ``interpolation`` (both
+            sides with ``crop_mode`` ``squash``), then the centre ``image_size`` square is cut
+            out, as timm's eval transform does; train and val alike, before the augmentations.
+        interpolation: ``bilinear``, ``bicubic`` or ``nearest``; with ``resize_size`` only (and
+            ``random_resized_crop``).
+        crop_mode: ``center`` or ``squash`` (timm's ``pretrained_cfg.crop_mode``).
         normalize: ``from_weights`` (``weights_normalization``, or none without one), ``imagenet``, ``none``.
         augment: training augmentations, applied in the order given.
         batch_size: examples per batch.
@@ -122,11 +181,21 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
         ...     for images, labels in data.train: ...
     """
     _check_args(dataset, normalize, augment, val_fraction, image_size, in_channels)
+    if resize_size is not None and (interpolation not in INTERPOLATIONS or crop_mode not in ("center", "squash")
+                                    or resize_size < 1):
+        raise DatasetError([(("data", "resize"), f"cannot resize to {resize_size} with {interpolation!r} "
+                             f"interpolation and crop_mode {crop_mode!r} (interpolation: {', '.join(INTERPOLATIONS)}; "
+                             "crop_mode: center or squash); set data.resize: square")])
     images, targets, names, source = _load(dataset, root, num_classes, seed)
     bad: list[str] = []
     if on_bad_image == "skip" and source is not None and hasattr(source, "samples"):
         source, targets, bad = _without_bad_images(source, targets)
     labels, chosen = _select(targets, names, classes)
+    present = set(labels)
+    empty = [names[c] for i, c in enumerate(chosen) if i not in present]
+    if empty:
+        raise DatasetError([(("data", "root"), f"class {name!r} has no images under {root}; add some, or leave it "
+                                               "out with data.classes") for name in empty])
     if num_classes is not None and len(chosen) > num_classes:
         raise DatasetError([(("model", "head", "num_classes"), f"is {num_classes} but the data has {len(chosen)} "
                              f"classes; raise it or pick classes with data.classes")])
@@ -137,13 +206,19 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
     else:
         stats = _adapt(IMAGENET, in_channels) if normalize == "imagenet" else None
     norm: list[Callable[[torch.Tensor], torch.Tensor]] = [v2.Normalize(*stats)] if stats else []
-    augs, skipped = _augmentations(augment, image_size, in_channels)
-    resize = v2.Resize((image_size, image_size), antialias=True)
+    augs, skipped = _augmentations(augment, image_size, in_channels, interpolation if resize_size else "bilinear")
+    resize: Callable[[Any], Any] = v2.Resize((image_size, image_size), antialias=True)
+    if resize_size is not None:  # the weights' eval rule, timm's transforms_imagenet_eval: resize, then centre crop
+        shorter: int | list[int] = [resize_size, resize_size] if crop_mode == "squash" else resize_size
+        resize = v2.Compose([v2.Resize(shorter, interpolation=v2.InterpolationMode(interpolation), antialias=True),
+                             v2.CenterCrop(image_size)])
 
     def loaded(idx: list[int], extra: list[Any]) -> Dataset:
         lab = [labels[i] for i in idx]
         if images is None:  # files: every step per item
-            steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), _Channels(in_channels), resize]
+            steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), _Channels(in_channels)]
+            # the weights' rule resizes the decoded image itself, as the pretraining transforms did (PIL)
+            steps = [resize, *steps] if resize_size is not None else [*steps, resize]
             return _FileImages(source, idx, lab, v2.Compose(steps + extra + norm))
         x = _Channels(in_channels)(images[idx])  # (n, in_channels, h, w)
         if x.shape[0] * x.shape[1] * image_size**2 * 4 > _PRECOMPUTE_BYTES:
@@ -174,6 +249,11 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
         "train_per_class": _counts(train_idx, labels, class_names),
         "val_per_class": _counts(val_idx, labels, class_names),
         "image_size": image_size, "in_channels": in_channels,
+        "resize": {"image_size": image_size, "rule": "square" if resize_size is None else "shorter_side",
+                   "resize_size": image_size if resize_size is None else resize_size,
+                   "interpolation": "bilinear" if resize_size is None else interpolation,
+                   "crop_pct": 1.0 if resize_size is None else image_size / resize_size,
+                   "crop_mode": None if resize_size is None else crop_mode},
         "normalize": {"requested": normalize, "applied": applied},
         "augment": [a for a in augment if a not in skipped], "augment_skipped": skipped,
         "val_fraction": val_fraction, "per_class": per_class, "seed": seed,
@@ -244,7 +324,8 @@ def _load(dataset: str, root: str | None, num_classes: int | None,
         raise DatasetError([(("data", "root"), f"{root} does not exist (dataset {dataset} needs {layout})")])
     if dataset == "imagefolder":
         try:
-            source: Any = torchvision.datasets.ImageFolder(root)
+            # empty class folders are judged below, after data.classes chose which classes count
+            source: Any = torchvision.datasets.ImageFolder(root, allow_empty=True)
         except (FileNotFoundError, OSError) as e:
             raise DatasetError([(("data", "root"), f"{e} (dataset imagefolder needs root/<class>/<image>)")]) from e
     else:
@@ -363,13 +444,15 @@ def _adapt(stats: Stats, n: int) -> Stats:
     return tuple(mean[i % len(mean)] for i in range(n)), tuple(std[i % len(std)] for i in range(n))
 
 
-def _augmentations(augment: Sequence[str], size: int, channels: int) -> tuple[list[Any], list[str]]:
+def _augmentations(augment: Sequence[str], size: int, channels: int,
+                   interpolation: str = "bilinear") -> tuple[list[Any], list[str]]:
     """The train-only transforms, and the names skipped because they do not apply to `channels`."""
     make = {
         "hflip": lambda: v2.RandomHorizontalFlip(),
         "vflip": lambda: v2.RandomVerticalFlip(),
         "random_crop": lambda: v2.RandomCrop(size, padding=max(1, round(4 * size / 32))),
-        "random_resized_crop": lambda: v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+        "random_resized_crop": lambda: v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True,
+                                                            interpolation=v2.InterpolationMode(interpolation)),
         # brightness/contrast are defined for 1 and 3 channels only (torchvision's contrast needs a grey level)
         "color_jitter": lambda: v2.ColorJitter(brightness=0.2, contrast=0.2),
         "rotate": lambda: v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR),

@@ -231,3 +231,13 @@ def test_large_in_memory_images_resize_per_item_with_the_same_result(monkeypatch
     per_item = build_data(**kw)
     assert per_item.val.dataset.images.shape[-1] == 8
     assert torch.allclose(everything(per_item.val)[0], upfront, atol=1e-6)
+
+
+def test_an_empty_class_folder_is_named_unless_left_out(tmp_path: Path) -> None:
+    write_folder(tmp_path, {"cat": (255, 0, 0)})
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(DatasetError, match=r"class 'dog' has no images") as e:
+        build_data(dataset="imagefolder", root=str(tmp_path), image_size=8)
+    assert e.value.paths == [("data", "root")]
+    data = build_data(dataset="imagefolder", root=str(tmp_path), classes=["cat"], image_size=8, val_fraction=0)
+    assert data.classes == ["cat"] and data.info["sizes"]["train"] == 3
