@@ -25,7 +25,8 @@ from recipec._terminal import escape
 from recipec.card import _sandbox
 from recipec.card.render import render_card
 from recipec.cli import main
-from recipec.errors import CheckpointError, ModelError, RecipeError, TransferError
+from recipec.compiler import compile_recipe
+from recipec.errors import CheckpointError, ModelError, RecipecError, RecipeError, TransferError
 from recipec.model.heads import build_head
 from recipec.recipe import load_recipe
 from recipec.recipe.schema import recipe_json_schema
@@ -163,8 +164,11 @@ def test_plan_refuses_a_huge_head_with_exit_2(tmp_path: Path, capsys: pytest.Cap
         data: {dataset: fake, image_size: 8}
         train: {epochs: 1}
     """)
-    code, _, err = run(capsys, "plan", str(recipe))
-    assert code == 2 and "model.head: the head would hold" in err and "internal error" not in err
+    code, _, err = run(capsys, "plan", str(recipe))  # the data is built first: fake holds its images in memory
+    assert code == 2 and "model.head.num_classes: the fake dataset makes 32 images" in err, err
+    assert "internal error" not in err
+    with pytest.raises(RecipecError, match=r"model\.head: the head would hold"):  # and the head on its own
+        compile_recipe(load_recipe(recipe))
 
 
 # --------------------------------------------------------------------------- 7.11 booleans, extends

@@ -29,6 +29,7 @@ AUGMENTS = ("hflip", "vflip", "random_crop", "random_resized_crop", "color_jitte
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 IMAGENET: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 FAKE_PER_CLASS = 32
+FAKE_MAX_CLASSES = 4096
 _EPOCH_STRIDE = 1_000_003
 # In-memory datasets (digits, fake) are resized once up front unless that would take more than this.
 _PRECOMPUTE_BYTES = 256 * 2**20
@@ -310,6 +311,11 @@ def _load(dataset: str, root: str | None, num_classes: int | None,
     if dataset == "fake":
         if num_classes is None:
             raise DatasetError([(("data", "dataset"), "fake needs a class count: set model.head.num_classes")])
+        if num_classes > FAKE_MAX_CLASSES:  # it is held in memory: 384 KiB of images per class
+            raise DatasetError([(("model", "head", "num_classes"), (
+                f"the fake dataset makes {FAKE_PER_CLASS} images of 3x32x32 per class in memory, at most "
+                f"{FAKE_MAX_CLASSES} classes (about {FAKE_MAX_CLASSES * FAKE_PER_CLASS * 3 * 32 * 32 * 4 >> 30} GiB); "
+                f"got {num_classes}"))])
         g = torch.Generator().manual_seed(seed)
         patterns = torch.rand(num_classes, 1, 3, 32, 32, generator=g)
         noise = 0.25 * torch.randn(num_classes, FAKE_PER_CLASS, 3, 32, 32, generator=g)
