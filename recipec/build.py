@@ -260,12 +260,14 @@ def _same_recipe(built: Path, recipe: Recipe) -> bool:
     """Whether a run's ``recipe.yaml`` (paths relative to its directory, or absolute) is ``recipe``."""
     import yaml
 
-    from recipec.recipe._yaml import read_embedded
+    from recipec._files import read_regular
+    from recipec.recipe._yaml import MAX_RECIPE_BYTES, read_embedded
     from recipec.recipe.load import resolve_paths
 
-    try:
-        saved = resolve_paths(read_embedded(built.read_text(), str(built)), built.parent)
-    except (OSError, RecipecError):
+    try:  # regular files only (a FIFO must not hang the build), bounded as a recipe is
+        text = read_regular(built, what="recipe", error=RunDirectoryError, max_bytes=MAX_RECIPE_BYTES)
+        saved = resolve_paths(read_embedded(text.decode("utf-8"), str(built)), built.parent)
+    except (OSError, UnicodeDecodeError, RecipecError):
         return False
     return bool(saved == yaml.safe_load(dump_recipe(recipe)))
 

@@ -675,3 +675,17 @@ def test_errors_raised_while_writing_name_the_users_path(tmp_path: Path) -> None
         raise CheckpointError([(("export", "onnx"), f"{tmp}: does not verify"), f"{tmp}: cannot load"])
     assert info.value.problems == [f"export.onnx: {target}: does not verify", f"{target}: cannot load"]
     assert info.value.paths == [("export", "onnx"), None]
+
+
+def test_an_upstream_runs_recipe_yaml_must_be_a_regular_file(tmp_path: Path) -> None:
+    """source.recipe compares the upstream run's recipe.yaml: a FIFO there must not block the build."""
+    from recipec.build import _same_recipe
+    from recipec.recipe.load import load_recipe
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart.yaml")
+    fifo = tmp_path / "recipe.yaml"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with _unblock(fifo, after=3.0):
+        assert _same_recipe(fifo, recipe) is False
+    assert time.monotonic() - started < 2.5  # refused at once, not read until the watchdog opened it
