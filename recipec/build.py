@@ -94,6 +94,7 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
            log: Callable[[str], None] | None, smoke: int | None, _chain: tuple[str, ...]) -> Path:
     from recipec.compiler import compile_recipe
     from recipec.outputs import export_model, plot_curves, provenance_of
+    from recipec.compiler import data_kwargs
     from recipec.train.data import build_data
     from recipec.train.distributed import shard_loader
     from recipec.train.loop import EarlyStopping, fit, grad_scaler
@@ -122,7 +123,7 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         raise RunDirectoryError(f"{run} already holds a run (checkpoints/{held}); add --resume to continue it, "
                                 "or choose another --out")
 
-    data = build_data(**_data_kwargs(recipe))
+    data = build_data(**data_kwargs(recipe))
     _note_data(recipe, data, say)
     if smoke:
         from recipec.smoke import smoke_data
@@ -372,9 +373,10 @@ def plan_recipe(recipe: Recipe, *, device: str | None = None) -> tuple[Any, dict
         RecipecError: the data does not fit the recipe, or the recipe does not compile.
     """
     from recipec.compiler import compile_recipe
+    from recipec.compiler import data_kwargs
     from recipec.train.data import build_data
 
-    data = build_data(**_data_kwargs(recipe))
+    data = build_data(**data_kwargs(recipe))
     _note_data(recipe, data, lambda line: None)
     _check_classes(recipe, data)
     steps = _steps_per_epoch(recipe, data)
@@ -392,23 +394,6 @@ def _check_classes(recipe: Recipe, data: Any) -> None:
 def _steps_per_epoch(recipe: Recipe, data: Any) -> int:
     """Optimizer steps per epoch: batches (the single last one dropped, see data) over accumulation."""
     return math.ceil(len(data.train) / recipe.train.accumulate)
-
-
-def _data_kwargs(recipe: Recipe) -> dict[str, Any]:
-    from recipec.compiler import resolve_normalization, resolve_preprocessing
-
-    d = recipe.data
-    # from_weights follows the weights the model ends up with: a recipec source's recorded normalisation first
-    normalization, _ = resolve_normalization(recipe)
-    rule = resolve_preprocessing(recipe)  # data.image_size / data.resize against the weights' preprocessing
-    shorter = rule["rule"] == "shorter_side"
-    return {"on_bad_image": d.on_bad_image, "dataset": d.dataset, "root": d.root, "classes": d.classes, "per_class": d.per_class,
-            "val_fraction": d.val_fraction, "image_size": rule["image_size"], "normalize": d.normalize,
-            "resize_size": rule["resize_size"] if shorter else None, "interpolation": rule["interpolation"],
-            "crop_mode": rule["crop_mode"] or "center",
-            "augment": d.augment, "batch_size": d.batch_size, "num_workers": d.num_workers, "seed": recipe.seed,
-            "in_channels": recipe.model.in_channels, "weights_normalization": normalization,
-            "num_classes": recipe.model.head.num_classes if recipe.model.head else None}
 
 
 def _note_data(recipe: Recipe, data: Any, say: Callable[[str], None]) -> None:

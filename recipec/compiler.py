@@ -24,7 +24,7 @@ from recipec.errors import CheckpointError, Problem, RecipecError, TransferError
 from recipec.plan import Plan, build_plan
 from recipec.recipe.spec import Recipe
 
-__all__ = ["Compiled", "compile_recipe", "resolve_normalization", "resolve_preprocessing"]
+__all__ = ["Compiled", "compile_recipe", "data_kwargs", "resolve_normalization", "resolve_preprocessing"]
 
 
 @dataclass
@@ -297,3 +297,20 @@ def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> 
         adapt=[a.model_dump() for a in source.adapt], on_mismatch=source.on_mismatch,
         require_all=source.require_all, new_keys_prefixes=new_prefixes, source=str(path),
         state_dict_key=checkpoint.key)
+
+
+def data_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """The keyword arguments of :func:`recipec.train.data.build_data` for ``recipe``: its data section, with
+    the normalisation and resize rule resolved against the weights the model ends up with."""
+    d = recipe.data
+    # from_weights follows the weights the model ends up with: a recipec source's recorded normalisation first
+    normalization, _ = resolve_normalization(recipe)
+    rule = resolve_preprocessing(recipe)  # data.image_size / data.resize against the weights' preprocessing
+    shorter = rule["rule"] == "shorter_side"
+    return {"on_bad_image": d.on_bad_image, "dataset": d.dataset, "root": d.root, "classes": d.classes, "per_class": d.per_class,
+            "val_fraction": d.val_fraction, "image_size": rule["image_size"], "normalize": d.normalize,
+            "resize_size": rule["resize_size"] if shorter else None, "interpolation": rule["interpolation"],
+            "crop_mode": rule["crop_mode"] or "center",
+            "augment": d.augment, "batch_size": d.batch_size, "num_workers": d.num_workers, "seed": recipe.seed,
+            "in_channels": recipe.model.in_channels, "weights_normalization": normalization,
+            "num_classes": recipe.model.head.num_classes if recipe.model.head else None}

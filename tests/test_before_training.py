@@ -203,13 +203,13 @@ def _source_recipe(tmp_path: Path, normalize: str = "from_weights") -> Path:
 
 
 def test_normalisation_is_inherited_from_a_recipec_source(tmp_path, capsys, monkeypatch):
-    from recipec.build import _data_kwargs
+    from recipec.compiler import data_kwargs
     from recipec.recipe.load import load_recipe
 
     monkeypatch.chdir(ROOT)
     _export(tmp_path / "up.safetensors", {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.25]})
     recipe = _source_recipe(tmp_path)
-    assert _data_kwargs(load_recipe(recipe))["weights_normalization"] == ((0.5, 0.4, 0.3), (0.2, 0.2, 0.25))
+    assert data_kwargs(load_recipe(recipe))["weights_normalization"] == ((0.5, 0.4, 0.3), (0.2, 0.2, 0.25))
     code, out, err = run(capsys, "plan", str(recipe))
     assert code == 0, err
     assert "normalize mean [0.5, 0.4, 0.3], std [0.2, 0.2, 0.25], from the metadata of source.checkpoint" in out

@@ -114,11 +114,21 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     try:
         # a FIFO or /dev/urandom is refused: hashing it would hang or never end
         with open_regular(path, what="file to hash") as f:
+            st = os.fstat(f.fileno())
+            # a build hashes its source twice (resume record, provenance): once is enough while the
+            # file is unchanged (ctime moves with any write or touch, and cannot be set back)
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if key in _DIGESTS:
+                return _DIGESTS[key]
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     except OSError as exc:
         raise CheckpointError(f"{os.fspath(path)}: cannot be hashed ({exc.strerror or exc})") from exc
-    return digest.hexdigest()
+    _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple[int, ...], str] = {}
 
 
 def now_utc() -> str:

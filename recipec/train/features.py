@@ -145,7 +145,7 @@ def features(target: str | os.PathLike[str], *, layers: Sequence[str], out: str 
         >>> features("runs/qs/model.safetensors", layers=["layer4", "fc"], out="feats.safetensors")
         >>> feats = safetensors.torch.load_file("feats.safetensors")   # {"layer4": (N, 512), ...}
     """
-    from recipec.build import _data_kwargs
+    from recipec.compiler import data_kwargs
     from recipec.card.provenance import RECIPE_KEY
     from recipec.recipe.load import dump_recipe
     from recipec.train.data import build_data
@@ -166,7 +166,7 @@ def features(target: str | os.PathLike[str], *, layers: Sequence[str], out: str 
                  error=CheckpointError)
     _check_layers(model, layers)  # before the dataset loads: a typo fails fast
 
-    kwargs = _data_kwargs(recipe) | {"augment": ()}
+    kwargs = data_kwargs(recipe) | {"augment": ()}
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
     data = build_data(**kwargs)

@@ -132,3 +132,32 @@ def test_recipe_without_provenance() -> None:
 def test_damaged_provenance_names_the_key(raw: str, message: str) -> None:
     with pytest.raises(CheckpointError, match=rf"'recipec\.provenance': {message}"):
         read_export_metadata({RECIPE_KEY: RECIPE, PROVENANCE_KEY: raw})
+
+
+def test_file_digest_is_read_once_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    from recipec.card import provenance
+
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"a" * 1000)
+    first = provenance.file_digest(path)
+    updates: list[int] = []
+    sha256 = hashlib.sha256
+
+    class Counting:
+        def __init__(self) -> None:
+            self.inner = sha256()
+
+        def update(self, chunk: bytes) -> None:
+            updates.append(len(chunk))
+            self.inner.update(chunk)
+
+        def hexdigest(self) -> str:
+            return self.inner.hexdigest()
+
+    monkeypatch.setattr(provenance.hashlib, "sha256", Counting)
+    assert provenance.file_digest(path) == first == sha256(b"a" * 1000).hexdigest()
+    assert updates == []  # the second build-time hash of an unchanged source reads nothing
+    st = os.stat(path)
+    path.write_bytes(b"b" * 1000)  # same size, and the mtime set back: the ctime still moves
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert provenance.file_digest(path) == sha256(b"b" * 1000).hexdigest() and updates == [1000]

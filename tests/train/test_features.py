@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import recipec
-from recipec.build import _data_kwargs, build
+from recipec.build import build
+from recipec.compiler import data_kwargs
 from recipec.errors import CheckpointError, DatasetError, ModelError, RecipecError, RecipeError
 from recipec.recipe.load import load_recipe
 from recipec.train.data import build_data
@@ -61,7 +62,7 @@ def _loader(n: int = 10, batch_size: int = 4) -> DataLoader:
 
 def _plain_data(recipe_file: Path):
     """The recipe's data exactly as features() reads it: no augmentation."""
-    return build_data(**_data_kwargs(load_recipe(recipe_file)) | {"augment": ()})
+    return build_data(**data_kwargs(load_recipe(recipe_file)) | {"augment": ()})
 
 
 class NamedModel(nn.Module):

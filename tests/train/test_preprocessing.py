@@ -15,13 +15,13 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import recipec
-from recipec.build import _data_kwargs
+from recipec.compiler import data_kwargs
 from recipec.compiler import compile_recipe, resolve_preprocessing
 from recipec.errors import DatasetError
 from recipec.recipe.load import load_recipe
 from recipec.train.data import build_data, resize_rule
+from tests.model.test_timm import _stand_in  # a timm model saved in the exact hub cache layout
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SIZES = [(50, 37), (37, 61), (40, 40)]  # landscape, portrait, square: the crop must follow the shorter side
 
 
@@ -67,7 +67,7 @@ def test_timm_eval_transform_equals_timm_create_transform(tmp_path):
     assert rule | {"summary": None} == {
         "image_size": 32, "rule": "shorter_side", "resize_size": 36, "interpolation": "bicubic", "crop_pct": 0.875,
         "crop_mode": "center", "from": "the preprocessing of weights c3_in1k", "summary": None}
-    data = build_data(**_data_kwargs(recipe))
+    data = build_data(**data_kwargs(recipe))
     cfg = timm.models.get_pretrained_cfg("resnet10t.c3_in1k")
     theirs = timm.data.create_transform(input_size=32, interpolation="bicubic", crop_pct=0.875, mean=cfg.mean,
                                         std=cfg.std, is_training=False)
@@ -83,7 +83,7 @@ def test_torchvision_resnet18_weights_resize_256_crop_224(tmp_path):
     recipe = _folder_recipe(tmp_path, "{arch: resnet18, weights: IMAGENET1K_V1, head: {num_classes: 2}}", 224)
     rule = resolve_preprocessing(recipe)
     assert (rule["resize_size"], rule["interpolation"], rule["crop_pct"]) == (256, "bilinear", 0.875)
-    data = build_data(**_data_kwargs(recipe))
+    data = build_data(**data_kwargs(recipe))
     reference = torchvision.transforms.Compose([
         torchvision.transforms.Resize(256), torchvision.transforms.CenterCrop(224), torchvision.transforms.ToTensor(),
         torchvision.transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
@@ -111,7 +111,7 @@ def test_image_size_from_weights(tmp_path):
     timm_recipe = _recipe(tmp_path, "{arch: timm/resnet10t, weights: c3_in1k, head: {num_classes: 3}}",
                           "{image_size: from_weights}")
     assert resolve_preprocessing(timm_recipe)["image_size"] == 176  # pretrained_cfg.input_size (3, 176, 176)
-    assert _data_kwargs(timm_recipe)["image_size"] == 176
+    assert data_kwargs(timm_recipe)["image_size"] == 176
     tv = _recipe(tmp_path, "{arch: resnet18, weights: IMAGENET1K_V1, head: {num_classes: 3}}",
                  "{image_size: from_weights}")
     assert resolve_preprocessing(tv)["image_size"] == 224  # crop_size
@@ -141,7 +141,7 @@ def test_without_weights_the_square_resize_is_unchanged(tmp_path):
     """weights: null (and data.resize: square with weights): every image squashed to image_size, bilinear, as before."""
     recipe = _folder_recipe(tmp_path, "{arch: resnet18, weights: null, head: {num_classes: 2}}", 16)
     assert resolve_preprocessing(recipe)["rule"] == "square"
-    kwargs = _data_kwargs(recipe)
+    kwargs = data_kwargs(recipe)
     assert kwargs["resize_size"] is None
     data = build_data(**kwargs)
     before = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Resize((16, 16), antialias=True)])
@@ -149,13 +149,13 @@ def test_without_weights_the_square_resize_is_unchanged(tmp_path):
         assert torch.equal(ours, before(Image.open(path).convert("RGB")))
     squared = _folder_recipe(tmp_path / "w", "{arch: resnet18, weights: IMAGENET1K_V1, head: {num_classes: 2}}", 16,
                              "data.resize=square", "data.normalize=none")
-    for ours, path in _pairs(build_data(**_data_kwargs(squared))):
+    for ours, path in _pairs(build_data(**data_kwargs(squared))):
         assert torch.equal(ours, before(Image.open(path).convert("RGB")))
     # in-memory datasets (digits) likewise: an 8x8 digit squashed to 16x16
     digits = _recipe(tmp_path, "{arch: resnet18, weights: null, head: {num_classes: 10}}",
                      "{dataset: digits, image_size: 16, normalize: none}")
     plain = build_data(dataset="digits", image_size=16, normalize="none")
-    assert torch.equal(build_data(**_data_kwargs(digits)).val.dataset.images, plain.val.dataset.images)
+    assert torch.equal(build_data(**data_kwargs(digits)).val.dataset.images, plain.val.dataset.images)
 
 
 def test_digits_with_weights_get_the_resize_and_centre_crop():
@@ -173,20 +173,6 @@ def test_digits_with_weights_get_the_resize_and_centre_crop():
 
 
 # --------------------------------------------------------------------------- plan, exports, card
-
-
-def _stand_in(home: Path, name: str, tag: str) -> None:
-    """A randomly initialised timm model saved where the hub cache keeps timm/<name>.<tag>."""
-    import safetensors.torch
-    import timm
-
-    torch.manual_seed(7)
-    state = {k: v.contiguous() for k, v in timm.create_model(f"{name}.{tag}").state_dict().items()}
-    repo = home / "hub" / f"models--timm--{name}.{tag}"
-    (repo / "snapshots" / COMMIT).mkdir(parents=True)
-    (repo / "refs").mkdir()
-    safetensors.torch.save_file(state, repo / "snapshots" / COMMIT / "model.safetensors")
-    (repo / "refs" / "main").write_text(COMMIT)
 
 
 def test_plan_export_and_card_carry_the_rule(tmp_path, monkeypatch):

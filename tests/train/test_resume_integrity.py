@@ -409,16 +409,16 @@ def test_unchanged_data_keeps_its_fingerprint(tmp_path: Path) -> None:
     for c, name in enumerate(("cat", "dog")):
         for i in range(6):
             _image(tmp_path / "images" / name / f"{i}.png", 30 * i + 100 * c)
-    from recipec.build import _data_kwargs
+    from recipec.compiler import data_kwargs
     from recipec.train.data import build_data
 
     recipe = _recipe(tmp_path, body=IMAGES)
-    first, second = build_data(**_data_kwargs(recipe)), build_data(**_data_kwargs(recipe))
+    first, second = build_data(**data_kwargs(recipe)), build_data(**data_kwargs(recipe))
     assert first.info["fingerprint"] == second.info["fingerprint"]
     (tmp_path / "images" / "notes.txt").write_text("not an image, not in the data")
-    assert build_data(**_data_kwargs(recipe)).info["fingerprint"] == first.info["fingerprint"]
+    assert build_data(**data_kwargs(recipe)).info["fingerprint"] == first.info["fingerprint"]
     digits = _recipe(tmp_path)
-    assert build_data(**_data_kwargs(digits)).info["fingerprint"] != first.info["fingerprint"]
+    assert build_data(**data_kwargs(digits)).info["fingerprint"] != first.info["fingerprint"]
 
 
 # --------------------------------------------------------------------------- 7.8: damaged fields, temporary files

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from recipec.build import _data_kwargs, _epoch_line, _feature_cache
+from recipec.build import _epoch_line, _feature_cache
+from recipec.compiler import data_kwargs
 from recipec.compiler import compile_recipe
 from recipec.errors import RecipecError
 from recipec.recipe.load import load_recipe
@@ -90,7 +91,7 @@ def _recipe(tmp_path: Path, arch: str, *sets: str, kwargs: str = "{}", size: int
 
 def _train(recipe: Any) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], Any]:
     """What `recipec build` does between the data and the exports: compile, feature cache, fit."""
-    data = build_data(**_data_kwargs(recipe))
+    data = build_data(**data_kwargs(recipe))
     compiled = compile_recipe(recipe, steps_per_epoch=math.ceil(len(data.train) / recipe.train.accumulate))
     cache = _feature_cache(recipe, compiled, data, World())
     t = recipe.train
@@ -347,7 +348,7 @@ def test_any_split_size_trains_batchnorm(tmp_path, size, accumulate) -> None:
     recipe = _recipe(tmp_path, TINY_BN, "freeze.trainable=null", "freeze.batchnorm=train",
                      f"train.accumulate={accumulate}", kwargs="{width: 4}", size=8, per_class=size, batch_size=4,
                      classes="['0']", groups=_GROUPS, epochs=2)
-    data = build_data(**_data_kwargs(recipe))
+    data = build_data(**data_kwargs(recipe))
     dropped = 1 if size % 4 == 1 else 0
     assert data.info["batches"]["dropped_per_epoch"] == dropped and "last_batch" in data.info["batches"]
     orders = []
