@@ -22,16 +22,17 @@ from recipec.errors import RecipecError
 if TYPE_CHECKING:
     from recipec.build import build
     from recipec.compiler import Compiled, compile_recipe
-    from recipec.restore import load
+    from recipec.restore import load, load_predictor
     from recipec.recipe.load import load_recipe
     from recipec.recipe.spec import Recipe
 
-__all__ = ["Compiled", "Recipe", "RecipecError", "build", "compile_recipe", "load", "load_recipe"]
+__all__ = ["Compiled", "Recipe", "RecipecError", "build", "compile_recipe", "load", "load_predictor", "load_recipe"]
 __version__ = "0.1.0"
 
 _LAZY = {
     "build": "recipec.build",
     "load": "recipec.restore",
+    "load_predictor": "recipec.restore",
     "Compiled": "recipec.compiler",
     "compile_recipe": "recipec.compiler",
     "load_recipe": "recipec.recipe.load",

@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +31,9 @@ from recipec.errors import BuildInterrupted, RecipecError, RecipeError, RunDirec
 from recipec.recipe.load import dump_recipe
 from recipec.recipe.spec import Recipe
 from recipec.rundir import claim_run_directory
+
+if TYPE_CHECKING:
+    from recipec.progress import Progress
 
 __all__ = ["build", "plan_recipe", "resolve_upstream", "run_directory"]
 
@@ -42,7 +45,8 @@ def run_directory(recipe: Recipe, out: str | Path | None = None) -> Path:
 
 
 def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False, device: str | None = None,
-          log: Callable[[str], None] | None = None, smoke: int | None = None, _chain: tuple[str, ...] = ()) -> Path:
+          log: Callable[[str], None] | None = None, smoke: int | None = None, _chain: tuple[str, ...] = (),
+          progress: Progress | None = None) -> Path:
     """Compile, fine-tune and export a recipe.
 
     Args:
@@ -55,6 +59,8 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
         log: called with one line per epoch and per written file (the CLI prints them).
         smoke: a smoke run: one epoch per phase of the freezing schedule, each on ``smoke``
             training and validation batches, then exports and card (see :mod:`recipec.smoke`).
+        progress: a terminal display (:func:`recipec.progress.for_terminal`): a status line per phase and
+            a bar per epoch; pass its ``log`` as ``log`` so lines replace them.
 
     Returns:
         The run directory.
@@ -77,7 +83,7 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
         inputs = (recipe.source.checkpoint if recipe.source else None, recipe.card.template)
         with claim_run_directory(run_directory(recipe, out), world=world, inputs=inputs):
             return _build(recipe, out=out, resume=resume, device=target, world=world, log=log, smoke=smoke,
-                          _chain=_chain)
+                          _chain=_chain, progress=progress)
     except BuildInterrupted:
         raise  # an upstream build's (source.recipe): it names its own run
     except KeyboardInterrupt as exc:
@@ -91,17 +97,20 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
 
 
 def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torch.device, world: Any,
-           log: Callable[[str], None] | None, smoke: int | None, _chain: tuple[str, ...]) -> Path:
+           log: Callable[[str], None] | None, smoke: int | None, _chain: tuple[str, ...],
+           progress: Progress | None = None) -> Path:
     from recipec.compiler import compile_recipe
     from recipec.outputs import export_model, plot_curves, provenance_of
     from recipec.compiler import data_kwargs
     from recipec.train.data import build_data
     from recipec.train.distributed import shard_loader
     from recipec.train.loop import EarlyStopping, fit, grad_scaler
+    from recipec.train.augment import augment_plan, batch_mix
     from recipec.train.resume import check_same_run, continue_schedule, resume_state, run_identity, saved_epochs
     from recipec.train.state import checkpoint_files, checkpoint_paths, restore_state, rotate_checkpoints, save_state
 
     say = log if log is not None and world.main else (lambda line: None)
+    status = progress.status if progress is not None and world.main else (lambda text: None)
     # several ranks must not race to build an upstream run: under --nproc it must exist already
     from recipec.checks import check_inputs
 
@@ -114,6 +123,9 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         recipe = smoke_recipe(recipe)
         say(f"smoke run: {recipe.train.epochs} epoch(s), one per phase of the schedule, {smoke} batch(es) each")
     run = run_directory(recipe, out)
+    from recipec.tracking import open_tracking
+
+    tracking = open_tracking(recipe, run, main=world.main, smoke=bool(smoke), resume=resume)  # exit 2 now if missing
     state = None
     if resume:
         state = resume_state(run / "checkpoints", say)
@@ -123,12 +135,16 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         raise RunDirectoryError(f"{run} already holds a run (checkpoints/{held}); add --resume to continue it, "
                                 "or choose another --out")
 
-    data = build_data(**data_kwargs(recipe))
+    status("loading the data")
+    data = build_data(**data_kwargs(recipe) | {"device": device.type})
     _note_data(recipe, data, say)
     if smoke:
         from recipec.smoke import smoke_data
 
         data = smoke_data(data, smoke)
+    from recipec.train.sampler import check_sampler
+
+    check_sampler(recipe.data.sampler, distributed=world.distributed)  # before anything is written
     if world.distributed:
         data.train = shard_loader(data.train, world, recipe.seed)
     _check_classes(recipe, data)
@@ -136,8 +152,13 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     identity = run_identity(recipe, data)  # kept in every training state; a resume must match it
     if state is not None:
         check_same_run(recipe, state, identity, steps, say)
+    status(f"compiling {recipe.model.arch} and loading weights")
     compiled = compile_recipe(recipe, device=str(device), steps_per_epoch=steps)
     recipe_yaml = dump_recipe(recipe, relative_to=run)  # paths in the run's tree relative: it can move
+    from recipec.train import select
+
+    compiled.plan.data.update(select.craft_plan(recipe, data))  # loss (class weights resolved), ema, select
+    compiled.plan.data.update(augment_plan(recipe, data))  # transforms in order, mixup/cutmix, sampler
 
     if world.main:
         run.mkdir(parents=True, exist_ok=True)
@@ -145,6 +166,9 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         atomic_write_text(run / "recipe.yaml", recipe_yaml)
         plan = compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": world.size}
         atomic_write_text(run / "plan.json", clean_json.dumps(plan, indent=2) + "\n")
+        from recipec.plan_png import plot_plan
+
+        plot_plan(plan, run / "plan.png")  # the same plan as a picture (recipec plan --png), shown in the card
         if data.info.get("skipped_images"):
             atomic_write_text(run / "skipped_images.txt", "".join(f"{p}\n" for p in data.info["skipped_images"]))
 
@@ -160,6 +184,8 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         say(f"resumed {run} at epoch {start}")
     step = {"n": start * steps}
     train = recipe.train
+    criterion, ema, selection = select.start_training(recipe, compiled, state, history, run / "checkpoints", say,
+                                                        main=world.main)
 
     def on_epoch_end(metrics: dict[str, Any]) -> None:
         history.append(metrics)
@@ -174,8 +200,14 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
             save_state(epoch_file, model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
                        epoch=done, step=step["n"], recipe_yaml=recipe_yaml,
                        trainable_groups=metrics["trainable_groups"], history=history,
-                       extra=identity | ({"scaler": scaler.state_dict()} if scaler is not None else {}))
+                       extra=identity | ({"scaler": scaler.state_dict()} if scaler is not None else {})
+                       | ({"ema": ema.state_dict()} if ema is not None else {}))
             rotate_checkpoints(run / "checkpoints", keep_last=train.keep_last)
+            if tracking is not None:  # only checkpointed epochs: a resume never trains a logged epoch again
+                tracking.log_epochs(history)
+        if selection.update(metrics):  # after the training state: see recipec.train.select
+            select.save_best(run / "checkpoints", ema.state if selection.uses_ema else compiled.model.state_dict(),
+                             selection)
         say(_epoch_line(metrics, train.epochs))
 
     stopping = None
@@ -183,22 +215,39 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         es = train.early_stopping
         stopping = EarlyStopping(metric=es.metric, patience=es.patience, min_delta=es.min_delta)
     cache = _feature_cache(recipe, compiled, data, world)
+    if tracking is not None:  # MLflow is reached (its run made or resumed) before any compute is spent
+        status("starting the trackers")
+        tracking.start(compiled.plan, history)
+    if progress is not None and world.main:
+        progress.training(start, train.epochs, recipe.data.batch_size * world.size)
+        status("filling the feature cache" if cache is not None and start in cache.epochs else f"epoch {start}")
     fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
         schedule=compiled.schedule, data=data, device=compiled.device, epochs=train.epochs, start_epoch=start,
         batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout, amp=train.amp, grad_clip=train.grad_clip,
         accumulate=train.accumulate, aux_loss_weight=recipe.model.aux_loss_weight,
         early_stopping=stopping, history=list(history), on_epoch_end=on_epoch_end, world=world, cache=cache,
-        scaler=scaler)
+        scaler=scaler, criterion=criterion, ema=ema,
+        on_batch=progress.on_batch if progress is not None and world.main else None,
+        mix=batch_mix(len(data.classes), recipe.data.mixup, recipe.data.cutmix),
+        compile_mode=train.compile, channels_last=train.channels_last)
     if not world.main:
         return run
 
-    provenance = provenance_of(recipe, compiled, data, history)
+    chosen, selected = select.export_state(recipe.export.weights, folder=run / "checkpoints", selection=selection,
+                                           history=history, model=compiled.model, ema=ema)
+    compiled.model.load_state_dict(chosen)  # training is over: the model is now what export.weights names
+    provenance = provenance_of(recipe, compiled, data, history, selection=selected)
+    status("exporting")
     for path in export_model(recipe, compiled.model, run, recipe_yaml, provenance):
         say(f"wrote {path}")
     plot_curves(history, run / "curves.png")
     from recipec.card.render import write_card
 
+    status("writing the model card")
     say(f"wrote {write_card(run)}")
+    if tracking is not None:
+        status("logging the run's files to the trackers")
+        tracking.finish(history)
     return run
 
 
@@ -286,12 +335,16 @@ def _feature_cache(recipe: Recipe, compiled: Any, data: Any, world: Any) -> Any:
             break
         epochs.append(epoch)
     head_path = _around_group(compiled.model, compiled.head_prefix.rstrip("."), compiled.groups[-1].params)
-    if not epochs or cache_refusal(compiled.model, head_path=head_path, head_group=head_group,
-                                   groups=compiled.groups, augment=recipe.data.augment,
-                                   batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout,
-                                   distributed=world.distributed):
+    if not epochs:
         return None
-    return HeadCache(compiled.model, head_path, data.train, epochs)
+    refused = cache_refusal(compiled.model, head_path=head_path, head_group=head_group,
+                            groups=compiled.groups, augment=recipe.data.augment,
+                            batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout,
+                            distributed=world.distributed,
+                            mix=recipe.data.mixup is not None or recipe.data.cutmix is not None)
+    cache = HeadCache(compiled.model, head_path, data.train, [] if refused else epochs)
+    cache.refused = refused  # metrics.jsonl's feature_cache_refused says why the cache stays off
+    return cache
 
 
 def _around_group(model: Any, path: str, params: Any) -> str:
@@ -318,6 +371,8 @@ def _check_resumable(recipe: Recipe, saved_yaml: str, run: Path | None = None) -
     now = yaml.safe_load(dump_recipe(recipe))
     saved.get("train", {}).pop("epochs", None)
     now.get("train", {}).pop("epochs", None)
+    for recipe_dict in (saved, now):  # where the metrics are also sent (log:) does not change the run
+        recipe_dict.pop("log", None)
     if saved != now:
         changed = sorted(_diff(saved, now, ()))
         raise RunDirectoryError([
@@ -381,6 +436,12 @@ def plan_recipe(recipe: Recipe, *, device: str | None = None) -> tuple[Any, dict
     _check_classes(recipe, data)
     steps = _steps_per_epoch(recipe, data)
     compiled = compile_recipe(recipe, device=device, steps_per_epoch=steps)
+    from recipec.train.select import craft_plan
+
+    from recipec.train.augment import augment_plan
+
+    compiled.plan.data.update(craft_plan(recipe, data))  # loss (class weights resolved), ema, select
+    compiled.plan.data.update(augment_plan(recipe, data))  # transforms in order, mixup/cutmix, sampler
     return compiled, compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": 1}
 
 
@@ -417,6 +478,8 @@ def _note_data(recipe: Recipe, data: Any, say: Callable[[str], None]) -> None:
 
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:
     val = "" if m["val_loss"] is None else f"  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.3f}"
+    if m.get("val_map") is not None:  # task: multilabel (val_acc is exact match)
+        val += f"  val_map {m['val_map']:.3f}  val_f1_micro {m['val_f1_micro']:.3f}"
     # the recipe's 0-based epoch (freeze.unfreeze, metrics.jsonl, curves), then the count for people
     return (f"epoch {m['epoch']} ({m['epoch'] + 1} of {epochs})  train_loss {m['train_loss']:.4f}{val}  "
             f"trainable {', '.join(m['trainable_groups'])}  ({m['seconds']:.1f} s)")

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from recipec.errors import DatasetError, Problem, RecipePath
+from recipec.errors import DatasetError, Problem, RecipePath, format_path
 
 __all__ = ["IMAGE_EXTENSIONS", "bad_images", "check_inputs", "data_problems", "decodes", "path_problems"]
 
@@ -46,6 +46,10 @@ def path_problems(data: Mapping[Any, Any]) -> list[tuple[RecipePath, str]]:
         problems.append((("source", "recipe"), f"no such recipe file {upstream}"))
     dataset = at("data", "dataset") or "digits"
     root = at("data", "root")
+    if root is not None and dataset == "manifest" and not os.path.isfile(root):
+        problems.append((("data", "root"), f"{root} is a directory; name the manifest file in it (.csv or .jsonl)"
+                         if os.path.isdir(root) else _not_regular(root) if os.path.exists(root)
+                         else f"no such manifest file {root} (dataset manifest needs a .csv or .jsonl file)"))
     if root is not None and dataset in _FILE_DATASETS and not os.path.isdir(root):
         layout = "root/<class>/<image>" if dataset == "imagefolder" else f"root/{_TORCHVISION[dataset][1]}"
         what = "is not a directory" if os.path.exists(root) else "does not exist"
@@ -81,14 +85,29 @@ def data_problems(recipe: Any) -> list[Problem]:
             return [(("data", "root"), f"no {d.dataset} files under {d.root} (expected {os.path.join(d.root, folder)})")]
         names = [str(i) for i in range(count)]
     else:
-        if not d.root or not os.path.isdir(d.root):
+        if not d.root or not (os.path.isfile(d.root) if d.dataset == "manifest" else os.path.isdir(d.root)):
             return []
-        names = sorted(e.name for e in os.scandir(d.root) if e.is_dir())
+        split = d.dataset == "manifest" or os.path.isdir(os.path.join(d.root, "train"))
+        if split:  # a manifest, or root/train, root/val, root/test: the training part fixes the classes
+            from recipec.train.datasets import manifest_examples, split_folder_examples
+
+            try:
+                if getattr(recipe, "task", "multiclass") == "multilabel":  # labels separated by ';'
+                    from recipec.train.multilabel import manifest_classes
+
+                    names = manifest_classes(d.root)
+                else:
+                    names = (manifest_examples if d.dataset == "manifest" else split_folder_examples)(d.root).names
+            except DatasetError as exc:
+                return [(p, text[len(format_path(p)) + 2:]) if p else text for p, text in zip(exc.paths, exc.problems)]
+        else:
+            names = sorted(e.name for e in os.scandir(d.root) if e.is_dir())
         if not names:
             return [(("data", "root"), f"{d.root} has no class folders (dataset imagefolder needs root/<class>/<image>)")]
-        for name in names if d.classes is None else [n for n in d.classes if n in names]:
-            if not _has_image(os.path.join(d.root, name)):
-                problems.append((("data", "root"), f"class folder {os.path.join(d.root, name)} holds no images "
+        folder = os.path.join(d.root, "train") if split else d.root
+        for name in [] if d.dataset == "manifest" else names if d.classes is None else [n for n in d.classes if n in names]:
+            if not _has_image(os.path.join(folder, name)):
+                problems.append((("data", "root"), f"class folder {os.path.join(folder, name)} holds no images "
                                                    f"({', '.join(IMAGE_EXTENSIONS)}); add some or remove the folder"))
     chosen = names
     if d.classes is not None:
@@ -106,19 +125,28 @@ def data_problems(recipe: Any) -> list[Problem]:
 
 
 def bad_images(root: str, classes: Sequence[str] | None = None) -> list[tuple[str, str]]:
-    """``(file, reason)`` for every image under the class folders of ``root`` that cannot be decoded.
+    """``(file, reason)`` for every image under the class folders of ``root`` (of ``root/train``,
+    ``root/val`` and ``root/test`` when there are split folders), or listed by the manifest file
+    ``root``, that cannot be decoded.
 
     JPEGs are decoded at reduced scale (``draft``), which still reads every byte, so a
     truncated file is found at a fraction of the cost of a full decode.
     """
+    if os.path.isfile(root):  # a manifest: every file it lists
+        from recipec.train.datasets import read_manifest
+
+        return [(row.path, why) for row in read_manifest(root) if (why := decodes(row.path)) is not None]
     found = []
-    for name in sorted(e.name for e in os.scandir(root) if e.is_dir()):
-        if classes is not None and name not in classes:
-            continue
-        for path in _images(os.path.join(root, name)):
-            why = decodes(path)
-            if why is not None:
-                found.append((path, why))
+    folders = [os.path.join(root, s) for s in sorted(os.listdir(root)) if s in ("train", "val", "valid", "validation", "test")
+               ] if os.path.isdir(os.path.join(root, "train")) else [root]
+    for folder in folders:
+        for name in sorted(e.name for e in os.scandir(folder) if e.is_dir()):
+            if classes is not None and name not in classes:
+                continue
+            for path in _images(os.path.join(folder, name)):
+                why = decodes(path)
+                if why is not None:
+                    found.append((path, why))
     return found
 
 
@@ -149,7 +177,7 @@ def check_inputs(recipe: Any, *, scan_images: bool = False) -> None:
     """
     problems: list[Problem] = [*path_problems(recipe.model_dump(mode="python")), *data_problems(recipe)]
     d = recipe.data
-    if (scan_images and not problems and d.dataset == "imagefolder" and d.root
+    if (scan_images and not problems and d.dataset in ("imagefolder", "manifest") and d.root
             and getattr(d, "on_bad_image", "error") == "error"):
         problems += [(("data", "root"), f"unreadable image {path}: {why} (fix or remove it, or set "
                                         "data.on_bad_image: skip)") for path, why in bad_images(d.root, d.classes)]

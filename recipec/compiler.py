@@ -311,6 +311,11 @@ def data_kwargs(recipe: Recipe) -> dict[str, Any]:
             "val_fraction": d.val_fraction, "image_size": rule["image_size"], "normalize": d.normalize,
             "resize_size": rule["resize_size"] if shorter else None, "interpolation": rule["interpolation"],
             "crop_mode": rule["crop_mode"] or "center",
-            "augment": d.augment, "batch_size": d.batch_size, "num_workers": d.num_workers, "seed": recipe.seed,
+            "augment": [a if isinstance(a, str) else a.model_dump(mode="json") for a in d.augment],
+            "sampler": d.sampler, "batch_size": d.batch_size, "num_workers": d.num_workers, "seed": recipe.seed,
+            "task": recipe.task, "threshold": recipe.multilabel.threshold,
             "in_channels": recipe.model.in_channels, "weights_normalization": normalization,
-            "num_classes": recipe.model.head.num_classes if recipe.model.head else None}
+            "num_classes": recipe.model.head.num_classes if recipe.model.head else None,
+            # the loaders' device type: pinned memory and num_workers: auto depend on it (build passes --device's)
+            "device": ("cuda" if torch.cuda.is_available() else "cpu") if recipe.device == "auto"
+            else recipe.device.split(":")[0]}

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,11 @@ def convert(
         >>> convert("runs/flowers/checkpoints/last.pt", "half.safetensors", dtype="float16")
         [PosixPath('half.safetensors')]
     """
-    from recipec.model.zoo import factory_names
+    trusted: tuple[str, ...] = ()
+    if not (isinstance(trust_factories, (tuple, list)) and not trust_factories):
+        from recipec.model.zoo import factory_names  # imports torchvision (~90 MiB): only when there are names
 
-    trusted = factory_names(trust_factories)
+        trusted = factory_names(trust_factories)
     # Path("") is the working directory: an empty path must not pick a file from it
     source = require_path(src, what="convert: the source", error=CheckpointError)
     target = require_path(dst, what="convert: the destination", error=CheckpointError)
@@ -109,10 +112,54 @@ def convert(
     checkpoint = formats.load(source, allow_globals=allow_globals)
     check_output(target, inputs=checkpoint.files, what="the conversion", error=CheckpointError)  # hard links too
     _refuse_overwrite(checkpoint.files, target, fmt)
+    # The source's SHA-256 is computed in a thread while the tensors are written: the hash and
+    # the copy each take about as long, and the header is rewritten with the digest at the end.
+    with _Sha256InBackground(checkpoint.files[0]) as source_sha256:
+        return _convert_loaded(checkpoint, source, target, fmt, cast, shard, spec, recipe is not None, trusted,
+                               converted_from=formats.LateValue(
+                                   placeholder=_converted_from(checkpoint, "0" * 64),
+                                   resolve=lambda: _converted_from(checkpoint, source_sha256.result())))
+
+
+class _Sha256InBackground:
+    """``formats.sha256(file)`` in a thread; leaving the block stops it (an error leaves the hash unwanted)."""
+
+    def __init__(self, file: Path) -> None:
+        self._file, self._stop = file, threading.Event()
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="recipec-sha256", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._digest = formats.sha256(self._file, stop=self._stop)
+        except BaseException as exc:  # re-raised in the caller's thread by result()
+            self._error = exc
+
+    def __enter__(self) -> _Sha256InBackground:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._digest, "the hash was stopped before it was asked for"
+        return self._digest
+
+
+def _converted_from(checkpoint: formats.Checkpoint, sha256: str) -> str:
+    return json.dumps({"file": checkpoint.files[0].name, "sha256": sha256, "format": checkpoint.format}, sort_keys=True)
+
+
+def _convert_loaded(checkpoint: formats.Checkpoint, source: Path, target: Path, fmt: str, cast: torch.dtype | None,
+                    shard: int | None, spec: Recipe | None, own_recipe: bool, trusted: tuple[str, ...], *,
+                    converted_from: formats.LateValue) -> list[Path]:
     metadata = _carried_metadata(checkpoint)
-    metadata[CONVERTED_FROM_KEY] = json.dumps(
-        {"file": checkpoint.files[0].name, "sha256": formats.sha256(checkpoint.files[0]), "format": checkpoint.format},
-        sort_keys=True)
     state = _cast(checkpoint.state_dict, cast)
     if spec is not None:
         from recipec.recipe.load import dump_recipe
@@ -124,12 +171,12 @@ def convert(
     if spec is None and fmt == "onnx":
         spec = _embedded_recipe(metadata, source)
     # --recipe is the user's own: its factory is trusted; the checkpoint's only as far as they say
-    trust: bool | tuple[str, ...] = True if recipe is not None else trusted
+    trust: bool | tuple[str, ...] = True if own_recipe else trusted
     model = _rebuild(spec, state, source, trust) if spec is not None else None
     if fmt == "onnx":
         assert spec is not None and model is not None
-        return [to_onnx(model, spec, target, metadata)]
-    return _save(state, target, fmt, metadata, shard)
+        return [to_onnx(model, spec, target, {**metadata, CONVERTED_FROM_KEY: converted_from.resolve()})]
+    return _save(state, target, fmt, metadata, shard, {CONVERTED_FROM_KEY: converted_from})
 
 
 def _moved_recipe(recipe_yaml: str, source_dir: Path, target_dir: Path) -> str:
@@ -316,15 +363,15 @@ def to_onnx(model: nn.Module, recipe: Recipe, target: Path, metadata: dict[str, 
 
 
 def _save(state: dict[str, torch.Tensor], target: Path, fmt: str, metadata: dict[str, str],
-          shard: int | None) -> list[Path]:
+          shard: int | None, late: dict[str, formats.LateValue]) -> list[Path]:
     if (fmt == "torch" and target.suffix in formats.TORCH_SUFFIXES) or (
             fmt == "safetensors" and target.name.endswith((".safetensors", INDEX_SUFFIX))):
-        return formats.save(state, target, metadata=metadata, shard_size=shard)
+        return formats.save(state, target, metadata=metadata, shard_size=shard, late=late)
     # --to with a suffix formats.save does not know: write under a known one beside dst, then rename.
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
         written = formats.save(state, Path(scratch) / ("model.safetensors" if fmt == "safetensors" else "model.pt"),
-                               metadata=metadata)
+                               metadata=metadata, late=late)
         os.replace(written[0], target)
     return [target]
 

@@ -14,8 +14,13 @@ from recipec.recipe.spec import Recipe
 __all__ = ["export_model", "plot_curves", "provenance_of"]
 
 
-def provenance_of(recipe: Recipe, compiled: Any, data: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the exports and the card record of where the model came from."""
+def provenance_of(recipe: Recipe, compiled: Any, data: Any, history: list[dict[str, Any]],
+                  selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the exports and the card record of where the model came from.
+
+    ``selection``: which weights were exported and why (:func:`recipec.train.select.export_state`): ``weights``
+    (best, last or ema), ``epoch``, ``metric``, ``mode``, ``value``, and a ``note`` when best fell back to last.
+    """
     from recipec.card.provenance import environment, file_digest, now_utc, versions
 
     source = None
@@ -42,6 +47,7 @@ def provenance_of(recipe: Recipe, compiled: Any, data: Any, history: list[dict[s
         "frozen_groups": [g.name for g in compiled.groups if g.name not in final.get("trainable_groups", [])],
         "epochs_trained": len(history),
         "final_metrics": {k: final.get(k) for k in ("train_loss", "val_loss", "val_acc")},
+        "selection": selection,
         "versions": versions(),
         "environment": environment(str(compiled.device)),
     }

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Plan", "build_plan"]
+__all__ = ["Plan", "build_plan", "data_lines"]
 
 
 @dataclass
@@ -42,6 +42,7 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
     from recipec.train.freezing import batchnorm_modes
     from recipec.train.modes import random_layer_modes
     from recipec.train.optim import group_learning_rates, lr_table
+    from recipec.train.speed import speed_plan
 
     opt = recipe.optimizer
     names = [g.name for g in groups]
@@ -85,6 +86,7 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
         "arch": recipe.model.arch,
         "device": str(device),
         "epochs": epochs,
+        "task": _task(recipe),
         "parameters": {"total": total, "trainable": trainable_per_epoch},
         # requires_grad=False in the architecture itself: never trained, whatever the groups say
         "fixed_parameters": {"tensors": list(fixed), "params": sum(named[n].numel() for n in fixed)},
@@ -105,6 +107,7 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
         "dropout_policy": recipe.freeze.dropout,
         "batches": {"batch_size": recipe.data.batch_size, "accumulate": recipe.train.accumulate,
                     "last_batch": LAST_BATCH_POLICY},
+        "speed": speed_plan(recipe.train, recipe.data, len({tuple(schedule.trainable_at(e)) for e in range(epochs)})),
         "groups": rows,
     }
     return Plan(data)
@@ -123,12 +126,22 @@ def _head_dict(head: Any, head_prefix: str) -> dict[str, Any]:
             "aux": [prefix.rstrip(".") for prefix in head.aux_prefixes]}
 
 
+def _task(recipe: Any) -> dict[str, Any]:
+    if recipe.task == "multilabel":
+        return {"name": "multilabel", "threshold": recipe.multilabel.threshold,
+                "summary": f"multilabel: a sigmoid per class, labels at score >= {recipe.multilabel.threshold:g}; "
+                           "val_map, val_f1_micro, val_f1_macro, val_acc (exact match)"}
+    return {"name": "multiclass", "summary": "multiclass: one class per image (softmax)"}
+
+
 def _lr(value: float) -> str:
     return f"{value:.2e}"
 
 
 def _render(d: dict[str, Any]) -> str:
     lines = [f"plan: {d['name']}  ({d['arch']} on {d['device']}, {d['epochs']} epochs)", ""]
+    if d.get("task", {}).get("name") == "multilabel":
+        lines.append(f"task      {d['task']['summary']}")
     head = d["head"]
     if head["replaced"]:
         lines.append(f"head      {head['path']}: {head['old']}  ->  {head['new']}  ({head['params']:,} new parameters)")
@@ -157,11 +170,24 @@ def _render(d: dict[str, Any]) -> str:
         mean, std = d["normalization"]["mean"], d["normalization"]["std"]
         lines.append(f"normalize mean {[round(m, 3) for m in mean]}, std {[round(s, 3) for s in std]} "
                      "(from the pretrained weights)")
+    transforms = d.get("data_transforms")  # data.augment, in order (recipec.train.augment)
+    if transforms:
+        lines.append(f"train     {' -> '.join(transforms['train']) or 'as loaded'}")
+        lines.append(f"eval      {' -> '.join(transforms['eval']) or 'as loaded'}")
+    if d.get("data_mix"):
+        lines.append(f"mix       {d['data_mix']['summary']}; soft targets, accuracy on hard labels")
+    if (d.get("data_sampler") or {}).get("name", "random") != "random":
+        lines.append(f"sampler   {d['data_sampler']['summary']}")
     params = d["parameters"]
     lines.append(f"params    {params['total']:,} total; trainable at epoch 0: {params['trainable'][0]:,}")
     if d.get("batches"):
         per_step = f" x {d['batches']['accumulate']} per step" if d["batches"]["accumulate"] > 1 else ""
         lines.append(f"batches   {d['batches']['batch_size']}{per_step}; {d['batches']['last_batch']}")
+    if d.get("speed") and (d["speed"]["compile"] or d["speed"]["channels_last"]):
+        lines.append(f"speed     {d['speed']['summary']}")
+    from recipec.train.select import craft_lines
+
+    lines += craft_lines(d)  # loss, EMA, best-epoch selection (when the plan has data: plan_recipe, build)
     fixed = d.get("fixed_parameters") or {"tensors": []}
     if fixed["tensors"]:
         shown = ", ".join(fixed["tensors"][:5]) + (", ..." if len(fixed["tensors"]) > 5 else "")
@@ -220,4 +246,15 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
     if renamed:
         example = next(iter(renamed.items()))
         lines.append(f"renamed     {len(renamed)} keys, e.g. {example[1]} -> {example[0]}")
+    return lines
+
+
+def data_lines(info: dict[str, Any], steps_per_epoch: int) -> list[str]:
+    """The data part of ``recipec plan``: each split's size and where it came from (``info`` is
+    :func:`recipec.train.data.build_data`'s ``info``)."""
+    sizes, origins = info["sizes"], info.get("splits") or {}
+    lines = [f"data: {sizes['train']} training / {sizes['val']} validation / {sizes.get('test', 0)} test examples, "
+             f"{steps_per_epoch} optimizer step(s) per epoch"]
+    lines += [f"  {split:<5} {sizes.get(split, 0):>8,}  {origins[split]}" for split in ("train", "val", "test")
+              if split in origins]
     return lines

@@ -13,7 +13,7 @@ before its module is imported, unless the caller trusts that exact factory
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from recipec.errors import CheckpointError, ModelError, UntrustedFactoryError
 
-__all__ = ["build_model", "load", "model_from", "read_export"]
+__all__ = ["build_model", "load", "load_predictor", "model_from", "read_export", "recipe_from_metadata"]
 
 
 def read_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], Any]:
@@ -30,12 +30,23 @@ def read_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], Any]
     Raises:
         CheckpointError: the file is unreadable, or carries no recipec recipe (a foreign file).
     """
-    from recipec.card.provenance import read_export_metadata
-    from recipec.recipe.spec import Recipe
     from recipec.weights import formats
 
     checkpoint = formats.load(path)
-    meta = {k: v for k, v in checkpoint.metadata.items() if isinstance(v, str)}
+    recipe, provenance = recipe_from_metadata(checkpoint.metadata, path)
+    return recipe, provenance, checkpoint
+
+
+def recipe_from_metadata(metadata: Mapping[str, Any], path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """The recipe and provenance in an export's str -> str metadata (safetensors, torch or ONNX).
+
+    Raises:
+        CheckpointError: no recipec recipe (a foreign file), or a damaged one.
+    """
+    from recipec.card.provenance import read_export_metadata
+    from recipec.recipe.spec import Recipe
+
+    meta = {k: v for k, v in metadata.items() if isinstance(v, str)}
     recipe_yaml, provenance = read_export_metadata(meta)
     if recipe_yaml is None:
         raise CheckpointError(f"{path}: has no recipec recipe in its metadata, so the architecture is unknown; "
@@ -48,7 +59,7 @@ def read_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], Any]
         recipe = Recipe.model_validate(resolve_paths(read_embedded(recipe_yaml, str(path)), Path(path).parent))
     except Exception as exc:  # pydantic or YAML: the embedded recipe is damaged
         raise CheckpointError(f"{path}: the embedded recipe is not valid: {exc}") from exc
-    return recipe, provenance, checkpoint
+    return recipe, provenance
 
 
 def build_model(recipe: Any, *, trust_factories: bool | Collection[str] = (), origin: str = "") -> nn.Module:
@@ -104,9 +115,29 @@ def load(path: str | os.PathLike[str], *, trust_factories: Collection[str] = ())
         >>> model = recipec.load("runs/quickstart/model.safetensors")
         >>> logits = model(images)
         >>> mine = recipec.load("runs/mine/model.safetensors", trust_factories=["mynets:small_cnn"])
+
+    The class names and the preprocessing come with :func:`load_predictor`.
     """
     recipe, _, checkpoint = read_export(Path(path))
     return model_from(recipe, checkpoint, path, trust_factories=trust_factories)
+
+
+def load_predictor(path: str | os.PathLike[str], *, trust_factories: Collection[str] = (),
+                   device: str | None = None) -> Any:
+    """The model of an export with its class names and exact preprocessing: a :class:`recipec.usage.Predictor`.
+
+    :func:`load` gives the bare ``nn.Module``; this gives ``model``, ``classes``, ``transform``
+    (PIL image -> the normalised tensor training used) and ``predict(images, top_k=...)``. It also
+    reads ``model.onnx`` (run with onnxruntime; no factory is built).
+
+    Example:
+        >>> predictor = recipec.load_predictor("runs/quickstart/model.safetensors")
+        >>> predictor.predict(Image.open("digit.png"), top_k=3)
+        [{'class': '7', 'score': 0.98}, {'class': '1', 'score': 0.01}, {'class': '9', 'score': 0.004}]
+    """
+    from recipec.usage import load_predictor as load_usable
+
+    return load_usable(path, trust_factories=trust_factories, device=device)
 
 
 def model_from(recipe: Any, checkpoint: Any, path: str | os.PathLike[str], *,

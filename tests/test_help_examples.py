@@ -82,8 +82,10 @@ def _run(example: str, capsys, slow: bool) -> tuple[int, str, str]:
     for word in words[1:]:
         args += sorted(glob.glob(word)) if "*" in word else [word]
     verb = args[0]
-    if verb == "build" or (verb == "features" and args[1].endswith(".yaml")):
+    if verb in ("build", "lr-find") or (verb == "features" and args[1].endswith(".yaml")):
         args += [*TINY, "--device", "cpu"]
+    if verb == "lr-find":  # a short sweep: the curve itself is tested in tests/test_lrfind.py
+        args += ["--steps", "20"]
     if verb == "build" and not slow:  # a smoke run of the same command: every phase, one batch each
         args += ["--smoke-batches", "1"] + ([] if "--smoke" in args else ["--smoke"])
     with pytest.raises(SystemExit) as info:
@@ -112,6 +114,15 @@ def scratch(tmp_path_factory):
     with pytest.raises(SystemExit) as info:
         main(args)
     assert info.value.code == 0
+    # the images `recipec predict` examples name: the README's one-liner writes the same
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    (work / "digits").mkdir()
+    for i in range(10):
+        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).save(work / "digits" / f"{i}.png")
     return work
 
 

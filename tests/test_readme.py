@@ -20,7 +20,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 def test_cli_table_lists_every_built_command():
-    built = set(re.findall(r"^\| `recipec (\w+)[^|]*\|[^|]*\| built[^|]*\|$", README, flags=re.M))
+    built = set(re.findall(r"^\| `recipec ([\w-]+)[^|]*\|[^|]*\| built[^|]*\|$", README, flags=re.M))
     assert built == set(cli.commands)
 
 

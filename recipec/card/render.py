@@ -97,10 +97,14 @@ def card_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "data": _data(recipe, plan.get("data") or provenance.get("data") or {}, model["weights"]),
         "training": _training(recipe, plan, metrics),
         "transfer": _transfer(plan),
-        "evaluation": {"final": metrics[-1], "has_val": metrics[-1].get("val_acc") is not None, "epochs": metrics},
+        "task": recipe.get("task") or "multiclass", "multilabel": recipe.get("multilabel") or {"threshold": 0.5},
+        "evaluation": {"final": metrics[-1], "has_val": metrics[-1].get("val_acc") is not None, "epochs": metrics,
+                       "results": _eval_results(run)},
         "curves": "curves.png" if (run / "curves.png").is_file() else None,
-        "exports": [{"file": name, "bytes": (run / name).stat().st_size} for name in present],
+        "plan_png": "plan.png" if (run / "plan.png").is_file() else None,  # runs before plan.png had none
+        "exports": _exported_files(run, present),
         "load_file": next((name for name in present if name != "model.onnx"), None),
+        "usage": _usage(recipe, provenance, present),
         "versions": provenance.get("versions") or {}, "time": provenance.get("time"),
         "environment": provenance.get("environment") or {},
     }
@@ -168,7 +172,8 @@ def write_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[s
     run = Path(run_dir)
     target = Path(run_dir) / "README.md" if out is None else check_output(
         out, what="the card", error=RunDirectoryError,  # never onto a file the card is made from
-        inputs=[*(run / n for n in ("recipe.yaml", "metrics.jsonl", "plan.json", "curves.png", *_EXPORTS)),
+        inputs=[*(run / n for n in ("recipe.yaml", "metrics.jsonl", "plan.json", "plan.png", "curves.png",
+                                    *_EXPORTS)),
                 run / "checkpoints", template, DEFAULT_TEMPLATE])
     text = render_card(run_dir, template=template)
     atomic_write_text(target, text)
@@ -188,8 +193,65 @@ def _parse(path: Path, text: str, parse: Any) -> Any:
     return value
 
 
+def _exported_files(run: Path, present: list[str]) -> list[dict[str, Any]]:
+    """Every exported file with its size and sha256, hashed from the disk now (shards after their index)."""
+    from recipec.card.provenance import file_digest
+
+    names: list[str] = []
+    for name in present:
+        names.append(name)
+        if name.endswith(".index.json"):
+            from recipec._files import expand_inputs
+
+            names += [shard.name for shard in expand_inputs([run / name])[1:] if shard.is_file()]
+    return [{"file": name, "bytes": (run / name).stat().st_size, "sha256": file_digest(run / name)}
+            for name in dict.fromkeys(names)]
+
+
+def _eval_results(run: Path) -> list[dict[str, Any]]:
+    """What ``recipec eval`` wrote (``eval/<split>.json``): test first, then val, then any other."""
+    folder = run / "eval"
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        result = _parse(path, path.read_text(encoding="utf-8"), json.loads)
+        if not {"split", "n", "accuracy"} <= set(result):
+            continue
+        macro = result.get("macro") if isinstance(result.get("macro"), dict) else {}
+        found.append({"split": result["split"], "n": result["n"], "accuracy": result["accuracy"],
+                      "top5": result.get("top5"), "loss": result.get("loss"), "macro_f1": macro.get("f1"),
+                      "weighted_f1": (result.get("weighted") if isinstance(result.get("weighted"), dict) else {}).get("f1"),
+                      "file": f"eval/{path.name}",
+                      "export": result.get("export"),
+                      "override": (result.get("data") if isinstance(result.get("data"), dict) else {}).get("override"),
+                      "confusion": f"eval/{path.stem}-confusion.png" if (folder / f"{path.stem}-confusion.png")
+                      .is_file() else None})
+    order = {"test": 0, "val": 1}
+    return sorted(found, key=lambda r: (order.get(r["split"], 2), r["file"]))
+
+
+def _usage(recipe: dict[str, Any], provenance: dict[str, Any], present: list[str]) -> dict[str, Any]:
+    """How to use the exports: which file, whether a factory must be trusted, the preprocessing in words."""
+    from recipec.errors import CheckpointError
+    from recipec.usage import describe_preprocessing, preprocessing_of
+
+    arch = str((recipe.get("model") or {}).get("arch") or "")
+    try:
+        words = describe_preprocessing(preprocessing_of(None, provenance)) if provenance else None
+    except (CheckpointError, KeyError, TypeError, ValueError):  # an export that records no preprocessing
+        words = None
+    return {"file": next((n for n in present if n != "model.onnx"), None) or (present[0] if present else None),
+            "onnx": "model.onnx" in present, "factory": arch if ":" in arch else None, "preprocessing": words}
+
+
 def _export_provenance(run: Path, exports: list[str]) -> dict[str, Any]:
     readable = [name for name in exports if name != "model.onnx"]
+    if not readable and "model.onnx" in exports:
+        from recipec.card.provenance import read_export_metadata
+        from recipec.weights.onnx import read_onnx
+
+        return read_export_metadata({p.key: p.value for p in read_onnx(run / "model.onnx").metadata_props})[1]
     if not readable:
         return {}
     from recipec.card.provenance import read_export_metadata

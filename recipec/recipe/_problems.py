@@ -80,6 +80,7 @@ def _explain(err: ErrorDetails, data: Any) -> list[tuple[RecipePath, str, Recipe
         return [(path, _unknown_key(loc), path, True)]
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         field = ctx.get("discriminator", "").strip("'")
+        field = field if field.isidentifier() else "name"  # a callable discriminator (data.augment) reads `name`
         tags = ", ".join(_tags(_annotation_at(loc)))
         if kind == "union_tag_not_found":
             return [(path, f"needs {field}: one of {tags}", path, False)]
@@ -147,7 +148,9 @@ def _unknown_key(loc: tuple[Any, ...]) -> str:
     key = loc[-1] if loc else "?"
     model = _annotation_at(loc[:-1])
     names = list(model.model_fields) if _is_model(model) else []
-    return f"unknown key {key!r}{_did_you_mean(key, names)}"
+    takes = f" ({_tags(model)[0]} takes {', '.join(names)})" \
+        if getattr(model, "list_options", False) else ""  # data.augment items: each name has its options
+    return f"unknown key {key!r}{_did_you_mean(key, names)}{takes}"
 
 
 def _did_you_mean(value: Any, choices: list[str]) -> str:
@@ -201,6 +204,7 @@ def _tags(tp: Any) -> list[str]:
     members = get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
     tags: list[str] = []
     for member in members:
+        member = _strip(member)  # Annotated[Model, Tag(...)] in a union with a callable discriminator
         info = member.model_fields.get("name") if _is_model(member) else None
         if info is not None and get_origin(info.annotation) is Literal:
             tags.extend(get_args(info.annotation))

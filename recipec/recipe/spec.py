@@ -35,6 +35,11 @@ from recipec.recipe.spec_run import CardSpec, DataSpec, EarlyStoppingSpec, Expor
 # Not used here; the `as` form re-exports them to code that imports them from this module.
 from recipec.recipe._fields import ByteSize as ByteSize
 from recipec.recipe.spec_run import ExportFormat as ExportFormat
+from recipec.recipe.spec_run import EmaSpec as EmaSpec
+from recipec.recipe.spec_run import FocalSpec as FocalSpec
+from recipec.recipe.spec_run import LossSpec as LossSpec
+from recipec.recipe.spec_run import LogSpec, MlflowSpec as MlflowSpec
+from recipec.recipe.spec_run import SelectSpec as SelectSpec
 
 __all__ = [
     "AdaptSpec",
@@ -358,6 +363,18 @@ class OptimizerSpec(_Spec):
 # --------------------------------------------------------------------------- recipe
 
 
+class MultilabelSpec(_Spec):
+    """task: multilabel options (recipec.train.multilabel)."""
+
+    threshold: float = Field(0.5, gt=0, lt=1, description="A class is predicted when its sigmoid score is at least "
+                                                           "this: val_f1_micro, val_f1_macro, val_acc (exact match), "
+                                                           "`recipec eval` and the labels `recipec predict` lists.",
+                             examples=[0.5])
+
+
+_MULTILABEL_METRICS = ("val_map", "val_f1_micro", "val_f1_macro")
+
+
 class Recipe(_Spec):
     """A recipec recipe: what to start from, what to keep, what to train and how."""
 
@@ -389,6 +406,30 @@ class Recipe(_Spec):
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training.", examples=[{"epochs": 3}])
     export: ExportSpec = Field(default_factory=ExportSpec, description="Exports.", examples=[{"formats": ["safetensors"]}])
     card: CardSpec = Field(default_factory=CardSpec, description="Model card.", examples=[{"license": "mit"}])
+    loss: LossSpec = Field(default_factory=LossSpec, description="The training loss (label smoothing, class weights, "
+                           "focal).", examples=[{"label_smoothing": 0.1, "class_weights": "auto"}])
+    log: LogSpec = Field(default_factory=LogSpec, description="Experiment tracking: TensorBoard and MLflow (optional "
+                         "extras).", examples=[{"tensorboard": True, "mlflow": {"experiment": "flowers"}}])
+    task: Literal["multiclass", "multilabel"] = Field(
+        "multiclass", description="multiclass: one class per image (softmax, cross-entropy). multilabel: any number of "
+                                  "classes per image (data.dataset: manifest, labels separated by ';'; a sigmoid per "
+                                  "class, binary cross-entropy; val_map, val_f1_micro, val_f1_macro; train.select "
+                                  "defaults to val_map).", examples=["multilabel"])
+    multilabel: MultilabelSpec = Field(default_factory=MultilabelSpec, description="task: multilabel options.",
+                                       examples=[{"threshold": 0.5}])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _multilabel_select(cls, data: Any) -> Any:
+        # task: multilabel selects by val_map unless the recipe names a metric (recipe.yaml then says val_map)
+        if not isinstance(data, dict) or data.get("task") != "multilabel":
+            return data
+        train = data.get("train", {})
+        select = train.get("select", {}) if isinstance(train, dict) else None
+        if isinstance(select, dict) and "metric" not in select:
+            data = dict(data)
+            data["train"] = dict(train) | {"select": dict(select) | {"metric": "val_map"}}
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
@@ -431,6 +472,34 @@ class Recipe(_Spec):
             problems.append((("freeze", "gradual", "start"),
                              f"epoch {self.freeze.gradual.start} never starts "
                              f"(train.epochs is {self.train.epochs}; epochs count from 0)"))
+        if self.export.weights == "ema" and self.train.ema is None:
+            problems.append((("export", "weights"), "ema needs train.ema (e.g. {decay: 0.999}); or export best or last"))
+        problems += self._task_problems()
         if problems:
             raise FieldProblems(problems)
         return self
+
+    def _task_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """What task: multilabel needs (a manifest, a loss it defines), and the metrics only it measures."""
+        es = self.train.early_stopping
+        metrics = [(("train", "select", "metric"), self.train.select.metric.removesuffix("_ema"))]
+        metrics += [(("train", "early_stopping", "metric"), es.metric)] if es is not None else []
+        if self.task == "multiclass":
+            return [(at, f"{m} is measured for task: multilabel only; set task: multilabel, or choose val_acc or "
+                         "val_loss") for at, m in metrics if m in _MULTILABEL_METRICS]
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.data.dataset != "manifest":
+            problems.append((("data", "dataset"), f"task: multilabel reads its labels from a manifest (a .csv with "
+                                                  f"path,label[,split], labels separated by ';'), got "
+                                                  f"{self.data.dataset}; set data.dataset: manifest and data.root: "
+                                                  "the manifest file"))
+        why = {("loss", "class_weights"): "they weight the classes of a softmax",
+               ("loss", "focal"): "it is the softmax focal loss",
+               ("data", "mixup"): "it mixes class indices", ("data", "cutmix"): "it mixes class indices",
+               ("data", "sampler"): "balanced assumes one class per image; use random"}
+        used = {("loss", "class_weights"): self.loss.class_weights is not None,
+                ("loss", "focal"): self.loss.focal is not None,
+                ("data", "mixup"): self.data.mixup is not None, ("data", "cutmix"): self.data.cutmix is not None,
+                ("data", "sampler"): self.data.sampler == "balanced"}
+        problems += [(at, f"is not supported with task: multilabel ({why[at]})") for at, on in used.items() if on]
+        return problems

@@ -39,7 +39,8 @@ class _Indices(Dataset[int]):
 
 
 def cache_refusal(model: nn.Module, *, head_path: str, head_group: str, groups: Sequence[Any],
-                  augment: Sequence[str], batchnorm: str, distributed: bool, dropout: str = "frozen") -> str | None:
+                  augment: Sequence[Any], batchnorm: str, distributed: bool, dropout: str = "frozen",
+                  mix: bool = False) -> str | None:
     """Why the cache cannot be used for this run, or None when it can.
 
     The cache is used only where it provably gives the same numbers: while only the head
@@ -49,6 +50,8 @@ def cache_refusal(model: nn.Module, *, head_path: str, head_group: str, groups: 
     """
     if augment:
         return "augmentations change the inputs every epoch"
+    if mix:
+        return "mixup/cutmix mix the examples of every batch"
     if distributed:
         return "not used with several processes"
     head = model.get_submodule(head_path)
@@ -153,7 +156,8 @@ class HeadCache:
         the real loader draws, so the order matches without depending on torch internals.
         """
         assert self.features is not None and self.labels is not None
-        order = DataLoader(_Indices(len(self.features)), batch_size=self.loader.batch_size, shuffle=True,
+        # the loader's own sampler (a permutation, or data.sampler: balanced) over the same generator
+        order = DataLoader(_Indices(len(self.features)), batch_size=self.loader.batch_size, sampler=self.loader.sampler,
                            generator=self.loader.generator, drop_last=self.loader.drop_last)
         for index in order:
             index = index.to(self.features.device)

@@ -1,40 +1,49 @@
-"""Datasets, the stratified train/val split, transforms and the data loaders.
+"""The splits (train, val, test), transforms and the data loaders: the one place data is built.
 
-Every image becomes a float tensor (C, H, W): converted to ``in_channels``, resized to a
-square (squashed, or as the pretrained weights were: :func:`resize_rule`), augmented (train
-only), normalised. The training order of epoch ``e`` is a pure
-function of ``(seed, e)`` (see :func:`set_epoch`), so a resumed run sees the same batches.
+The datasets themselves are read in :mod:`recipec.train.datasets`. Every image becomes a
+float tensor (C, H, W): converted to ``in_channels``, resized to a square (squashed, or as
+the pretrained weights were: :func:`resize_rule`), augmented (train only), normalised. The
+training order of epoch ``e`` is a pure function of ``(seed, e)`` (see :func:`set_epoch`), so
+a resumed run sees the same batches. :func:`build_split` gives one split for evaluation,
+exactly as the run split it.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torchvision
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
-from recipec.errors import DatasetError, UnreadableImageError
+from recipec.errors import DatasetError
+from recipec.train.speed import EpochSeeded, auto_workers, epoch_seeded
+from recipec.train.augment import augment_problems, build_augmentations, describe, describe_augment
+from recipec.train.sampler import balanced_sampler
+from recipec.train.datasets import (
+    DATASETS,
+    SPLITS,
+    Examples,
+    FileImages,
+    TensorImages,
+    count_per_class,
+    fingerprint,
+    override_examples,
+    without_bad_images,
+)
+from recipec.train.splits import EPOCH_STRIDE, partition
 
-__all__ = ["DATASETS", "LAST_BATCH_POLICY", "Data", "build_data", "drops_single_last", "resize_rule", "set_epoch"]
+__all__ = ["DATASETS", "LAST_BATCH_POLICY", "Data", "SplitData", "build_data", "build_split", "drops_single_last",
+           "resize_rule", "set_epoch"]
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
-DATASETS = ("imagefolder", "digits", "fake", "cifar10", "cifar100", "mnist", "fashionmnist")
-AUGMENTS = ("hflip", "vflip", "random_crop", "random_resized_crop", "color_jitter", "rotate")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 IMAGENET: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-FAKE_PER_CLASS = 32
-FAKE_MAX_CLASSES = 4096
-_EPOCH_STRIDE = 1_000_003
 # In-memory datasets (digits, fake) are resized once up front unless that would take more than this.
 _PRECOMPUTE_BYTES = 256 * 2**20
-_TORCHVISION = {"cifar10": ("CIFAR10", "cifar-10-batches-py"), "cifar100": ("CIFAR100", "cifar-100-python"),
-                "mnist": ("MNIST", "MNIST/raw"), "fashionmnist": ("FashionMNIST", "FashionMNIST/raw")}
 
 
 @dataclass
@@ -42,7 +51,8 @@ class Data:
     """What :func:`build_data` returns.
 
     ``normalization`` is the (mean, std) actually applied, ``None`` for none; ``info`` is a
-    JSON-serialisable description for provenance.
+    JSON-serialisable description for provenance. ``test`` is None when the data has no test
+    split (``root/test``, a manifest's ``test`` rows); nothing in a build reads it.
     """
 
     train: DataLoader
@@ -52,6 +62,21 @@ class Data:
     info: dict[str, Any]
     seed: int = 0
     epoch_seed: bool = True
+    test: DataLoader | None = None
+    task: str = "multiclass"  # multilabel: targets are multi-hot (N, C) (recipec.train.multilabel)
+    threshold: float = 0.5  # multilabel: a class is predicted at sigmoid >= threshold
+
+
+@dataclass
+class SplitData:
+    """What :func:`build_split` returns: ``n`` examples of one split in ``loader`` (eval transforms,
+    dataset order), labelled by ``classes`` (the model's); ``info``: ``split``, ``source`` (where the
+    examples came from), ``per_class`` counts, ``skipped_images``."""
+
+    loader: DataLoader
+    classes: list[str]
+    n: int
+    info: dict[str, Any]
 
 
 LAST_BATCH_POLICY = "a last batch of one example is skipped in its epoch (BatchNorm cannot train on one; order reshuffled)"
@@ -119,23 +144,27 @@ def resize_rule(image_size: int | str, resize: str, preprocessing: dict[str, Any
 def set_epoch(data: Data, epoch: int) -> None:
     """Make the training order of ``epoch`` depend on nothing but ``(seed, epoch)``.
 
-    Call it at the start of every epoch. With ``num_workers > 0`` the workers' RNG seeds come
-    from the same generator, so their augmentations repeat too. A no-op when
-    ``build_data(epoch_seed=False)``.
+    Call it at the start of every epoch. Random transforms are seeded per example from
+    ``(seed, epoch)`` too (:class:`recipec.train.speed.EpochSeeded`), in the main process or a
+    worker alike. With ``build_data(epoch_seed=False)`` the order continues from one generator.
     """
+    seeded = epoch_seeded(data.train.dataset)
+    if seeded is not None:
+        seeded.epoch_seed = data.seed * EPOCH_STRIDE + epoch
     sampler = data.train.sampler
     if isinstance(sampler, DistributedSampler):  # one shard per rank; the sampler orders each epoch
         sampler.set_epoch(epoch)
     elif data.epoch_seed and data.train.generator is not None:
-        data.train.generator.manual_seed(data.seed * _EPOCH_STRIDE + epoch)
+        data.train.generator.manual_seed(data.seed * EPOCH_STRIDE + epoch)
 
 
 def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] | None = None,
                per_class: int | None = None, val_fraction: float = 0.2, image_size: int = 224,
-               normalize: str = "from_weights", augment: Sequence[str] = (), batch_size: int = 32,
+               normalize: str = "from_weights", augment: Sequence[Any] = (), batch_size: int = 32,
                num_workers: int = 0, seed: int = 0, in_channels: int = 3, weights_normalization: Stats | None = None,
                num_classes: int | None = None, epoch_seed: bool = True, on_bad_image: str = "error",
-               resize_size: int | None = None, interpolation: str = "bilinear", crop_mode: str = "center") -> Data:
+               resize_size: int | None = None, interpolation: str = "bilinear", crop_mode: str = "center",
+               sampler: str = "random", device: str = "cpu", task: str = "multiclass", threshold: float = 0.5) -> Data:
     """Load a dataset, split it by class and wrap both parts in data loaders.
 
     Args:
@@ -157,7 +186,9 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
         normalize: ``from_weights`` (``weights_normalization``, or none without one), ``imagenet``, ``none``.
         augment: training augmentations, applied in the order given.
         batch_size: examples per batch.
-        num_workers: data loader worker processes.
+        num_workers: data loader worker processes, or ``auto`` (:func:`recipec.train.speed.auto_workers`);
+            ``info["num_workers"]`` is the number used.
+        device: the device type the batches go to (``cuda``: pinned memory, more workers for ``auto``).
         seed: seeds the split, the ``fake`` images and the training order.
         in_channels: channels the model expects. 1 from RGB is luminance; from 1 the channel is
             repeated; other counts repeat channels cyclically or drop the extra ones.
@@ -181,74 +212,51 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
         ...     set_epoch(data, epoch)
         ...     for images, labels in data.train: ...
     """
-    _check_args(dataset, normalize, augment, val_fraction, image_size, in_channels)
-    if resize_size is not None and (interpolation not in INTERPOLATIONS or crop_mode not in ("center", "squash")
-                                    or resize_size < 1):
-        raise DatasetError([(("data", "resize"), f"cannot resize to {resize_size} with {interpolation!r} "
-                             f"interpolation and crop_mode {crop_mode!r} (interpolation: {', '.join(INTERPOLATIONS)}; "
-                             "crop_mode: center or squash); set data.resize: square")])
-    images, targets, names, source = _load(dataset, root, num_classes, seed)
-    bad: list[str] = []
-    if on_bad_image == "skip" and source is not None and hasattr(source, "samples"):
-        source, targets, bad = _without_bad_images(source, targets)
-    labels, chosen = _select(targets, names, classes)
-    present = set(labels)
-    empty = [names[c] for i, c in enumerate(chosen) if i not in present]
-    if empty:
-        raise DatasetError([(("data", "root"), f"class {name!r} has no images under {root}; add some, or leave it "
-                                               "out with data.classes") for name in empty])
-    if num_classes is not None and len(chosen) > num_classes:
-        raise DatasetError([(("model", "head", "num_classes"), f"is {num_classes} but the data has {len(chosen)} "
-                             f"classes; raise it or pick classes with data.classes")])
-    train_idx, val_idx = _split(labels, chosen, val_fraction, per_class, seed)
+    if task == "multilabel":  # multi-hot targets from a manifest
+        from recipec.train.multilabel import build_multilabel_data
 
-    if normalize == "from_weights":
-        stats = _adapt(weights_normalization, in_channels) if weights_normalization else None
-    else:
-        stats = _adapt(IMAGENET, in_channels) if normalize == "imagenet" else None
-    norm: list[Callable[[torch.Tensor], torch.Tensor]] = [v2.Normalize(*stats)] if stats else []
-    augs, skipped = _augmentations(augment, image_size, in_channels, interpolation if resize_size else "bilinear")
-    resize: Callable[[Any], Any] = v2.Resize((image_size, image_size), antialias=True)
-    if resize_size is not None:  # the weights' eval rule, timm's transforms_imagenet_eval: resize, then centre crop
-        shorter: int | list[int] = [resize_size, resize_size] if crop_mode == "squash" else resize_size
-        resize = v2.Compose([v2.Resize(shorter, interpolation=v2.InterpolationMode(interpolation), antialias=True),
-                             v2.CenterCrop(image_size)])
+        return build_multilabel_data(**{k: v for k, v in locals().items() if k not in ("dataset", "task")})
+    _check_args(dataset, normalize, augment, val_fraction, image_size, in_channels, resize_size, interpolation,
+                crop_mode)
+    if sampler not in ("random", "balanced"):
+        raise DatasetError([(("data", "sampler"), f"unknown sampler {sampler!r}; choose random or balanced")])
+    parts = partition(dataset, root, classes, val_fraction, per_class, seed, num_classes, on_bad_image)
+    labels, class_names, (train_idx, val_idx, test_idx) = parts.labels, parts.classes, parts.indices
+    stats = _stats(normalize, weights_normalization, in_channels)
+    # data.augment (recipec.train.augment): `augs` before normalisation in the order given, `after` it random_erasing
+    augmentations = build_augmentations(augment, image_size, in_channels, interpolation if resize_size else "bilinear")
+    augs, after, skipped = augmentations.before, augmentations.after, augmentations.skipped
+    pipeline = _Pipeline(image_size, resize_size, interpolation, crop_mode, in_channels, stats)
 
-    def loaded(idx: list[int], extra: list[Any]) -> Dataset:
-        lab = [labels[i] for i in idx]
-        if images is None:  # files: every step per item
-            steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), _Channels(in_channels)]
-            # the weights' rule resizes the decoded image itself, as the pretraining transforms did (PIL)
-            steps = [resize, *steps] if resize_size is not None else [*steps, resize]
-            return _FileImages(source, idx, lab, v2.Compose(steps + extra + norm))
-        x = _Channels(in_channels)(images[idx])  # (n, in_channels, h, w)
-        if x.shape[0] * x.shape[1] * image_size**2 * 4 > _PRECOMPUTE_BYTES:
-            return _TensorImages(x, lab, v2.Compose([resize, *extra, *norm]))
-        x = resize(x)
-        if not extra:  # nothing random: normalise once too
-            return _TensorImages(v2.Compose(norm)(x) if norm else x, lab, None)
-        return _TensorImages(x, lab, v2.Compose(extra + norm))
+    def loaded(idx: list[int], extra: list[Any], after: Sequence[Any] = ()) -> Dataset:
+        return pipeline.dataset(parts.examples, idx, [labels[i] for i in idx], extra, after)
 
-    generator = torch.Generator().manual_seed(seed * _EPOCH_STRIDE if epoch_seed else seed)
-    # Augmentations draw from the global torch RNG (in workers: seeds drawn from `generator`),
-    # which the training state saves and restores.
-    train = DataLoader(loaded(train_idx, augs), batch_size=batch_size, shuffle=True, generator=generator,
-                       num_workers=num_workers, drop_last=drops_single_last(len(train_idx), batch_size),
-                       persistent_workers=False)
-    val = None
-    if val_fraction > 0:
-        val = DataLoader(loaded(val_idx, []), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                         drop_last=False, persistent_workers=False)
+    generator = torch.Generator().manual_seed(seed * EPOCH_STRIDE if epoch_seed else seed)
+    # Random transforms draw from the CPU RNG seeded per example from (seed, epoch, index) (EpochSeeded, set by
+    # set_epoch), so any number of workers gives the same tensors. Workers are not persistent for training:
+    # a reused iterator would skip the draw its creation takes from `generator` (the order would differ after
+    # a resume) and its workers would keep their RNG across epochs.
+    workers = auto_workers(num_workers, dataset, device)
+    pin = device == "cuda"
+    # data.sampler: balanced draws from the same generator, reseeded from (seed, epoch) by set_epoch
+    order = balanced_sampler([labels[i] for i in train_idx], generator) if sampler == "balanced" else None
+    train_set = loaded(train_idx, augs, after)
+    train = DataLoader(EpochSeeded(train_set) if augs or after else train_set, batch_size=batch_size,
+                       shuffle=order is None, sampler=order, generator=generator,
+                       num_workers=workers, drop_last=drops_single_last(len(train_idx), batch_size),
+                       persistent_workers=False, pin_memory=pin, prefetch_factor=4 if workers else None)
+    val = _eval_loader(loaded(val_idx, []), batch_size, workers, pin) if parts.has_val else None
+    test = _eval_loader(loaded(test_idx, []), batch_size, workers, pin) if test_idx else None
 
-    class_names = [names[c] for c in chosen]
     applied: Any = {"mean": list(stats[0]), "std": list(stats[1])} if stats else "none"
     if normalize == "from_weights" and not weights_normalization:
         applied = "none (no pretrained weights)"
     info = {
         "dataset": dataset, "root": root, "classes": class_names,
-        "sizes": {"train": len(train_idx), "val": len(val_idx)},
-        "train_per_class": _counts(train_idx, labels, class_names),
-        "val_per_class": _counts(val_idx, labels, class_names),
+        "sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}, "splits": parts.origins,
+        "train_per_class": count_per_class(train_idx, labels, class_names),
+        "val_per_class": count_per_class(val_idx, labels, class_names),
+        "test_per_class": count_per_class(test_idx, labels, class_names),
         "image_size": image_size, "in_channels": in_channels,
         "resize": {"image_size": image_size, "rule": "square" if resize_size is None else "shorter_side",
                    "resize_size": image_size if resize_size is None else resize_size,
@@ -256,170 +264,91 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
                    "crop_pct": 1.0 if resize_size is None else image_size / resize_size,
                    "crop_mode": None if resize_size is None else crop_mode},
         "normalize": {"requested": normalize, "applied": applied},
-        "augment": [a for a in augment if a not in skipped], "augment_skipped": skipped,
+        "augment": [d for d in map(describe_augment, augment) if d not in skipped], "augment_skipped": skipped,
+        "sampler": sampler,
+        "transforms": {"train": describe([pipeline.resize, *augs, *pipeline.norm, *after]),
+                       "eval": describe([pipeline.resize, *pipeline.norm])},
         "val_fraction": val_fraction, "per_class": per_class, "seed": seed,
-        "fingerprint": _fingerprint(source, root, labels, train_idx, val_idx),
-        "on_bad_image": on_bad_image, "skipped_images": bad,
+        "fingerprint": fingerprint(parts.examples, labels, {"train": train_idx, "val": val_idx, "test": test_idx}),
+        "on_bad_image": on_bad_image, "skipped_images": parts.bad,
+        "num_workers": workers,
         "batches": {"batch_size": batch_size, "per_epoch": len(train),
                     "dropped_per_epoch": 1 if train.drop_last else 0, "last_batch": LAST_BATCH_POLICY},
     }
-    return Data(train, val, class_names, stats, info, seed=seed, epoch_seed=epoch_seed)
+    return Data(train, val, class_names, stats, info, seed=seed, epoch_seed=epoch_seed, test=test)
 
 
-# --------------------------------------------------------------------------- datasets
+def build_split(*, split: str, override: str | None = None, classes: Sequence[str], batch_size: int | None = None,
+                **kwargs: Any) -> SplitData:
+    """One split of a run's data (or of other data), for evaluation: eval transforms, dataset order.
 
+    Args:
+        split: ``train``, ``val`` or ``test``. Without ``override`` these are exactly the run's
+            examples (the same split function and seed: a random ``val`` is the run's val).
+        override: other data instead of the run's: a directory of ``<class>/<image>``, or one with
+            ``train``/``val``/``test`` folders (``split`` picks the folder), or a manifest file
+            (its ``split`` rows, or every row when it has no split column).
+        classes: the model's classes; label ``i`` is ``classes[i]``.
+        batch_size: examples per batch (default: the run's ``batch_size``).
+        **kwargs: :func:`recipec.compiler.data_kwargs` of the run's recipe (its ``classes`` and
+            ``batch_size`` are replaced by the arguments above; augmentation is never applied).
 
-class _TensorImages(Dataset):
-    def __init__(self, images: torch.Tensor, labels: list[int], transform: Callable | None) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
+    Returns:
+        The loader, the classes, the number of examples and ``info`` (``split``, ``source``,
+        ``per_class``, ``skipped_images``; without ``override`` also ``left_out``: examples of
+        classes the model lacks, which ``data.classes`` left out of the run).
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    Raises:
+        DatasetError: a split the data does not have (saying which exist), a class of ``override``
+            the model lacks, a malformed manifest, a missing file.
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.images[i]
-        return (self.transform(x) if self.transform else x), self.labels[i]
+    Example:
+        >>> kwargs = data_kwargs(recipe) | {"classes": model_classes}
+        >>> test = build_split(split="test", **kwargs)
+        >>> for images, labels in test.loader: ...
+    """
+    if kwargs.get("task") == "multilabel":  # multi-hot targets from a manifest
+        from recipec.train.multilabel import build_multilabel_split
 
-
-class _FileImages(Dataset):
-    def __init__(self, source: Any, indices: list[int], labels: list[int], transform: Callable) -> None:
-        self.source, self.indices, self.labels, self.transform = source, indices, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        index = self.indices[i]
-        try:
-            image = self.source[index][0]
-        except (OSError, ValueError, SyntaxError) as exc:  # what PIL raises for a file it cannot decode
-            path = self.source.samples[index][0] if hasattr(self.source, "samples") else f"example {index}"
-            raise UnreadableImageError(f"unreadable image {path}: {exc} (fix or remove it, or set data.on_bad_image: "
-                                       "skip; `recipec plan` lists every unreadable image)") from exc
-        return self.transform(image), self.labels[i]
-
-
-def _load(dataset: str, root: str | None, num_classes: int | None,
-          seed: int) -> tuple[torch.Tensor | None, list[int], list[str], Any]:
-    """(images (n, c, h, w) in [0, 1] or None, targets, class names, indexable source of (PIL, target))."""
-    if dataset == "digits":
-        from sklearn.datasets import load_digits  # imported here: sklearn takes a second to import
-
-        digits = load_digits()
-        images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        return images, [int(t) for t in digits.target], [str(i) for i in range(10)], None
-    if dataset == "fake":
-        if num_classes is None:
-            raise DatasetError([(("data", "dataset"), "fake needs a class count: set model.head.num_classes")])
-        if num_classes > FAKE_MAX_CLASSES:  # it is held in memory: 384 KiB of images per class
-            raise DatasetError([(("model", "head", "num_classes"), (
-                f"the fake dataset makes {FAKE_PER_CLASS} images of 3x32x32 per class in memory, at most "
-                f"{FAKE_MAX_CLASSES} classes (about {FAKE_MAX_CLASSES * FAKE_PER_CLASS * 3 * 32 * 32 * 4 >> 30} GiB); "
-                f"got {num_classes}"))])
-        g = torch.Generator().manual_seed(seed)
-        patterns = torch.rand(num_classes, 1, 3, 32, 32, generator=g)
-        noise = 0.25 * torch.randn(num_classes, FAKE_PER_CLASS, 3, 32, 32, generator=g)
-        images = (patterns + noise).clamp(0, 1).flatten(0, 1)  # class-major: (classes * 32, 3, 32, 32)
-        targets = [c for c in range(num_classes) for _ in range(FAKE_PER_CLASS)]
-        return images, targets, [f"class_{c}" for c in range(num_classes)], None
-
-    if not root:
-        raise DatasetError([(("data", "root"), f"dataset {dataset} needs root: the directory that holds it")])
-    if not os.path.isdir(root):
-        layout = "root/<class>/<image>" if dataset == "imagefolder" else f"root/{_TORCHVISION[dataset][1]}"
-        raise DatasetError([(("data", "root"), f"{root} does not exist (dataset {dataset} needs {layout})")])
-    if dataset == "imagefolder":
-        try:
-            # empty class folders are judged below, after data.classes chose which classes count
-            source: Any = torchvision.datasets.ImageFolder(root, allow_empty=True)
-        except (FileNotFoundError, OSError) as e:
-            raise DatasetError([(("data", "root"), f"{e} (dataset imagefolder needs root/<class>/<image>)")]) from e
+        return build_multilabel_split(split=split, override=override, classes=classes, batch_size=batch_size, **kwargs)
+    model_classes = [str(c) for c in classes]
+    get = kwargs.get
+    image_size, in_channels = get("image_size", 224), get("in_channels", 3)
+    resize_size, interpolation, crop_mode = get("resize_size"), get("interpolation", "bilinear"), get("crop_mode", "center")
+    dataset, val_fraction, on_bad_image = get("dataset", "digits"), get("val_fraction", 0.2), get("on_bad_image", "error")
+    if split not in SPLITS:
+        raise DatasetError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
+    _check_args(dataset, get("normalize", "from_weights"), (), val_fraction, image_size, in_channels, resize_size,
+                interpolation, crop_mode)
+    left_out: dict[str, int] = {}
+    if override is None:
+        parts = partition(dataset, get("root"), None, val_fraction, get("per_class"), get("seed", 0),
+                           get("num_classes"), on_bad_image, model_classes=model_classes)
+        if not (parts.has_val if split == "val" else split == "train" or parts.examples.has("test")):
+            have = "; ".join(f"{k}: {v}" for k, v in parts.origins.items() if not v.startswith("none"))
+            raise DatasetError(f"the run's data has no {split} split ({parts.origins[split]}; it has {have}); add one "
+                               f"(root/{split}/<class>/<image>, or {split} rows in the manifest) or give the data "
+                               f"to evaluate with --data DIR_OR_MANIFEST")
+        examples, labels, bad, source = parts.examples, parts.labels, parts.bad, parts.origins[split]
+        idx = parts.indices[SPLITS.index(split)]
+        split_of = examples.splits or ["train"] * len(labels)
+        for i, (t, s) in enumerate(zip(examples.targets, split_of)):
+            if labels[i] < 0 and (s == split or (examples.splits is None and split != "test")):
+                left_out[examples.names[t]] = left_out.get(examples.names[t], 0) + 1
     else:
-        name, folder = _TORCHVISION[dataset]
-        try:
-            source = getattr(torchvision.datasets, name)(root, train=True, download=False)
-        except (RuntimeError, OSError) as e:
-            raise DatasetError([(("data", "root"), f"no {dataset} files under {root} (expected {root}/{folder}; "
-                                 f"fetch them once with torchvision.datasets.{name}({root!r}, download=True))")]) from e
-    targets = source.targets.tolist() if isinstance(source.targets, torch.Tensor) else list(source.targets)
-    return None, [int(t) for t in targets], list(source.classes), source
-
-
-def _select(targets: list[int], names: list[str], classes: Sequence[str] | None) -> tuple[list[int], list[int]]:
-    """(new label per example, -1 when not selected; the original class index of each new label)."""
-    if classes is None:
-        return list(targets), list(range(len(names)))
-    index = {n: i for i, n in enumerate(names)}
-    problems: list[Any] = []
-    for i, name in enumerate(classes):
-        if name not in index:
-            problems.append((("data", "classes", i), f"unknown class {name!r}; available: {', '.join(names)}"))
-        elif list(classes).index(name) != i:
-            problems.append((("data", "classes", i), f"class {name!r} is listed twice"))
-    if problems:
-        raise DatasetError(problems)
-    chosen = [index[n] for n in classes]
-    relabel = {c: i for i, c in enumerate(chosen)}
-    return [relabel.get(t, -1) for t in targets], chosen
-
-
-def _split(labels: list[int], chosen: list[int], val_fraction: float, per_class: int | None,
-           seed: int) -> tuple[list[int], list[int]]:
-    by_class: list[list[int]] = [[] for _ in chosen]
-    for i, label in enumerate(labels):
-        if label >= 0:
-            by_class[label].append(i)
-    train: list[int] = []
-    val: list[int] = []
-    for label, members in enumerate(by_class):
-        # Seeded per original class, so a class keeps its split whatever else is selected.
-        g = torch.Generator().manual_seed(seed * _EPOCH_STRIDE + chosen[label])
-        order = [members[j] for j in torch.randperm(len(members), generator=g).tolist()]
-        n_val = int(len(order) * val_fraction + 0.5)
-        if val_fraction > 0 and len(order) >= 2:
-            n_val = min(max(n_val, 1), len(order) - 1)
-        val += order[:n_val]
-        train += order[n_val:][:per_class]
-    return sorted(train), sorted(val)
-
-
-def _without_bad_images(source: Any, targets: list[int]) -> tuple[Any, list[int], list[str]]:
-    """An ImageFolder without the files that cannot be decoded, its targets, and those files (sorted)."""
-    from recipec.checks import decodes
-
-    keep = [decodes(path) is None for path, _ in source.samples]
-    bad = [path for (path, _), ok in zip(source.samples, keep) if not ok]
-    if bad:
-        source.samples = [s for s, ok in zip(source.samples, keep) if ok]
-        source.imgs = source.samples
-        source.targets = [t for _, t in source.samples]
-        targets = [t for t, ok in zip(targets, keep) if ok]
-    return source, targets, bad
-
-
-def _fingerprint(source: Any, root: str | None, labels: list[int], train_idx: list[int], val_idx: list[int]) -> str:
-    """sha256 of what each split holds: per example its label and its file (path relative to the root, size)
-    or, for data held in memory (digits, fake, torchvision arrays), its index. A resume checks it."""
-    import hashlib
-    import json
-
-    samples = getattr(source, "samples", None)  # ImageFolder: (path, class index), sorted
-
-    def item(i: int) -> list[Any]:
-        if samples is None:
-            return [i, labels[i]]
-        path = samples[i][0]
-        return [os.path.relpath(path, root or "."), os.path.getsize(path), labels[i]]
-
-    split = {"train": [item(i) for i in train_idx], "val": [item(i) for i in val_idx]}
-    return hashlib.sha256(json.dumps(split, separators=(",", ":")).encode()).hexdigest()
-
-
-def _counts(indices: list[int], labels: list[int], names: list[str]) -> dict[str, int]:
-    counts = dict.fromkeys(names, 0)
-    for i in indices:
-        counts[names[labels[i]]] += 1
-    return counts
+        examples = override_examples(override, split, model_classes)
+        bad = []
+        if on_bad_image == "skip":
+            examples, bad = without_bad_images(examples)
+        labels, idx, source = examples.targets, list(range(len(examples.targets))), examples.origins[split]
+    stats = _stats(get("normalize", "from_weights"), get("weights_normalization"), in_channels)
+    pipeline = _Pipeline(image_size, resize_size, interpolation, crop_mode, in_channels, stats)
+    loader = _eval_loader(pipeline.dataset(examples, idx, [labels[i] for i in idx], []),
+                          batch_size or get("batch_size", 32),
+                          auto_workers(get("num_workers", 0), dataset, get("device", "cpu")), get("device") == "cuda")
+    info = {"split": split, "source": source, "n": len(idx), "per_class": count_per_class(idx, labels, model_classes),
+            "skipped_images": bad, "left_out": left_out}
+    return SplitData(loader, model_classes, len(idx), info)
 
 
 # --------------------------------------------------------------------------- transforms
@@ -450,32 +379,62 @@ def _adapt(stats: Stats, n: int) -> Stats:
     return tuple(mean[i % len(mean)] for i in range(n)), tuple(std[i % len(std)] for i in range(n))
 
 
-def _augmentations(augment: Sequence[str], size: int, channels: int,
-                   interpolation: str = "bilinear") -> tuple[list[Any], list[str]]:
-    """The train-only transforms, and the names skipped because they do not apply to `channels`."""
-    make = {
-        "hflip": lambda: v2.RandomHorizontalFlip(),
-        "vflip": lambda: v2.RandomVerticalFlip(),
-        "random_crop": lambda: v2.RandomCrop(size, padding=max(1, round(4 * size / 32))),
-        "random_resized_crop": lambda: v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True,
-                                                            interpolation=v2.InterpolationMode(interpolation)),
-        # brightness/contrast are defined for 1 and 3 channels only (torchvision's contrast needs a grey level)
-        "color_jitter": lambda: v2.ColorJitter(brightness=0.2, contrast=0.2),
-        "rotate": lambda: v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR),
-    }
-    skipped = [a for a in augment if a == "color_jitter" and channels not in (1, 3)]
-    return [make[a]() for a in augment if a not in skipped], skipped
+def _stats(normalize: str, weights_normalization: Stats | None, in_channels: int) -> Stats | None:
+    if normalize == "from_weights":
+        return _adapt(weights_normalization, in_channels) if weights_normalization else None
+    return _adapt(IMAGENET, in_channels) if normalize == "imagenet" else None
 
 
-def _check_args(dataset: str, normalize: str, augment: Sequence[str], val_fraction: float, image_size: int,
-                in_channels: int) -> None:
+class _Pipeline:
+    """The steps every image takes, train and eval alike: channels, resize, normalise (around the
+    train-only ``extra`` augmentations)."""
+
+    def __init__(self, image_size: int, resize_size: int | None, interpolation: str, crop_mode: str,
+                 in_channels: int, stats: Stats | None) -> None:
+        self.image_size, self.channels, self.resize_first = image_size, _Channels(in_channels), resize_size is not None
+        self.norm: list[Callable[[torch.Tensor], torch.Tensor]] = [v2.Normalize(*stats)] if stats else []
+        self.resize: Callable[[Any], Any] = v2.Resize((image_size, image_size), antialias=True)
+        if resize_size is not None:  # the weights' eval rule, timm's transforms_imagenet_eval: resize, then centre crop
+            shorter: int | list[int] = [resize_size, resize_size] if crop_mode == "squash" else resize_size
+            self.resize = v2.Compose([v2.Resize(shorter, interpolation=v2.InterpolationMode(interpolation),
+                                                antialias=True), v2.CenterCrop(image_size)])
+
+    def dataset(self, examples: Examples, idx: list[int], labels: Sequence[Any], extra: list[Any],
+                after: Sequence[Any] = ()) -> Dataset:
+        resize, norm = self.resize, self.norm
+        if examples.images is None:  # files: every step per item
+            steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), self.channels]
+            # the weights' rule resizes the decoded image itself, as the pretraining transforms did (PIL)
+            steps = [resize, *steps] if self.resize_first else [*steps, resize]
+            return FileImages(examples.source, idx, labels, v2.Compose(steps + extra + norm + list(after)))
+        x = self.channels(examples.images[idx])  # (n, in_channels, h, w)
+        if x.shape[0] * x.shape[1] * self.image_size**2 * 4 > _PRECOMPUTE_BYTES:
+            return TensorImages(x, labels, v2.Compose([resize, *extra, *norm, *after]))
+        x = resize(x)
+        if not extra and not after:  # nothing random: normalise once too
+            return TensorImages(v2.Compose(norm)(x) if norm else x, labels, None)
+        return TensorImages(x, labels, v2.Compose(extra + norm + list(after)))
+
+
+def _eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin: bool = False) -> DataLoader:
+    """val, test and :func:`build_split`: dataset order, every example. Nothing random, so workers may persist."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False,
+                      persistent_workers=num_workers > 0, pin_memory=pin, prefetch_factor=4 if num_workers else None)
+
+
+def _check_args(dataset: str, normalize: str, augment: Sequence[Any], val_fraction: float, image_size: int,
+                in_channels: int, resize_size: int | None, interpolation: str, crop_mode: str) -> None:
+    if resize_size is not None and (interpolation not in INTERPOLATIONS or crop_mode not in ("center", "squash")
+                                    or resize_size < 1):
+        raise DatasetError([(("data", "resize"), f"cannot resize to {resize_size} with {interpolation!r} "
+                             f"interpolation and crop_mode {crop_mode!r} (interpolation: {', '.join(INTERPOLATIONS)}; "
+                             "crop_mode: center or squash); set data.resize: square")])
     problems: list[Any] = []
     if dataset not in DATASETS:
         problems.append((("data", "dataset"), f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}"))
     if normalize not in ("from_weights", "imagenet", "none"):
         problems.append((("data", "normalize"), f"unknown {normalize!r}; choose from_weights, imagenet or none"))
-    problems += [(("data", "augment", i), f"unknown augmentation {a!r}; choose from {', '.join(AUGMENTS)}")
-                 for i, a in enumerate(augment) if a not in AUGMENTS]
+    problems += augment_problems(augment, in_channels)
     if not 0 <= val_fraction < 1:
         problems.append((("data", "val_fraction"), f"must be in [0, 1), got {val_fraction}"))
     if image_size < 1 or in_channels < 1:

@@ -73,7 +73,8 @@ def shard_loader(loader: DataLoader, world: World, seed: int) -> DataLoader:
     from recipec.train.data import drops_single_last
 
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-                      drop_last=drops_single_last(len(sampler), loader.batch_size or 1), persistent_workers=False)
+                      drop_last=drops_single_last(len(sampler), loader.batch_size or 1), persistent_workers=False,
+                      pin_memory=loader.pin_memory, prefetch_factor=loader.prefetch_factor)
 
 
 def average_gradients(model: nn.Module, world: World) -> None:

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from recipec.train.cache import HeadCache
 from recipec.train.data import Data, set_epoch
 from recipec.train.distributed import World, all_sum, average_gradients, broadcast_buffers
 from recipec.train.freezing import FreezeSchedule, apply_trainable, set_train_mode
+from recipec.train.speed import compile_forward, compiles_so_far, to_channels_last
 
 __all__ = ["EarlyStopping", "evaluate", "fit", "grad_scaler", "group_lrs"]
 
@@ -54,15 +55,30 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
         early_stopping: EarlyStopping | None = None, history: Sequence[dict[str, Any]] = (),
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None, world: World | None = None,
         cache: HeadCache | None = None, scaler: torch.amp.GradScaler | None = None,
-        aux_loss_weight: float = 0.4) -> list[dict[str, Any]]:
+        aux_loss_weight: float = 0.4, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        ema: Any = None,
+        on_batch: Callable[[int, int, torch.Tensor], None] | None = None,
+        mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        compile_mode: bool | str = False, channels_last: bool = False,
+        ) -> list[dict[str, Any]]:
     """Train from ``start_epoch`` to ``epochs``; return the metrics of every epoch (``history`` included).
 
     With several processes (``world``), each trains on its shard, gradients are averaged
     after every backward, and losses are summed over ranks before they are reported.
     With a ``cache``, its epochs train the head on cached inputs of the frozen prefix.
     Auxiliary classifiers (googlenet, inception_v3) add ``aux_loss_weight`` x their loss while they train.
+    ``criterion(logits, target)``: the training loss (default: cross-entropy; see :mod:`recipec.train.losses`).
+    ``ema``: a :class:`recipec.train.ema.Ema`, stepped after every optimizer step and validated every epoch
+    (``val_loss_ema``, ``val_acc_ema``).
+    ``mix(x, y)``: MixUp/CutMix of each training batch (:class:`recipec.train.augment.BatchMix`), giving soft
+    targets (N, C) that the criterion takes as it takes class indices; validation is never mixed.
     ``scaler``: the fp16 loss scaler (default: :func:`grad_scaler`); pass it to save and restore
     its state with the training state, so an fp16 resume is exact.
+    ``on_batch(i, batches, loss)`` is called after each training batch with the batch's loss, detached and on
+    the device (reading it is a host sync: a progress display reads it a few times a second at most).
+    ``compile_mode``: torch.compile the training forward (True or a mode name), counting each epoch's
+    (re)compiles in its metrics (``compiles``); ``channels_last``: model and 4-d inputs in NHWC
+    (:mod:`recipec.train.speed`). Neither changes what is saved: the state dict is ``model``'s.
 
     Raises:
         RunError: the loss became NaN or infinite (exit 1; the last checkpoint stays intact).
@@ -73,7 +89,13 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
     best, stale = _early_stopping_state(history, early_stopping)
     if history and history[-1].get("early_stopped"):
         return history  # a resumed run that had already stopped early: nothing is left to train
+    if channels_last:
+        to_channels_last(model)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    full = data.train.batch_size
+    compiled = compile_forward(model, compile_mode, phases=len({tuple(schedule.trainable_at(e)) for e in range(epochs)}))
     for epoch in range(start_epoch, epochs):
+        compiles = compiles_so_far() if compile_mode is not False else 0
         started = time.perf_counter()
         trainable = schedule.trainable_at(epoch)
         apply_trainable(model, groups, trainable)
@@ -81,42 +103,63 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
         lrs_at_start = group_lrs(optimizer)
         set_train_mode(model, groups, trainable, batchnorm=batchnorm, dropout=dropout)
 
-        total_loss, seen = 0.0, 0
+        losses = _Losses(epoch, world)
         batches = len(data.train)
         cached = cache is not None and epoch in cache.epochs and cache.fill(device, amp)
-        forward = cache.head if cached and cache is not None else model
+        forward = cache.head if cached and cache is not None else compiled
+        # a last partial batch runs uncompiled: one compile per phase, for one static batch shape
+        partial = cache.head if cached and cache is not None else model
         aux_weight = aux_loss_weight if _aux_trains(model) else 0.0
         optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(cache.batches() if cached and cache is not None else data.train):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=memory_format)
+            if mix is not None:
+                x, y = mix(x, y)  # draws from the global RNG, which the training state saves
             with _autocast(device, amp):
-                loss = _loss(forward(x), y, aux_weight)
-            if not torch.isfinite(loss):
-                raise RunError(f"epoch {epoch}, batch {i}: the loss is {loss.item()}; lower optimizer.lr, "
-                               "set train.grad_clip, or check the data")
-            total_loss += loss.item() * len(y)
-            seen += len(y)
+                loss = _loss((forward if len(x) == full else partial)(x), y, aux_weight, criterion or F.cross_entropy)
+            losses.add(loss, len(y))  # on the device: no host sync per batch
             scaled = loss / accumulate
             (scaler.scale(scaled) if scaler else scaled).backward()
             if (i + 1) % accumulate == 0 or i + 1 == batches:
                 average_gradients(model, world)
                 _optimizer_step(model, optimizer, scaler, grad_clip)
                 scheduler.step()
+                if ema is not None:
+                    ema.step(model)
                 optimizer.zero_grad(set_to_none=True)
+            if on_batch is not None:
+                on_batch(i, batches, loss.detach())
 
-        total_loss, summed = all_sum([total_loss, seen], world)
-        seen = int(summed)
+        total_loss, seen = losses.total()  # raises on a NaN/inf loss, before any checkpoint
         broadcast_buffers(model, world)  # every rank validates and saves the same model
-        val_loss, val_acc = evaluate(model, data.val, device, amp) if data.val is not None else (None, None)
+        multilabel: dict[str, Any] = {}
+        if getattr(data, "task", "multiclass") == "multilabel" and data.val is not None:
+            from recipec.train.multilabel import validation_metrics  # BCE, mAP, F1 (and their _ema)
+
+            multilabel = validation_metrics(model, ema, data, device, amp, data.threshold)
+            val_loss, val_acc, per_class = multilabel.pop("val_loss"), multilabel.pop("val_acc"), None
+        else:
+            val_loss, val_acc, per_class = (evaluate(model, data.val, device, amp, classes=data.classes)
+                                            if data.val is not None else (None, None, None))
+        if ema is not None and data.val is not None and not multilabel:
+            ema.copy_buffers(model)  # the broadcast ones: every rank validates the same EMA
+            val_loss_ema, val_acc_ema = evaluate(ema.module(model), data.val, device, amp)
         metrics = {
             "epoch": epoch,
             "train_loss": total_loss / max(seen, 1),
             "val_loss": val_loss,
             "val_acc": val_acc,
+            **({"val_per_class_acc": per_class} if per_class is not None else {}),
+            **({"val_loss_ema": val_loss_ema, "val_acc_ema": val_acc_ema} if ema is not None and data.val is not None
+               and not multilabel else {}),
+            **multilabel,
             "lr": lrs_at_start,
             "trainable_groups": list(trainable),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "feature_cache": cached,
+            **({"compiles": compiles_so_far() - compiles} if compile_mode is not False else {}),
             **({"feature_cache_refused": cache.refused} if cache is not None and cache.refused else {}),
             "seconds": round(time.perf_counter() - started, 3),
         }
@@ -133,19 +176,91 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
     return history
 
 
+@overload
+def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none",
+             classes: None = None) -> tuple[float, float]: ...
+@overload
+def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none", *,
+             classes: Sequence[str]) -> tuple[float, float, dict[str, float | None]]: ...
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none") -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over ``loader``, in eval mode."""
+def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none",
+             classes: Sequence[str] | None = None) -> Any:
+    """Mean cross-entropy and accuracy over ``loader``, in eval mode; with ``classes`` (label i is
+    ``classes[i]``) also each class's accuracy on its examples (None for a class without any)."""
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
+    hits = torch.zeros(len(classes or ()), dtype=torch.long)  # per class: right, and seen
+    counts = torch.zeros(len(classes or ()), dtype=torch.long)
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         with _autocast(device, amp):
             logits = model(x)
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        right = logits.argmax(1) == y
+        correct += right.sum().item()
         seen += len(y)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+        if classes is not None:
+            counts += torch.bincount(y.cpu(), minlength=len(classes))[:len(classes)]
+            hits += torch.bincount(y[right].cpu(), minlength=len(classes))[:len(classes)]
+    if classes is None:
+        return total_loss / max(seen, 1), correct / max(seen, 1)
+    per_class = {name: (hits[c].item() / counts[c].item() if counts[c] else None) for c, name in enumerate(classes)}
+    return total_loss / max(seen, 1), correct / max(seen, 1), per_class
+
+
+class _Losses:
+    """One epoch's training losses, kept on the device and read once at its end: no host sync per batch.
+
+    The epoch's ``train_loss`` is summed on the host in batch order from the same float32 values
+    ``loss.item()`` gave, so it is the number a per-batch loop reports. One process alone also
+    checks every 1024 batches, so a NaN run stops early (under several processes a rank may not
+    stop alone: the others would wait for its gradients).
+    """
+
+    _CHECK_EVERY = 1024
+
+    def __init__(self, epoch: int, world: World) -> None:
+        self.epoch, self.world = epoch, world
+        self.pending: list[torch.Tensor] = []  # 0-d losses, detached
+        self.chunks: list[torch.Tensor] = []  # (up to _CHECK_EVERY,) float32 each
+        self.sizes: list[int] = []
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        self.pending.append(loss.detach())
+        self.sizes.append(n)
+        if len(self.pending) == self._CHECK_EVERY:
+            self.chunks.append(torch.stack([t.float() for t in self.pending]))
+            self.pending = []
+            if not self.world.distributed and not bool(torch.isfinite(self.chunks[-1]).all()):
+                self._raise(self._values())
+
+    def total(self) -> tuple[float, int]:
+        """(sum of the losses weighted by batch size over every rank, examples seen over every rank).
+
+        Raises:
+            RunError: a loss was NaN or infinite, naming the epoch and the first such batch.
+        """
+        values = self._values()
+        total = 0.0
+        for value, n in zip(values, self.sizes):
+            total += value * n
+        total, seen = all_sum([total, sum(self.sizes)], self.world)
+        if not math.isfinite(total):
+            self._raise(values, total / max(seen, 1))
+        return total, int(seen)
+
+    def _values(self) -> list[float]:
+        if self.pending:
+            self.chunks.append(torch.stack([t.float() for t in self.pending]))
+            self.pending = []
+        return torch.cat(self.chunks).tolist() if self.chunks else []
+
+    def _raise(self, values: list[float], mean: float | None = None) -> None:
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        where = f"batch {bad}" if bad is not None else "another process"
+        value = values[bad] if bad is not None else mean
+        raise RunError(f"epoch {self.epoch}, {where}: the loss is {value}; lower optimizer.lr, "
+                       "set train.grad_clip, or check the data")
 
 
 def grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
@@ -153,16 +268,16 @@ def grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
 
 
-def _loss(output: Any, y: torch.Tensor, aux_weight: float) -> torch.Tensor:
-    """Cross-entropy of the logits; with auxiliary outputs (googlenet's and inception_v3's named
+def _loss(output: Any, y: torch.Tensor, aux_weight: float, criterion: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """``criterion`` of the logits; with auxiliary outputs (googlenet's and inception_v3's named
     tuples in training mode: main logits first), plus ``aux_weight`` x that of each of them."""
     if isinstance(output, torch.Tensor):
-        return F.cross_entropy(output, y)
+        return criterion(output, y)
     main, *aux = output
-    loss = F.cross_entropy(main, y)
+    loss = criterion(main, y)
     for logits in aux:
         if logits is not None and aux_weight:
-            loss = loss + aux_weight * F.cross_entropy(logits, y)
+            loss = loss + aux_weight * criterion(logits, y)
     return loss
 
 
@@ -207,7 +322,7 @@ def _update_early_stopping(best: float | None, stale: int, metrics: dict[str, An
     value = metrics.get(rule.metric)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return best, stale + 1
-    sign = 1.0 if rule.metric == "val_acc" else -1.0  # accuracy goes up, loss goes down
+    sign = -1.0 if "loss" in rule.metric else 1.0  # a loss goes down; accuracy, mAP and F1 go up
     if best is None or sign * (value - best) > rule.min_delta:
         return value, 0
     return best, stale + 1

@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import struct
+import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import _TYPES, save_file
 
 from recipec._atomic import atomic_path
 from recipec._files import check_regular, read_regular
@@ -129,7 +132,88 @@ def _storage(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage().data_ptr()
 
 
-def _write_safetensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str]) -> None:
+@dataclass(frozen=True)
+class LateValue:
+    """A metadata value computed while the tensor data is written (the source's SHA-256 in ``convert``).
+
+    The header goes first with ``placeholder`` in its place and is written again once the data is
+    in: ``resolve()`` must return a string whose JSON is exactly as long (a hex digest for a hex
+    digest), so the data offsets stay where they are.
+    """
+
+    placeholder: str
+    resolve: Callable[[], str]
+
+
+Metadata = Mapping[str, "str | LateValue"]
+_NAMES = {dtype: name for name, dtype in _TYPES.items()}
+# The order safetensors (0.8) writes dtypes in (its Rust enum, descending), then names: the same bytes as save_file.
+_ORDER = {name: rank for rank, name in enumerate((
+    "U64", "I64", "F64", "C64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16",
+    "F8_E5M2FNUZ", "F8_E4M3FNUZ", "F8_E4M3", "F8_E5M2", "I8", "U8", "BOOL"))}
+_WRITE_BUFFER = 1 << 20  # small tensors are gathered into 1 MiB writes; big ones go to the kernel as they are
+_MAX_HEADER = 100_000_000  # what safetensors readers accept
+
+
+def resolve_metadata(metadata: Metadata) -> dict[str, str]:
+    """``metadata`` with every :class:`LateValue` computed (blocks until it is known)."""
+    return {k: v.resolve() if isinstance(v, LateValue) else v for k, v in metadata.items()}
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], file: Path, metadata: Metadata) -> None:
+    """Write ``tensors`` (contiguous, no shared storage) to ``file``, streaming each tensor's bytes.
+
+    The bytes are those safetensors' own ``save_file`` (0.8) writes, but for the order of the
+    metadata entries; the header is built here so that the data goes straight from each tensor's
+    memory (a memory-mapped source's pages included) to the file, one tensor at a time, in large
+    writes: no copy of the checkpoint is held, whatever its size.
+    """
+    if sys.byteorder != "little" or any(_NAMES.get(t.dtype) not in _ORDER for t in tensors.values()):
+        _save_file(tensors, file, resolve_metadata(metadata))  # safetensors byte-swaps; leave that to it
+        return
+    # The layout safetensors itself writes: by dtype, wider ones first (each tensor stays aligned), then by name.
+    order = sorted(tensors, key=lambda name: (_ORDER[_NAMES[tensors[name].dtype]], name))
+    entries: dict[str, Any] = {}
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        size = tensor.numel() * tensor.element_size()
+        entries[name] = {"dtype": _NAMES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header = _header(entries, {k: v.placeholder if isinstance(v, LateValue) else v for k, v in metadata.items()}, file)
+    with open(file, "wb", buffering=_WRITE_BUFFER) as f:
+        f.write(header)
+        for name in order:
+            tensor = tensors[name]
+            if tensor.numel():
+                f.write(_bytes_of(tensor))
+        if any(isinstance(v, LateValue) for v in metadata.values()):
+            final = _header(entries, resolve_metadata(metadata), file)
+            if len(final) != len(header):  # an internal invariant: the data would be misplaced
+                raise AssertionError(f"{file}: a late metadata value changed the header's length")
+            f.seek(0)
+            f.write(final)
+
+
+def _header(entries: dict[str, Any], metadata: dict[str, str], file: Path) -> bytes:
+    body = {"__metadata__": metadata, **entries} if metadata else entries
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # pad with spaces so the data starts 8-byte aligned, as safetensors does
+    if len(text) > _MAX_HEADER:
+        raise CheckpointError(f"{file}: the safetensors header would be {len(text):,} bytes, more than readers accept "
+                              f"({_MAX_HEADER:,}); shorten the tensor names or metadata, or shard the checkpoint")
+    return struct.pack("<Q", len(text)) + text
+
+
+def _bytes_of(tensor: torch.Tensor) -> Any:
+    """The tensor's bytes as a buffer, without a copy for a contiguous CPU tensor (the numpy view of its memory)."""
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()  # one tensor at a time: memory stays bounded by the largest
+    # resolve_conj/neg: a lazily conjugated complex view has other bytes than it shows (no-ops otherwise)
+    return tensor.detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def _save_file(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str]) -> None:
     try:
         save_file(tensors, str(file), metadata=metadata)
     except OSError:
@@ -143,14 +227,14 @@ def _stem(target: Path) -> str:
     return name[: -len(INDEX_SUFFIX)] if name.endswith(INDEX_SUFFIX) else name[: -len(".safetensors")]
 
 
-def _save_single(stored: dict[str, torch.Tensor], target: Path, meta: dict[str, str]) -> list[Path]:
+def _save_single(stored: dict[str, torch.Tensor], target: Path, meta: Metadata) -> list[Path]:
     with atomic_path(target) as tmp:
         _write_safetensors(stored, tmp, {**meta, "format": "pt"})
     _remove_stale_shards(target.parent, _stem(target), keep=set())
     return [target]
 
 
-def _save_sharded(stored: dict[str, torch.Tensor], target: Path, meta: dict[str, str], shard_size: int) -> list[Path]:
+def _save_sharded(stored: dict[str, torch.Tensor], target: Path, meta: Metadata, shard_size: int) -> list[Path]:
     shards: list[dict[str, torch.Tensor]] = [{}]
     filled = 0
     for name, tensor in stored.items():
@@ -166,15 +250,14 @@ def _save_sharded(stored: dict[str, torch.Tensor], target: Path, meta: dict[str,
         return _save_single(stored, directory / f"{stem}.safetensors", meta)
     names = [f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
     index_path = directory / f"{stem}{INDEX_SUFFIX}"
-    index = {
-        "metadata": {**meta, "total_size": sum(t.numel() * t.element_size() for t in stored.values())},
-        "weight_map": {key: names[i] for i, shard in enumerate(shards) for key in shard},
-    }
+    total_size = sum(t.numel() * t.element_size() for t in stored.values())
+    weight_map = {key: names[i] for i, shard in enumerate(shards) for key in shard}
     # Contexts exit last-in first-out: every shard is in place before the index that names them.
     with contextlib.ExitStack() as stack:
         index_tmp = stack.enter_context(atomic_path(index_path))
         for name, shard in zip(names, shards):
             _write_safetensors(shard, stack.enter_context(atomic_path(directory / name)), {**meta, "format": "pt"})
+        index = {"metadata": {**resolve_metadata(meta), "total_size": total_size}, "weight_map": weight_map}
         index_tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     _remove_stale_shards(directory, stem, keep=set(names))
     return [*(directory / name for name in names), index_path]

@@ -7,13 +7,17 @@ the old files or the new ones, never a partial file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import os
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -24,15 +28,17 @@ from recipec.errors import CheckpointError
 from recipec.weights._pickle import TORCH_METADATA_KEY, find_state_dict, load_torch, plain_metadata
 from recipec.weights._safetensors import (
     INDEX_SUFFIX,
+    LateValue,
     _check_shard_size,
     _dedupe,
     _safetensors_reader,
     _save_sharded,
     _save_single,
     _sharded_layout,
+    resolve_metadata,
 )
 
-__all__ = ["Checkpoint", "detect_format", "load", "load_state_dict", "read_metadata", "save", "sha256"]
+__all__ = ["Checkpoint", "LateValue", "detect_format", "load", "load_state_dict", "read_metadata", "save", "sha256"]
 
 PathType = str | PathLike[str]
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -174,16 +180,22 @@ def read_metadata(path: PathType) -> dict[str, str]:
     return {k: v if isinstance(v, str) else clean_json.dumps(v, default=str) for k, v in load(file).metadata.items()}
 
 
-def sha256(path: PathType) -> str:
+def sha256(path: PathType, *, stop: threading.Event | None = None) -> str:
     """Hex SHA-256 of a checkpoint file, read in chunks.
 
     For a sharded checkpoint this hashes the index file alone (it names every shard); a
-    directory hashes the checkpoint file found in it.
+    directory hashes the checkpoint file found in it. ``stop``, once set, ends the reading
+    early (a hash computed in a thread that is no longer wanted): the result is then ``""``.
     """
     digest = hashlib.sha256()
+    buffer = memoryview(bytearray(1 << 20))
     with open_regular(_resolve(path), what="checkpoint") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+        with contextlib.suppress(AttributeError, OSError):  # a hint only: read ahead of us
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        while n := cast(io.BufferedIOBase, f).readinto(buffer):  # hashlib and reads release the GIL
+            if stop is not None and stop.is_set():
+                return ""
+            digest.update(buffer[:n])
     return digest.hexdigest()
 
 
@@ -193,6 +205,7 @@ def save(
     *,
     metadata: Mapping[str, str] | None = None,
     shard_size: int | None = None,
+    late: Mapping[str, LateValue] | None = None,
 ) -> list[Path]:
     """Write a state dict atomically, in the format the suffix names.
 
@@ -210,6 +223,8 @@ def save(
             ``.pt/.pth/.bin/.ckpt``.
         metadata: str -> str; encode structured values with ``json.dumps``.
         shard_size: the most bytes of tensor data per shard; a bigger tensor gets a shard alone.
+        late: metadata computed while the tensors are written (a hash of the source, say): a
+            safetensors header is rewritten with them at the end; other formats wait for them first.
 
     Returns:
         The files written, index last.
@@ -219,19 +234,22 @@ def save(
     """
     target = Path(path)
     tensors = _check_state_dict(state_dict)
-    meta = _check_metadata(metadata, tensors)
+    meta = _check_metadata({**(metadata or {}), **{k: v.placeholder for k, v in (late or {}).items()}}, tensors)
     if target.name.endswith((".safetensors", INDEX_SUFFIX)):
         _check_safetensors_dtypes(tensors, target)
         stored, aliases = _dedupe(tensors)
+        # Tensor data streams from each tensor's memory into the file (see _safetensors._write_safetensors).
+        header: dict[str, str | LateValue] = {**meta, **(late or {}), **aliases}
         if shard_size is None and target.name.endswith(".safetensors"):
-            return _save_single(stored, target, {**meta, **aliases})
-        return _save_sharded(stored, target, {**meta, **aliases}, _check_shard_size(shard_size))
+            return _save_single(stored, target, header)
+        return _save_sharded(stored, target, header, _check_shard_size(shard_size))
     if shard_size is not None:
         raise CheckpointError(f"{target}: shard_size needs a .safetensors path")
     if target.suffix not in TORCH_SUFFIXES:
         raise CheckpointError(
             f"{target}: unknown checkpoint suffix {target.suffix!r}; use .safetensors or one of {', '.join(TORCH_SUFFIXES)}"
         )
+    meta = resolve_metadata({**meta, **(late or {})})
     with atomic_path(target) as tmp:
         torch.save({"state_dict": tensors, TORCH_METADATA_KEY: meta}, tmp)
     return [target]

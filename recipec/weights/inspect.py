@@ -7,7 +7,7 @@ Sizes are logical: a tied weight counts under each of its names, as ``load`` ret
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import torch
 from recipec._terminal import escape
 from recipec.weights.formats import _resolve, _safetensors_reader, _sharded_layout, _sniff, load
 
-__all__ = ["format_inspect", "inspect_checkpoint"]
+__all__ = ["export_summary", "format_inspect", "inspect_checkpoint"]
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -51,6 +51,11 @@ def inspect_checkpoint(path: str | PathLike[str], *, allow_globals: Sequence[str
         >>> report = inspect_checkpoint("model.safetensors")
         >>> print(format_inspect(report))
     """
+    if Path(path).suffix == ".onnx" and not Path(path).is_dir():
+        from recipec.weights.onnx import describe_onnx
+
+        report = describe_onnx(path)
+        return report | {"recipec": export_summary(report["metadata"])}
     file = _resolve(path)
     fmt = _sniff(file)
     if fmt.startswith("safetensors"):
@@ -74,7 +79,53 @@ def inspect_checkpoint(path: str | PathLike[str], *, allow_globals: Sequence[str
         "keys": [{k: v for k, v in e.items() if k != "bytes"} for e in entries],
         "unusable": [e["key"] for e in entries if "device" in e or "layout" in e],
         "metadata": _jsonable(metadata),
+        "recipec": export_summary(metadata),
     }
+
+
+def export_summary(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A recipec export's recipe and provenance, read out of its metadata (None for other files).
+
+    Returns:
+        ``provenance`` (the whole object) and a digest for people: ``name``, ``arch``, ``weights``,
+        ``source`` ({checkpoint, sha256}), ``classes``, ``in_channels``, ``image_size``, ``resize``
+        (one line), ``normalization``, ``epochs_trained``, ``final_metrics``, ``selection`` (which
+        epoch's weights were exported and why, when recorded), ``time``, ``versions``; or ``error``
+        when the recipec metadata is damaged.
+    """
+    from recipec.card.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
+    from recipec.errors import CheckpointError
+
+    if RECIPE_KEY not in metadata and PROVENANCE_KEY not in metadata:
+        return None
+    try:
+        recipe_yaml, prov = read_export_metadata({k: v for k, v in metadata.items() if isinstance(v, str)})
+    except CheckpointError as exc:
+        return {"error": exc.problems[0]}
+    data: dict[str, Any] = prov["data"] if isinstance(prov.get("data"), dict) else {}
+    base: dict[str, Any] = prov["base_model"] if isinstance(prov.get("base_model"), dict) else {}
+    resize: dict[str, Any] = data["resize"] if isinstance(data.get("resize"), dict) else {}
+    return {
+        "name": prov.get("name"), "arch": base.get("arch"), "weights": base.get("weights"),
+        "source": prov.get("source"), "classes": prov.get("classes"),
+        "in_channels": data.get("in_channels"), "image_size": data.get("image_size"),
+        "resize": resize.get("summary") or _resize_line(resize),
+        "normalization": prov.get("normalization"), "epochs_trained": prov.get("epochs_trained"),
+        "final_metrics": prov.get("final_metrics"), "selection": prov.get("selection"),
+        "time": prov.get("time"), "versions": {k: v for k, v in (prov.get("versions") or {}).items()
+                                                if k in ("recipec", "torch", "torchvision", "timm")},
+        "has_recipe": recipe_yaml is not None, "provenance": prov,
+    }
+
+
+def _resize_line(resize: Mapping[str, Any]) -> str | None:
+    if not resize:
+        return None
+    size = resize.get("image_size")
+    if resize.get("rule") == "shorter_side":
+        return (f"shorter side to {resize.get('resize_size')} ({resize.get('interpolation')}), "
+                f"centre crop {size}x{size}")
+    return f"{size}x{size} square resize (bilinear)"
 
 
 def _safetensors_entries(file: Path, *, sharded: bool) -> tuple[list[dict[str, Any]], dict[str, Any], list[Path]]:
@@ -139,6 +190,9 @@ def _jsonable(value: Any) -> Any:
 
 def format_inspect(report: dict[str, Any]) -> str:
     """Render an ``inspect_checkpoint`` report as compact plain text for a terminal."""
+    if report["format"] == "onnx":
+        return escape("\n".join([*_onnx_lines(report), *_summary_lines(report.get("recipec")),
+                                  *_metadata_lines(report["metadata"], recipec=report.get("recipec") is not None)]))
     key = report["state_dict_key"]
     lines = [
         f"{report['path']}  ({report['format']}" + (f", state dict at {key!r})" if key else ")"),
@@ -158,13 +212,100 @@ def format_inspect(report: dict[str, Any]) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines.append("largest tensors:")
         lines += [f"  {k:<{widths[0]}}  {s:<{widths[1]}}  {d:<{widths[2]}}  {b:>10}" for k, s, d, b in rows]
-    if report["metadata"]:
-        lines.append("metadata:")
-        for name, value in report["metadata"].items():
-            text = " ".join((value if isinstance(value, str) else repr(value)).split())
-            text = escape(text if len(text) <= 80 else text[:77] + "...", newlines=False)
-            lines.append(f"  {escape(name, newlines=False)}: {text}")
+    lines += _summary_lines(report.get("recipec"))
+    lines += _metadata_lines(report["metadata"], recipec=report.get("recipec") is not None)
     return escape("\n".join(lines))  # the path, and anything else a file could name
+
+
+def _metadata_lines(metadata: Mapping[str, Any], *, recipec: bool) -> list[str]:
+    """Metadata entries, one line each (80 characters); recipec's own are shown digested above, named here."""
+    from recipec.card.provenance import PROVENANCE_KEY, RECIPE_KEY
+
+    shown = {k: v for k, v in metadata.items() if not (recipec and k in (RECIPE_KEY, PROVENANCE_KEY))}
+    lines = ["metadata:"] if shown or recipec else []
+    for name, value in shown.items():
+        text = " ".join((value if isinstance(value, str) else repr(value)).split())
+        text = escape(text if len(text) <= 80 else text[:77] + "...", newlines=False)
+        lines.append(f"  {escape(name, newlines=False)}: {text}")
+    if recipec:
+        lines.append(f"  {RECIPE_KEY}, {PROVENANCE_KEY}: shown above (--json prints them whole)")
+    return lines
+
+
+def _summary_lines(summary: Mapping[str, Any] | None) -> list[str]:
+    """The readable provenance view of a recipec export."""
+    if not summary:
+        return []
+    if "error" in summary:
+        return [f"recipec export: {escape(str(summary['error']), newlines=False)}"]
+
+    def line(label: str, value: Any) -> None:
+        if value not in (None, "", [], {}):
+            lines.append(f"  {label + ':':<15}{escape(str(value), newlines=False)}")
+
+    lines = ["recipec export:"]
+    line("name", summary.get("name"))
+    model = summary.get("arch")
+    line("model", f"{model}" + (f", weights {summary['weights']}" if summary.get("weights") else ", random init"
+                                ) if model else None)
+    source = summary.get("source") or {}
+    if isinstance(source, dict) and source.get("checkpoint"):
+        line("source", f"{source['checkpoint']}" + (f" (sha256 {source['sha256']})" if source.get("sha256") else ""))
+    classes = summary.get("classes") or []
+    if isinstance(classes, list) and classes:
+        shown = ", ".join(map(str, classes[:20])) + (f" and {len(classes) - 20} more" if len(classes) > 20 else "")
+        line("classes", f"{len(classes)}: {shown}")
+    if summary.get("image_size"):
+        line("input", f"{summary.get('in_channels') or 3} x {summary['image_size']} x {summary['image_size']}")
+    line("resize", summary.get("resize"))
+    norm = summary.get("normalization")
+    if isinstance(norm, dict):
+        line("normalisation", f"mean {_short(norm.get('mean'))}, std {_short(norm.get('std'))}")
+    elif "normalization" in (summary.get("provenance") or {}):
+        line("normalisation", "none")
+    line("epochs", summary.get("epochs_trained"))
+    final = {k: v for k, v in (summary.get("final_metrics") or {}).items() if v is not None}
+    line("final metrics", ", ".join(f"{k} {_short(v)}" for k, v in final.items()))
+    selection = summary.get("selection")
+    if isinstance(selection, dict):
+        text = f"{selection.get('weights')} weights"
+        if selection.get("epoch") is not None:
+            text += f" of epoch {selection['epoch']}"
+        if selection.get("metric"):
+            value = selection.get("value")
+            text += f" ({selection['metric']} {_short(value) if value is not None else '-'}, {selection.get('mode')})"
+        if selection.get("note"):
+            text += f"; {selection['note']}"
+        line("exported", text)
+    line("trained", summary.get("time"))
+    line("versions", ", ".join(f"{k} {v}" for k, v in (summary.get("versions") or {}).items()))
+    return lines
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return str(value)
+
+
+def _onnx_lines(report: dict[str, Any]) -> list[str]:
+    def shape(dims: list[Any]) -> str:
+        return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+    producer = report["producer"]
+    opsets = ", ".join(f"{domain or 'ai.onnx'} {version}" for domain, version in report["opset"].items())
+    lines = [f"{report['path']}  (onnx, IR version {report['ir_version']})",
+             f"producer:   {producer['name']} {producer['version']}".rstrip(),
+             f"opset:      {opsets}",
+             f"nodes:      {report['nodes']:,}",
+             f"weights:    {report['initializers']:,} initializers, {report['parameters']:,} values "
+             f"({_human_bytes(report['total_bytes'])})"]
+    for kind in ("inputs", "outputs"):
+        lines.append(f"{kind}:")
+        lines += [f"  {v['name']}: {v['dtype']} {shape(v['shape'])}" for v in report[kind]]
+    return lines
 
 
 def _human_bytes(size: int) -> str:

@@ -23,9 +23,9 @@ from torch import nn
 
 from recipec._atomic import atomic_path
 from recipec._files import check_regular
-from recipec.errors import ExportError
+from recipec.errors import CheckpointError, ExportError
 
-__all__ = ["export_onnx", "verify_onnx"]
+__all__ = ["describe_onnx", "export_onnx", "onnx_session", "read_onnx", "read_onnx_export", "verify_onnx"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -254,3 +254,104 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
         raise ExportError([f"metadata {key!r}: ONNX metadata_props hold str -> str; encode the value with json.dumps"
                            for key in wrong])
     return dict(metadata or {})
+
+
+# --------------------------------------------------------------------------- reading ONNX files
+
+
+def read_onnx(path: str | os.PathLike[str]) -> Any:
+    """An ONNX file's ``ModelProto``, from a regular file, with every tensor inside it.
+
+    ONNX is protobuf: parsing it runs nothing. A graph whose tensors live in external files is
+    refused (recipec never writes one, and its references could name any file on the machine).
+
+    Raises:
+        CheckpointError: not a regular file, not ONNX, or with external data.
+    """
+    import onnx
+
+    from recipec._files import read_regular
+
+    raw = read_regular(path, what="ONNX file", max_bytes=_MAX_BYTES + (64 << 20))
+    try:
+        proto = onnx.load_from_string(raw)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise CheckpointError(f"{path}: not an ONNX file ({_first_lines(exc, 1)})") from exc
+    if not proto.HasField("graph"):
+        raise CheckpointError(f"{path}: not an ONNX model (no graph)")
+    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise CheckpointError(f"{path}: its tensors live in external files ({', '.join(external[:3])}...); "
+                              "recipec reads only self-contained .onnx files")
+    return proto
+
+
+def onnx_session(path: str | os.PathLike[str]) -> Any:
+    """An onnxruntime CPU session of a self-contained ONNX file (checked by :func:`read_onnx`).
+
+    Raises:
+        CheckpointError: the file is refused by :func:`read_onnx` or onnxruntime cannot load it.
+    """
+    import onnxruntime as ort
+
+    proto = read_onnx(path)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise CheckpointError(f"{path}: onnxruntime cannot load it: {_first_lines(exc)}") from exc
+
+
+def read_onnx_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """The recipe and provenance a recipec ONNX export carries in its ``metadata_props``.
+
+    Raises:
+        CheckpointError: not ONNX, or no recipec recipe in its metadata.
+    """
+    from recipec.restore import recipe_from_metadata
+
+    proto = read_onnx(path)
+    return recipe_from_metadata({p.key: p.value for p in proto.metadata_props}, path)
+
+
+def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an ONNX file holds: inputs and outputs (symbolic dimensions by name), opsets, producer, metadata.
+
+    Returns:
+        ``path``, ``format`` (``"onnx"``), ``ir_version``, ``producer`` ({name, version}),
+        ``opset`` ({domain: version}; ``""`` is the default domain), ``inputs`` and ``outputs``
+        (each ``{name, dtype, shape}``, a symbolic dimension as its name, an unknown one as None),
+        ``initializers``, ``parameters`` (their elements), ``total_bytes``, ``nodes`` and ``metadata``.
+    """
+    import onnx
+
+    proto = read_onnx(path)
+    graph = proto.graph
+    inits = {t.name for t in graph.initializer}
+
+    def value(v: Any) -> dict[str, Any]:
+        tensor = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else None
+        return {"name": v.name, "dtype": dtype, "shape": dims}
+
+    numel = [int(_prod(t.dims)) for t in graph.initializer]
+    sizes = [n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize for n, t in zip(numel, graph.initializer)]
+    return {
+        "path": str(path), "format": "onnx", "ir_version": proto.ir_version,
+        "producer": {"name": proto.producer_name, "version": proto.producer_version},
+        "opset": {o.domain: o.version for o in proto.opset_import},
+        "inputs": [value(v) for v in graph.input if v.name not in inits],
+        "outputs": [value(v) for v in graph.output],
+        "initializers": len(graph.initializer), "parameters": sum(numel), "total_bytes": sum(sizes),
+        "nodes": len(graph.node),
+        "metadata": {p.key: p.value for p in proto.metadata_props},
+    }
+
+
+def _prod(dims: Sequence[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n

@@ -139,7 +139,7 @@ def test_card_describes_the_run(run: Path) -> None:
     assert f"**Split:** {plan['data']['sizes']['train']} training and {plan['data']['sizes']['val']} validation" in body
     group = plan["groups"][0]
     assert f"| {group['name']} | {group['params']:,} | epoch 0 | {group['lr'][0]:.3e} |" in body
-    assert 'recipec.load("model.safetensors")' in body and "`model.safetensors` (" in body
+    assert 'recipec.load("model.safetensors")' in body and "| `model.safetensors` | " in body
     assert "<details>" in body and (run / "recipe.yaml").read_text().strip() in body
 
 

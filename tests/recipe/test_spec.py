@@ -125,7 +125,8 @@ REFUSED: list[tuple[str, str]] = [
     ("data.image_size=7", "data.image_size: must be >= 8, got 7"),
     ("data.normalize=imagenet21k", "data.normalize: must be one of from_weights, imagenet, none, got 'imagenet21k'; did you mean 'imagenet'?"),
     ("data.augment=[hflip, flip]", ("data.augment.1: must be one of hflip, vflip, random_crop, random_resized_crop, "
-                                   "color_jitter, rotate, got 'flip'; did you mean 'vflip'?")),
+                                   "color_jitter, rotate, randaugment, trivialaugment, augmix, autoaugment, "
+                                   "random_erasing, got 'flip'; did you mean 'vflip'?")),
     ("data.batch_size=0", "data.batch_size: must be >= 1, got 0"),
     ("data.num_workers=-1", "data.num_workers: must be >= 0, got -1"),
     # train

@@ -96,7 +96,7 @@ def test_split_keeps_one_per_class_and_val_fraction_zero_means_no_val() -> None:
     tiny = build_data(dataset="fake", num_classes=3, image_size=8, val_fraction=0.01)
     assert tiny.info["val_per_class"] == {"class_0": 1, "class_1": 1, "class_2": 1}
     whole = raw_digits(val_fraction=0)
-    assert whole.val is None and whole.info["sizes"] == {"train": 1797, "val": 0}
+    assert whole.val is None and whole.info["sizes"] == {"train": 1797, "val": 0, "test": 0}
 
 
 def test_per_class_caps_training_examples_only() -> None:
@@ -140,7 +140,7 @@ def test_channel_conversion() -> None:
 def test_imagefolder_reads_pngs_resizes_and_converts(tmp_path: Path) -> None:
     write_folder(tmp_path, {"cat": (255, 0, 0), "dog": (0, 0, 255)})
     data = build_data(dataset="imagefolder", root=str(tmp_path), image_size=8, normalize="none", val_fraction=0.34)
-    assert data.classes == ["cat", "dog"] and data.info["sizes"] == {"train": 4, "val": 2}
+    assert data.classes == ["cat", "dog"] and data.info["sizes"] == {"train": 4, "val": 2, "test": 0}
     images, labels = everything(data.train)
     assert images.shape == (4, 3, 8, 8)
     assert torch.allclose(images[labels == 0], torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1).expand(2, 3, 8, 8))
@@ -207,7 +207,7 @@ def test_info_is_json_and_says_what_was_done() -> None:
     assert json.loads(json.dumps(data.info)) == data.info
     assert data.info["augment"] == ["hflip"] and data.info["augment_skipped"] == ["color_jitter"]
     assert data.info["train_per_class"] == {"class_0": 10, "class_1": 10}
-    assert data.info["sizes"] == {"train": 20, "val": 12} and data.info["seed"] == 7
+    assert data.info["sizes"] == {"train": 20, "val": 12, "test": 0} and data.info["seed"] == 7
     assert {"dataset", "root", "classes", "image_size", "normalize", "val_fraction", "per_class"} <= set(data.info)
 
 

@@ -173,7 +173,7 @@ def test_features_of_a_recipe_follow_the_dataset_order_and_split_sizes(recipe_fi
     data = _plain_data(recipe_file)
     train_labels = [data.train.dataset[i][1] for i in range(len(data.train.dataset))]
     val_labels = [data.val.dataset[i][1] for i in range(len(data.val.dataset))]
-    assert data.info["sizes"] == {"train": len(train_labels), "val": len(val_labels)} and len(train_labels) == 100
+    assert data.info["sizes"] == {"train": len(train_labels), "val": len(val_labels), "test": 0} and len(train_labels) == 100
 
     got = {}
     for split in ("train", "val", "all"):

@@ -1,0 +1,136 @@
+"""`recipec plan --png` and RUN/plan.png: the picture shows exactly what plan.json says."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from recipec.cli import main
+from recipec.plan_png import plot_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+def _is_png(path: Path) -> tuple[int, int]:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_plan_png_of_gradual_unfreezing_draws_every_group_and_its_frozen_epochs(tmp_path, capsys):
+    out = tmp_path / "pictures" / "plan.png"  # a missing folder is made, as for every output
+    code, stdout, err = _cli(["plan", str(ROOT / "recipes" / "gradual-unfreezing.yaml"), "--device", "cpu",
+                              "--json", "--png", str(out)], capsys)
+    assert code == 0, err
+    plan = json.loads(stdout)  # --json stays pure JSON with --png
+    width, height = _is_png(out)
+    assert width >= 800 and height >= 300
+
+    drawn = plot_plan(plan)  # what the figure's artists hold, read back
+    names = [g["name"] for g in plan["groups"]]
+    assert names == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert drawn.groups == names  # every group, earliest at the top
+    assert drawn.title == "plan: gradual-unfreezing"
+    for row in plan["groups"]:
+        frozen = [e for e, t in enumerate(row["trainable"]) if not t]
+        assert drawn.frozen[row["name"]] == frozen  # hatched exactly where plan.json says frozen
+        for e, lr in enumerate(drawn.lr[row["name"]]):
+            assert (lr is None) == (e in frozen)
+            if lr is not None:
+                assert lr == pytest.approx(row["lr"][e], rel=1e-6)
+    # the ULMFiT schedule of the recipe: one more group every five epochs from epoch 5
+    assert drawn.frozen["head"] == []
+    assert drawn.frozen["layer4"] == list(range(5))
+    assert drawn.frozen["stem"] == list(range(25))
+    assert "no weights loaded" in drawn.text
+
+
+def test_the_text_box_counts_every_load_stage():
+    plan = {
+        "name": "demo", "epochs": 2,
+        "groups": [{"name": "body", "trainable": [False, True], "lr": [1e-4, 5e-5]},
+                   {"name": "head", "trainable": [True, True], "lr": [1e-3, 5e-4]}],
+        "reports": {
+            "model.weights": {"source": "IMAGENET1K_V1", "loaded": ["a"] * 120, "new": ["fc.weight", "fc.bias"]},
+            "source": {"source": "/data/ddp.pt", "loaded": ["a"] * 100, "adapted": [{"key": "conv1.weight"}],
+                       "mismatched": [{"key": "fc.weight"}, {"key": "fc.bias"}], "excluded": [{"key": "x"}],
+                       "missing": ["y"]}},
+        "parameters": {"total": 1000, "trainable": [10, 1000]},
+    }
+    drawn = plot_plan(plan)
+    assert drawn.counts["model.weights"]["loaded"] == 120 and drawn.counts["model.weights"]["new"] == 2
+    assert drawn.counts["source"] == {"loaded": 100, "adapted": 1, "excluded": 1, "mismatched": 2, "missing": 1,
+                                      "unexpected": 0, "new": 0, "defaulted": 0}
+    assert "loaded 100  adapted 1  excluded 1  mismatched (skipped) 2  missing 1" in drawn.text
+    assert "load report (source: /data/ddp.pt)" in drawn.text
+    assert drawn.frozen == {"body": [0], "head": []}
+
+
+def test_thirty_groups_and_three_hundred_epochs(tmp_path):
+    n, epochs = 30, 300
+    plan = {"name": "big", "epochs": epochs, "groups": [
+        {"name": f"blocks.{i}", "trainable": [e >= 10 * (n - 1 - i) for e in range(epochs)],
+         "lr": [1e-3 / 1.5 ** (n - 1 - i) * (0.5 + 0.5 * math.cos(math.pi * e / epochs)) for e in range(epochs)]}
+        for i in range(n)], "reports": {}}
+    drawn = plot_plan(plan, tmp_path / "big.png")
+    assert len(drawn.groups) == 30
+    assert drawn.frozen["blocks.0"] == list(range(290)) and drawn.frozen["blocks.29"] == []
+    _, height = _is_png(tmp_path / "big.png")
+    assert height > 900  # the strip grows with the groups: a row stays readable
+
+
+def test_a_bad_png_path_is_refused_before_any_compute(tmp_path, capsys):
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    code, out, err = _cli(["plan", str(recipe), "--png", str(tmp_path)], capsys)
+    assert code == 2 and "is a directory" in err and out == ""
+    code, out, err = _cli(["plan", str(recipe), "--png", str(recipe)], capsys)
+    assert code == 2 and "error:" in err and out == ""
+
+
+TINY = """\
+    name: tiny
+    seed: 3
+    device: cpu
+    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
+    groups:
+      - {name: block1, match: ['^[01]\\.']}
+      - {name: block2, match: ['^[34]\\.']}
+      - {name: head, match: ['^8\\.']}
+    freeze: {trainable: [head], unfreeze: {1: [block2]}}
+    optimizer: {name: adamw, lr: 1.0e-2, lr_decay: 2}
+    data: {dataset: digits, image_size: 8, per_class: 5, batch_size: 32}
+    train: {epochs: 2}
+    export: {formats: [safetensors]}
+"""
+
+
+def test_a_build_writes_plan_png_and_the_card_shows_it(tmp_path):
+    from recipec.build import build
+    from recipec.card.render import render_card
+    from recipec.recipe.load import load_recipe
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(textwrap.dedent(TINY))
+    run = build(load_recipe(path), out=tmp_path / "run")
+    _is_png(run / "plan.png")
+    plan = json.loads((run / "plan.json").read_text())
+    assert plot_plan(plan).frozen == {"block1": [0, 1], "block2": [0], "head": []}
+    assert "![plan](plan.png)" in (run / "README.md").read_text()
+    (run / "plan.png").unlink()  # a run made before plan.png existed: the card leaves the picture out
+    card = render_card(run)
+    assert "plan.png" not in card and "## Training procedure" in card

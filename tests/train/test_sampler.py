@@ -1,0 +1,112 @@
+"""data.sampler: balanced: class-balanced draws, a function of (seed, epoch) whatever the workers; per-class accuracy."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recipec.build import build
+from recipec.errors import DatasetError, RecipeError
+from recipec.recipe.load import load_recipe
+from recipec.train.data import build_data, set_epoch
+from recipec.train.loop import evaluate
+from recipec.train.sampler import balanced_sampler, balanced_weights, check_sampler
+
+TINY = """\
+    name: tiny
+    seed: 3
+    device: cpu
+    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
+    groups:
+      - {name: block1, match: ['^[01]\\.']}
+      - {name: block2, match: ['^[34]\\.']}
+      - {name: head, match: ['^8\\.']}
+    freeze: {trainable: [head], unfreeze: {1: [block2]}}
+    optimizer: {name: adamw, lr: 1.0e-2, scheduler: {name: cosine}}
+    data: {dataset: digits, image_size: 8, per_class: 12, batch_size: 16, sampler: balanced}
+    train: {epochs: 2, keep_last: 2}
+    export: {formats: [safetensors]}
+"""
+
+
+def _recipe(tmp_path: Path, *overrides: str) -> Any:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(textwrap.dedent(TINY))
+    return load_recipe(path, list(overrides))
+
+
+def _labels(loader: Any) -> list[int]:
+    return [int(t) for _, y in loader for t in y]
+
+
+def test_weights_give_every_class_the_same_share() -> None:
+    labels = [0] * 90 + [1] * 10
+    weights = balanced_weights(labels)
+    assert weights.dtype == torch.float64 and weights[:90].sum() == pytest.approx(1) and weights[90:].sum() == 1
+    drawn = Counter(labels[i] for i in balanced_sampler(labels, torch.Generator().manual_seed(0)))
+    assert sum(drawn.values()) == 100 and 35 <= drawn[1] <= 65  # ~50 of 100 draws, not ~10
+    many = Counter(labels[i] for _ in range(50) for i in balanced_sampler(labels, torch.Generator().manual_seed(_)))
+    assert abs(many[1] / 5000 - 0.5) < 0.03
+
+
+def test_balanced_order_is_a_function_of_seed_and_epoch_and_independent_of_workers() -> None:
+    kw: dict[str, Any] = {"dataset": "digits", "image_size": 8, "per_class": 30, "batch_size": 64, "sampler": "balanced"}
+    one, other = build_data(**kw), build_data(**kw)
+    orders = []
+    for epoch in (0, 1, 0):
+        set_epoch(one, epoch)
+        orders.append(_labels(one.train))
+    assert orders[0] == orders[2] != orders[1]  # epoch 0 again after epoch 1: the same draws
+    set_epoch(other, 1)
+    torch.manual_seed(123)  # the global RNG (augmentations) plays no part in the order
+    assert _labels(other.train) == orders[1]
+    workers = build_data(**kw, num_workers=2)
+    set_epoch(workers, 1)
+    assert _labels(workers.train) == orders[1]
+    assert one.info["sampler"] == "balanced" and len(orders[0]) == one.info["sizes"]["train"]
+
+
+def test_unknown_sampler_and_several_processes_are_refused() -> None:
+    with pytest.raises(DatasetError, match="unknown sampler 'weighted'"):
+        build_data(dataset="digits", image_size=8, sampler="weighted")
+    check_sampler("balanced", distributed=False)
+    check_sampler("random", distributed=True)
+    with pytest.raises(RecipeError) as info:
+        check_sampler("balanced", distributed=True)
+    assert info.value.paths == [("data", "sampler")]
+
+
+def test_evaluate_gives_per_class_accuracy() -> None:
+    class Fixed(torch.nn.Module):  # predicts class 0 for every input whose first pixel is < 0.5, else class 1
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            first = x.flatten(1)[:, 0]
+            return torch.stack([0.5 - first, first - 0.5, torch.full_like(first, -9)], 1)
+
+    x = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.7]).view(5, 1, 1, 1)
+    y = torch.tensor([0, 0, 0, 1, 1])
+    loader = [(x[:3], y[:3]), (x[3:], y[3:])]
+    loss, acc, per_class = evaluate(Fixed(), loader, torch.device("cpu"), classes=["a", "b", "c"])
+    assert acc == pytest.approx(4 / 5) and per_class == {"a": pytest.approx(2 / 3), "b": 1.0, "c": None}
+    assert evaluate(Fixed(), loader, torch.device("cpu")) == (loss, acc)
+
+
+def test_a_balanced_run_writes_per_class_accuracy_and_its_cache_follows_the_sampler(tmp_path: Path) -> None:
+    cached = build(_recipe(tmp_path), out=tmp_path / "cached")
+    full = build(_recipe(tmp_path, "train.feature_cache=off"), out=tmp_path / "full")
+    metrics = [json.loads(line) for line in (cached / "metrics.jsonl").read_text().splitlines()]
+    assert [m["feature_cache"] for m in metrics] == [True, False]
+    for m in metrics:
+        assert list(m["val_per_class_acc"]) == [str(c) for c in range(10)]
+        assert m["val_acc"] == pytest.approx(sum(m["val_per_class_acc"].values()) / 10, abs=0.05)  # ~equal val sizes
+    # the cached head-only epochs drew the balanced batches the loader draws: the same weights, bit for bit
+    a, b = load_file(cached / "model.safetensors"), load_file(full / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plan = json.loads((cached / "plan.json").read_text())
+    assert plan["data"]["sampler"] == "balanced" and plan["data_sampler"]["name"] == "balanced"
