@@ -35,7 +35,7 @@ RECIPE = """\
     model: {{arch: resnet18, head: {{num_classes: {classes}}}}}
     optimizer: {{name: adamw, lr: 1.0e-3, weight_decay: 0.01, scheduler: {{name: none}}}}
     data: {{dataset: fake, image_size: {size}, normalize: none, batch_size: {batch}, val_fraction: 0.0}}
-    train: {{epochs: 1, amp: {amp}, channels_last: {cl}, compile: {compile}}}
+    train: {{epochs: {epochs}, amp: {amp}, channels_last: {cl}, compile: {compile}}}
 """
 
 
@@ -111,7 +111,7 @@ def main() -> None:
     compile_on = cuda if args.compile is None else args.compile
     size, batch = args.image_size or (64 if cuda else 32), args.batch_size or (256 if cuda else 64)
     classes = args.classes or (100 if cuda else 10)
-    text = RECIPE.format(device=str(device), classes=classes, size=size, batch=batch, amp=amp,
+    text = RECIPE.format(device=str(device), epochs=args.epochs + 1, classes=classes, size=size, batch=batch, amp=amp,
                          cl=str(channels_last).lower(), compile=str(compile_on).lower())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.yaml"

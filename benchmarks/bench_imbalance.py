@@ -6,7 +6,7 @@ an imagefolder; each configuration trains a small CNN from scratch on it (the la
 exported) and is scored on the balanced test set by macro F1 (the mean over classes of
 2 TP / (2 TP + FP + FN)) and the mean recall of the five minority classes, for three seeds.
 
-    python benchmarks/bench_imbalance.py [--epochs 12] [--seeds 0 1 2]
+    python benchmarks/bench_imbalance.py [--epochs 8] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ RECIPE = f"""\
     optimizer: {{name: adamw, lr: 3.0e-3, weight_decay: 0.01, scheduler: {{name: cosine}}}}
     data: {{dataset: imagefolder, root: train, image_size: {SIZE}, resize: square, normalize: none,
            batch_size: 32, val_fraction: 0.1}}
-    train: {{epochs: 12, feature_cache: off}}
+    train: {{epochs: 8, feature_cache: off}}
     export: {{formats: [safetensors], weights: last}}
 """
 
@@ -107,7 +107,7 @@ def _scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))  # model.arch names this module

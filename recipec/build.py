@@ -237,6 +237,9 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
                                            history=history, model=compiled.model, ema=ema)
     compiled.model.load_state_dict(chosen)  # training is over: the model is now what export.weights names
     provenance = provenance_of(recipe, compiled, data, history, selection=selected)
+    from recipec.train.multilabel import threshold_provenance
+
+    provenance |= threshold_provenance(recipe, compiled.model, data, compiled.device)  # multilabel.tune_thresholds
     status("exporting")
     for path in export_model(recipe, compiled.model, run, recipe_yaml, provenance):
         say(f"wrote {path}")

@@ -93,7 +93,7 @@ def data_problems(recipe: Any) -> list[Problem]:
 
             try:
                 if getattr(recipe, "task", "multiclass") == "multilabel":  # labels separated by ';'
-                    from recipec.train.multilabel import manifest_classes
+                    from recipec.train.multilabel_data import manifest_classes
 
                     names = manifest_classes(d.root)
                 else:

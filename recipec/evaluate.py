@@ -170,7 +170,8 @@ def evaluate(target: str | os.PathLike[str], *, split: str | None = None, data: 
     if predictor.task == "multilabel":  # mAP, F1 at the threshold, exact match (recipec.train.multilabel)
         from recipec.train.multilabel import eval_results
 
-        metrics = eval_results(torch.cat(logits), torch.cat(labels), predictor.classes, predictor.threshold)
+        metrics = eval_results(torch.cat(logits), torch.cat(labels), predictor.classes,
+                               predictor.thresholds or predictor.threshold)  # tuned per class, or the recipe's
     else:
         metrics = classification_metrics(torch.cat(logits), torch.cat(labels), predictor.classes)
     results = {"split": chosen, **metrics, "export": export.name, "data": _described(data, held_out, recipe)}

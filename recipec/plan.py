@@ -128,8 +128,10 @@ def _head_dict(head: Any, head_prefix: str) -> dict[str, Any]:
 
 def _task(recipe: Any) -> dict[str, Any]:
     if recipe.task == "multilabel":
-        return {"name": "multilabel", "threshold": recipe.multilabel.threshold,
-                "summary": f"multilabel: a sigmoid per class, labels at score >= {recipe.multilabel.threshold:g}; "
+        tuned = recipe.multilabel.tune_thresholds
+        return {"name": "multilabel", "threshold": recipe.multilabel.threshold, "tune_thresholds": tuned,
+                "summary": f"multilabel: a sigmoid per class, labels at score >= {recipe.multilabel.threshold:g}"
+                           f"{' (then tuned per class on val for the exports)' if tuned else ''}; "
                            "val_map, val_f1_micro, val_f1_macro, val_acc (exact match)"}
     return {"name": "multiclass", "summary": "multiclass: one class per image (softmax)"}
 

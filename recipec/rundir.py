@@ -108,6 +108,22 @@ def claim_run_directory(run: Path, *, world: Any = None, inputs: Iterable[str | 
             held.release()
 
 
+# Lock descriptors held by this process. A forked child (a DataLoader worker) closes its copies at once:
+# flock belongs to the open file, so a worker outliving a killed build would otherwise keep the run locked.
+_HELD_FDS: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 @dataclass
 class _Held:
     """A claimed run directory: the locked mark, and what the claim itself created."""
@@ -127,6 +143,7 @@ class _Held:
         except OSError:
             pass  # something else appeared meanwhile: leave it
         finally:
+            _HELD_FDS.discard(self.fd)
             os.close(self.fd)  # releases the lock
 
 
@@ -146,6 +163,7 @@ def _claim(run: Path, inputs: Iterable[str | os.PathLike[str] | None]) -> _Held:
         raise RunDirectoryError(f"{run}: cannot be used as a run directory ({exc.strerror or exc}); "
                                 "choose another --out") from None
     held = _Held(fd, run, marked, made)
+    _HELD_FDS.add(fd)
     try:
         _lock(fd, run)
         written = [run / name for name in _WRITTEN_FILES] + [run / "checkpoints" / "last.pt"]

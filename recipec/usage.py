@@ -255,6 +255,15 @@ class Predictor:
         spec = getattr(self.recipe, "multilabel", None)
         return float(spec.threshold) if spec is not None else 0.5
 
+    @property
+    def thresholds(self) -> list[float] | None:
+        """multilabel with ``multilabel.tune_thresholds``: each class's threshold, tuned on validation and
+        recorded in the export's provenance; None otherwise (every class uses :attr:`threshold`)."""
+        tuned = (self.provenance.get("multilabel") or {}).get("thresholds")
+        if not isinstance(tuned, dict) or set(tuned) != set(self.classes):
+            return None
+        return [float(tuned[c]) for c in self.classes]
+
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
         """(batch, classes) float64 scores of a transformed batch: softmax probabilities, or for a
         multilabel model each class's sigmoid."""
@@ -264,10 +273,11 @@ class Predictor:
         return torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=1)
 
     def labels(self, scores: torch.Tensor) -> list[list[dict[str, Any]]]:
-        """multilabel: per image the classes scoring at least :attr:`threshold`, highest first, as
-        ``{"class": name, "score": sigmoid}``."""
+        """multilabel: per image the classes scoring at least their threshold (:attr:`thresholds` when tuned,
+        else :attr:`threshold`), highest first, as ``{"class": name, "score": sigmoid}``."""
+        cuts = self.thresholds or [self.threshold] * len(self.classes)
         return [[{"class": self.classes[i], "score": float(row[i])}
-                 for i in row.argsort(descending=True, stable=True).tolist() if row[i] >= self.threshold]
+                 for i in row.argsort(descending=True, stable=True).tolist() if row[i] >= cuts[i]]
                 for row in scores]
 
     def top(self, batch: torch.Tensor, *, top_k: int = 5, scores: torch.Tensor | None = None) -> list[list[dict[str, Any]]]:

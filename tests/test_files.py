@@ -607,6 +607,26 @@ def test_the_lock_dies_with_its_process(tmp_path: Path, capsys: pytest.CaptureFi
         pass
 
 
+def test_a_forked_child_does_not_hold_the_lock(tmp_path: Path) -> None:
+    # a DataLoader worker is a fork of the build: were the lock's descriptor shared with it, a worker
+    # outliving a killed build would keep the run directory locked for the `--resume` that follows
+    out = tmp_path / "run"
+    with claim_run_directory(out):
+        (out / "metrics.jsonl").write_text("")  # the build wrote something: the mark (and its lock) stays
+        ready, tell = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: hold on (as a slow-dying worker would) after the parent's lock is gone
+            os.write(tell, b"x")  # fork() has returned here, so the at-fork handlers have run
+            time.sleep(3)
+            os._exit(0)
+        os.read(ready, 1)
+    try:
+        with claim_run_directory(out):  # the parent released it: the child holds nothing
+            pass
+    finally:
+        os.waitpid(pid, 0)
+
+
 @pytest.mark.slow  # two processes with torch and gloo: ~30 s on two cores (the logic: the next test, fast)
 def test_a_locked_run_stops_every_rank_of_nproc_at_once(tmp_path: Path) -> None:
     recipe = tmp_path / "tiny.yaml"

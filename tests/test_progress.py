@@ -128,7 +128,7 @@ def test_a_terminal_shows_phases_and_a_bar_per_epoch(tmp_path: Path) -> None:
     text = ANSI.sub("", shown)
     # the phases before training, then a bar (batches of the epoch, the loss, throughput), then the epoch line
     assert "loading the data" in text and "compiling tests.tinynets:tiny_cnn and loading weights" in text
-    assert "\x1b[" in shown and "━" in shown and "img/s" in text and re.search(r"\d+/10 ", text)
+    assert "\x1b[" in shown and "━" in shown and "img/s" in text and re.search(r" \d+/\d+ ", text)
     assert "exporting" in text and "writing the model card" in text
     lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
     assert len([line for line in lines if EPOCH_LINE.match(line)]) == 2

@@ -370,6 +370,11 @@ class MultilabelSpec(_Spec):
                                                            "this: val_f1_micro, val_f1_macro, val_acc (exact match), "
                                                            "`recipec eval` and the labels `recipec predict` lists.",
                              examples=[0.5])
+    tune_thresholds: bool = Field(
+        False, description="After training, give each class its own threshold: the sigmoid score that maximises the "
+                           "class's F1 on the validation split (of the exported weights; a class without a positive "
+                           "there keeps `threshold`). Recorded in the exports' provenance (multilabel.thresholds) and "
+                           "used by `recipec eval`, `recipec predict` and Predictor.labels.", examples=[True])
 
 
 _MULTILABEL_METRICS = ("val_map", "val_f1_micro", "val_f1_macro")

@@ -160,5 +160,5 @@ class HeadCache:
         order = DataLoader(_Indices(len(self.features)), batch_size=self.loader.batch_size, sampler=self.loader.sampler,
                            generator=self.loader.generator, drop_last=self.loader.drop_last)
         for index in order:
-            index = index.to(self.features.device)
+            index = (index % len(self.features)).to(self.features.device)  # BalancedSampler: i + k * n
             yield self.features[index], self.labels[index]

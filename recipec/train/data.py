@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from recipec.errors import DatasetError
 from recipec.train.speed import EpochSeeded, auto_workers, epoch_seeded
 from recipec.train.augment import augment_problems, build_augmentations, describe, describe_augment
-from recipec.train.sampler import balanced_sampler
+from recipec.train.sampler import Repeats, balanced_sampler
 from recipec.train.datasets import (
     DATASETS,
     SPLITS,
@@ -213,7 +213,7 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
         ...     for images, labels in data.train: ...
     """
     if task == "multilabel":  # multi-hot targets from a manifest
-        from recipec.train.multilabel import build_multilabel_data
+        from recipec.train.multilabel_data import build_multilabel_data
 
         return build_multilabel_data(**{k: v for k, v in locals().items() if k not in ("dataset", "task")})
     _check_args(dataset, normalize, augment, val_fraction, image_size, in_channels, resize_size, interpolation,
@@ -240,7 +240,7 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
     pin = device == "cuda"
     # data.sampler: balanced draws from the same generator, reseeded from (seed, epoch) by set_epoch
     order = balanced_sampler([labels[i] for i in train_idx], generator) if sampler == "balanced" else None
-    train_set = loaded(train_idx, augs, after)
+    train_set = loaded(train_idx, augs, after) if order is None else Repeats(loaded(train_idx, augs, after))
     train = DataLoader(EpochSeeded(train_set) if augs or after else train_set, batch_size=batch_size,
                        shuffle=order is None, sampler=order, generator=generator,
                        num_workers=workers, drop_last=drops_single_last(len(train_idx), batch_size),
@@ -308,7 +308,7 @@ def build_split(*, split: str, override: str | None = None, classes: Sequence[st
         >>> for images, labels in test.loader: ...
     """
     if kwargs.get("task") == "multilabel":  # multi-hot targets from a manifest
-        from recipec.train.multilabel import build_multilabel_split
+        from recipec.train.multilabel_data import build_multilabel_split
 
         return build_multilabel_split(split=split, override=override, classes=classes, batch_size=batch_size, **kwargs)
     model_classes = [str(c) for c in classes]

@@ -93,7 +93,8 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
         to_channels_last(model)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     full = data.train.batch_size
-    compiled = compile_forward(model, compile_mode, phases=len({tuple(schedule.trainable_at(e)) for e in range(epochs)}))
+    compiled = compile_forward(model, compile_mode, phases=len({schedule.trainable_at(e) for e in range(start_epoch, epochs)})
+                               if compile_mode is not False else 0)
     for epoch in range(start_epoch, epochs):
         compiles = compiles_so_far() if compile_mode is not False else 0
         started = time.perf_counter()

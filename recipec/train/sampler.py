@@ -12,13 +12,13 @@ that generator before the sampler draws, for 0 workers too), and a resumed run r
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import Dataset, Sampler
 
-__all__ = ["balanced_sampler", "balanced_weights", "check_sampler"]
+__all__ = ["BalancedSampler", "Repeats", "balanced_sampler", "balanced_weights", "check_sampler"]
 
 
 def balanced_weights(labels: Sequence[int]) -> torch.Tensor:
@@ -27,16 +27,52 @@ def balanced_weights(labels: Sequence[int]) -> torch.Tensor:
     return torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.float64)
 
 
-def balanced_sampler(labels: Sequence[int], generator: torch.Generator) -> WeightedRandomSampler:
+class BalancedSampler(Sampler[int]):
     """``len(labels)`` class-balanced draws with replacement per epoch, from ``generator``.
+
+    The k-th draw of example ``i`` in an epoch (k from 0) is yielded as ``i + k * n``: the
+    training dataset is wrapped in :class:`Repeats`, which reads example ``j % n``, and the
+    per-example seeding of random transforms (``EpochSeeded``: seed, epoch, index) then gives
+    each repeat of a minority example its own augmentation instead of the same one again.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
-        >>> order = list(balanced_sampler([0, 0, 0, 1], g))  # class 1 is drawn about half the time
+        >>> drawn = [j % 4 for j in BalancedSampler([0, 0, 0, 1], g)]  # class 1 about half the time
     """
-    weights: Any = balanced_weights(labels)  # a tensor, which the sampler takes as it is (its stub says Sequence)
-    return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True,
-                                 generator=generator)
+
+    def __init__(self, labels: Sequence[int], generator: torch.Generator) -> None:
+        self.weights = balanced_weights(labels)
+        self.n = len(labels)
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        # the draws WeightedRandomSampler(weights, n, replacement=True, generator) makes
+        drawn = torch.multinomial(self.weights, self.n, replacement=True, generator=self.generator).tolist()
+        repeats: Counter[int] = Counter()
+        for i in drawn:
+            yield i + self.n * repeats[i]
+            repeats[i] += 1
+
+
+class Repeats(Dataset):
+    """``dataset`` read at ``j % len(dataset)``: the indices :class:`BalancedSampler` yields."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, j: int) -> Any:
+        return self.dataset[j % len(self.dataset)]
+
+
+def balanced_sampler(labels: Sequence[int], generator: torch.Generator) -> BalancedSampler:
+    """The :class:`BalancedSampler` of ``labels`` (wrap the dataset in :class:`Repeats`)."""
+    return BalancedSampler(labels, generator)
 
 
 def check_sampler(sampler: str, *, distributed: bool) -> None:

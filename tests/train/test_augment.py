@@ -173,6 +173,22 @@ def test_batch_mix_gives_soft_targets_from_the_global_rng() -> None:
     assert batch_mix(4) is None
 
 
+def test_label_smoothing_smooths_the_mixed_targets_as_timm_does() -> None:
+    from recipec.train.losses import build_criterion
+
+    x, y = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    torch.manual_seed(0)
+    _, soft = BatchMix(4, mixup={"alpha": 1.0, "prob": 1.0})(x, y)
+    logits = torch.randn(6, 4)
+    eps = 0.1
+    # timm's mixup_target: smooth each one-hot, then mix; the same as smoothing the mixed target
+    lam = soft[0, 0].item()
+    one_hot = torch.nn.functional.one_hot(y, 4).float() * (1 - eps) + eps / 4
+    timm = lam * one_hot + (1 - lam) * one_hot.roll(1, 0)
+    expected = -(timm * logits.log_softmax(1)).sum(1).mean()
+    assert torch.allclose(build_criterion(label_smoothing=eps)(logits, soft), expected, atol=1e-6)
+
+
 def test_both_pick_one_per_batch() -> None:
     x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
     mix = batch_mix(3, {"alpha": 1.0, "prob": 1.0}, {"alpha": 1.0, "prob": 1.0})

@@ -25,7 +25,13 @@ from recipec.cli import main
 from recipec.errors import DatasetError, ModelError, RecipeError
 from recipec.recipe.load import load_recipe
 from recipec.train.data import build_data
-from recipec.train.multilabel import average_precision, baseline_map, bce_criterion, multilabel_metrics
+from recipec.train.multilabel import (
+    average_precision,
+    baseline_map,
+    bce_criterion,
+    multilabel_metrics,
+    tuned_thresholds,
+)
 from recipec.train.state import load_state
 from tests.imagedata import make_manifest
 
@@ -90,7 +96,7 @@ def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
 
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The done-when run: 160 training and 64 validation images of co-occurring patches, 6 epochs."""
+    """The done-when run: 160 training and 64 validation images of co-occurring patches, 5 epochs."""
     tmp_path = tmp_path_factory.mktemp("patches")
     patches(tmp_path / "data", {"train": 160, "val": 64, "test": 32})
     return build(_recipe(tmp_path), out=tmp_path / "run")
@@ -121,6 +127,23 @@ def test_ap_f1_and_exact_match_equal_scikit_learns() -> None:
     # a constant predictor's mAP is the mean positive rate: the baseline a model must beat
     constant = multilabel_metrics(torch.zeros(60, 5), target, list("abcde"))
     assert constant["map"] == pytest.approx(baseline_map(target)) == pytest.approx(float(y[:, :4].mean(0).mean()))
+
+
+def test_tuned_thresholds_maximise_each_classs_f1() -> None:
+    g = torch.Generator().manual_seed(1)
+    target = (torch.rand(40, 3, generator=g) < 0.4).float()
+    target[:, 2] = 0
+    logits = torch.randn(40, 3, generator=g) + 1.5 * target
+    tuned = tuned_thresholds(logits, target, ["a", "b", "c"], default=0.5)
+    scores = torch.sigmoid(logits.double()).numpy()
+    for c, name in enumerate("ab"):  # brute force over every distinct score, with scikit-learn's F1
+        f1s = {float(t): f1_score(target[:, c].numpy(), scores[:, c] >= t) for t in scores[:, c]}
+        best = max(f1s.values())
+        assert f1s[tuned[name]] == pytest.approx(best) and tuned[name] == max(t for t, f in f1s.items() if f == best)
+    assert tuned["c"] == 0.5  # no positive: the recipe's threshold
+    per_class = multilabel_metrics(logits, target, list("abc"), threshold=[tuned["a"], tuned["b"], 0.5])
+    assert per_class["per_class"]["a"]["f1"] == pytest.approx(max(f1_score(target[:, 0].numpy(), scores[:, 0] >= t)
+                                                                  for t in scores[:, 0]))
 
 
 def test_label_smoothing_moves_the_bce_targets_towards_one_half() -> None:
@@ -256,6 +279,21 @@ def test_predict_lists_the_labels_above_the_threshold(learned: Path, capsys: pyt
     assert all(float(s) >= 0.5 for r in table[1:] for s in filter(None, r[2].split(";")))
 
 
+def test_eval_on_other_data_takes_a_manifest_with_the_models_labels(learned: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    data = learned.parent / "data"
+    other = data / "other.csv"
+    other.write_text("path,label\n" + "".join(f"{r['path']},{r['label']}\n" for r in
+                                              csv.DictReader((data / "manifest.csv").open()) if r["split"] == "test"))
+    code, out, _ = _cli(capsys, "eval", str(learned / "model.safetensors"), "--data", str(other), "--json", *TRUST)
+    assert code == 0 and json.loads(out)["n"] == 32
+    other.write_text(other.read_text() + "images/0001.png,red;zebra\n")
+    code, _, err = _cli(capsys, "eval", str(learned / "model.safetensors"), "--data", str(other), *TRUST)
+    assert code == 2 and "other.csv line 34: label 'zebra' is not one of the model's classes" in err
+    code, _, err = _cli(capsys, "eval", str(learned / "model.safetensors"), "--data", str(data), *TRUST)
+    assert code == 2 and "a multi-label model is evaluated on a manifest file" in err
+
+
 def test_plan_says_the_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     patches(tmp_path / "data", {"train": 24, "val": 4})
     (tmp_path / "recipe.yaml").write_text(textwrap.dedent(RECIPE))
@@ -266,7 +304,7 @@ def test_plan_says_the_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "select    best epoch by val_map (max)" in out
 
 
-def test_the_feature_cache_trains_the_head_on_multi_hot_targets(tmp_path: Path) -> None:
+def test_the_feature_cache_and_ema_work_on_multi_hot_targets(tmp_path: Path) -> None:
     patches(tmp_path / "data", {"train": 40, "val": 16})
     body = RECIPE.replace("train: {epochs: 5, keep_last: 5}", textwrap.indent(textwrap.dedent("""\
         train: {epochs: 2}
@@ -275,12 +313,31 @@ def test_the_feature_cache_trains_the_head_on_multi_hot_targets(tmp_path: Path) 
           - {name: head, match: ['^8\\.']}
         freeze: {trainable: [head]}
         """), "    ").lstrip())
-    cached = build(_recipe(tmp_path, body=body), out=tmp_path / "cached")
-    plain = build(_recipe(tmp_path, "train.feature_cache=off", body=body), out=tmp_path / "plain")
+    ema = ("train.ema={decay: 0.5}", "train.select.metric=val_map_ema")  # EMA: every metric again with _ema
+    cached = build(_recipe(tmp_path, *ema, "multilabel.tune_thresholds=true", body=body), out=tmp_path / "cached")
+    plain = build(_recipe(tmp_path, "train.feature_cache=off", *ema, body=body), out=tmp_path / "plain")
     assert [m["feature_cache"] for m in _metrics(cached)] == [True, True]
+    for m in _metrics(cached):
+        assert {f"{k}_ema" for k in ("val_loss", "val_acc", "val_map", "val_f1_micro", "val_f1_macro")} <= set(m)
+        assert 0 < m["val_map_ema"] <= 1 and m["val_map_ema"] != m["val_map"]
     assert [m["val_map"] for m in _metrics(cached)] == pytest.approx([m["val_map"] for m in _metrics(plain)], abs=1e-5)
     a, b = load_file(cached / "model.safetensors"), load_file(plain / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # multilabel.tune_thresholds: per class the val score maximising its F1, in the export, used by labels()
+    from recipec.usage import load_predictor
+
+    tuned = load_predictor(cached / "model.safetensors", trust_factories=["tests.tinynets:tiny_cnn"])
+    assert load_predictor(plain / "model.safetensors", trust_factories=["tests.tinynets:tiny_cnn"]).thresholds is None
+    rows = [r for r in csv.DictReader((tmp_path / "data" / "manifest.csv").open()) if r["split"] == "val"]
+    images = torch.stack([tuned.transform(Image.open(tmp_path / "data" / r["path"])) for r in rows])
+    target = torch.tensor([[float(c in r["label"].split(";")) for c in tuned.classes] for r in rows])
+    expected = tuned_thresholds(tuned.logits(images), target, tuned.classes, 0.5)
+    assert tuned.thresholds == [expected[c] for c in tuned.classes]
+    assert tuned.provenance["multilabel"]["thresholds"] == expected
+    scores = tuned.scores(images)
+    assert [[x["class"] for x in image] for image in tuned.labels(scores)] == [
+        [tuned.classes[i] for i in row.argsort(descending=True, stable=True).tolist() if row[i] >= expected[tuned.classes[i]]]
+        for row in scores]
 
 
 # --------------------------------------------------------------------------- exact resume

@@ -50,10 +50,26 @@ def test_weights_give_every_class_the_same_share() -> None:
     labels = [0] * 90 + [1] * 10
     weights = balanced_weights(labels)
     assert weights.dtype == torch.float64 and weights[:90].sum() == pytest.approx(1) and weights[90:].sum() == 1
-    drawn = Counter(labels[i] for i in balanced_sampler(labels, torch.Generator().manual_seed(0)))
+    order = list(balanced_sampler(labels, torch.Generator().manual_seed(0)))
+    drawn = Counter(labels[j % 100] for j in order)
     assert sum(drawn.values()) == 100 and 35 <= drawn[1] <= 65  # ~50 of 100 draws, not ~10
-    many = Counter(labels[i] for _ in range(50) for i in balanced_sampler(labels, torch.Generator().manual_seed(_)))
+    # the k-th repeat of example i comes as i + 100 k: every index distinct, so each repeat is seeded apart
+    assert len(set(order)) == 100 and Counter(j % 100 for j in order)[90] == sum(j % 100 == 90 for j in order)
+    many = Counter(labels[j % 100] for seed in range(50)
+                   for j in balanced_sampler(labels, torch.Generator().manual_seed(seed)))
     assert abs(many[1] / 5000 - 0.5) < 0.03
+
+
+def test_repeats_of_an_example_get_their_own_augmentation() -> None:
+    data = build_data(dataset="digits", image_size=8, classes=["0", "1"], per_class=4, batch_size=64,
+                      sampler="balanced", augment=["hflip", {"name": "randaugment", "num_ops": 3}], val_fraction=0)
+    set_epoch(data, 0)
+    dataset = data.train.dataset  # seeded per index (seed, epoch, j); example j % 8
+    first, again, repeat = dataset[3], dataset[3], dataset[3 + 8]
+    assert first[1] == repeat[1] and torch.equal(first[0], again[0])  # the same draw: the same augmentation
+    assert not torch.equal(first[0], repeat[0])  # the second draw of example 3 in the epoch: its own
+    (x, _), = list(data.train)
+    assert x.shape[0] == 8
 
 
 def test_balanced_order_is_a_function_of_seed_and_epoch_and_independent_of_workers() -> None:
