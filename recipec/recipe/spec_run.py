@@ -273,10 +273,12 @@ class ExportSpec(_Spec):
         examples=[["safetensors", "torch", "onnx"]])
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Floating dtype of exported weights.",
                                                              examples=["float16"])
-    weights: Literal["best", "last", "ema"] = Field(
-        "best", description="best: the epoch train.select picked (its EMA weights when the metric is an _ema one; "
-                            "the last epoch without validation data); last: the final epoch's model; ema: the final "
-                            "EMA weights (needs train.ema).", examples=["last"])
+    # "best" was this key's name for "model" before DESIGN.md's contract was followed; it still reads
+    weights: Annotated[Literal["model", "last", "ema"], BeforeValidator(lambda v: "model" if v == "best" else v)] = Field(
+        "model", description="model: the model weights of the epoch train.select picked, checkpoints/best.pt (its EMA "
+                             "weights when the select metric is an _ema one; the last epoch without validation data; "
+                             "best is another name for it); last: the final epoch's model; ema: the final EMA weights "
+                             "(needs train.ema).", examples=["ema"])
     onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX options.", examples=[{"opset": 18}])
     shard_size: ByteSize | None = Field(
         None, description="Shard safetensors exports above this size (model.safetensors.index.json); at most "

@@ -132,7 +132,7 @@ def export_state(choice: str, *, folder: Path, selection: Selection, history: Se
     if choice == "ema":
         return dict(ema.state), entry | {"epoch": last.get("epoch"), "value": last.get(selection.metric),
                                          "source": "the final EMA weights"}
-    if choice == "best":
+    if choice == "model":
         if selection.epoch is None:
             why = ("no validation data (data.val_fraction 0)" if all(m.get("val_loss") is None for m in history)
                    else f"no epoch has a finite {selection.metric}")
@@ -228,5 +228,5 @@ def craft_lines(plan: Mapping[str, Any]) -> list[str]:
     select = plan.get("select")
     if select:
         lines.append(f"select    best epoch by {select['metric']} ({select['mode']}) -> checkpoints/best.pt; "
-                     f"exports: {plan.get('export_weights', 'best')} weights")
+                     f"exports: {plan.get('export_weights', 'model')} weights")
     return lines

@@ -138,8 +138,8 @@ REFUSED: list[tuple[str, str]] = [
     ("train.feature_cache=on", "train.feature_cache: must be one of auto, off, got true"),  # YAML 1.1: on is true
     ("train.checkpoint_every=0", "train.checkpoint_every: must be >= 1, got 0"),
     ("train.keep_last=0", "train.keep_last: must be >= 1, got 0"),
-    ("train.early_stopping={metric: acc}", ("train.early_stopping.metric: must be one of val_acc, val_loss, got 'acc'; "
-                                           "did you mean 'val_acc'?")),
+    ("train.early_stopping={metric: acc}", ("train.early_stopping.metric: must be one of val_acc, val_loss, val_map, "
+                                           "val_f1_micro, val_f1_macro, got 'acc'; did you mean 'val_acc'?")),
     ("train.early_stopping={patience: 0}", "train.early_stopping.patience: must be >= 1, got 0"),
     ("train.early_stopping={min_delta: -1}", "train.early_stopping.min_delta: must be >= 0, got -1"),
     # export and card

@@ -70,7 +70,7 @@ def test_an_early_stopped_run_exports_the_best_epoch(stopped):
     assert all(torch.equal(exported[k], best["model"][k]) for k in exported)
     last = load_state(stopped / "checkpoints" / "last.pt")["model"]
     assert any(not torch.equal(exported[k], last[k]) for k in exported)  # not the last epoch's weights
-    assert _selection(stopped) == {"weights": "best", "epoch": best_epoch, "metric": "val_acc", "mode": "max",
+    assert _selection(stopped) == {"weights": "model", "epoch": best_epoch, "metric": "val_acc", "mode": "max",
                                    "value": max(accs), "source": "the model"}
     card = (stopped / "README.md").read_text()
     assert f"- **Exported weights:** the best epoch, {best_epoch}, by val_acc (max: " in card
