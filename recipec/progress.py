@@ -96,7 +96,8 @@ class Progress:
         if self._live is None or self._task is None:
             return
         fields: dict[str, Any] = {}
-        if now - self._read_at >= _READ_EVERY or self._loss is None:
+        last = index + 1 == batches
+        if now - self._read_at >= _READ_EVERY or self._loss is None or last:  # one read more per epoch, at its end
             value = float(loss.item())
             self._loss = value if self._loss is None else 0.9 * self._loss + 0.1 * value
             self._read_at = now
@@ -104,9 +105,11 @@ class Progress:
             elapsed = now - self._started  # since the end of batch 0: the batches after it
             if index > 0 and elapsed > 0:
                 fields["speed"] = f"{index * self._images / elapsed:,.0f} img/s"
-        if index + 1 == batches:
+        if last:
             fields["description"] = f"epoch {self._epoch} ({self._epoch + 1} of {self._epochs}) validating"
         self._live.update(self._task, completed=index + 1, **fields)
+        if last:  # an epoch shorter than rich's refresh interval still shows its bar, full, while it validates
+            self._live.refresh()
 
     def _new_bar(self, batches: int, now: float) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as Live, TextColumn, TimeRemainingColumn

@@ -42,8 +42,9 @@ __all__ = ["MARKER", "claim_run_directory", "run_directory_problem"]
 
 MARKER = ".recipec-run"
 # What a build writes at the top of a run directory; the mark, the lock and temporary files aside.
-_WRITTEN_FILES = ("recipe.yaml", "plan.json", "metrics.jsonl", "model.safetensors", "model.safetensors.index.json",
-                  "model.pt", "model.onnx", "curves.png", "README.md")
+_WRITTEN_FILES = ("recipe.yaml", "plan.json", "plan.png", "metrics.jsonl", "model.safetensors",
+                  "model.safetensors.index.json", "model.pt", "model.onnx", "curves.png", "README.md",
+                  "skipped_images.txt", "tracking.json")
 _WRITTEN_DIRS = ("checkpoints", "eval", "tensorboard")
 _OURS = re.compile(r"model-\d{5}-of-\d{5}\.safetensors|\..+\.tmp")
 

@@ -375,11 +375,10 @@ def test_a_full_disk_leaves_the_previous_file(tmp_path: Path, monkeypatch: pytes
     if suffix == ".pt":
         monkeypatch.setattr(torch, "save", _no_space)
     else:
-        def half_written(tensors: object, path: str, metadata: object = None) -> None:
-            Path(path).write_bytes(b"partial")
-            # safetensors reports the errno only in its message
-            raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
-        monkeypatch.setattr("recipec.weights._safetensors.save_file", half_written)
+        def half_written(tensors: object, path: Path, metadata: object = None) -> None:
+            Path(path).write_bytes(b"partial")  # recipec streams the file itself: the OSError is the kernel's
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr("recipec.weights._safetensors._stream", half_written)
     with pytest.raises(DiskFullError, match=f"^{target}: no space left on device") as info:
         formats.save({"w": torch.zeros(3)}, target)
     assert ".tmp" not in str(info.value) and isinstance(info.value, RunError) and info.value.exit_code == 1
@@ -419,14 +418,14 @@ def test_write_errors_name_the_users_path(tmp_path: Path, monkeypatch: pytest.Mo
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(errno.EACCES, "Permission denied", str(args[1]))
-    monkeypatch.setattr("recipec.weights._safetensors.save_file", refuse)
+    monkeypatch.setattr("recipec.weights._safetensors._stream", refuse)
     with pytest.raises(PermissionError) as info:
         formats.save(_tensors(), target)
     assert info.value.filename == str(target)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("bad header")
-    monkeypatch.setattr("recipec.weights._safetensors.save_file", broken)
+    monkeypatch.setattr("recipec.weights._safetensors._stream", broken)
     with pytest.raises(CheckpointError, match=f"^{target}: cannot write safetensors") as caught:
         formats.save(_tensors(), target)
     assert ".tmp" not in str(caught.value)

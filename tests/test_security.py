@@ -204,7 +204,7 @@ def test_inspect_reads_without_building(fmt: str, hostile: tuple[str, Path], tmp
     recipe_yaml = hostile[0]
     src = _write(fmt, recipe_yaml, tmp_path / "export")
     code, _, err = run(capsys, "inspect", str(src))
-    assert code == (2 if fmt == "onnx" else 0), err
+    assert code == 0, err  # every layout, ONNX included, is read and shown: nothing is built or imported
     _untouched(hostile)
 
 

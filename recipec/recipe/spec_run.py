@@ -219,7 +219,7 @@ class TrainSpec(_Spec):
 
 # --------------------------------------------------------------------------- loss
 
-ClassWeight = Annotated[float, BeforeValidator(lambda v: _check_numbers(float, v)), Field(gt=0, le=1e6)]
+ClassWeight = Annotated[float, Field(gt=0, le=1e6), BeforeValidator(lambda v: _check_numbers(float, v))]
 
 
 class FocalSpec(_Spec):

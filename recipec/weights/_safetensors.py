@@ -171,6 +171,15 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], file: Path, metadata: M
     if sys.byteorder != "little" or any(_NAMES.get(t.dtype) not in _ORDER for t in tensors.values()):
         _save_file(tensors, file, resolve_metadata(metadata))  # safetensors byte-swaps; leave that to it
         return
+    try:
+        _stream(tensors, file, metadata)
+    except (OSError, CheckpointError):
+        raise  # a full disk, a permission: atomic_path names the user's path
+    except Exception as exc:  # a tensor whose bytes cannot be read (sparse, meta, ...)
+        raise CheckpointError(f"{file}: cannot write safetensors ({_short(exc)})") from exc
+
+
+def _stream(tensors: dict[str, torch.Tensor], file: Path, metadata: Metadata) -> None:
     # The layout safetensors itself writes: by dtype, wider ones first (each tensor stays aligned), then by name.
     order = sorted(tensors, key=lambda name: (_ORDER[_NAMES[tensors[name].dtype]], name))
     entries: dict[str, Any] = {}

@@ -115,7 +115,7 @@ REFUSED: list[tuple[str, str]] = [
      "optimizer.scheduler.name: must be one of none, cosine, step, onecycle, got 'linear'"),
     ("optimizer.scheduler=cosine", "optimizer.scheduler: must be a mapping (key: value), got 'cosine'"),
     # data
-    ("data.dataset=imagenet", ("data.dataset: must be one of imagefolder, digits, fake, cifar10, cifar100, mnist, "
+    ("data.dataset=imagenet", ("data.dataset: must be one of imagefolder, manifest, digits, fake, cifar10, cifar100, mnist, "
                               "fashionmnist, got 'imagenet'; did you mean 'imagefolder'?")),
     ("data.dataset=cifar10", "data.dataset: cifar10 needs root: the directory that holds it"),
     ("data.classes=[]", "data.classes: must have at least 1 item, got 0"),
