@@ -214,7 +214,11 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     if train.early_stopping is not None:
         es = train.early_stopping
         stopping = EarlyStopping(metric=es.metric, patience=es.patience, min_delta=es.min_delta)
-    cache = _feature_cache(recipe, compiled, data, world)
+    from recipec.train.cache import head_cache, head_only_epochs
+
+    cache = head_cache(recipe, compiled, data.train, head_only_epochs(compiled.schedule, compiled.groups[-1].name,
+                                                                      recipe.train.epochs),
+                       distributed=world.distributed)
     if tracking is not None:  # MLflow is reached (its run made or resumed) before any compute is spent
         status("starting the trackers")
         tracking.start(compiled.plan, history)
@@ -323,42 +327,6 @@ def _same_recipe(built: Path, recipe: Recipe) -> bool:
     except (OSError, UnicodeDecodeError, RecipecError):
         return False
     return bool(saved == yaml.safe_load(dump_recipe(recipe)))
-
-
-def _feature_cache(recipe: Recipe, compiled: Any, data: Any, world: Any) -> Any:
-    """The head-input cache for the leading epochs in which only the head trains, when it is safe."""
-    from recipec.train.cache import HeadCache, cache_refusal
-
-    if recipe.train.feature_cache == "off":
-        return None
-    head_group = compiled.groups[-1].name
-    epochs = []
-    for epoch in range(recipe.train.epochs):
-        if tuple(compiled.schedule.trainable_at(epoch)) != (head_group,):
-            break
-        epochs.append(epoch)
-    head_path = _around_group(compiled.model, compiled.head_prefix.rstrip("."), compiled.groups[-1].params)
-    if not epochs:
-        return None
-    refused = cache_refusal(compiled.model, head_path=head_path, head_group=head_group,
-                            groups=compiled.groups, augment=recipe.data.augment,
-                            batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout,
-                            distributed=world.distributed,
-                            mix=recipe.data.mixup is not None or recipe.data.cutmix is not None)
-    cache = HeadCache(compiled.model, head_path, data.train, [] if refused else epochs)
-    cache.refused = refused  # metrics.jsonl's feature_cache_refused says why the cache stays off
-    return cache
-
-
-def _around_group(model: Any, path: str, params: Any) -> str:
-    """The smallest module around the classifier at ``path`` holding exactly the head group's parameters:
-    timm's head group keeps the classifier's norm (``head.norm`` + ``head.fc``: cache the input of ``head``)."""
-    wanted, inner = set(params), path
-    while path:
-        if {f"{path}.{name}" for name, _ in model.get_submodule(path).named_parameters()} == wanted:
-            return path
-        path = path.rpartition(".")[0]
-    return inner
 
 
 def _check_resumable(recipe: Recipe, saved_yaml: str, run: Path | None = None) -> None:

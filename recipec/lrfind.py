@@ -22,7 +22,6 @@ asked for), no run directory is made, and the global RNG state of torch (and Pyt
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -204,7 +203,7 @@ def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, ste
     from recipec.train.augment import batch_mix
     from recipec.train.data import build_data, set_epoch
     from recipec.train.freezing import apply_trainable, set_train_mode
-    from recipec.train.loop import grad_scaler
+    from recipec.train.loop import autocast_for, aux_trains, grad_scaler, training_loss
     from recipec.train.losses import criterion_of, loss_plan
     from recipec.train.optim import group_learning_rates
 
@@ -223,12 +222,15 @@ def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, ste
     criterion = criterion_of(recipe, {"loss": loss_plan(recipe, data.classes, data.info.get("train_per_class"))},
                              compiled.device)
     mix = batch_mix(len(data.classes), recipe.data.mixup, recipe.data.cutmix)
-    cache = _head_cache(recipe, compiled, data, mixed=mix is not None)
+    from recipec.train.cache import head_cache, head_only_epochs
+
+    # the build's head-input cache for epoch 0, when it would use one: the same numbers as full passes
+    cache = head_cache(recipe, compiled, data.train, head_only_epochs(compiled.schedule, compiled.groups[-1].name, 1))
     cached = cache is not None and cache.fill(compiled.device, train.amp)
     forward = cache.head if cached and cache is not None else model
     set_train_mode(model, groups, trainable, batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout)
     scaler = grad_scaler(train.amp, compiled.device)
-    aux_weight = recipe.model.aux_loss_weight if _aux_trains(model) else 0.0
+    aux_weight = recipe.model.aux_loss_weight if aux_trains(model) else 0.0
 
     def batches() -> Iterator[tuple[Any, Any]]:
         for epoch in range(1_000_000):  # the loader again and again, each pass ordered as that build epoch
@@ -251,8 +253,8 @@ def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, ste
             x, y = x.to(compiled.device, non_blocking=True), y.to(compiled.device, non_blocking=True)
             if mix is not None:
                 x, y = mix(x, y)
-            with _autocast(compiled.device, train.amp):
-                loss = _loss(forward(x), y, aux_weight, criterion)
+            with autocast_for(compiled.device, train.amp):
+                loss = training_loss(forward(x), y, aux_weight, criterion)
             total += float(loss.item()) / train.accumulate
             if not math.isfinite(total):
                 break
@@ -289,56 +291,6 @@ def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, ste
         ratios={g: ratios[g] for g in trainable}, trainable_groups=list(trainable), lrs=lrs, losses=losses,
         raw_losses=raw, stopped=stopped, start_lr=start_lr, end_lr=end_lr, steps=steps,
         feature_cache=bool(cached), device=str(compiled.device))
-
-
-def _head_cache(recipe: Any, compiled: Any, data: Any, *, mixed: bool) -> Any:
-    """The build's head-input cache for epoch 0, when it would use one (only the head trains; see
-    :mod:`recipec.train.cache`): the same numbers as full forward passes, computed once."""
-    from recipec.train.cache import HeadCache, cache_refusal
-
-    head_group = compiled.groups[-1].name
-    if recipe.train.feature_cache == "off" or tuple(compiled.schedule.trainable_at(0)) != (head_group,):
-        return None
-    path = compiled.head_prefix.rstrip(".")
-    # the smallest module around the classifier holding exactly the head group (timm keeps its norm there)
-    wanted, head_path = set(compiled.groups[-1].params), path
-    while path:
-        if {f"{path}.{name}" for name, _ in compiled.model.get_submodule(path).named_parameters()} == wanted:
-            head_path = path
-            break
-        path = path.rpartition(".")[0]
-    if cache_refusal(compiled.model, head_path=head_path, head_group=head_group, groups=compiled.groups,
-                     augment=recipe.data.augment, batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout,
-                     distributed=False, mix=mixed):
-        return None
-    return HeadCache(compiled.model, head_path, data.train, [0])
-
-
-def _loss(output: Any, y: Any, aux_weight: float, criterion: Callable[[Any, Any], Any]) -> Any:
-    """The training criterion, as the fit loop applies it (auxiliary classifiers weighted while they train)."""
-    if not isinstance(output, tuple):
-        return criterion(output, y)
-    main, *aux = output
-    loss = criterion(main, y)
-    for logits in aux:
-        if logits is not None and aux_weight:
-            loss = loss + aux_weight * criterion(logits, y)
-    return loss
-
-
-def _aux_trains(model: Any) -> bool:
-    from recipec.model.heads import aux_classifiers
-
-    aux = [p for module in aux_classifiers(model).values() for p in module.parameters()]
-    return bool(aux) and all(p.requires_grad for p in aux)
-
-
-def _autocast(device: Any, amp: str) -> contextlib.AbstractContextManager[Any]:
-    import torch
-
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def format_lr_find(result: LRFind, recipe_path: str = "RECIPE") -> str:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from recipec.train.freezing import set_train_mode
 from recipec.train.modes import differs_in_training
 
-__all__ = ["HeadCache", "cache_refusal"]
+__all__ = ["HeadCache", "cache_refusal", "head_cache", "head_only_epochs"]
 
 _MAX_BYTES = 2 * 1024**3  # beyond this the cache would compete with the model for memory
 
@@ -162,3 +162,42 @@ class HeadCache:
         for index in order:
             index = (index % len(self.features)).to(self.features.device)  # BalancedSampler: i + k * n
             yield self.features[index], self.labels[index]
+
+
+def head_only_epochs(schedule: Any, head_group: str, epochs: int) -> list[int]:
+    """The leading epochs (of ``epochs``) in which the head group alone trains: the ones a cache can serve."""
+    leading = []
+    for epoch in range(epochs):
+        if tuple(schedule.trainable_at(epoch)) != (head_group,):
+            break
+        leading.append(epoch)
+    return leading
+
+
+def head_cache(recipe: Any, compiled: Any, loader: DataLoader, epochs: Sequence[int], *,
+               distributed: bool = False) -> HeadCache | None:
+    """The head-input cache a build (or lr-find) uses for ``epochs``, or None when ``train.feature_cache`` is off
+    or there is no such epoch. When the cache would not give the same weights, it serves no epoch and its
+    ``refused`` says why (metrics.jsonl's ``feature_cache_refused``)."""
+    if recipe.train.feature_cache == "off" or not epochs:
+        return None
+    head_group = compiled.groups[-1].name
+    head_path = _around_group(compiled.model, compiled.head_prefix.rstrip("."), compiled.groups[-1].params)
+    refused = cache_refusal(compiled.model, head_path=head_path, head_group=head_group, groups=compiled.groups,
+                            augment=recipe.data.augment, batchnorm=recipe.freeze.batchnorm,
+                            dropout=recipe.freeze.dropout, distributed=distributed,
+                            mix=recipe.data.mixup is not None or recipe.data.cutmix is not None)
+    cache = HeadCache(compiled.model, head_path, loader, [] if refused else list(epochs))
+    cache.refused = refused
+    return cache
+
+
+def _around_group(model: nn.Module, path: str, params: Any) -> str:
+    """The smallest module around the classifier at ``path`` holding exactly the head group's parameters:
+    timm's head group keeps the classifier's norm (``head.norm`` + ``head.fc``: cache the input of ``head``)."""
+    wanted, inner = set(params), path
+    while path:
+        if {f"{path}.{name}" for name, _ in model.get_submodule(path).named_parameters()} == wanted:
+            return path
+        path = path.rpartition(".")[0]
+    return inner

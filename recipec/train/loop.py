@@ -28,7 +28,8 @@ from recipec.train.distributed import World, all_sum, average_gradients, broadca
 from recipec.train.freezing import FreezeSchedule, apply_trainable, set_train_mode
 from recipec.train.speed import compile_forward, compiles_so_far, to_channels_last
 
-__all__ = ["EarlyStopping", "evaluate", "fit", "grad_scaler", "group_lrs"]
+__all__ = ["EarlyStopping", "autocast_for", "aux_trains", "evaluate", "fit", "grad_scaler", "group_lrs",
+           "training_loss"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
         forward = cache.head if cached and cache is not None else compiled
         # a last partial batch runs uncompiled: one compile per phase, for one static batch shape
         partial = cache.head if cached and cache is not None else model
-        aux_weight = aux_loss_weight if _aux_trains(model) else 0.0
+        aux_weight = aux_loss_weight if aux_trains(model) else 0.0
         optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(cache.batches() if cached and cache is not None else data.train):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -118,8 +119,8 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
                 x = x.contiguous(memory_format=memory_format)
             if mix is not None:
                 x, y = mix(x, y)  # draws from the global RNG, which the training state saves
-            with _autocast(device, amp):
-                loss = _loss((forward if len(x) == full else partial)(x), y, aux_weight, criterion or F.cross_entropy)
+            with autocast_for(device, amp):
+                loss = training_loss((forward if len(x) == full else partial)(x), y, aux_weight, criterion or F.cross_entropy)
             losses.add(loss, len(y))  # on the device: no host sync per batch
             scaled = loss / accumulate
             (scaler.scale(scaled) if scaler else scaled).backward()
@@ -194,7 +195,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
     counts = torch.zeros(len(classes or ()), dtype=torch.long)
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        with _autocast(device, amp):
+        with autocast_for(device, amp):
             logits = model(x)
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
         right = logits.argmax(1) == y
@@ -269,7 +270,7 @@ def grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
 
 
-def _loss(output: Any, y: torch.Tensor, aux_weight: float, criterion: Callable[..., torch.Tensor]) -> torch.Tensor:
+def training_loss(output: Any, y: torch.Tensor, aux_weight: float, criterion: Callable[..., torch.Tensor]) -> torch.Tensor:
     """``criterion`` of the logits; with auxiliary outputs (googlenet's and inception_v3's named
     tuples in training mode: main logits first), plus ``aux_weight`` x that of each of them."""
     if isinstance(output, torch.Tensor):
@@ -282,7 +283,7 @@ def _loss(output: Any, y: torch.Tensor, aux_weight: float, criterion: Callable[.
     return loss
 
 
-def _aux_trains(model: nn.Module) -> bool:
+def aux_trains(model: nn.Module) -> bool:
     # auxiliary classifiers count only while they train: a frozen one (e.g. fresh, in a frozen
     # group) would push the trainable body with gradients through its random weights
     aux = [p for module in aux_classifiers(model).values() for p in module.parameters()]
@@ -301,7 +302,7 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
         optimizer.step()
 
 
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
     if amp == "none":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16

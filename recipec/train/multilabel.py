@@ -133,12 +133,12 @@ def multilabel_metrics(logits: torch.Tensor, target: torch.Tensor, classes: Sequ
 
 @torch.no_grad()
 def _outputs(model: nn.Module, loader: Any, device: torch.device, amp: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from recipec.train.loop import _autocast
+    from recipec.train.loop import autocast_for
 
     model.eval()
     logits, targets = [], []
     for x, y in loader:
-        with _autocast(device, amp):
+        with autocast_for(device, amp):
             out = model(x.to(device))
         logits.append(out.float().cpu())
         targets.append(y)

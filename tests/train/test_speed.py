@@ -81,7 +81,7 @@ def test_train_loss_is_the_per_batch_item_sum(tmp_path: Path) -> None:
 
 
 def test_a_nan_loss_stops_before_the_epoch_is_checkpointed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real, calls = loop._loss, {"n": 0}
+    real, calls = loop.training_loss, {"n": 0}
     poisoned_call = 6  # 100 training examples (per_class 10), batch 32: 4 batches per epoch
 
     def poisoned(*args: Any) -> torch.Tensor:
@@ -89,7 +89,7 @@ def test_a_nan_loss_stops_before_the_epoch_is_checkpointed(tmp_path: Path, monke
         loss = real(*args)
         return loss * math.nan if calls["n"] == poisoned_call else loss  # epoch 1, batch 1
 
-    monkeypatch.setattr(loop, "_loss", poisoned)
+    monkeypatch.setattr(loop, "training_loss", poisoned)
     with pytest.raises(RunError, match=r"epoch 1, batch 1: the loss is nan; lower optimizer.lr"):
         build(_recipe(tmp_path), out=tmp_path / "run")
     assert len(_metrics(tmp_path / "run")) == 1  # epoch 0 only

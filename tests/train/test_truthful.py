@@ -12,13 +12,13 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from recipec.build import _epoch_line, _feature_cache
+from recipec.build import _epoch_line
+from recipec.train.cache import head_cache, head_only_epochs
 from recipec.compiler import data_kwargs
 from recipec.compiler import compile_recipe
 from recipec.errors import RecipecError
 from recipec.recipe.load import load_recipe
 from recipec.train.data import LAST_BATCH_POLICY, build_data, set_epoch
-from recipec.train.distributed import World
 from recipec.train.freezing import set_train_mode
 from recipec.train.loop import evaluate, fit
 from recipec.train.modes import differs_in_training
@@ -93,7 +93,8 @@ def _train(recipe: Any) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], 
     """What `recipec build` does between the data and the exports: compile, feature cache, fit."""
     data = build_data(**data_kwargs(recipe))
     compiled = compile_recipe(recipe, steps_per_epoch=math.ceil(len(data.train) / recipe.train.accumulate))
-    cache = _feature_cache(recipe, compiled, data, World())
+    cache = head_cache(recipe, compiled, data.train,
+                       head_only_epochs(compiled.schedule, compiled.groups[-1].name, recipe.train.epochs))
     t = recipe.train
     history = fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
                   groups=compiled.groups, schedule=compiled.schedule, data=data, device=compiled.device,
