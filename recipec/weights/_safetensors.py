@@ -173,8 +173,8 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], file: Path, metadata: M
         return
     try:
         _stream(tensors, file, metadata)
-    except (OSError, CheckpointError):
-        raise  # a full disk, a permission: atomic_path names the user's path
+    except (OSError, CheckpointError, AssertionError):
+        raise  # a full disk, a permission (atomic_path names the user's path); an internal invariant
     except Exception as exc:  # a tensor whose bytes cannot be read (sparse, meta, ...)
         raise CheckpointError(f"{file}: cannot write safetensors ({_short(exc)})") from exc
 
