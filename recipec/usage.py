@@ -110,37 +110,15 @@ class _ToRGB:
         return "ToRGB()"
 
 
-class _Channels:
-    """(..., C, H, W) -> (..., n, H, W): luminance for RGB -> 1, else channels repeated or dropped cyclically.
-
-    The rule of ``recipec.train.data`` (training), so an image predicted is the image trained on.
-    """
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        c = x.shape[-3]
-        if c == self.n:
-            return x
-        if c == 3 and self.n == 1:
-            weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(3, 1, 1)
-            return (x * weights).sum(-3, keepdim=True)
-        return x[..., [i % c for i in range(self.n)], :, :]
-
-    def __repr__(self) -> str:
-        return f"Channels({self.n})"
-
-
 def image_transform(prep: dict[str, Any]) -> v2.Compose:
     """The eval transform of :func:`preprocessing_of`'s description: PIL image -> normalised float tensor (C, H, W)."""
     import torch
     from torchvision.transforms import v2
 
+    from recipec.train.data import Channels  # the training rule: an image predicted is the image trained on
+
     size = prep["image_size"]
-    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), _Channels(prep["in_channels"])]
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), Channels(prep["in_channels"])]
     steps: list[Any] = [_ToRGB()]
     if prep["rule"] == "shorter_side":  # on the decoded PIL image, as the pretraining transforms did
         shorter: int | list[int] = ([prep["resize_size"]] * 2 if prep["crop_mode"] == "squash"

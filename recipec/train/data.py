@@ -258,11 +258,7 @@ def build_data(*, dataset: str, root: str | None = None, classes: Sequence[str] 
         "val_per_class": count_per_class(val_idx, labels, class_names),
         "test_per_class": count_per_class(test_idx, labels, class_names),
         "image_size": image_size, "in_channels": in_channels,
-        "resize": {"image_size": image_size, "rule": "square" if resize_size is None else "shorter_side",
-                   "resize_size": image_size if resize_size is None else resize_size,
-                   "interpolation": "bilinear" if resize_size is None else interpolation,
-                   "crop_pct": 1.0 if resize_size is None else image_size / resize_size,
-                   "crop_mode": None if resize_size is None else crop_mode},
+        "resize": resize_info(image_size, resize_size, interpolation, crop_mode),
         "normalize": {"requested": normalize, "applied": applied},
         "augment": [d for d in map(describe_augment, augment) if d not in skipped], "augment_skipped": skipped,
         "sampler": sampler,
@@ -354,6 +350,16 @@ def build_split(*, split: str, override: str | None = None, classes: Sequence[st
 # --------------------------------------------------------------------------- transforms
 
 
+def resize_info(image_size: int, resize_size: int | None, interpolation: str, crop_mode: str) -> dict[str, Any]:
+    """``data.info["resize"]``: the resize a loader applies (see :func:`build_data`'s ``resize_size``)."""
+    square = resize_size is None
+    return {"image_size": image_size, "rule": "square" if square else "shorter_side",
+            "resize_size": image_size if resize_size is None else resize_size,
+            "interpolation": "bilinear" if square else interpolation,
+            "crop_pct": 1.0 if resize_size is None else image_size / resize_size,
+            "crop_mode": None if square else crop_mode}
+
+
 class _Channels:
     """(..., C, H, W) -> (..., n, H, W): luminance for RGB -> 1, else repeat/truncate cyclically."""
 
@@ -368,6 +374,12 @@ class _Channels:
             weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(3, 1, 1)
             return (x * weights).sum(-3, keepdim=True)
         return x[..., [i % c for i in range(self.n)], :, :]
+
+    def __repr__(self) -> str:
+        return f"Channels({self.n})"
+
+
+Channels = _Channels  # public: the predictor (recipec.usage) converts channels by the same rule
 
 
 def _adapt(stats: Stats, n: int) -> Stats:
