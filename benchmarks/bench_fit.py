@@ -3,7 +3,10 @@
 Both train the same ResNet-18 (new 10-class head, every group trainable) on the same
 digits batches at 32x32 for one epoch with AdamW; recipec adds the freezing schedule,
 BatchNorm policy, per-group lr schedule and metrics. The table shows seconds per epoch
-(median of N, interleaved, alternating which goes first) and the ratio.
+(median of N, interleaved, alternating which goes first) and the ratio of the medians; the last
+lines give the median and range of the N paired ratios of whole epochs and of each epoch's
+median training step (which a burst of other load on the machine moves least), so the
+machine's noise is visible.
 
     python benchmarks/bench_fit.py [--repeats 5] [--threads 1 --clock cpu]
 """
@@ -11,6 +14,7 @@ BatchNorm policy, per-group lr schedule and metrics. The table shows seconds per
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import textwrap
@@ -37,18 +41,20 @@ RECIPE = """\
 """
 
 
-def _recipec_epoch(recipe, data) -> float:
+def _recipec_epoch(recipe, data) -> tuple[float, float]:
+    """(seconds for the epoch, median seconds of one training step in it)."""
     compiled = compile_recipe(recipe, steps_per_epoch=len(data.train))
-    start = _clock()
+    stamps = [_clock()]
     fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
-        schedule=compiled.schedule, data=data, device=compiled.device, epochs=1)
-    return _clock() - start
+        schedule=compiled.schedule, data=data, device=compiled.device, epochs=1,
+        on_batch=lambda i, n, loss: stamps.append(_clock()))  # after the step: where the plain loop stamps
+    return _clock() - stamps[0], _median_step(stamps)
 
 
-def _plain_epoch(recipe, data) -> float:
+def _plain_epoch(recipe, data) -> tuple[float, float]:
     model = compile_recipe(recipe).model  # same architecture and head; the loop below is all PyTorch
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    start = _clock()
+    stamps = [_clock()]
     model.train()
     set_epoch(data, 0)
     for x, y in data.train:
@@ -56,7 +62,13 @@ def _plain_epoch(recipe, data) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return _clock() - start
+        stamps.append(_clock())
+    return _clock() - stamps[0], _median_step(stamps)
+
+
+def _median_step(stamps: list[float]) -> float:
+    # the first step also pays for the epoch's setup; the median of the rest shrugs off a burst of other load
+    return statistics.median(b - a for a, b in itertools.pairwise(stamps[1:]))
 
 
 def main() -> None:
@@ -77,18 +89,25 @@ def main() -> None:
         recipe = load_recipe(path)
     data = build_data(dataset="digits", image_size=32, normalize="imagenet", batch_size=64, val_fraction=0.0)
     _plain_epoch(recipe, data)  # warm-up: allocator, kernels, page cache
-    plains, ours_all = [], []
+    plain_runs, our_runs = [], []
     for r in range(args.repeats):  # interleaved, in alternating order, so load on the machine hits both alike
         if r % 2:
-            ours_all.append(_recipec_epoch(recipe, data))
-            plains.append(_plain_epoch(recipe, data))
+            our_runs.append(_recipec_epoch(recipe, data))
+            plain_runs.append(_plain_epoch(recipe, data))
         else:
-            plains.append(_plain_epoch(recipe, data))
-            ours_all.append(_recipec_epoch(recipe, data))
+            plain_runs.append(_plain_epoch(recipe, data))
+            our_runs.append(_recipec_epoch(recipe, data))
+    plains, ours_all = [e for e, _ in plain_runs], [e for e, _ in our_runs]
     plain, ours = statistics.median(plains), statistics.median(ours_all)
     print(f"{'loop':<28}{'s/epoch':>10}{'ratio':>8}")
     print(f"{'hand-written PyTorch':<28}{plain:>10.2f}{1.0:>8.2f}")
     print(f"{'recipec fit':<28}{ours:>10.2f}{ours / plain:>8.2f}")
+    pairs = sorted(o / p for o, p in zip(ours_all, plains))
+    print(f"paired ratios: median {statistics.median(pairs):.3f}, range {pairs[0]:.3f}-{pairs[-1]:.3f} "
+          f"({args.repeats} pairs, torch threads {torch.get_num_threads()})")
+    steps = sorted(o / p for (_, o), (_, p) in zip(our_runs, plain_runs))
+    print(f"median training step, paired ratios: median {statistics.median(steps):.3f}, "
+          f"range {steps[0]:.3f}-{steps[-1]:.3f}")
 
 
 if __name__ == "__main__":
