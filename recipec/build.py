@@ -12,13 +12,14 @@ Every file is written atomically. A run that fails or is interrupted leaves its 
 complete checkpoint; ``resume=True`` continues from it and, because the batch order is a
 function of (seed, epoch) and every RNG is restored, ends with the same weights as an
 uninterrupted run.
+
+Beside it, in the same layer: :mod:`recipec.build_plan` (the data against the recipe, and what
+``recipec plan`` shows), :mod:`recipec.build_resume` (where the run goes, what a killed build
+left, whether ``--resume`` may continue) and :mod:`recipec.build_upstream` (``source.recipe``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,21 +28,24 @@ import torch
 
 from recipec import _json as clean_json
 from recipec._atomic import atomic_write_text
-from recipec.errors import BuildInterrupted, RecipecError, RecipeError, RunDirectoryError
+from recipec.errors import BuildInterrupted, RunDirectoryError
 from recipec.recipe.load import dump_recipe
 from recipec.recipe.spec import Recipe
+from recipec.build_plan import check_classes as _check_classes
+from recipec.build_plan import note_data as _note_data
+from recipec.build_plan import plan_recipe
+from recipec.build_plan import steps_per_epoch as _steps_per_epoch
+from recipec.build_resume import check_resumable as _check_resumable
+from recipec.build_resume import remove_temporaries as _remove_temporaries
+from recipec.build_resume import run_directory
+from recipec.build_upstream import resolve_upstream
+from recipec.build_upstream import same_recipe as _same_recipe  # noqa: F401 (imported from here by tests)
 from recipec.rundir import claim_run_directory
 
 if TYPE_CHECKING:
     from recipec.progress import Progress
 
 __all__ = ["build", "plan_recipe", "resolve_upstream", "run_directory"]
-
-def run_directory(recipe: Recipe, out: str | Path | None = None) -> Path:
-    """Where a build of ``recipe`` writes: ``out``, else ``runs/<name>``."""
-    if out is not None and not str(out):  # Path("") would be the working directory
-        raise RunDirectoryError("--out: the path is empty; give a run directory (default: runs/<name>)")
-    return Path(out) if out is not None else Path("runs") / recipe.name
 
 
 def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False, device: str | None = None,
@@ -256,195 +260,6 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         status("logging the run's files to the trackers")
         tracking.finish(history)
     return run
-
-
-def resolve_upstream(recipe: Recipe, *, build_missing: bool, log: Callable[[str], None] | None = None,
-                     _chain: tuple[str, ...] = (), smoke_into: Path | None = None) -> Recipe:
-    """Turn ``source.recipe`` into ``source.checkpoint``: the export of the upstream run.
-
-    The upstream run is ``runs/<upstream name>`` (relative to the working directory). It is
-    reused when its ``recipe.yaml`` is the upstream recipe as resolved now (a cache keyed by
-    the whole recipe), built first when absent and ``build_missing``, and an error otherwise.
-
-    Raises:
-        RecipeError: the upstream recipe is invalid, circular, or built from another recipe.
-        RunDirectoryError: it is not built and ``build_missing`` is false.
-    """
-    from recipec.recipe.load import load_recipe
-
-    if recipe.source is None or recipe.source.recipe is None:
-        return recipe
-    path = recipe.source.recipe
-    at = ("source", "recipe")
-    if str(Path(path).resolve()) in _chain:
-        raise RecipeError([(at, f"recipes build each other in a circle: {' -> '.join((*_chain, path))}")])
-    try:
-        upstream = load_recipe(path)
-    except RecipeError as exc:
-        raise RecipeError([(at, f"upstream recipe {path}: {p}") for p in exc.problems]) from exc
-    run = run_directory(upstream)
-    expected = upstream
-    if smoke_into is not None and not run.exists():  # a smoke run smoke-builds its upstream beside itself
-        from recipec.smoke import smoke_recipe
-
-        run, expected = smoke_into / f"upstream-{upstream.name}", smoke_recipe(upstream)
-    built = run / "recipe.yaml"
-    if built.exists() and not _same_recipe(built, expected):
-        raise RecipeError([(at, f"the upstream run {run} was built from another version of {path}; "
-                                "remove it (or build it again elsewhere) so it can be rebuilt")])
-    export = next((run / n for n in ("model.safetensors", "model.pt") if (run / n).exists()), None)
-    if export is None:
-        if not build_missing:
-            raise RunDirectoryError([(at, f"the upstream run {run} is not built yet; run `recipec build {path}` "
-                                          "(recipec build does it for you)")])
-        from recipec.train.state import checkpoint_files
-
-        # an upstream build that was interrupted continues from its checkpoints (its recipe.yaml is the same)
-        again = smoke_into is None and bool(checkpoint_files(run / "checkpoints"))
-        if log is not None:
-            log(f"{'resuming' if again else 'building'} upstream recipe {path} into {run}")
-        build(upstream, log=log, _chain=(*_chain, str(Path(path).resolve())), out=run if smoke_into else None,
-              smoke=2 if smoke_into else None, resume=again)
-        export = next((run / n for n in ("model.safetensors", "model.pt") if (run / n).exists()), None)
-        if export is None:
-            raise RecipeError([(at, f"the upstream recipe {path} exports neither safetensors nor torch; "
-                                    "add one of them to its export.formats")])
-    source = recipe.source.model_copy(update={"recipe": None, "checkpoint": str(export.resolve())})
-    return recipe.model_copy(update={"source": source})
-
-
-def _same_recipe(built: Path, recipe: Recipe) -> bool:
-    """Whether a run's ``recipe.yaml`` (paths relative to its directory, or absolute) is ``recipe``."""
-    import yaml
-
-    from recipec._files import read_regular
-    from recipec.recipe._yaml import MAX_RECIPE_BYTES, read_embedded
-    from recipec.recipe.load import resolve_paths
-
-    try:  # regular files only (a FIFO must not hang the build), bounded as a recipe is
-        text = read_regular(built, what="recipe", error=RunDirectoryError, max_bytes=MAX_RECIPE_BYTES)
-        saved = resolve_paths(read_embedded(text.decode("utf-8"), str(built)), built.parent)
-    except (OSError, UnicodeDecodeError, RecipecError):
-        return False
-    return bool(saved == yaml.safe_load(dump_recipe(recipe)))
-
-
-def _check_resumable(recipe: Recipe, saved_yaml: str, run: Path | None = None) -> None:
-    """A resumed run must be the same recipe; only train.epochs may grow."""
-    import yaml
-
-    from recipec.recipe._yaml import read_embedded
-    from recipec.recipe.load import resolve_paths
-
-    # the saved text has paths relative to the run directory (where it was then, and is now)
-    saved = read_embedded(saved_yaml, "the training state's recipe")
-    saved = resolve_paths(saved, run) if run is not None else saved
-    now = yaml.safe_load(dump_recipe(recipe))
-    saved.get("train", {}).pop("epochs", None)
-    now.get("train", {}).pop("epochs", None)
-    for recipe_dict in (saved, now):  # where the metrics are also sent (log:) does not change the run
-        recipe_dict.pop("log", None)
-    if saved != now:
-        changed = sorted(_diff(saved, now, ()))
-        raise RunDirectoryError([
-            f"--resume: {p} is not in the checkpoint's recipe: it was made by an earlier recipec, which had no such "
-            "key (its behaviour there may differ); finish the run with that version, or start a new run"
-            if _absent(saved, p) else
-            f"--resume: the recipe changed since the checkpoint at {p or '(root)'}; "
-            "resume with the recipe.yaml of the run, or start a new run" for p in changed[:10]])
-
-
-_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # recipec._atomic's temporary files
-
-
-def _remove_temporaries(run: Path) -> list[Path]:
-    """Delete the temporary files of atomic writes that a killed build left (``.model.safetensors.1a2b3c4d.tmp``)."""
-    removed = []
-    for folder in (run, run / "checkpoints"):
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            if _TEMPORARY.match(path.name) and path.is_file() and not path.is_symlink():
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed.append(path)
-    return removed
-
-
-def _diff(a: Any, b: Any, path: tuple[str, ...]) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for key in set(a) | set(b):
-            out += _diff(a.get(key), b.get(key), (*path, str(key)))
-        return out
-    return [] if a == b else [".".join(path)]
-
-
-def _absent(data: Any, dotted: str) -> bool:
-    for key in dotted.split(".") if dotted else ():
-        if not isinstance(data, dict) or key not in {str(k) for k in data}:
-            return True
-        data = next(v for k, v in data.items() if str(k) == key)
-    return False
-
-
-def plan_recipe(recipe: Recipe, *, device: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """What ``recipec plan`` shows: the compiled recipe and the plan.json a one-process build would write.
-
-    The data is built (listed and split, not trained on) so that the lr table is tabulated at
-    the real optimizer steps per epoch: a per-step schedule (onecycle, warmup) is at a different
-    point at the start of each epoch with 10 steps per epoch than with 1.
-
-    Raises:
-        RecipecError: the data does not fit the recipe, or the recipe does not compile.
-    """
-    from recipec.compiler import compile_recipe
-    from recipec.compiler import data_kwargs
-    from recipec.train.data import build_data
-
-    data = build_data(**data_kwargs(recipe))
-    _note_data(recipe, data, lambda line: None)
-    _check_classes(recipe, data)
-    steps = _steps_per_epoch(recipe, data)
-    compiled = compile_recipe(recipe, device=device, steps_per_epoch=steps)
-    from recipec.train.select import craft_plan
-
-    from recipec.train.augment import augment_plan
-
-    compiled.plan.data.update(craft_plan(recipe, data))  # loss (class weights resolved), ema, select
-    compiled.plan.data.update(augment_plan(recipe, data))  # transforms in order, mixup/cutmix, sampler
-    return compiled, compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": 1}
-
-
-def _check_classes(recipe: Recipe, data: Any) -> None:
-    if recipe.model.head is not None and recipe.model.head.num_classes != len(data.classes):
-        raise RecipeError([(("model", "head", "num_classes"),
-                            f"is {recipe.model.head.num_classes} but the data has {len(data.classes)} classes "
-                            f"({', '.join(data.classes[:10])}{', ...' if len(data.classes) > 10 else ''})")])
-
-
-def _steps_per_epoch(recipe: Recipe, data: Any) -> int:
-    """Optimizer steps per epoch: batches (the single last one dropped, see data) over accumulation."""
-    return math.ceil(len(data.train) / recipe.train.accumulate)
-
-
-def _note_data(recipe: Recipe, data: Any, say: Callable[[str], None]) -> None:
-    """Record where the normalisation came from; say what the user must not miss (no normalisation, skipped files)."""
-    from recipec.compiler import NOT_NORMALISED, resolve_normalization, resolve_preprocessing
-
-    stats, origin = resolve_normalization(recipe)
-    data.info["normalize"] = {**data.info.get("normalize", {}), "from": origin}
-    if "resize" in data.info:  # what was applied, with the weights' crop_pct and where the rule came from
-        rule = resolve_preprocessing(recipe)
-        data.info["resize"] |= {k: rule[k] for k in ("crop_pct", "from", "summary")}
-    if stats is None and recipe.data.normalize == "from_weights":
-        data.info["normalize"]["applied"] = f"none ({origin})"
-        if origin.startswith(NOT_NORMALISED[:20]):
-            say(f"warning: {origin}")
-    skipped = data.info.get("skipped_images") or []
-    if skipped:
-        say(f"skipped {len(skipped)} unreadable image(s) (data.on_bad_image: skip), listed in skipped_images.txt: "
-            + ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else ""))
 
 
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:

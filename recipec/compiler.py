@@ -291,12 +291,19 @@ def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> 
         checkpoint = formats.load(path, state_dict_key=source.state_dict_key, allow_globals=source.allow_globals)
     except CheckpointError as exc:
         raise _attributed(exc, ("source", "checkpoint")) from exc
-    return _transfer(
-        apply_transfer, ("source",), model, checkpoint.state_dict,
+    state, ran = checkpoint.state_dict, ""
+    if source.timm_filter:  # timm's own checkpoint_filter_fn of model.arch converts an official layout first
+        from recipec.model.timm_weights import timm_filtered
+
+        state, ran = timm_filtered(recipe.model.arch, model, dict(state))
+    report = _transfer(
+        apply_transfer, ("source",), model, state,
         rename=[tuple(r) for r in source.rename], include=source.include, exclude=source.exclude,
         adapt=[a.model_dump() for a in source.adapt], on_mismatch=source.on_mismatch,
         require_all=source.require_all, new_keys_prefixes=new_prefixes, source=str(path),
         state_dict_key=checkpoint.key)
+    report.filter = ran
+    return report
 
 
 def data_kwargs(recipe: Recipe) -> dict[str, Any]:
@@ -308,9 +315,10 @@ def data_kwargs(recipe: Recipe) -> dict[str, Any]:
     rule = resolve_preprocessing(recipe)  # data.image_size / data.resize against the weights' preprocessing
     shorter = rule["rule"] == "shorter_side"
     return {"on_bad_image": d.on_bad_image, "dataset": d.dataset, "root": d.root, "classes": d.classes, "per_class": d.per_class,
-            "val_fraction": d.val_fraction, "image_size": rule["image_size"], "normalize": d.normalize,
+            "val_fraction": d.val_fraction, "test_split": d.test_split, "image_size": rule["image_size"],
+            "normalize": d.normalize,
             "resize_size": rule["resize_size"] if shorter else None, "interpolation": rule["interpolation"],
-            "crop_mode": rule["crop_mode"] or "center",
+            "crop_mode": rule["crop_mode"] or "center", "crop_fill": rule.get("fill"),
             "augment": [a if isinstance(a, str) else a.model_dump(mode="json") for a in d.augment],
             "sampler": d.sampler, "batch_size": d.batch_size, "num_workers": d.num_workers, "seed": recipe.seed,
             "task": recipe.task, "threshold": recipe.multilabel.threshold,

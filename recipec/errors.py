@@ -27,6 +27,7 @@ __all__ = [
     "RecipecError",
     "RunDirectoryError",
     "RunError",
+    "TrackingError",
     "TransferError",
     "UnreadableImageError",
     "UnsafeCheckpointError",
@@ -126,6 +127,10 @@ class UnreadableImageError(DatasetError):
 
 class RunDirectoryError(RecipecError, ValueError):
     """The run directory does not allow what was asked (a run already there, nothing to resume)."""
+
+
+class TrackingError(RecipecError, ValueError):
+    """A tracking store (``log.mlflow.tracking_uri``) that cannot be reached or used, found before training."""
 
 
 class OutputError(RecipecError, ValueError):

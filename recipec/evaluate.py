@@ -221,7 +221,7 @@ def _recorded_preprocessing(prep: dict[str, Any]) -> dict[str, Any]:
     (a source checkpoint's recorded normalisation may not be on this machine)."""
     norm = prep["normalization"]
     return {"image_size": prep["image_size"], "resize_size": prep["resize_size"] if prep["rule"] == "shorter_side"
-            else None, "interpolation": prep["interpolation"], "crop_mode": prep["crop_mode"],
+            else None, "interpolation": prep["interpolation"], "crop_mode": prep["crop_mode"], "crop_fill": prep.get("fill"),
             "in_channels": prep["in_channels"], "normalize": "from_weights",
             "weights_normalization": None if norm is None else (tuple(norm["mean"]), tuple(norm["std"]))}
 

@@ -41,7 +41,7 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
     from recipec.train.data import LAST_BATCH_POLICY
     from recipec.train.freezing import batchnorm_modes
     from recipec.train.modes import random_layer_modes
-    from recipec.train.optim import group_learning_rates, lr_table
+    from recipec.train.optim import TINY_LR_RATIO, group_learning_rates, lr_table, tiny_learning_rates
     from recipec.train.speed import speed_plan
 
     opt = recipe.optimizer
@@ -109,8 +109,23 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
                     "last_batch": LAST_BATCH_POLICY},
         "speed": speed_plan(recipe.train, recipe.data, len({tuple(schedule.trainable_at(e)) for e in range(epochs)})),
         "groups": rows,
+        "notes": _lr_notes(tiny_learning_rates(base_lrs, lr=opt.lr, trainable=[r["name"] for r in rows
+                                                                              if any(r["trainable"])]),
+                           opt.lr, TINY_LR_RATIO),
     }
     return Plan(data)
+
+
+def _lr_notes(tiny: dict[str, float], lr: float, ratio: float) -> list[dict[str, Any]]:
+    """A note (not an error) on the groups that train at an lr too small to move them (lr_decay, group_lr)."""
+    if not tiny:
+        return []
+    shown = ", ".join(f"{name} {rate:.2e}" for name, rate in list(tiny.items())[:5])
+    more = f" and {len(tiny) - 5} more" if len(tiny) > 5 else ""
+    return [{"kind": "tiny_lr", "groups": tiny, "threshold": lr * ratio,
+             "text": f"{len(tiny)} trainable group(s) get an lr below optimizer.lr x {ratio:g} ({lr * ratio:.2e}), "
+                     f"frozen in all but name: {shown}{more}; lower optimizer.lr_decay, set optimizer.group_lr, "
+                     "or leave them out of freeze.trainable"}]
 
 
 _EMPTY_REPORT: dict[str, Any] = {
@@ -197,6 +212,7 @@ def _render(d: dict[str, Any]) -> str:
                      f"keeps frozen (requires_grad=False), never trained: {shown}")
     for stage, report in d["reports"].items():
         where = f", state dict at '{report['state_dict_key']}'" if report.get("state_dict_key") else ""
+        where += f", then {report['filter']}" if report.get("filter") else ""  # source.timm_filter
         lines += ["", f"load report ({stage}: {report.get('source') or '-'}{where})"]
         lines += ["  " + line for line in _report_lines(report)]
     lines += ["", f"groups (earliest first; batchnorm: {d['batchnorm_policy']}; dropout: {d['dropout_policy']})"]
@@ -212,11 +228,15 @@ def _render(d: dict[str, Any]) -> str:
                      f"{' -> '.join(bn) or '-':<16}{' -> '.join(drop) or '-'}")
     lines += ["", "schedule (lr at the start of each epoch; '.' = frozen)"]
     names = [r["name"] for r in d["groups"]]
-    width = max(9, *(len(n) + 1 for n in names))
+    # a cell stays apart from its neighbour even at lrs like 1.89e-313 (a steep lr_decay over many groups)
+    width = max(9, *(len(n) + 1 for n in names), *(len(_lr(v)) + 1 for r in d["groups"] for v in r["lr"]))
     lines.append("  epoch " + "".join(f"{n:>{width}}" for n in names) + f"{'trainable':>13}")
     for e in range(d["epochs"]):
         cells = "".join(f"{(_lr(r['lr'][e]) if r['trainable'][e] else '.'):>{width}}" for r in d["groups"])
         lines.append(f"  {e:>5} {cells}{params['trainable'][e]:>13,}")
+    notes = d.get("notes") or []
+    if notes:
+        lines += [""] + [f"note      {note['text']}" for note in notes]
     return "\n".join(lines)
 
 

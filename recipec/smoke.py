@@ -61,24 +61,41 @@ def smoke_data(data: Any, batches: int) -> Any:
     """``data`` with ``batches`` batches of training and of validation examples.
 
     The examples are spread evenly over each split (sorted by file or index, so every class
-    is likely to appear); the training order is still a function of (seed, epoch).
+    is likely to appear). The training loader keeps the run's sampler: a permutation, or with
+    ``data.sampler: balanced`` class-balanced draws over the kept examples (a
+    :class:`~recipec.train.sampler.BalancedSampler` of their labels); either way the order is
+    still a function of (seed, epoch), from the loader's own generator.
     """
     from torch.utils.data import DataLoader, Subset
+
+    from recipec.train.data import drops_single_last
+    from recipec.train.sampler import BalancedSampler, Repeats
+    from recipec.train.speed import EpochSeeded
 
     def cut(loader: DataLoader | None, shuffle: bool) -> DataLoader | None:
         if loader is None:
             return None
-        dataset = loader.dataset
+        dataset, sampler = loader.dataset, loader.sampler
         size = len(dataset)  # type: ignore[arg-type]
         want = min(size, batches * (loader.batch_size or 1))
-        stride = max(1, size // max(want, 1))
-        subset = Subset(dataset, list(range(0, size, stride))[:want])
-        return DataLoader(subset, batch_size=loader.batch_size, shuffle=shuffle,
+        kept = [i * size // want for i in range(want)]  # evenly over the whole split, the last examples too
+        order = None
+        if shuffle and isinstance(sampler, BalancedSampler):  # data.sampler: balanced, as the real run
+            order = BalancedSampler([sampler.labels[i] for i in kept], loader.generator)  # type: ignore[arg-type]
+            seeded = isinstance(dataset, EpochSeeded)
+            repeats = dataset.dataset if seeded else dataset  # type: ignore[attr-defined]
+            assert isinstance(repeats, Repeats), type(repeats)  # build_data wraps a balanced split so
+            subset: Any = Repeats(Subset(repeats.dataset, kept))
+            subset = EpochSeeded(subset) if seeded else subset
+        else:
+            subset = Subset(dataset, kept)
+        return DataLoader(subset, batch_size=loader.batch_size, shuffle=shuffle and order is None, sampler=order,
                           generator=loader.generator if shuffle else None, num_workers=loader.num_workers,
-                          collate_fn=loader.collate_fn, drop_last=shuffle and want > 1 and want % (loader.batch_size or 1) == 1)
+                          collate_fn=loader.collate_fn,
+                          drop_last=shuffle and drops_single_last(want, loader.batch_size or 1))
 
     data.train = cut(data.train, True)
     data.val = cut(data.val, False)
-    data.info = {**data.info, "smoke": {"batches": batches, "sizes": {
+    data.info = {**data.info, "smoke": {"batches": batches, "sampler": data.info.get("sampler", "random"), "sizes": {
         "train": len(data.train.dataset), "val": 0 if data.val is None else len(data.val.dataset)}}}
     return data

@@ -23,27 +23,37 @@ history that a backend has not seen is logged: MLflow is asked which (metric, st
 holds; TensorBoard opens with ``purge_step`` at the epochs it is known to hold, so anything
 written after that (a kill between logging and recording it) is discarded by its readers
 and written once more.
+
+A tracking server is the run's guest, never its master: before anything is written, an
+``http(s)`` tracking URI is probed (:mod:`recipec.tracking_probe`: one request, a few seconds)
+and a server that does not answer as MLflow is an exit-2 error; every later call runs with
+short timeouts (:mod:`recipec.tracking_mlflow`), and one that fails during the run prints one
+warning on stderr, stops MLflow for the rest of the build and records ``"stopped"`` (the first
+epoch MLflow lacks, what failed and why) in ``tracking.json``; the run itself finishes. A
+TensorBoard write that fails (a full disk) is an ``OSError`` like any other write of the run:
+the build fails (exit 1) and keeps its last checkpoint.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import contextlib
 import json
-import logging
 import math
 import re
-import time
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recipec import _json as clean_json
 from recipec._atomic import atomic_write_text
-from recipec.errors import RecipecError, RecipeError, RunDirectoryError, RunError
+from recipec.errors import RecipecError, RecipeError, RunDirectoryError
 from recipec.recipe.spec import Recipe
 
-__all__ = ["Tracking", "flatten", "open_tracking", "scalars"]
+if TYPE_CHECKING:
+    from recipec.tracking_mlflow import MlflowRun
+
+__all__ = ["Tracking", "flatten", "mlflow_scalars", "open_tracking", "scalars"]
 
 STATE = "tracking.json"
 INSTALL = {"tensorboard": "pip install 'recipec[tensorboard]'", "mlflow": "pip install 'recipec[mlflow]'"}
@@ -56,12 +66,16 @@ def open_tracking(recipe: Recipe, run: Path, *, main: bool = True, plan: Any = N
     """The trackers ``recipe.log`` turns on for the build into ``run``; None when none is, on ranks but 0,
     and in a smoke run (a quick check logs nowhere).
 
-    Only checks that the backends are installed: nothing is written or contacted before the
-    first :meth:`Tracking.log_epochs`. ``plan``: the compiled plan (its ``text()`` goes to TensorBoard).
-    ``resume``: continue what ``RUN/tracking.json`` records (a fresh build starts new runs).
+    Checks that the backends are installed and that MLflow's store can be used
+    (:func:`recipec.tracking_probe.check_store`: an ``http(s)`` server is asked once, with a
+    timeout of a few seconds); nothing is written. ``plan``: the compiled plan (its ``text()``
+    goes to TensorBoard). ``resume``: continue what ``RUN/tracking.json`` records (a fresh build
+    starts new runs).
 
     Raises:
         RecipeError: a backend is on but its package is missing (located at ``log.tensorboard`` / ``log.mlflow``).
+        TrackingError: the MLflow server cannot be reached or is not one, or a SQLite store's directory
+            cannot be created (located at ``log.mlflow.tracking_uri``).
     """
     spec = recipe.log
     if not main or smoke or not (spec.tensorboard or spec.mlflow is not None):
@@ -71,6 +85,11 @@ def open_tracking(recipe: Recipe, run: Path, *, main: bool = True, plan: Any = N
     if missing:
         raise RecipeError([(("log", name), f"needs the {name} extra, which is not installed: {INSTALL[name]} "
                                            f"(or turn it off)") for name in missing])
+    if spec.mlflow is not None:
+        from recipec.tracking_mlflow import store_uri
+        from recipec.tracking_probe import check_store
+
+        check_store(store_uri(recipe, run), spec.mlflow.experiment or recipe.name)
     return Tracking(recipe, run, plan=plan, resume=resume)
 
 
@@ -82,7 +101,7 @@ class Tracking:
         self._state: dict[str, Any] = {}
         self._tb: Any = None  # the SummaryWriter, opened at the first log
         self._tb_epochs = 0  # epochs TensorBoard holds
-        self._ml: _Mlflow | None = None
+        self._ml: MlflowRun | None = None
         self._opened = False
 
     # ---------------------------------------------------------------- the build's hooks
@@ -108,9 +127,11 @@ class Tracking:
             self._tb_epochs = len(history)
             self._state["tensorboard"] = {"epochs": self._tb_epochs}
         if self._ml is not None:
-            with self._ml.failing("logging metrics"):
+            try:
                 self._ml.log_epochs(history)
-            self._state["mlflow"] = self._ml.record()
+                self._state["mlflow"] = self._ml.record()
+            except Exception as exc:  # a server gone, a database locked: the run goes on without MLflow
+                self._stop_mlflow(exc, f"logging epoch {self._ml.epochs}")
         self._save_state()
 
     def finish(self, history: Sequence[Mapping[str, Any]]) -> None:
@@ -118,8 +139,11 @@ class Tracking:
         MLflow gets the files as artifacts and its run ends; writers are closed."""
         self.log_epochs(history)
         if self._ml is not None:
-            with self._ml.failing("logging the run's files"):
+            try:
                 self._ml.finish([p for pattern in _ARTIFACTS for p in sorted(self.run.glob(pattern)) if p.is_file()])
+            except Exception as exc:
+                self._stop_mlflow(exc, "logging the run's files")
+                self._save_state()
         self.close()
 
     def close(self) -> None:
@@ -127,6 +151,20 @@ class Tracking:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+    def _stop_mlflow(self, exc: Exception, doing: str) -> None:
+        """One warning on stderr; MLflow is left alone for the rest of the build, and tracking.json says so."""
+        from recipec.tracking_mlflow import failure_reason
+
+        assert self._ml is not None
+        reason = failure_reason(exc)
+        sys.stderr.write(f"warning: mlflow: {self._ml.uri} failed while {doing}: {reason}; tracking stopped, the "
+                         "run's own files are complete\n")
+        sys.stderr.flush()
+        # at_epoch: the first epoch MLflow lacks (it holds every epoch before it)
+        self._state["mlflow"] = self._ml.record() | {"stopped": {"at_epoch": self._ml.epochs, "while": doing,
+                                                                   "reason": reason}}
+        self._ml = None
 
     # ---------------------------------------------------------------- opening
 
@@ -146,7 +184,9 @@ class Tracking:
             purge = self._tb_epochs if folder.is_dir() and any(folder.glob("events.out.tfevents.*")) else None
             self._tb = SummaryWriter(log_dir=str(folder), purge_step=purge)
         if spec.mlflow is not None:
-            self._ml = _Mlflow(self.recipe, self.run, self._state.get("mlflow"))
+            from recipec.tracking_mlflow import MlflowRun
+
+            self._ml = MlflowRun(self.recipe, self.run, self._state.get("mlflow"))
 
     def _tb_header(self, first: Mapping[str, Any]) -> None:
         """Step 0: the plan and the recipe as text, the flattened recipe as hyperparameters."""
@@ -164,103 +204,6 @@ class Tracking:
 
     def _save_state(self) -> None:
         atomic_write_text(self.run / STATE, clean_json.dumps(self._state, indent=2) + "\n")
-
-
-class _Mlflow:
-    """One MLflow run through ``MlflowClient`` (no global active run), resumed from ``tracking.json``."""
-
-    def __init__(self, recipe: Recipe, run: Path, saved: Any) -> None:
-        from mlflow import MlflowClient
-
-        _quiet_mlflow_loggers()  # after the import: importing mlflow sets its loggers up
-
-        spec = recipe.log.mlflow
-        assert spec is not None
-        self.flat, self.run = flatten(recipe), run
-        self.params: set[str] = set()
-        self.epochs = 0
-        self.uri = spec.tracking_uri or f"sqlite:///{(run.resolve().parent / 'mlflow.db').as_posix()}"
-        self.client = MlflowClient(tracking_uri=self.uri)
-        saved = saved if isinstance(saved, dict) else {}
-        self.run_id: str | None = None
-        self.logged: set[tuple[str, int]] = set()
-        try:
-            if saved.get("tracking_uri") == self.uri and isinstance(saved.get("run_id"), str):
-                self._resume(saved["run_id"])
-            if self.run_id is None:
-                self._start(recipe, spec.experiment or recipe.name)
-        except RecipecError:
-            raise
-        except Exception as exc:  # MlflowException, a database or server error: the tracking store is unusable
-            raise RunDirectoryError((("log", "mlflow", "tracking_uri"), (
-                f"MLflow at {self.uri} failed: {_first_line(exc)}; check the URI (or turn log.mlflow off)"))) from exc
-
-    def _resume(self, run_id: str) -> None:
-        try:
-            found = self.client.get_run(run_id)
-        except Exception:  # deleted, or another store: a new run, with every epoch of the history
-            return
-        self.run_id = run_id
-        self.params = set(found.data.params)
-        for key in found.data.metrics:
-            self.logged |= {(key, int(m.step)) for m in self.client.get_metric_history(run_id, key)}
-        self.client.update_run(run_id, status="RUNNING")
-
-    def _start(self, recipe: Recipe, experiment: str) -> None:
-        from recipec.card.provenance import file_digest, versions
-
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            experiment_id = found.experiment_id
-        else:
-            # a SQLite store keeps artifacts beside its database, not in ./mlruns of whatever directory the build ran in
-            where = None
-            if self.uri.startswith("sqlite:///"):
-                where = (Path(self.uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
-            experiment_id = self.client.create_experiment(experiment, artifact_location=where)
-        source = recipe.source.checkpoint if recipe.source is not None else None
-        tags = {"recipec.base_model": f"{recipe.model.arch} ({recipe.model.weights or 'random init'})",
-                "recipec.version": versions().get("recipec", "unknown"),
-                "recipec.run_directory": str(self.run.resolve())}
-        if source and Path(source).is_file():
-            tags["recipec.source_sha256"] = file_digest(source)
-        self.run_id = self.client.create_run(experiment_id, run_name=recipe.name, tags=tags).info.run_id
-
-    def log_epochs(self, history: Sequence[Mapping[str, Any]]) -> None:
-        from mlflow.entities import Metric, Param
-
-        assert self.run_id is not None
-        # the flattened recipe, once; a resumed run gets only the params it lacks (a value that changed since,
-        # train.epochs grown, stays as first logged: MLflow refuses to change a param)
-        lacking = [Param(k, v) for k, v in _param_values(self.flat).items() if k not in self.params]
-        for chunk in _chunks(lacking, 100):  # MLflow takes at most 100 params per call
-            self.client.log_batch(self.run_id, params=chunk)
-        self.params |= {p.key for p in lacking}
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, value, now, int(m["epoch"])) for m in history for key, value in _mlflow_scalars(m)
-                   if (key, int(m["epoch"])) not in self.logged]
-        for chunk in _chunks(metrics, 1000):
-            self.client.log_batch(self.run_id, metrics=chunk)
-        self.logged |= {(m.key, m.step) for m in metrics}
-        self.epochs = len(history)
-
-    @contextlib.contextmanager
-    def failing(self, doing: str) -> Iterator[None]:
-        """An MLflow failure during training (a server gone) ends the build with exit 1; the checkpoint stays."""
-        try:
-            yield
-        except Exception as exc:
-            raise RunError(f"MLflow at {self.uri} failed while {doing}: {_first_line(exc)}; the training checkpoint "
-                           "is kept: fix the store, then continue with --resume") from exc
-
-    def finish(self, files: list[Path]) -> None:
-        assert self.run_id is not None
-        for path in files:
-            self.client.log_artifact(self.run_id, str(path))
-        self.client.set_terminated(self.run_id, "FINISHED")
-
-    def record(self) -> dict[str, Any]:
-        return {"tracking_uri": self.uri, "run_id": self.run_id, "epochs": self.epochs}
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -301,30 +244,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _mlflow_scalars(metrics: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
+def mlflow_scalars(metrics: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
     """:func:`scalars` under names MLflow accepts: letters, digits, ``_ - . /`` and spaces, no empty, ``.`` or
     ``..`` part (a class name such as ``a:b`` in ``val_per_class_acc/a:b`` becomes ``val_per_class_acc/a_b``)."""
     for tag, value in scalars(metrics):
         parts = [re.sub(r"[^\w.\- ]", "_", part) for part in tag.split("/")]
         yield "/".join(part if part.strip(".") else "_" * max(len(part), 1) for part in parts)[:250], value
-
-
-def _param_values(flat: Mapping[str, Any]) -> dict[str, str]:
-    """MLflow params: text, cut at its length limit (6000 characters in MLflow 3; 500 before)."""
-    try:
-        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH as limit
-    except ImportError:  # pragma: no cover - older MLflow
-        limit = 500
-    out = {}
-    for key, value in flat.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        out[re.sub(r"[^/\w.\- ]", "_", key)[:250]] = text if len(text) <= limit else text[: limit - 3] + "..."
-    return out
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def _preformatted(text: str) -> str:
@@ -342,15 +267,3 @@ def _read_state(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, RecipecError):
         return {}  # unreadable: the backends start afresh (TensorBoard purges and rewrites what it held)
     return data if isinstance(data, dict) else {}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
-
-def _quiet_mlflow_loggers() -> None:
-    # MLflow's SQL store migrates a new database through alembic, which logs INFO lines to stderr
-    for name in ("alembic", "mlflow"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-

@@ -8,9 +8,10 @@ provenance (``data.resize``, ``data.in_channels``, ``normalization``), never re-
 the weights, so it is the one the run applied:
 
 1. the image is converted to RGB (as ``ImageFolder`` reads files);
-2. ``shorter_side`` rule (pretrained weights' eval transform): the PIL image's shorter side
-   is resized to ``resize_size`` with the recorded interpolation and the centre
-   ``image_size`` square cut out; then the values are scaled to [0, 1] floats;
+2. ``shorter_side`` rule (pretrained weights' eval transform, :mod:`recipec.train.crops`): the
+   PIL image's shorter side (``crop_mode`` ``squash``: both sides; ``border``: the longer side,
+   then padding with the recorded ``fill``) is resized to ``resize_size`` with the recorded
+   interpolation and the centre ``image_size`` square cut out; then the values are scaled to [0, 1] floats;
 3. ``square`` rule: the values are scaled to [0, 1] floats, then the image is resized to
    ``image_size`` squared (bilinear, antialiased);
 4. channels: RGB -> 1 channel is luminance (0.299 R + 0.587 G + 0.114 B); other counts repeat
@@ -47,7 +48,8 @@ def preprocessing_of(recipe: Any, provenance: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``image_size``, ``rule`` (``square`` | ``shorter_side``), ``resize_size``, ``interpolation``,
-        ``crop_mode``, ``in_channels`` and ``normalization`` (``{"mean", "std"}`` or None).
+        ``crop_mode``, ``in_channels`` and ``normalization`` (``{"mean", "std"}`` or None); with
+        ``crop_mode`` ``border`` also ``fill``, the RGB colour it pads with.
 
     Raises:
         CheckpointError: the export records no resize and its recipe cannot say one either.
@@ -73,6 +75,7 @@ def preprocessing_of(recipe: Any, provenance: dict[str, Any]) -> dict[str, Any]:
         "resize_size": int(resize.get("resize_size") or resize["image_size"]),
         "interpolation": resize.get("interpolation") or "bilinear",
         "crop_mode": resize.get("crop_mode") or "center",
+        **({"fill": resize["fill"]} if resize.get("fill") else {}),  # crop_mode border: the RGB colour it pads with
         "in_channels": int(channels),
         "normalization": None if norm is None else {"mean": [float(v) for v in norm["mean"]],
                                                     "std": [float(v) for v in norm["std"]]},
@@ -83,9 +86,15 @@ def describe_preprocessing(prep: dict[str, Any]) -> str:
     """The preprocessing in words, as the card and ``predict --help`` state it."""
     size = prep["image_size"]
     if prep["rule"] == "shorter_side":
-        side = "both sides" if prep["crop_mode"] == "squash" else "the shorter side"
-        resize = (f"{side} resized to {prep['resize_size']} ({prep['interpolation']}), "
-                  f"then the centre {size}x{size} cut out")
+        if prep["crop_mode"] == "border":
+            fill = prep.get("fill") or [0, 0, 0]
+            resize = (f"the longer side resized to {prep['resize_size']} ({prep['interpolation']}, aspect ratio kept), "
+                      f"padded to {size}x{size} with RGB ({', '.join(map(str, fill))}), then the centre {size}x{size} "
+                      "cut out")
+        else:
+            side = "both sides" if prep["crop_mode"] == "squash" else "the shorter side"
+            resize = (f"{side} resized to {prep['resize_size']} ({prep['interpolation']}), "
+                      f"then the centre {size}x{size} cut out")
     else:
         resize = f"resized to {size}x{size} (bilinear, antialiased; aspect ratio not kept)"
     channels = {1: "converted to one channel (luminance 0.299 R + 0.587 G + 0.114 B)", 3: "RGB"}.get(
@@ -115,16 +124,15 @@ def image_transform(prep: dict[str, Any]) -> v2.Compose:
     import torch
     from torchvision.transforms import v2
 
+    from recipec.train.crops import eval_resize
     from recipec.train.data import Channels  # the training rule: an image predicted is the image trained on
 
     size = prep["image_size"]
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), Channels(prep["in_channels"])]
     steps: list[Any] = [_ToRGB()]
     if prep["rule"] == "shorter_side":  # on the decoded PIL image, as the pretraining transforms did
-        shorter: int | list[int] = ([prep["resize_size"]] * 2 if prep["crop_mode"] == "squash"
-                                    else prep["resize_size"])
-        steps += [v2.Resize(shorter, interpolation=v2.InterpolationMode(prep["interpolation"]), antialias=True),
-                  v2.CenterCrop(size), *to_tensor]
+        steps += [eval_resize(size, prep["resize_size"], prep["interpolation"], prep["crop_mode"], prep.get("fill")),
+                  *to_tensor]
     else:
         steps += [*to_tensor, v2.Resize((size, size), antialias=True)]
     norm = prep["normalization"]

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.imagedata import make_imagefolder
+from tests.tinyrecipes import run_cli
 
 CLASSES = ["cat", "dog", "emu", "fox", "gnu", "hen", "ibis"]
 TRUST = ["tests.tinynets:tiny_cnn"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TRUSTED = [a for f in TRUST for a in ("--trust-factory", f)]  # TRUST as command-line flags
 RECIPE = """\
     name: evalrun
     seed: 1
@@ -32,6 +34,11 @@ RECIPE = """\
 
 
 _SHARED: dict[str, Path] = {}
+
+
+def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """``recipec ARGS`` in this process: (exit code, stdout, stderr)."""
+    return run_cli(args, capsys)
 
 
 def shared_run(tmp_path_factory: Any) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,33 +13,16 @@ import recipec
 from recipec.build import build
 from recipec.errors import RecipecError, RunDirectoryError
 from recipec.recipe.load import load_recipe
+from tests.tinyrecipes import load_tiny, read_metrics, same_weights, tiny_yaml, write_chain
 
 TRUST = ["tests.tinynets:tiny_cnn"]  # the factory TINY names: trusted where an export rebuilds it
-TINY = """\
-    name: tiny
-    seed: 3
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10, dropout: 0.1}}
-    groups:
-      - {name: block1, match: ['^[01]\\.']}
-      - {name: block2, match: ['^[34]\\.']}
-      - {name: head, match: ['^8\\.']}
-    freeze: {trainable: [head], unfreeze: {1: [block2]}}
-    optimizer: {name: adamw, lr: 1.0e-2, lr_decay: 2, weight_decay: 0.01, scheduler: {name: cosine}}
-    data: {dataset: digits, image_size: 8, per_class: 20, batch_size: 32, augment: [hflip]}
-    train: {epochs: 3, keep_last: 2}
-    export: {formats: [safetensors, torch]}
-"""
+TINY = tiny_yaml(model='{arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10, dropout: 0.1}}',
+                 data="{dataset: digits, image_size: 8, per_class: 20, batch_size: 32, augment: [hflip]}",
+                 train="{epochs: 3, keep_last: 2}", export="{formats: [safetensors, torch]}")
 
 
-def _recipe(tmp_path: Path, *overrides: str, body: str = TINY):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(body))
-    return load_recipe(path, overrides)
-
-
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def _recipe(tmp_path: Path, *overrides: str):
+    return load_tiny(tmp_path, *overrides, body=TINY)
 
 
 def test_run_directory_contract(tmp_path):
@@ -50,7 +32,7 @@ def test_run_directory_contract(tmp_path):
             "curves.png"} <= names
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "epoch-0002.pt", "epoch-0003.pt",
                                                                         "last.pt"]
-    metrics = _metrics(run)
+    metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == [0, 1, 2]
     for m in metrics:
         assert set(m) >= {"epoch", "train_loss", "val_loss", "val_acc", "lr", "trainable_groups",
@@ -80,12 +62,9 @@ def test_extending_a_run_equals_running_it_whole(tmp_path):
     whole = build(_recipe(tmp_path, constant), out=tmp_path / "whole")
     part = build(_recipe(tmp_path, constant, "train.epochs=2"), out=tmp_path / "part")
     build(_recipe(tmp_path, constant), out=part, resume=True)
-    a, b = load_file(whole / "model.safetensors"), load_file(part / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    strip = [{k: v for k, v in m.items() if k != "seconds"} for m in _metrics(whole)]
-    assert strip == [{k: v for k, v in m.items() if k != "seconds"} for m in _metrics(part)]
+    assert same_weights(whole, part)
+    strip = [{k: v for k, v in m.items() if k != "seconds"} for m in read_metrics(whole)]
+    assert strip == [{k: v for k, v in m.items() if k != "seconds"} for m in read_metrics(part)]
 
 
 def test_interrupt_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
@@ -108,8 +87,7 @@ def test_interrupt_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
     state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
     build(_recipe(tmp_path), out=tmp_path / "cut", resume=True)
-    a, b = load_file(whole / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(whole, tmp_path / "cut")
 
 
 def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
@@ -169,31 +147,9 @@ def test_onnx_export_matches_the_torch_model(tmp_path):
     assert "recipec.recipe" in props and "recipec.provenance" in props
 
 
-UPSTREAM = """\
-    name: upstream
-    seed: 1
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
-    data: {dataset: digits, image_size: 8, per_class: 10}
-    train: {epochs: 1}
-"""
-
-DOWNSTREAM = """\
-    name: downstream
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 3}}
-    source: {recipe: up.yaml, exclude: ['^8\\.']}
-    freeze: {trainable: [head]}
-    data: {dataset: digits, image_size: 8, per_class: 10, classes: ['1', '7', '9']}
-    train: {epochs: 1}
-"""
-
-
 def test_source_recipe_builds_the_upstream_once_and_starts_from_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "up.yaml").write_text(textwrap.dedent(UPSTREAM))
-    down = tmp_path / "down.yaml"
-    down.write_text(textwrap.dedent(DOWNSTREAM))
+    down = write_chain(tmp_path)
     lines: list[str] = []
     run = build(load_recipe(down), log=lines.append)
     assert any("building upstream recipe" in line for line in lines)
@@ -213,29 +169,29 @@ def test_feature_cache_trains_the_head_like_full_passes(tmp_path):
     plain = ["data.augment=[]", "freeze.unfreeze={2: [block2]}"]
     cached = build(_recipe(tmp_path, *plain), out=tmp_path / "cached")
     full = build(_recipe(tmp_path, *plain, "train.feature_cache=off"), out=tmp_path / "full")
-    assert [m["feature_cache"] for m in _metrics(cached)] == [True, True, False]
-    assert [m["feature_cache"] for m in _metrics(full)] == [False, False, False]
+    assert [m["feature_cache"] for m in read_metrics(cached)] == [True, True, False]
+    assert [m["feature_cache"] for m in read_metrics(full)] == [False, False, False]
     a, b = load_file(cached / "model.safetensors"), load_file(full / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
-    for m, n in zip(_metrics(cached), _metrics(full)):
+    for m, n in zip(read_metrics(cached), read_metrics(full)):
         assert m["train_loss"] == pytest.approx(n["train_loss"], rel=1e-4)
 
 
 def test_feature_cache_stays_off_when_the_prefix_is_random(tmp_path):
     run = build(_recipe(tmp_path, "train.epochs=2"), out=tmp_path / "run")  # hflip augmentation
-    assert [m["feature_cache"] for m in _metrics(run)] == [False, False]
+    assert [m["feature_cache"] for m in read_metrics(run)] == [False, False]
 
 
 def test_resuming_an_early_stopped_run_trains_no_further(tmp_path):
     recipe = _recipe(tmp_path, "train.epochs=5", "train.early_stopping={metric: val_loss, patience: 1, min_delta: 100}")
     run = build(recipe, out=tmp_path / "run")
-    stopped = _metrics(run)
+    stopped = read_metrics(run)
     assert len(stopped) == 2 and stopped[-1]["early_stopped"]
     before = load_file(run / "model.safetensors")
     (run / "model.safetensors").unlink()  # as if interrupted after the last checkpoint, before the exports
     build(recipe, out=tmp_path / "run", resume=True)
-    assert [m["epoch"] for m in _metrics(run)] == [0, 1]
+    assert [m["epoch"] for m in read_metrics(run)] == [0, 1]
     after = load_file(run / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
 

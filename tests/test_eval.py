@@ -14,19 +14,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from recipec.cli import main
 from recipec.evaluate import classification_metrics
-from tests.evalrun import CLASSES, MEAN, STD, TRUST, shared_run
+from tests.evalrun import CLASSES, MEAN, STD, TRUST, TRUSTED, cli, shared_run
 from tests.tinynets import tiny_cnn
-
-TRUSTED = [a for f in TRUST for a in ("--trust-factory", f)]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +54,7 @@ def _independent_logits(run: Path, split: str = "test") -> tuple[torch.Tensor, t
 
 
 def test_every_number_of_test_json_is_computed_independently(run: Path, capsys) -> None:
-    code, out, err = run_cli(capsys, "eval", str(run), "--split", "test", "--json", *TRUSTED)
+    code, out, err = cli(capsys, "eval", str(run), "--split", "test", "--json", *TRUSTED)
     assert code == 0, err
     printed = json.loads(out)
     written = json.loads((run / "eval" / "test.json").read_text())
@@ -139,7 +129,7 @@ def test_the_card_lists_true_hashes_and_the_results(copy: Path, capsys) -> None:
         digest = hashlib.sha256((copy / name).read_bytes()).hexdigest()
         assert f"| `{name}` | " in before and f"`{digest}`" in before, name
     assert "Held-out evaluation" not in before
-    code, out, err = run_cli(capsys, "eval", str(copy), *TRUSTED)  # default: the test split, as the run has one
+    code, out, err = cli(capsys, "eval", str(copy), *TRUSTED)  # default: the test split, as the run has one
     assert code == 0, err
     assert out.startswith("test: 28 images") and f"wrote {copy / 'README.md'}" in out
     result = json.loads((copy / "eval" / "test.json").read_text())
@@ -161,16 +151,16 @@ def test_the_card_lists_true_hashes_and_the_results(copy: Path, capsys) -> None:
 def test_without_a_test_split_the_default_is_val(copy: Path, capsys) -> None:
     shutil.rmtree(copy.parent / "data" / "test")
     run = copy
-    code, out, err = run_cli(capsys, "eval", str(run), *TRUSTED)
+    code, out, err = cli(capsys, "eval", str(run), *TRUSTED)
     assert code == 0, err
     assert "no test split" in err and out.startswith(f"val: {3 * len(CLASSES)} images")
     assert sorted(p.name for p in (run / "eval").iterdir()) == ["val-confusion.png", "val.json"]
-    code, _, err = run_cli(capsys, "eval", str(run), "--split", "test", *TRUSTED)
+    code, _, err = cli(capsys, "eval", str(run), "--split", "test", *TRUSTED)
     assert code == 2 and "no test split" in err and "Traceback" not in err
 
 
 def test_other_data_is_kept_beside_the_runs_split(copy: Path, capsys) -> None:
-    code, out, err = run_cli(capsys, "eval", str(copy), "--data", str(copy.parent / "data" / "test"), "--json",
+    code, out, err = cli(capsys, "eval", str(copy), "--data", str(copy.parent / "data" / "test"), "--json",
                              *TRUSTED)
     assert code == 0, err
     other = json.loads(out)
@@ -183,25 +173,25 @@ def test_other_data_is_kept_beside_the_runs_split(copy: Path, capsys) -> None:
     (["--batch-size", "0"], "--batch-size"),
 ])
 def test_bad_arguments_exit_2(run: Path, capsys, args: list[str], message: str) -> None:
-    code, _, err = run_cli(capsys, "eval", str(run), *args)
+    code, _, err = cli(capsys, "eval", str(run), *args)
     assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_a_missing_or_foreign_target_exits_2(tmp_path: Path, capsys) -> None:
-    code, _, err = run_cli(capsys, "eval", str(tmp_path / "nowhere"))
+    code, _, err = cli(capsys, "eval", str(tmp_path / "nowhere"))
     assert code == 2 and "no such run directory or export" in err
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(capsys, "eval", str(tmp_path / "empty"))
+    code, _, err = cli(capsys, "eval", str(tmp_path / "empty"))
     assert code == 2 and "holds no export" in err
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, tmp_path / "foreign.safetensors")
-    code, _, err = run_cli(capsys, "eval", str(tmp_path / "foreign.safetensors"))
+    code, _, err = cli(capsys, "eval", str(tmp_path / "foreign.safetensors"))
     assert code == 2 and "no recipec recipe" in err
 
 
 def test_an_untrusted_factory_is_refused(run: Path, capsys) -> None:
-    code, _, err = run_cli(capsys, "eval", str(run))
+    code, _, err = cli(capsys, "eval", str(run))
     assert code == 2 and "tests.tinynets:tiny_cnn" in err
 
 

@@ -6,25 +6,17 @@ import json
 import math
 import os
 import random
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from recipec.cli import main
 from recipec.lrfind import BETA, find_lr, plot_lr_find, suggest_lr
 from recipec.recipe.load import load_recipe
+from tests.tinyrecipes import load_tiny, run_cli, tiny_yaml, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 LRS = [10 ** (-6 + i / 10) for i in range(50)]  # 1e-6 .. 1e-1.1, ten points a decade
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 # --------------------------------------------------------------------------- the suggestion, on known curves
@@ -65,26 +57,14 @@ def test_the_ends_and_non_finite_points_are_left_out():
 # --------------------------------------------------------------------------- the range test on a tiny recipe
 
 
-TINY = """\
-    name: tiny
-    seed: 3
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
-    groups:
-      - {name: block1, match: ['^[01]\\.']}
-      - {name: block2, match: ['^[34]\\.']}
-      - {name: head, match: ['^8\\.']}
-    freeze: {trainable: [block2, head], unfreeze: {1: [block1]}}
-    optimizer: {name: adamw, lr: 1.0e-2, lr_decay: 4}
-    data: {dataset: digits, image_size: 8, per_class: 10, batch_size: 16, augment: [hflip]}
-    train: {epochs: 2}
-"""
+TINY = tiny_yaml(freeze="{trainable: [block2, head], unfreeze: {1: [block1]}}",
+                 optimizer="{name: adamw, lr: 1.0e-2, lr_decay: 4}",
+                 data="{dataset: digits, image_size: 8, per_class: 10, batch_size: 16, augment: [hflip]}",
+                 train="{epochs: 2}", export=None)
 
 
 def _tiny(tmp_path: Path, *overrides: str):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(TINY))
-    return load_recipe(path, overrides)
+    return load_tiny(tmp_path, *overrides, body=TINY)
 
 
 def test_the_sweep_keeps_the_ratios_smooths_and_stops_at_four_times_the_best(tmp_path, monkeypatch):
@@ -117,15 +97,14 @@ def test_the_sweep_keeps_the_ratios_smooths_and_stops_at_four_times_the_best(tmp
 
 
 def test_it_leaves_no_files_and_the_rng_as_it_was(tmp_path, monkeypatch, capsys):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(TINY))
+    path = write_recipe(tmp_path, TINY)
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
     torch.manual_seed(123)
     random.seed(5)
     torch_state, python_state = torch.get_rng_state(), random.getstate()
-    code, out, err = _cli(["lr-find", str(path), "--steps", "30", "--json", "--png", "curve.png"], capsys)
+    code, out, err = run_cli(["lr-find", str(path), "--steps", "30", "--json", "--png", "curve.png"], capsys)
     assert code == 0, err
     assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
     assert sorted(os.listdir(work)) == ["curve.png"]  # no run directory, nothing else
@@ -169,13 +148,12 @@ def test_the_recipes_loss_and_mixup_apply_as_in_epoch_0(tmp_path, monkeypatch):
 
 
 def test_cli_refuses_a_bad_range_and_a_bad_png_path(tmp_path, capsys):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(TINY))
-    code, out, err = _cli(["lr-find", str(path), "--start-lr", "1", "--end-lr", "0.1"], capsys)
+    path = write_recipe(tmp_path, TINY)
+    code, out, err = run_cli(["lr-find", str(path), "--start-lr", "1", "--end-lr", "0.1"], capsys)
     assert code == 2 and "--start-lr" in err and out == ""
-    code, out, err = _cli(["lr-find", str(path), "--png", str(tmp_path)], capsys)
+    code, out, err = run_cli(["lr-find", str(path), "--png", str(tmp_path)], capsys)
     assert code == 2 and "is a directory" in err and out == ""
-    code, out, err = _cli(["lr-find", str(path), "--steps", "2"], capsys)
+    code, out, err = run_cli(["lr-find", str(path), "--steps", "2"], capsys)
     assert code == 2 and "--steps" in err
 
 
@@ -189,7 +167,7 @@ def _falls_fastest(lrs: list[float], losses: list[float]) -> tuple[float, float]
 
 def _check_quickstart(args: list[str], tmp_path: Path, capsys) -> None:
     png = tmp_path / "lr.png"
-    code, out, err = _cli(["lr-find", str(ROOT / "recipes" / "quickstart.yaml"), "--device", "cpu", "--json",
+    code, out, err = run_cli(["lr-find", str(ROOT / "recipes" / "quickstart.yaml"), "--device", "cpu", "--json",
                            "--png", str(png), *args], capsys)
     assert code == 0, err
     result = json.loads(out)

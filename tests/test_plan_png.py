@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from recipec.cli import main
 from recipec.plan_png import plot_plan
+from tests.tinyrecipes import load_tiny, run_cli, tiny_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 def _is_png(path: Path) -> tuple[int, int]:
@@ -34,7 +26,7 @@ def _is_png(path: Path) -> tuple[int, int]:
 
 def test_plan_png_of_gradual_unfreezing_draws_every_group_and_its_frozen_epochs(tmp_path, capsys):
     out = tmp_path / "pictures" / "plan.png"  # a missing folder is made, as for every output
-    code, stdout, err = _cli(["plan", str(ROOT / "recipes" / "gradual-unfreezing.yaml"), "--device", "cpu",
+    code, stdout, err = run_cli(["plan", str(ROOT / "recipes" / "gradual-unfreezing.yaml"), "--device", "cpu",
                               "--json", "--png", str(out)], capsys)
     assert code == 0, err
     plan = json.loads(stdout)  # --json stays pure JSON with --png
@@ -96,37 +88,21 @@ def test_thirty_groups_and_three_hundred_epochs(tmp_path):
 
 def test_a_bad_png_path_is_refused_before_any_compute(tmp_path, capsys):
     recipe = ROOT / "recipes" / "quickstart.yaml"
-    code, out, err = _cli(["plan", str(recipe), "--png", str(tmp_path)], capsys)
+    code, out, err = run_cli(["plan", str(recipe), "--png", str(tmp_path)], capsys)
     assert code == 2 and "is a directory" in err and out == ""
-    code, out, err = _cli(["plan", str(recipe), "--png", str(recipe)], capsys)
+    code, out, err = run_cli(["plan", str(recipe), "--png", str(recipe)], capsys)
     assert code == 2 and "error:" in err and out == ""
 
 
-TINY = """\
-    name: tiny
-    seed: 3
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
-    groups:
-      - {name: block1, match: ['^[01]\\.']}
-      - {name: block2, match: ['^[34]\\.']}
-      - {name: head, match: ['^8\\.']}
-    freeze: {trainable: [head], unfreeze: {1: [block2]}}
-    optimizer: {name: adamw, lr: 1.0e-2, lr_decay: 2}
-    data: {dataset: digits, image_size: 8, per_class: 5, batch_size: 32}
-    train: {epochs: 2}
-    export: {formats: [safetensors]}
-"""
+TINY = tiny_yaml(optimizer="{name: adamw, lr: 1.0e-2, lr_decay: 2}",
+                 data="{dataset: digits, image_size: 8, per_class: 5, batch_size: 32}", train="{epochs: 2}")
 
 
 def test_a_build_writes_plan_png_and_the_card_shows_it(tmp_path):
     from recipec.build import build
     from recipec.card.render import render_card
-    from recipec.recipe.load import load_recipe
 
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(TINY))
-    run = build(load_recipe(path), out=tmp_path / "run")
+    run = build(load_tiny(tmp_path, body=TINY), out=tmp_path / "run")
     _is_png(run / "plan.png")
     plan = json.loads((run / "plan.json").read_text())
     assert plot_plan(plan).frozen == {"block1": [0, 1], "block2": [0], "head": []}

@@ -13,17 +13,7 @@ import torch
 from PIL import Image
 
 import recipec
-from recipec.cli import main
-from tests.evalrun import CLASSES, TRUST, shared_run
-
-TRUSTED = [a for f in TRUST for a in ("--trust-factory", f)]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
+from tests.evalrun import CLASSES, TRUST, TRUSTED, cli, shared_run
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +29,7 @@ def test_every_export_gives_the_same_top1_as_the_model_called_directly(run: Path
     folder = run.parent / "data" / "test"
     results = {}
     for name in ("model.safetensors", "model.pt", "model.onnx"):
-        code, out, err = run_cli(capsys, "predict", str(run / name), str(folder), "--format", "jsonl", "--top-k", "3",
+        code, out, err = cli(capsys, "predict", str(run / name), str(folder), "--format", "jsonl", "--top-k", "3",
                                  *TRUSTED)
         assert code == 0, err
         results[name] = _jsonl(out)
@@ -76,16 +66,16 @@ def _documented(image: Image.Image) -> torch.Tensor:
 
 def test_csv_and_table_and_out(run: Path, tmp_path: Path, capsys) -> None:
     image = next((run.parent / "data" / "test" / "dog").iterdir())
-    code, out, _ = run_cli(capsys, "predict", str(run / "model.onnx"), str(image), "--format", "csv")
+    code, out, _ = cli(capsys, "predict", str(run / "model.onnx"), str(image), "--format", "csv")
     assert code == 0
     rows = list(csv.reader(io.StringIO(out)))
     assert rows[0] == ["path", "class", "score"] and rows[1][0] == str(image) and rows[1][1] in CLASSES
     assert len(rows) == 2
-    code, out, _ = run_cli(capsys, "predict", str(run / "model.onnx"), str(image), "--top-k", "2")
+    code, out, _ = cli(capsys, "predict", str(run / "model.onnx"), str(image), "--top-k", "2")
     header, line = out.splitlines()
     assert header.split() == ["path", "top-1", "#2"] and line.startswith(str(image)) and rows[1][1] in line
     target = tmp_path / "p.jsonl"
-    code, out, _ = run_cli(capsys, "predict", str(run / "model.onnx"), str(image), "--format", "jsonl", "--out",
+    code, out, _ = cli(capsys, "predict", str(run / "model.onnx"), str(image), "--format", "jsonl", "--out",
                            str(target))
     assert code == 0 and out == ""
     assert _jsonl(target.read_text())[0]["top"][0]["class"] == rows[1][1]
@@ -95,7 +85,7 @@ def test_an_unreadable_image_is_named_and_the_rest_predicted(run: Path, tmp_path
     good = [next((run.parent / "data" / "test" / c).iterdir()) for c in ("cat", "emu")]
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
-    code, out, err = run_cli(capsys, "predict", str(run / "model.onnx"), str(good[0]), str(bad), str(good[1]),
+    code, out, err = cli(capsys, "predict", str(run / "model.onnx"), str(good[0]), str(bad), str(good[1]),
                              "--format", "jsonl", "--batch-size", "2")
     assert code == 1
     assert [r["path"] for r in _jsonl(out)] == [str(good[0]), str(good[1])]
@@ -109,21 +99,21 @@ def test_an_unreadable_image_is_named_and_the_rest_predicted(run: Path, tmp_path
     (["--batch-size", "0"], "--batch-size"),
 ])
 def test_bad_arguments_exit_2(run: Path, capsys, args: list[str], message: str) -> None:
-    code, _, err = run_cli(capsys, "predict", str(run / "model.onnx"), str(run.parent / "data" / "test"), *args)
+    code, _, err = cli(capsys, "predict", str(run / "model.onnx"), str(run.parent / "data" / "test"), *args)
     assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_missing_inputs_and_foreign_exports_exit_2(run: Path, tmp_path: Path, capsys) -> None:
-    code, _, err = run_cli(capsys, "predict", str(run / "model.onnx"), str(tmp_path / "nope.png"))
+    code, _, err = cli(capsys, "predict", str(run / "model.onnx"), str(tmp_path / "nope.png"))
     assert code == 2 and "nope.png: no such file or directory" in err
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(capsys, "predict", str(run / "model.onnx"), str(tmp_path / "empty"))
+    code, _, err = cli(capsys, "predict", str(run / "model.onnx"), str(tmp_path / "empty"))
     assert code == 2 and "no image files" in err
     (tmp_path / "x.onnx").write_bytes(b"not onnx at all")
     image = next((run.parent / "data" / "test" / "cat").iterdir())
-    code, _, err = run_cli(capsys, "predict", str(tmp_path / "x.onnx"), str(image))
+    code, _, err = cli(capsys, "predict", str(tmp_path / "x.onnx"), str(image))
     assert code == 2 and "x.onnx" in err and "Traceback" not in err
-    code, _, err = run_cli(capsys, "predict", str(run / "model.safetensors"), str(image))  # factory not trusted
+    code, _, err = cli(capsys, "predict", str(run / "model.safetensors"), str(image))  # factory not trusted
     assert code == 2 and "tests.tinynets:tiny_cnn" in err
 
 
@@ -131,7 +121,7 @@ def test_out_never_overwrites_an_input(run: Path, tmp_path: Path, capsys) -> Non
     image = tmp_path / "a.png"
     Image.new("RGB", (20, 20), (200, 10, 10)).save(image)
     before = image.read_bytes()
-    code, _, err = run_cli(capsys, "predict", str(run / "model.onnx"), str(image), "--out", str(image))
+    code, _, err = cli(capsys, "predict", str(run / "model.onnx"), str(image), "--out", str(image))
     assert code == 2 and "is an input" in err and image.read_bytes() == before
 
 
@@ -150,7 +140,7 @@ def test_an_onnx_file_with_external_data_is_refused(run: Path, tmp_path: Path) -
 
 
 def test_inspect_reads_onnx_and_shows_provenance_readably(run: Path, capsys) -> None:
-    code, out, err = run_cli(capsys, "inspect", str(run / "model.onnx"), "--json")
+    code, out, err = cli(capsys, "inspect", str(run / "model.onnx"), "--json")
     assert code == 0, err
     report = json.loads(out)
     assert report["format"] == "onnx" and report["opset"][""] == 18
@@ -160,7 +150,7 @@ def test_inspect_reads_onnx_and_shows_provenance_readably(run: Path, capsys) -> 
     assert report["recipec"]["classes"] == CLASSES
     assert report["recipec"]["provenance"]["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     for name in ("model.safetensors", "model.pt", "model.onnx"):
-        code, out, _ = run_cli(capsys, "inspect", str(run / name))
+        code, out, _ = cli(capsys, "inspect", str(run / name))
         assert code == 0
         assert f"classes:       7: {', '.join(CLASSES)}" in out, name
         assert "normalisation: mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]" in out
@@ -179,10 +169,10 @@ def test_inspect_of_a_foreign_onnx_file(tmp_path: Path, capsys) -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
     onnx.save(helper.make_model(graph, producer_name="handmade", opset_imports=[helper.make_opsetid("", 17)]),
               tmp_path / "relu.onnx")
-    code, out, err = run_cli(capsys, "inspect", str(tmp_path / "relu.onnx"))
+    code, out, err = cli(capsys, "inspect", str(tmp_path / "relu.onnx"))
     assert code == 0, err
     assert "producer:   handmade" in out and "opset:      ai.onnx 17" in out and "x: float32 [n, 4]" in out
     assert "recipec export" not in out
     (tmp_path / "bad.onnx").write_bytes(b"\x00garbage")
-    code, _, err = run_cli(capsys, "inspect", str(tmp_path / "bad.onnx"))
+    code, _, err = cli(capsys, "inspect", str(tmp_path / "bad.onnx"))
     assert code == 2 and "not an ONNX" in err

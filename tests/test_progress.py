@@ -9,7 +9,6 @@ import re
 import select
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,22 +17,13 @@ import torch
 
 from recipec.cli import main
 from recipec.progress import Progress, for_terminal
+from tests.tinyrecipes import GROUPS2, tiny_yaml, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = """\
-    name: tiny
-    seed: 3
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 2}, head: {num_classes: 10}}
-    groups:
-      - {name: body, match: ['^[0-4]\\.']}
-      - {name: head, match: ['^8\\.']}
-    freeze: {trainable: [head], unfreeze: {1: [body]}}
-    data: {dataset: digits, image_size: 8, per_class: 8, batch_size: 8}
-    train: {epochs: 2}
-    export: {formats: [safetensors]}
-"""
+TINY = tiny_yaml(model='{arch: "tests.tinynets:tiny_cnn", kwargs: {width: 2}, head: {num_classes: 10}}',
+                 groups=GROUPS2, freeze="{trainable: [head], unfreeze: {1: [body]}}", optimizer=None,
+                 data="{dataset: digits, image_size: 8, per_class: 8, batch_size: 8}", train="{epochs: 2}")
 EPOCH_LINE = re.compile(r"^epoch \d \(\d of 2\)  train_loss \d+\.\d{4}  val_loss \d+\.\d{4}  val_acc \d\.\d{3}  "
                         r"trainable .+  \(\d+\.\d s\)$")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -56,9 +46,7 @@ class _CountedLoss:
 
 
 def _recipe(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(TINY))
-    return path
+    return write_recipe(tmp_path, TINY)
 
 
 def _env() -> dict[str, str]:

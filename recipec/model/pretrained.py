@@ -227,8 +227,8 @@ def weights_preprocessing(arch: str, name: str) -> dict[str, Any] | None:
     timm: the ``pretrained_cfg`` (``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``);
     torchvision: the weights' ``transforms()`` (``crop_size``, ``resize_size``, ``interpolation``).
     Returns ``{"input_size": side, "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode":
-    "center", "resize_size": 256 or None}`` (``resize_size``: torchvision's, for ``input_size``), or
-    None when the weights define no resize.
+    "center", "resize_size": 256 or None}`` (``resize_size``: torchvision's, for ``input_size``; timm
+    adds ``mean``, the colour ``crop_mode: border`` pads with), or None when the weights define no resize.
 
     Raises:
         ModelError: unknown architecture or weights name.
@@ -241,7 +241,7 @@ def weights_preprocessing(arch: str, name: str) -> dict[str, Any] | None:
             return None
         return {"input_size": int(cfg.input_size[-2]), "interpolation": str(cfg.interpolation or "bilinear"),
                 "crop_pct": float(cfg.crop_pct or 0.875), "crop_mode": str(cfg.crop_mode or "center"),
-                "resize_size": None}
+                "resize_size": None, "mean": [float(m) for m in cfg.mean]}  # mean: crop_mode border pads with it
     transforms = resolve_weights(arch, name).transforms()
     crop, resize = getattr(transforms, "crop_size", None), getattr(transforms, "resize_size", None)
     if not crop or not resize:

@@ -219,6 +219,10 @@ class SourceSpec(_Spec):
     allow_globals: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = Field(
         default_factory=list, description="Pickle globals (module.Name) a torch checkpoint may contain; nothing else is unpickled.",
         examples=[["argparse.Namespace"]])
+    timm_filter: bool = Field(
+        False, description="timm models only: run the installed timm's own checkpoint_filter_fn of model.arch on the "
+                           "file's state dict first (official ViT, DeiT, ConvNeXt... layouts -> timm's), then rename, "
+                           "include, exclude and adapt as usual.", examples=[True])
 
     @model_validator(mode="after")
     def _one_source(self) -> SourceSpec:

@@ -63,6 +63,11 @@ class DataSpec(_Spec):
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of each training class held out for validation "
                                                              "(random, stratified, seeded), when the data has no val split "
                                                              "(root/val folder, manifest val rows).", examples=[0.2])
+    test_split: bool = Field(
+        True, description="Make the data's own test split the run's test split: root/test, a manifest's test rows, "
+                          "the official test set of cifar10, cifar100, mnist and fashionmnist. Training never reads "
+                          "it; recipec eval defaults to it. false: no test split (eval defaults to val).",
+        examples=[False])
     image_size: Annotated[Annotated[int, Field(ge=8, le=4096)] | Literal["from_weights"], BeforeValidator(_side)] = Field(
         224, description="Side of the square input images; at most 4096 (one 3x4096x4096 float32 image is 200 MB). "
                          "from_weights: the input size of the pretrained weights (timm pretrained_cfg.input_size, "

@@ -58,12 +58,14 @@ def multi_hot(labels: Sequence[str], index: Mapping[str, int]) -> torch.Tensor:
     return target
 
 
-def _split(rows: Sequence[Any], val_fraction: float, seed: int) -> tuple[list[int], list[int], list[int], bool]:
-    """(train, val, test indices, has_val): the manifest's split column, else a seeded random share for val."""
+def _split(rows: Sequence[Any], val_fraction: float, seed: int,
+           test_split: bool = True) -> tuple[list[int], list[int], list[int], bool]:
+    """(train, val, test indices, has_val): the manifest's split column, else a seeded random share for val;
+    no test indices with ``test_split`` False (``data.test_split: false``)."""
     from recipec.train.splits import EPOCH_STRIDE
 
     split_of = [r.split or "train" for r in rows]
-    test = [i for i, s in enumerate(split_of) if s == "test"]
+    test = [i for i, s in enumerate(split_of) if s == "test" and test_split]
     if "val" in split_of:
         return ([i for i, s in enumerate(split_of) if s == "train"], [i for i, s in enumerate(split_of) if s == "val"],
                 test, True)
@@ -106,7 +108,7 @@ def build_multilabel_data(*, root: str | None, classes: Sequence[str] | None = N
                           in_channels: int = 3, weights_normalization: Any = None, epoch_seed: bool = True,
                           on_bad_image: str = "error", resize_size: int | None = None, interpolation: str = "bilinear",
                           crop_mode: str = "center", sampler: str = "random", device: str = "cpu",
-                          threshold: float = 0.5, **_: Any) -> Any:
+                          threshold: float = 0.5, crop_fill: Any = None, test_split: bool = True, **_: Any) -> Any:
     """:func:`recipec.train.data.build_data` for ``task: multilabel``: the same transforms, loaders and
     epoch seeding, with multi-hot targets (N, C) from a manifest. ``info`` counts, per class, the
     images that have it (``train_per_class`` ...), and the mean labels per image (``labels_per_image``).
@@ -140,12 +142,12 @@ def build_multilabel_data(*, root: str | None, classes: Sequence[str] | None = N
         if unknown:
             raise DatasetError([(("data", "root"), p) for p in unknown[:_SHOWN]])
     targets = [multi_hot(r.labels, index) for r in rows]
-    train_idx, val_idx, test_idx, has_val = _split(rows, val_fraction, seed)
+    train_idx, val_idx, test_idx, has_val = _split(rows, val_fraction, seed, test_split)
     examples = _examples(rows, names, root)
     stats = d._stats(normalize, weights_normalization, in_channels)
     augmentations = build_augmentations(augment, image_size, in_channels, interpolation if resize_size else "bilinear")
     augs, after, skipped = augmentations.before, augmentations.after, augmentations.skipped
-    pipeline = d._Pipeline(image_size, resize_size, interpolation, crop_mode, in_channels, stats)
+    pipeline = d._Pipeline(image_size, resize_size, interpolation, crop_mode, in_channels, stats, crop_fill)
     workers = auto_workers(num_workers, "manifest", device)
     pin = device == "cuda"
     generator = torch.Generator().manual_seed(seed * d.EPOCH_STRIDE if epoch_seed else seed)
@@ -165,7 +167,8 @@ def build_multilabel_data(*, root: str | None, classes: Sequence[str] | None = N
                "val": f"manifest {root}, split column" if any(r.split == "val" for r in rows) else
                f"random {100 * val_fraction:g}% of the training rows (seed {seed})" if val_fraction > 0 else
                "none (data.val_fraction is 0)",
-               "test": f"manifest {root}, split column" if test_idx else "none (the data has no test split)"}
+               "test": f"manifest {root}, split column" if test_idx else "none (data.test_split is false)"
+               if not test_split and any(r.split == "test" for r in rows) else "none (the data has no test split)"}
     applied: Any = {"mean": list(stats[0]), "std": list(stats[1])} if stats else "none"
     if normalize == "from_weights" and not weights_normalization:
         applied = "none (no pretrained weights)"
@@ -178,7 +181,7 @@ def build_multilabel_data(*, root: str | None, classes: Sequence[str] | None = N
         "per_class_counts": "images that have the class (task: multilabel)",
         "labels_per_image": sum(len(label_lists[i]) for i in train_idx) / max(len(train_idx), 1),
         "image_size": image_size, "in_channels": in_channels,
-        "resize": d.resize_info(image_size, resize_size, interpolation, crop_mode),
+        "resize": d.resize_info(image_size, resize_size, interpolation, crop_mode, crop_fill),
         "normalize": {"requested": normalize, "applied": applied},
         "augment": [x for x in map(describe_augment, augment) if x not in skipped], "augment_skipped": skipped,
         "sampler": sampler,
@@ -218,7 +221,8 @@ def build_multilabel_split(*, split: str, override: str | None, classes: Sequenc
     rows, bad = _rows(path, get("on_bad_image", "error"), at=())
     name = os.path.basename(path)
     if override is None:
-        train_idx, val_idx, test_idx, has_val = _split(rows, get("val_fraction", 0.2), get("seed", 0))
+        train_idx, val_idx, test_idx, has_val = _split(rows, get("val_fraction", 0.2), get("seed", 0),
+                                                       get("test_split", True))
         if (split == "val" and not has_val) or (split == "test" and not test_idx):
             raise DatasetError(f"the run's data has no {split} split ({path}); add {split} rows to the manifest or "
                                "give the data to evaluate with --data MANIFEST")
@@ -237,7 +241,7 @@ def build_multilabel_split(*, split: str, override: str | None, classes: Sequenc
     targets = [multi_hot(r.labels, index) for r in rows]
     stats = d._stats(get("normalize", "from_weights"), get("weights_normalization"), get("in_channels", 3))
     pipeline = d._Pipeline(get("image_size", 224), get("resize_size"), get("interpolation", "bilinear"),
-                           get("crop_mode", "center"), get("in_channels", 3), stats)
+                           get("crop_mode", "center"), get("in_channels", 3), stats, get("crop_fill"))
     from recipec.train.speed import auto_workers
 
     loader = d._eval_loader(pipeline.dataset(_examples(rows, model_classes, path), idx, [targets[i] for i in idx], []),

@@ -12,6 +12,7 @@ param group from its own initial lr, so the ratios between layer groups hold at 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -28,10 +29,12 @@ from recipec.train.schedule import build_scheduler, lr_factor, lr_table, schedul
 
 __all__ = [
     "build_optimizer", "build_param_groups", "build_scheduler", "group_learning_rates", "lr_factor", "lr_table",
-    "scheduler_kwargs",
+    "scheduler_kwargs", "tiny_learning_rates",
 ]
 
 _NO_OVERRIDES: Mapping[str, float] = MappingProxyType({})
+# a group whose lr is below optimizer.lr times this moves so little it is frozen in all but name (the plan notes it)
+TINY_LR_RATIO = 1e-6
 _NORMS = (_BatchNorm, _InstanceNorm, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
 
 
@@ -67,7 +70,27 @@ def group_learning_rates(
         raise GroupError([(("optimizer", "group_lr", name), f"unknown group {name!r} (groups are {', '.join(groups)})")
                           for name in unknown])
     n = len(groups)
-    return {name: group_lr.get(name, lr / lr_decay ** (n - 1 - i)) for i, name in enumerate(groups)}
+    return {name: group_lr[name] if name in group_lr else _decayed(lr, lr_decay, n - 1 - i)
+            for i, name in enumerate(groups)}
+
+
+def _decayed(lr: float, lr_decay: float, k: int) -> float:
+    """``lr / lr_decay ** k``, or its limit 0.0 where ``lr_decay ** k`` overflows a float (100 ** 155)."""
+    try:
+        return lr / lr_decay ** k
+    except OverflowError:  # far below any float32 step anyway: exp underflows to 0.0, never raises
+        return lr * math.exp(-k * math.log(lr_decay))
+
+
+def tiny_learning_rates(rates: Mapping[str, float], *, lr: float, trainable: Sequence[str],
+                        ratio: float = TINY_LR_RATIO) -> dict[str, float]:
+    """The groups in ``trainable`` whose learning rate is below ``lr * ratio``: trained in name only.
+
+    Example:
+        >>> tiny_learning_rates({"stem": 1e-12, "head": 1e-3}, lr=1e-3, trainable=["stem", "head"])
+        {'stem': 1e-12}
+    """
+    return {name: rate for name, rate in rates.items() if name in trainable and rate < lr * ratio}
 
 
 def build_param_groups(

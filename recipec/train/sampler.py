@@ -41,6 +41,7 @@ class BalancedSampler(Sampler[int]):
     """
 
     def __init__(self, labels: Sequence[int], generator: torch.Generator) -> None:
+        self.labels = list(labels)  # kept: a smoke run (recipec.smoke) draws from a subset of them alike
         self.weights = balanced_weights(labels)
         self.n = len(labels)
         self.generator = generator

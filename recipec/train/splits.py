@@ -38,10 +38,11 @@ class Partition:
 
 def partition(dataset: str, root: str | None, classes: Sequence[str] | None, val_fraction: float,
                per_class: int | None, seed: int, num_classes: int | None, on_bad_image: str, *,
-               model_classes: Sequence[str] | None = None) -> Partition:
+               model_classes: Sequence[str] | None = None, test_split: bool = True) -> Partition:
     """Read the data and split it: split folders and a manifest's split column as given, else a random,
     stratified share of each training class for val. ``model_classes`` (:func:`build_split`): label by
-    them, leaving out other classes, each class split exactly as a run that chose it."""
+    them, leaving out other classes, each class split exactly as a run that chose it. ``test_split``
+    False (``data.test_split: false``): the data's own test split is left out; there is none."""
     examples = load_examples(dataset, root, num_classes, seed)
     bad: list[str] = []
     if on_bad_image == "skip" and hasattr(examples.source, "samples"):
@@ -77,8 +78,9 @@ def partition(dataset: str, root: str | None, classes: Sequence[str] | None, val
                           else "none (data.val_fraction is 0)")
     if per_class is not None:
         origins["train"] += f", at most {per_class} per class"
-    test_idx = [i for i, s in enumerate(split_of) if s == "test" and labels[i] >= 0]
-    origins["test"] = examples.origins.get("test", "none (the data has no test split)")
+    test_idx = [i for i, s in enumerate(split_of) if s == "test" and labels[i] >= 0 and test_split]
+    origins["test"] = examples.origins.get("test", "none (the data has no test split)") if test_split or \
+        not examples.has("test") else "none (data.test_split is false)"
     return Partition(examples, labels, [names[c] for c in chosen if c >= 0] if model_classes is None
                       else list(model_classes), (train_idx, val_idx, test_idx), origins, bad,
                       examples.has("val") or val_fraction > 0)

@@ -45,6 +45,7 @@ class LoadReport:
         source: where the weights came from.
         state_dict_key: where the state dict sat in its file.
         unexpected_sources: unexpected renamed key -> its source key, where they differ.
+        filter: what converted the file's layout before renaming (``source.timm_filter``), or "".
     """
 
     loaded: list[str] = field(default_factory=list)
@@ -59,6 +60,7 @@ class LoadReport:
     source: str = ""
     state_dict_key: str = ""
     unexpected_sources: dict[str, str] = field(default_factory=dict)
+    filter: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (the ``load_report`` of plan.json)."""
@@ -75,6 +77,7 @@ class LoadReport:
             "source": self.source,
             "state_dict_key": self.state_dict_key,
             "unexpected_sources": dict(sorted(self.unexpected_sources.items())),
+            **({"filter": self.filter} if self.filter else {}),
             "counts": self.counts(),
         }
 

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +13,15 @@ from torchvision.transforms import v2
 
 from recipec.build import build, plan_recipe
 from recipec.errors import DatasetError, RecipeError
-from recipec.recipe.load import load_recipe
 from recipec.recipe.spec_augment import AUGMENT_NAMES
 from recipec.train.augment import AUGMENTS, BatchMix, batch_mix, build_augmentations
 from recipec.train.cache import cache_refusal
 from recipec.train.data import build_data
 from recipec.train.state import load_state
+from tests.tinyrecipes import killed_build, load_tiny, tiny_yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-
-TINY = """\
-    name: tiny
-    seed: 3
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
-    groups:
-      - {name: block1, match: ['^[01]\\.']}
-      - {name: block2, match: ['^[34]\\.']}
-      - {name: head, match: ['^8\\.']}
-    freeze: {trainable: [head], unfreeze: {1: [block2]}}
-    optimizer: {name: adamw, lr: 1.0e-2, scheduler: {name: cosine}}
-    data: {dataset: digits, image_size: 8, per_class: 12, batch_size: 16, normalize: imagenet}
-    train: {epochs: 3, keep_last: 3}
-    export: {formats: [safetensors]}
-"""
+TINY = tiny_yaml(optimizer="{name: adamw, lr: 1.0e-2, scheduler: {name: cosine}}",
+                 data="{dataset: digits, image_size: 8, per_class: 12, batch_size: 16, normalize: imagenet}")
 
 # Everything random this module adds, on at once (the issue's done-when); append `train.ema={decay: 0.9}`
 # and the like as they land: the SIGKILL test below counts validations per epoch from the metrics.
@@ -49,9 +30,7 @@ ALL_ON = ("data.augment=[hflip, {name: randaugment, num_ops: 2, magnitude: 5}, t
 
 
 def _recipe(tmp_path: Path, *overrides: str) -> Any:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(TINY))
-    return load_recipe(path, list(overrides))
+    return load_tiny(tmp_path, *overrides, body=TINY)
 
 
 def _problems(tmp_path: Path, *overrides: str) -> list[str]:
@@ -218,21 +197,6 @@ def test_mixing_keeps_the_feature_cache_off_and_says_why(tmp_path: Path) -> None
 # --------------------------------------------------------------------------- exact resume
 
 
-_KILLER = """
-import os, signal, sys
-import recipec.train.loop as loop
-real, calls = loop.evaluate, {"n": 0}
-def evaluate(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == int(os.environ["KILL_AT"]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args, **kwargs)
-loop.evaluate = evaluate
-from recipec.cli import main
-main(sys.argv[1:])
-"""
-
-
 @pytest.mark.slow  # three builds and a subprocess: ~15 s of CPU
 def test_sigkill_then_resume_is_exact_with_mixup_cutmix_randaugment_and_the_balanced_sampler(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, *ALL_ON)
@@ -240,10 +204,8 @@ def test_sigkill_then_resume_is_exact_with_mixup_cutmix_randaugment_and_the_bala
     first = json.loads((whole / "metrics.jsonl").read_text().splitlines()[0])
     per_epoch = 1 + sum(key.endswith("_ema") and key.startswith("val_acc") for key in first)  # validations
     args = [f"--set={o}" for o in ALL_ON]
-    env = {**os.environ, "KILL_AT": str(per_epoch + 1), "PYTHONPATH": str(ROOT)}  # in epoch 1's validation
-    killed = subprocess.run([sys.executable, "-c", _KILLER, "build", str(tmp_path / "tiny.yaml"), *args,
-                             "--out", str(tmp_path / "cut"), "--quiet"], env=env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    killed = killed_build("build", str(tmp_path / "tiny.yaml"), *args, "--out", str(tmp_path / "cut"), "--quiet",
+                          at=per_epoch + 1)  # in epoch 1's validation
     assert killed.returncode == -9, killed.stderr
     assert load_state(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 1
     resumed = build(recipe, out=tmp_path / "cut", resume=True)

@@ -325,10 +325,10 @@ def test_plan_checks_a_manifest_before_anything_runs(tmp_path, capsys) -> None:
 
 
 def test_a_manifest_is_read_bounded_and_only_from_a_regular_file(tmp_path, monkeypatch) -> None:
-    import recipec.train.datasets as datasets
+    import recipec.train.manifest as manifest_module
 
     manifest = make_manifest(tmp_path / "m", CLASSES, {"train": 1})
-    monkeypatch.setattr(datasets, "MANIFEST_MAX_BYTES", 16)
+    monkeypatch.setattr(manifest_module, "MANIFEST_MAX_BYTES", 16)
     with pytest.raises(DatasetError, match="more than a manifest may be") as e:
         read_manifest(manifest)
     assert e.value.paths == [("data", "root")]

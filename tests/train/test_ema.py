@@ -4,11 +4,6 @@ are exactly the model's, it updates on cached features, is validated as val_*_em
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,29 +15,10 @@ from recipec.recipe.load import load_recipe
 from recipec.train.ema import Ema
 from recipec.train.state import load_state
 from tests.tinynets import tiny_cnn
+from tests.tinyrecipes import killed_build, load_tiny, same_weights, tiny_yaml, write_recipe
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = """\
-    name: tiny
-    seed: 3
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
-    groups:
-      - {name: block1, match: ['^[01]\\.']}
-      - {name: block2, match: ['^[34]\\.']}
-      - {name: head, match: ['^8\\.']}
-    freeze: {trainable: [head], unfreeze: {1: [block2]}}
-    optimizer: {name: adamw, lr: 1.0e-2, lr_decay: 2, weight_decay: 0.01, scheduler: {name: cosine}}
-    data: {dataset: digits, image_size: 8, per_class: 20, batch_size: 32}
-    train: {epochs: 3, keep_last: 3, ema: {decay: 0.8, warmup: true}}
-    export: {formats: [safetensors], weights: ema}
-"""
-
-
-def _recipe(tmp_path: Path, *overrides: str) -> Any:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(TINY))
-    return load_recipe(path, overrides)
+TINY = tiny_yaml(train="{epochs: 3, keep_last: 3, ema: {decay: 0.8, warmup: true}}",
+                 export="{formats: [safetensors], weights: ema}")
 
 
 def _independent(initial: dict[str, torch.Tensor], steps: list[tuple[dict[str, torch.Tensor], set[str]]], *,
@@ -127,7 +103,7 @@ def test_ema_of_a_run_with_the_feature_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Ema, "__init__", init)
     monkeypatch.setattr(Ema, "step", step)
-    run = build(_recipe(tmp_path), out=tmp_path / "run")
+    run = build(load_tiny(tmp_path, body=TINY), out=tmp_path / "run")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["feature_cache"] is True and metrics[1]["feature_cache"] is False
     for m in metrics:
@@ -148,29 +124,12 @@ def test_ema_of_a_run_with_the_feature_cache(tmp_path, monkeypatch):
     assert provenance["selection"]["weights"] == "ema" and provenance["selection"]["epoch"] == 2
 
 
-_KILLER = """
-import os, signal, sys
-import recipec.train.loop as loop
-real, calls = loop.evaluate, {"n": 0}
-def evaluate(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == int(os.environ["KILL_AT"]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args, **kwargs)
-loop.evaluate = evaluate
-from recipec.cli import main
-main(sys.argv[1:])
-"""
-
-
 @pytest.mark.slow  # two builds and a subprocess: ~30 s on two busy cores
 def test_sigkill_then_resume_gives_the_same_model_and_ema(tmp_path):
-    recipe_file = tmp_path / "tiny.yaml"
-    recipe_file.write_text(textwrap.dedent(TINY))
+    recipe_file = write_recipe(tmp_path, TINY)
     whole = build(load_recipe(recipe_file), out=tmp_path / "whole")
-    env = {**os.environ, "KILL_AT": "4", "PYTHONPATH": str(ROOT)}  # epoch 1's validation: one state on disk
-    killed = subprocess.run([sys.executable, "-c", _KILLER, "build", str(recipe_file), "--out", str(tmp_path / "cut"),
-                             "--quiet"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # the 4th validation (val and val_ema each epoch) is epoch 1's: one state on disk
+    killed = killed_build("build", str(recipe_file), "--out", str(tmp_path / "cut"), "--quiet", at=4)
     assert killed.returncode == -9, killed.stderr
     assert load_state(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 1
     resumed = build(load_recipe(recipe_file), out=tmp_path / "cut", resume=True)
@@ -179,5 +138,4 @@ def test_sigkill_then_resume_gives_the_same_model_and_ema(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
         assert torch.equal(a["extra"]["ema"]["state"][k], b["extra"]["ema"]["state"][k]), k
     assert a["extra"]["ema"]["updates"] == b["extra"]["ema"]["updates"]
-    x, y = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
-    assert all(torch.equal(x[k], y[k]) for k in x)
+    assert same_weights(whole, resumed)

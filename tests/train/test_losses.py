@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +15,15 @@ import torch.nn.functional as F
 from recipec.build import build, plan_recipe
 from recipec.cli import main
 from recipec.errors import RecipeError
-from recipec.recipe.load import load_recipe
 from recipec.train.losses import build_criterion, focal_loss, resolve_class_weights
+from tests.tinyrecipes import GROUPS2, load_tiny, tiny_yaml, write_recipe
 
-TINY = """\
-    name: tiny
-    seed: 3
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
-    groups:
-      - {name: body, match: ['^[0-4]\\.']}
-      - {name: head, match: ['^8\\.']}
-    freeze: {trainable: [head]}
-    optimizer: {name: adamw, lr: 1.0e-2}
-    data: {dataset: digits, image_size: 8, per_class: 20, batch_size: 32}
-    train: {epochs: 1}
-    export: {formats: [safetensors]}
-"""
+TINY = tiny_yaml(groups=GROUPS2, freeze="{trainable: [head]}", optimizer="{name: adamw, lr: 1.0e-2}",
+                 train="{epochs: 1}")
 
 
 def _recipe(tmp_path: Path, *overrides: str) -> Any:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(TINY))
-    return load_recipe(path, overrides)
+    return load_tiny(tmp_path, *overrides, body=TINY)
 
 
 def _by_hand(logits: torch.Tensor, target: torch.Tensor, *, eps: float, weight: list[float], gamma: float) -> float:
@@ -127,7 +112,7 @@ def test_plan_records_the_resolved_weights(tmp_path, capsys):
 
 
 def test_unknown_class_in_the_recipe_is_a_located_error(tmp_path, capsys):
-    (tmp_path / "tiny.yaml").write_text(textwrap.dedent(TINY) + "loss: {class_weights: {'3': 2.0, seven: 1.0}}\n")
+    write_recipe(tmp_path, TINY + "loss: {class_weights: {'3': 2.0, seven: 1.0}}\n")
     with pytest.raises(SystemExit) as code:
         main(["plan", str(tmp_path / "tiny.yaml")])
     assert code.value.code == 2

@@ -13,7 +13,6 @@ import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,30 +25,12 @@ from torch import nn
 import recipec.train.loop as loop
 import recipec.train.state as state_module
 from recipec.build import build
-from recipec.cli import main
 from recipec.errors import BuildInterrupted, CheckpointError, RunDirectoryError
-from recipec.recipe.load import load_recipe
 from recipec.train.schedule import build_scheduler
 from recipec.train.state import checkpoint_paths, latest_state, load_state, restore_state, save_state
+from tests.tinyrecipes import load_tiny, run_cli, same_weights, write_chain, write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
-
-TINY = """\
-    name: tiny
-    seed: 3
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
-    groups:
-      - {name: block1, match: ['^[01]\\.']}
-      - {name: block2, match: ['^[34]\\.']}
-      - {name: head, match: ['^8\\.']}
-    freeze: {trainable: [head], unfreeze: {1: [block2]}}
-    optimizer: {name: adamw, lr: 1.0e-2, lr_decay: 2, weight_decay: 0.01, scheduler: {name: cosine}}
-    data: {dataset: digits, image_size: 8, per_class: 20, batch_size: 32}
-    train: {epochs: 3, keep_last: 3}
-    export: {formats: [safetensors]}
-"""
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -58,18 +39,7 @@ TINY = """\
 def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted TINY run every resumed one must equal."""
     tmp_path = tmp_path_factory.mktemp("whole")
-    return build(_recipe(tmp_path), out=tmp_path / "whole")
-
-
-def _recipe(tmp_path: Path, *overrides: str, body: str = TINY) -> Any:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(body))
-    return load_recipe(path, overrides)
-
-
-def _same_weights(a: Path, b: Path) -> bool:
-    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    return build(load_tiny(tmp_path), out=tmp_path / "whole")
 
 
 def _interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
@@ -91,7 +61,7 @@ def _cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str, epoch
     with monkeypatch.context() as patch:
         _interrupt_at_epoch(patch, epoch)
         with pytest.raises(KeyboardInterrupt):
-            build(_recipe(tmp_path, *overrides), out=tmp_path / name)
+            build(load_tiny(tmp_path, *overrides), out=tmp_path / name)
     return tmp_path / name
 
 
@@ -229,10 +199,10 @@ def test_build_resumes_past_a_corrupted_last_with_the_uninterrupted_result(tmp_p
     last = cut / "checkpoints" / "last.pt"
     _flip_bit(last, _record_data(last, _largest_record(last)) + 5)  # last.pt and epoch-0002.pt
     lines: list[str] = []
-    build(_recipe(tmp_path), out=cut, resume=True, log=lines.append)
+    build(load_tiny(tmp_path), out=cut, resume=True, log=lines.append)
     assert any(line.startswith(f"warning: damaged checkpoint passed over: {last}: damaged") for line in lines)
     assert f"resuming from {cut / 'checkpoints' / 'epoch-0001.pt'} (epoch 1), the newest intact checkpoint" in lines
-    assert _same_weights(whole, cut)
+    assert same_weights(whole, cut)
     assert load_state(cut / "checkpoints" / "epoch-0002.pt")["epoch"] == 2  # rewritten whole
 
 
@@ -251,14 +221,14 @@ def test_kill_between_epoch_file_and_last_resumes_from_the_epoch_file(tmp_path: 
     with monkeypatch.context() as patch:
         patch.setattr(state_module, "_refresh_last", killed)
         with pytest.raises(KeyboardInterrupt):
-            build(_recipe(tmp_path), out=tmp_path / "cut")
+            build(load_tiny(tmp_path), out=tmp_path / "cut")
     cut = tmp_path / "cut"
     assert load_state(cut / "checkpoints" / "last.pt")["epoch"] == 1
     lines: list[str] = []
-    build(_recipe(tmp_path), out=cut, resume=True, log=lines.append)
+    build(load_tiny(tmp_path), out=cut, resume=True, log=lines.append)
     assert f"resuming from {cut / 'checkpoints' / 'epoch-0002.pt'} (epoch 2), the newest intact checkpoint" in lines
     assert f"resumed {cut} at epoch 2" in lines
-    assert _same_weights(whole, cut)
+    assert same_weights(whole, cut)
 
 
 def test_plain_build_into_a_run_with_only_an_epoch_file_says_resume(tmp_path: Path,
@@ -266,7 +236,7 @@ def test_plain_build_into_a_run_with_only_an_epoch_file_says_resume(tmp_path: Pa
     cut = _cut(tmp_path, monkeypatch, epoch=1)
     (cut / "checkpoints" / "last.pt").unlink()  # a kill after the epoch file, before last.pt ever existed
     with pytest.raises(RunDirectoryError, match=r"already holds a run \(checkpoints/epoch-0001\.pt\); add --resume"):
-        build(_recipe(tmp_path), out=cut)
+        build(load_tiny(tmp_path), out=cut)
     assert latest_state(cut / "checkpoints")[0].name == "epoch-0001.pt"  # what --resume continues from
 
 
@@ -277,13 +247,13 @@ def test_resume_with_fewer_epochs_than_trained_is_refused(tmp_path: Path, monkey
     constant = ["optimizer.scheduler={name: none}", "freeze.unfreeze={}"]
     cut = _cut(tmp_path, monkeypatch, *constant, epoch=2)
     with pytest.raises(RunDirectoryError) as info:
-        build(_recipe(tmp_path, *constant, "train.epochs=1"), out=cut, resume=True)
+        build(load_tiny(tmp_path, *constant, "train.epochs=1"), out=cut, resume=True)
     assert info.value.paths == [("train", "epochs")] and info.value.exit_code == 2
     assert "is 1, but the run to resume already trained 2 epochs" in info.value.problems[0]
     assert load_state(cut / "checkpoints" / "last.pt")["epoch"] == 2
     assert "epochs: 3" in (cut / "recipe.yaml").read_text()  # nothing rewritten
     # as many epochs as trained: nothing left to train, the run is exported as it stands
-    run = build(_recipe(tmp_path, *constant, "train.epochs=2"), out=cut, resume=True)
+    run = build(load_tiny(tmp_path, *constant, "train.epochs=2"), out=cut, resume=True)
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
@@ -293,7 +263,7 @@ def test_growing_a_schedule_that_depends_on_the_total_is_refused(tmp_path: Path,
     cut = _cut(tmp_path, monkeypatch, f"optimizer.scheduler={scheduler}", epoch=1)
     plan = (cut / "plan.json").read_text()
     with pytest.raises(RunDirectoryError) as info:
-        build(_recipe(tmp_path, f"optimizer.scheduler={scheduler}", "train.epochs=5"), out=cut, resume=True)
+        build(load_tiny(tmp_path, f"optimizer.scheduler={scheduler}", "train.epochs=5"), out=cut, resume=True)
     assert info.value.paths == [("train", "epochs")]
     assert "changed from 3 to 5, but the" in info.value.problems[0] and "the 1 epoch already" in info.value.problems[0]
     assert "lr schedule depends on the number of epochs" in info.value.problems[0]
@@ -305,10 +275,10 @@ def test_growing_a_schedule_independent_of_the_total_equals_the_longer_run(tmp_p
                                                                            monkeypatch: pytest.MonkeyPatch,
                                                                            scheduler: str) -> None:
     sched = f"optimizer.scheduler={scheduler}"
-    longer = build(_recipe(tmp_path, sched, "train.epochs=4"), out=tmp_path / "longer")
+    longer = build(load_tiny(tmp_path, sched, "train.epochs=4"), out=tmp_path / "longer")
     cut = _cut(tmp_path, monkeypatch, sched, epoch=2)  # a 3-epoch run, stopped after 2
     lines: list[str] = []
-    build(_recipe(tmp_path, sched, "train.epochs=4"), out=cut, resume=True, log=lines.append)
+    build(load_tiny(tmp_path, sched, "train.epochs=4"), out=cut, resume=True, log=lines.append)
     assert any("train.epochs changed from 3 to 4" in line for line in lines)
     a, b = load_file(longer / "model.safetensors"), load_file(cut / "model.safetensors")
     for key in a:
@@ -336,7 +306,7 @@ def test_resume_after_the_source_checkpoint_was_replaced_is_refused(tmp_path: Pa
     recorded = load_state(cut / "checkpoints" / "last.pt")["extra"]["source_sha256"]
     save_file({k: v + 1 for k, v in original.items()}, source)  # another file, same name and keys
     with pytest.raises(RunDirectoryError) as info:
-        build(_recipe(tmp_path, *with_source), out=cut, resume=True)
+        build(load_tiny(tmp_path, *with_source), out=cut, resume=True)
     assert info.value.paths == [("source", "checkpoint")]
     assert f"the run was trained from a file with sha256 {recorded}" in info.value.problems[0]
 
@@ -370,7 +340,7 @@ def test_resume_onto_changed_data_is_refused(tmp_path: Path, monkeypatch: pytest
     for c, name in enumerate(("cat", "dog")):
         for i in range(8):
             _image(tmp_path / "images" / name / f"{i}.png", 20 * i + 100 * c)
-    recipe = _recipe(tmp_path, body=IMAGES)
+    recipe = load_tiny(tmp_path, body=IMAGES)
     with monkeypatch.context() as patch:
         _interrupt_at_epoch(patch, 1)
         with pytest.raises(KeyboardInterrupt):
@@ -397,11 +367,11 @@ def test_resume_onto_changed_data_is_refused(tmp_path: Path, monkeypatch: pytest
     for name, (change, undo) in changes.items():
         change()
         with pytest.raises(RunDirectoryError) as info:
-            build(_recipe(tmp_path, body=IMAGES), out=tmp_path / "cut", resume=True)
+            build(load_tiny(tmp_path, body=IMAGES), out=tmp_path / "cut", resume=True)
         assert info.value.paths == [("data", "root")], name
         assert "the data changed since the run started" in info.value.problems[0], name
         undo()
-    build(_recipe(tmp_path, body=IMAGES), out=tmp_path / "cut", resume=True)  # the data as it was: it resumes
+    build(load_tiny(tmp_path, body=IMAGES), out=tmp_path / "cut", resume=True)  # the data as it was: it resumes
     assert load_state(last)["epoch"] == 3
 
 
@@ -412,12 +382,12 @@ def test_unchanged_data_keeps_its_fingerprint(tmp_path: Path) -> None:
     from recipec.compiler import data_kwargs
     from recipec.train.data import build_data
 
-    recipe = _recipe(tmp_path, body=IMAGES)
+    recipe = load_tiny(tmp_path, body=IMAGES)
     first, second = build_data(**data_kwargs(recipe)), build_data(**data_kwargs(recipe))
     assert first.info["fingerprint"] == second.info["fingerprint"]
     (tmp_path / "images" / "notes.txt").write_text("not an image, not in the data")
     assert build_data(**data_kwargs(recipe)).info["fingerprint"] == first.info["fingerprint"]
-    digits = _recipe(tmp_path)
+    digits = load_tiny(tmp_path)
     assert build_data(**data_kwargs(digits)).info["fingerprint"] != first.info["fingerprint"]
 
 
@@ -499,7 +469,7 @@ def test_next_build_removes_temporary_files_a_killed_build_left(tmp_path: Path,
     kept = [cut / "notes.tmp", cut / ".hidden.tmp", cut / "checkpoints" / "mine.txt"]
     for path in litter + kept:
         path.write_bytes(b"partial")
-    build(_recipe(tmp_path), out=cut, resume=True)
+    build(load_tiny(tmp_path), out=cut, resume=True)
     assert [p for p in litter if p.exists()] == []
     assert all(p.exists() for p in kept)
 
@@ -544,10 +514,10 @@ def test_build_saves_and_restores_the_grad_scaler(tmp_path: Path, whole: Path, m
     cut = _cut(tmp_path, monkeypatch, epoch=2)
     saved = load_state(cut / "checkpoints" / "last.pt")["extra"]["scaler"]
     assert saved["scale"] == 2.0 ** (4 + 2 * 7)  # doubled at each of the 14 steps of 2 epochs
-    build(_recipe(tmp_path), out=cut, resume=True)
+    build(load_tiny(tmp_path), out=cut, resume=True)
     assert made[-1].state_dict()["scale"] == 2.0 ** (4 + 3 * 7), "the resumed scaler continues from the saved one"
     assert load_state(cut / "checkpoints" / "last.pt")["extra"]["scaler"] == made[-1].state_dict()
-    assert _same_weights(whole, cut)  # power-of-two scales are exact in float32: the weights are the same
+    assert same_weights(whole, cut)  # power-of-two scales are exact in float32: the weights are the same
 
 
 @pytest.mark.filterwarnings("ignore:.*CUDA is not available")
@@ -561,17 +531,13 @@ def test_a_grad_scaler_only_for_fp16_on_cuda() -> None:
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+    return run_cli(args, capsys)
 
 
 def test_ctrl_c_says_what_was_kept_and_the_exact_resume_command(tmp_path: Path, whole: Path,
                                                                 monkeypatch: pytest.MonkeyPatch,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    recipe = tmp_path / "my recipe.yaml"
-    recipe.write_text(textwrap.dedent(TINY))
+    recipe = write_recipe(tmp_path, name="my recipe.yaml")
     sets = ["--set", "train.keep_last=1", "--set", "card.tags=[a b]"]  # no effect on the weights
     run = tmp_path / "cut run"
     with monkeypatch.context() as patch:
@@ -584,13 +550,12 @@ def test_ctrl_c_says_what_was_kept_and_the_exact_resume_command(tmp_path: Path, 
     command = shlex.split(lines[2])
     assert command == ["recipec", "build", str(recipe), "--out", str(run), *sets, "--device", "cpu", "--resume"]
     assert _cli(capsys, *command[1:], "--quiet")[0] == 0
-    assert _same_weights(whole, run)
+    assert same_weights(whole, run)
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_nothing_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(textwrap.dedent(TINY))
+    recipe = write_recipe(tmp_path, name="r.yaml")
     with monkeypatch.context() as patch:
         _interrupt_at_epoch(patch, 0)
         code, _, err = _cli(capsys, "build", str(recipe), "--out", str(tmp_path / "run"), "--quiet")
@@ -605,7 +570,7 @@ def test_build_interrupted_is_a_keyboard_interrupt_that_names_the_checkpoint(tmp
     with monkeypatch.context() as patch:
         _interrupt_at_epoch(patch, 1)
         with pytest.raises(BuildInterrupted) as info:
-            build(_recipe(tmp_path), out=tmp_path / "run")
+            build(load_tiny(tmp_path), out=tmp_path / "run")
     assert isinstance(info.value, KeyboardInterrupt)
     assert (info.value.run, info.value.epoch) == (str(tmp_path / "run"), 1)
     assert info.value.checkpoint == str(tmp_path / "run" / "checkpoints" / "epoch-0001.pt")
@@ -636,8 +601,7 @@ main(["build", sys.argv[1], "--out", sys.argv[2]])
 
 @pytest.mark.parametrize("when", ["cleanup", "exit"])
 def test_a_second_ctrl_c_during_shutdown_prints_no_traceback(tmp_path: Path, when: str) -> None:
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(textwrap.dedent(TINY))
+    recipe = write_recipe(tmp_path, name="r.yaml")
     done = subprocess.run([sys.executable, "-c", SECOND_CTRL_C, str(recipe), str(tmp_path / "run"), when], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, done.stderr
@@ -651,34 +615,11 @@ def test_the_interrupt_handler_is_restored_after_main(capsys: pytest.CaptureFixt
     assert signal.getsignal(signal.SIGINT) is before
 
 
-UPSTREAM = """\
-    name: upstream
-    seed: 1
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
-    data: {dataset: digits, image_size: 8, per_class: 10}
-    train: {epochs: 2}
-    export: {formats: [safetensors]}
-"""
-
-DOWNSTREAM = """\
-    name: downstream
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 3}}
-    source: {recipe: up.yaml, exclude: ['^8\\.']}
-    freeze: {trainable: [head]}
-    data: {dataset: digits, image_size: 8, per_class: 10, classes: ['1', '7', '9']}
-    train: {epochs: 1}
-    export: {formats: [safetensors]}
-"""
-
-
 def test_an_interrupted_upstream_build_continues_with_the_same_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(ROOT))  # tests.tinynets
-    (tmp_path / "up.yaml").write_text(textwrap.dedent(UPSTREAM))
-    (tmp_path / "down.yaml").write_text(textwrap.dedent(DOWNSTREAM))
+    write_chain(tmp_path, upstream_epochs=2, export="{formats: [safetensors]}")
     with monkeypatch.context() as patch:
         _interrupt_at_epoch(patch, 1)  # in the upstream's second epoch
         code, _, err = _cli(capsys, "build", "down.yaml", "--quiet")

@@ -3,43 +3,23 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from recipec.build import build
 from recipec.errors import DatasetError, RecipeError
-from recipec.recipe.load import load_recipe
 from recipec.train.data import build_data, set_epoch
 from recipec.train.loop import evaluate
 from recipec.train.sampler import balanced_sampler, balanced_weights, check_sampler
+from tests.tinyrecipes import load_tiny, read_metrics, same_weights, tiny_yaml
 
-TINY = """\
-    name: tiny
-    seed: 3
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
-    groups:
-      - {name: block1, match: ['^[01]\\.']}
-      - {name: block2, match: ['^[34]\\.']}
-      - {name: head, match: ['^8\\.']}
-    freeze: {trainable: [head], unfreeze: {1: [block2]}}
-    optimizer: {name: adamw, lr: 1.0e-2, scheduler: {name: cosine}}
-    data: {dataset: digits, image_size: 8, per_class: 12, batch_size: 16, sampler: balanced}
-    train: {epochs: 2, keep_last: 2}
-    export: {formats: [safetensors]}
-"""
-
-
-def _recipe(tmp_path: Path, *overrides: str) -> Any:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(TINY))
-    return load_recipe(path, list(overrides))
+TINY = tiny_yaml(optimizer="{name: adamw, lr: 1.0e-2, scheduler: {name: cosine}}",
+                 data="{dataset: digits, image_size: 8, per_class: 12, batch_size: 16, sampler: balanced}",
+                 train="{epochs: 2, keep_last: 2}")
 
 
 def _labels(loader: Any) -> list[int]:
@@ -114,15 +94,14 @@ def test_evaluate_gives_per_class_accuracy() -> None:
 
 
 def test_a_balanced_run_writes_per_class_accuracy_and_its_cache_follows_the_sampler(tmp_path: Path) -> None:
-    cached = build(_recipe(tmp_path), out=tmp_path / "cached")
-    full = build(_recipe(tmp_path, "train.feature_cache=off"), out=tmp_path / "full")
-    metrics = [json.loads(line) for line in (cached / "metrics.jsonl").read_text().splitlines()]
+    cached = build(load_tiny(tmp_path, body=TINY), out=tmp_path / "cached")
+    full = build(load_tiny(tmp_path, "train.feature_cache=off", body=TINY), out=tmp_path / "full")
+    metrics = read_metrics(cached)
     assert [m["feature_cache"] for m in metrics] == [True, False]
     for m in metrics:
         assert list(m["val_per_class_acc"]) == [str(c) for c in range(10)]
         assert m["val_acc"] == pytest.approx(sum(m["val_per_class_acc"].values()) / 10, abs=0.05)  # ~equal val sizes
     # the cached head-only epochs drew the balanced batches the loader draws: the same weights, bit for bit
-    a, b = load_file(cached / "model.safetensors"), load_file(full / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(cached, full)
     plan = json.loads((cached / "plan.json").read_text())
     assert plan["data"]["sampler"] == "balanced" and plan["data_sampler"]["name"] == "balanced"

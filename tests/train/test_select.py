@@ -4,7 +4,6 @@ the provenance says which epoch and why, and best.pt stays true to the history a
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +15,18 @@ from safetensors.torch import load_file
 import recipec.train.select as select
 from recipec.build import build
 from recipec.errors import BuildInterrupted, RecipeError
-from recipec.recipe.load import load_recipe
 from recipec.train.state import load_state
+from tests.tinyrecipes import load_tiny, read_metrics, tiny_yaml
 
 # all groups train at a high lr: val_acc rises for a few epochs, then falls, and early stopping ends the run
-TINY = """\
-    name: sel
-    seed: 1
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
-    optimizer: {name: adamw, lr: 5.0e-2, scheduler: {name: none}}
-    data: {dataset: digits, image_size: 8, per_class: 20, batch_size: 16, num_workers: 0}
-    train: {epochs: 8, keep_last: 1, early_stopping: {metric: val_acc, patience: 1}}
-    export: {formats: [safetensors]}
-"""
+TINY = tiny_yaml(name="sel", seed="1", groups=None, freeze=None,
+                 optimizer="{name: adamw, lr: 5.0e-2, scheduler: {name: none}}",
+                 data="{dataset: digits, image_size: 8, per_class: 20, batch_size: 16, num_workers: 0}",
+                 train="{epochs: 8, keep_last: 1, early_stopping: {metric: val_acc, patience: 1}}")
 
 
 def _recipe(tmp_path: Path, *overrides: str) -> Any:
-    path = tmp_path / "sel.yaml"
-    path.write_text(textwrap.dedent(TINY))
-    return load_recipe(path, overrides)
-
-
-def _metrics(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return load_tiny(tmp_path, *overrides, body=TINY, name="sel.yaml")
 
 
 def _best(run: Path) -> dict[str, Any]:
@@ -58,7 +45,7 @@ def stopped(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_an_early_stopped_run_exports_the_best_epoch(stopped):
-    metrics = _metrics(stopped)
+    metrics = read_metrics(stopped)
     accs = [m["val_acc"] for m in metrics]
     assert metrics[-1]["early_stopped"] and len(metrics) < 8
     best_epoch = accs.index(max(accs))  # the first of equals, as argmax
@@ -82,7 +69,7 @@ def test_an_early_stopped_run_exports_the_best_epoch(stopped):
 @pytest.mark.slow  # an interrupted build and its resume: ~25 s on two busy cores
 def test_a_kill_between_the_training_state_and_best_pt(stopped, tmp_path, monkeypatch):
     """The epoch's state is written, then the build dies before best.pt: --resume rewrites best.pt."""
-    accs = [m["val_acc"] for m in _metrics(stopped)]
+    accs = [m["val_acc"] for m in read_metrics(stopped)]
     best_epoch = accs.index(max(accs))
     real, calls = select.save_best, {"n": 0}
 
@@ -108,7 +95,7 @@ def test_a_kill_between_the_training_state_and_best_pt(stopped, tmp_path, monkey
 def test_export_last_and_select_by_val_loss(tmp_path, capsys):
     run = build(_recipe(tmp_path, "train.epochs=2", "train.early_stopping=null", "train.select.metric=val_loss",
                         "export.weights=last"), out=tmp_path / "run")
-    losses = [m["val_loss"] for m in _metrics(run)]
+    losses = [m["val_loss"] for m in read_metrics(run)]
     assert _best(run)["epoch"] == losses.index(min(losses)) and _best(run)["mode"] == "min"
     exported, last = load_file(run / "model.safetensors"), load_state(run / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(exported[k], last[k]) for k in exported)

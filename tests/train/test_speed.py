@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,35 +16,17 @@ import recipec.train.loop as loop
 import recipec.train.speed as speed
 from recipec.build import build
 from recipec.errors import RunError
-from recipec.recipe.load import load_recipe
 from recipec.train.data import build_data, set_epoch
 from recipec.train.state import load_state
+from tests.tinyrecipes import load_tiny, read_metrics, same_weights, tiny_yaml
 
-TINY = """\
-    name: tiny
-    seed: 3
-    device: cpu
-    model: {arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10}}
-    groups:
-      - {name: block1, match: ['^[01]\\.']}
-      - {name: block2, match: ['^[34]\\.']}
-      - {name: head, match: ['^8\\.']}
-    freeze: {trainable: [head], unfreeze: {1: [block2], 2: [block1]}}
-    optimizer: {name: adamw, lr: 1.0e-2, lr_decay: 2, weight_decay: 0.01, scheduler: {name: cosine}}
-    data: {dataset: digits, image_size: 8, per_class: 10, batch_size: 32, augment: [hflip]}
-    train: {epochs: 4, keep_last: 4}
-    export: {formats: [safetensors]}
-"""
+TINY = tiny_yaml(freeze="{trainable: [head], unfreeze: {1: [block2], 2: [block1]}}",
+                 data="{dataset: digits, image_size: 8, per_class: 10, batch_size: 32, augment: [hflip]}",
+                 train="{epochs: 4, keep_last: 4}")
 
 
 def _recipe(tmp_path: Path, *overrides: str) -> Any:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(TINY))
-    return load_recipe(path, overrides)
-
-
-def _metrics(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return load_tiny(tmp_path, *overrides, body=TINY)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +73,7 @@ def test_a_nan_loss_stops_before_the_epoch_is_checkpointed(tmp_path: Path, monke
     monkeypatch.setattr(loop, "training_loss", poisoned)
     with pytest.raises(RunError, match=r"epoch 1, batch 1: the loss is nan; lower optimizer.lr"):
         build(_recipe(tmp_path), out=tmp_path / "run")
-    assert len(_metrics(tmp_path / "run")) == 1  # epoch 0 only
+    assert len(read_metrics(tmp_path / "run")) == 1  # epoch 0 only
     state = load_state(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
 
@@ -167,11 +148,11 @@ def test_the_plan_records_workers_compile_and_channels_last(tmp_path: Path, plai
 # --------------------------------------------------------------------------- compile and channels_last
 
 
-def test_compile_and_channels_last_give_the_same_metrics(tmp_path: Path, plain: Path,
+def test_compile_and_channels_last_give_the_sameread_metrics(tmp_path: Path, plain: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECIPEC_COMPILE_BACKEND", "eager")  # dynamo's guards alone; aot_eager and inductor: slow tests
     run = build(_recipe(tmp_path, "train.compile=true", "train.channels_last=true"), out=tmp_path / "run")
-    ours, theirs = _metrics(run), _metrics(plain)
+    ours, theirs = read_metrics(run), read_metrics(plain)
     for a, b in zip(ours, theirs):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5) and a["val_acc"] == b["val_acc"]
@@ -202,8 +183,7 @@ def test_a_compiled_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.Monk
         with pytest.raises(KeyboardInterrupt):
             build(_recipe(tmp_path, *overrides), out=tmp_path / "cut")
     resumed = build(_recipe(tmp_path, *overrides), out=tmp_path / "cut", resume=True)
-    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(whole, resumed)
 
 
 @pytest.mark.slow
@@ -211,7 +191,7 @@ def test_inductor_compiles_once_per_phase(tmp_path: Path, plain: Path, monkeypat
     """The real backend (needs a C++ compiler, as torch.compile on CPU does): same metrics within float tolerance."""
     monkeypatch.delenv("RECIPEC_COMPILE_BACKEND", raising=False)
     run = build(_recipe(tmp_path, "train.compile=true"), out=tmp_path / "run")
-    ours, theirs = _metrics(run), _metrics(plain)
+    ours, theirs = read_metrics(run), read_metrics(plain)
     assert [m["compiles"] for m in ours] == [1, 1, 1, 0]
     for a, b in zip(ours, theirs):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
