@@ -6,9 +6,10 @@ BatchNorm policy, per-group lr schedule and metrics. The table shows seconds per
 (median of N, interleaved, alternating which goes first) and the ratio of the medians; the last
 lines give the median and range of the N paired ratios of whole epochs and of each epoch's
 median training step (which a burst of other load on the machine moves least), so the
-machine's noise is visible.
+machine's noise is visible. ``--lockstep`` adds the finest interleaving: both loops step by step,
+taking turns, so drift in the machine's speed cancels within a step pair.
 
-    python benchmarks/bench_fit.py [--repeats 5] [--threads 1 --clock cpu]
+    python benchmarks/bench_fit.py [--repeats 5] [--threads 1 --clock cpu] [--lockstep]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import itertools
 import statistics
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +68,49 @@ def _plain_epoch(recipe, data) -> tuple[float, float]:
     return _clock() - stamps[0], _median_step(stamps)
 
 
+def _lockstep(recipe, ours_data, plain_data) -> tuple[list[float], list[float]]:
+    """One epoch of each loop, step for step (a plain step, then a recipec step, in two threads that take
+    turns), so that whatever else the machine does hits both alike. Returns the seconds of every step but
+    the first of each: (recipec's, the plain loop's). A recipec step runs from the end of ``on_batch`` to
+    the next call of it: fetching the batch, forward, backward, optimizer and scheduler, its bookkeeping."""
+    compiled = compile_recipe(recipe, steps_per_epoch=len(ours_data.train))
+    model = compile_recipe(recipe).model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    plain_turn, our_turn = threading.Semaphore(0), threading.Semaphore(0)
+    ours, plain = [], []
+
+    def plain_loop() -> None:
+        model.train()
+        set_epoch(plain_data, 0)
+        batches = iter(plain_data.train)
+        for _ in range(len(plain_data.train)):
+            plain_turn.acquire()
+            start = _clock()
+            x, y = next(batches)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            plain.append(_clock() - start)
+            our_turn.release()
+
+    resumed: list[float] = []
+
+    def on_batch(i: int, n: int, loss: torch.Tensor) -> None:
+        if resumed:
+            ours.append(_clock() - resumed[-1])
+        plain_turn.release()
+        our_turn.acquire()
+        resumed.append(_clock())
+
+    thread = threading.Thread(target=plain_loop)
+    thread.start()
+    fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
+        schedule=compiled.schedule, data=ours_data, device=compiled.device, epochs=1, on_batch=on_batch)
+    thread.join()
+    return ours, plain[1:]
+
+
 def _median_step(stamps: list[float]) -> float:
     # the first step also pays for the epoch's setup; the median of the rest shrugs off a burst of other load
     return statistics.median(b - a for a, b in itertools.pairwise(stamps[1:]))
@@ -77,6 +122,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time, for a machine shared with other work (use --threads 1)")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="also time both loops step for step, taking turns (the finest interleaving)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,6 +155,19 @@ def main() -> None:
     steps = sorted(o / p for (_, o), (_, p) in zip(our_runs, plain_runs))
     print(f"median training step, paired ratios: median {statistics.median(steps):.3f}, "
           f"range {steps[0]:.3f}-{steps[-1]:.3f}")
+    if args.lockstep:
+        plain_data = build_data(dataset="digits", image_size=32, normalize="imagenet", batch_size=64,
+                                val_fraction=0.0)  # its own loader: the two loops iterate at once
+        ours_steps, plain_steps = [], []
+        for _ in range(args.repeats):
+            o, p = _lockstep(recipe, data, plain_data)
+            ours_steps += o
+            plain_steps += p
+        ratios = sorted(o / p for o, p in zip(ours_steps, plain_steps))
+        print(f"lockstep, {len(ratios)} steps taking turns: total {sum(ours_steps):.2f} s vs {sum(plain_steps):.2f} s "
+              f"({sum(ours_steps) / sum(plain_steps):.3f}x); paired step ratios: median "
+              f"{statistics.median(ratios):.3f}, middle half {ratios[len(ratios) // 4]:.3f}-"
+              f"{ratios[3 * len(ratios) // 4]:.3f}")
 
 
 if __name__ == "__main__":
