@@ -5,27 +5,32 @@ states, safetensors, sharded indexes); targets are torch, safetensors (optionall
 ONNX. An export's recipe and provenance stay in the output, so the result is as
 self-describing as its source, plus a ``recipec.converted_from`` entry naming the source file
 and its SHA-256. ONNX needs the architecture: the checkpoint's own recipe, or ``recipe``.
+
+Beside it: :mod:`recipec.convert_metadata` (what the output carries about its source) and
+:mod:`recipec.convert_onnx` (the architecture rebuilt from a recipe, exported to ONNX and verified).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from recipec import _json as clean_json
-from recipec._atomic import atomic_path
 from recipec._files import check_output, require_path
-from recipec.card.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
-from recipec.errors import CheckpointError, ExportError, RecipecError
+from recipec.card.provenance import RECIPE_KEY
+from recipec.convert_metadata import Sha256InBackground as _Sha256InBackground
+from recipec.convert_metadata import carried_metadata as _carried_metadata
+from recipec.convert_metadata import converted_from as _converted_from
+from recipec.convert_metadata import moved_recipe as _moved_recipe
+from recipec.convert_onnx import embedded_recipe as _embedded_recipe
+from recipec.convert_onnx import rebuild as _rebuild
+from recipec.convert_onnx import to_onnx
+from recipec.errors import CheckpointError
 from recipec.recipe.spec import Recipe
 from recipec.weights import formats
 
@@ -37,7 +42,6 @@ FORMATS = ("torch", "safetensors", "onnx")
 CONVERTED_FROM_KEY = "recipec.converted_from"
 _DTYPES = ("float16", "bfloat16", "float32")
 _SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", **dict.fromkeys(formats.TORCH_SUFFIXES, "torch")}
-_TRAINING_STATE = "recipec-training-state"  # recipec.train.state.FORMAT, without importing train/
 
 
 def convert(
@@ -121,41 +125,6 @@ def convert(
                                    resolve=lambda: _converted_from(checkpoint, source_sha256.result())))
 
 
-class _Sha256InBackground:
-    """``formats.sha256(file)`` in a thread; leaving the block stops it (an error leaves the hash unwanted)."""
-
-    def __init__(self, file: Path) -> None:
-        self._file, self._stop = file, threading.Event()
-        self._digest: str | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="recipec-sha256", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self._digest = formats.sha256(self._file, stop=self._stop)
-        except BaseException as exc:  # re-raised in the caller's thread by result()
-            self._error = exc
-
-    def __enter__(self) -> _Sha256InBackground:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def result(self) -> str:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._digest, "the hash was stopped before it was asked for"
-        return self._digest
-
-
-def _converted_from(checkpoint: formats.Checkpoint, sha256: str) -> str:
-    return json.dumps({"file": checkpoint.files[0].name, "sha256": sha256, "format": checkpoint.format}, sort_keys=True)
-
-
 def _convert_loaded(checkpoint: formats.Checkpoint, source: Path, target: Path, fmt: str, cast: torch.dtype | None,
                     shard: int | None, spec: Recipe | None, own_recipe: bool, trusted: tuple[str, ...], *,
                     converted_from: formats.LateValue) -> list[Path]:
@@ -177,23 +146,6 @@ def _convert_loaded(checkpoint: formats.Checkpoint, source: Path, target: Path, 
         assert spec is not None and model is not None
         return [to_onnx(model, spec, target, {**metadata, CONVERTED_FROM_KEY: converted_from.resolve()})]
     return _save(state, target, fmt, metadata, shard, {CONVERTED_FROM_KEY: converted_from})
-
-
-def _moved_recipe(recipe_yaml: str, source_dir: Path, target_dir: Path) -> str:
-    """The carried recipe with its relative paths (relative to the source's run directory) following the file."""
-    import yaml
-
-    from recipec.recipe._yaml import read_embedded
-    from recipec.recipe.load import relative_paths, resolve_paths
-
-    try:
-        data = read_embedded(recipe_yaml, str(source_dir))
-    except RecipecError:
-        return recipe_yaml  # damaged: carried as it is, and reported where it is read
-    if not isinstance(data, dict) or source_dir.resolve() == target_dir.resolve():
-        return recipe_yaml
-    data = relative_paths(resolve_paths(data, source_dir), target_dir)
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=10**9)
 
 
 def _target_format(target: Path, to: str | None) -> str:
@@ -259,38 +211,6 @@ def _refuse_overwrite(sources: Sequence[Path], target: Path, fmt: str) -> None:
                               "stem in the same directory); choose another name or directory")
 
 
-def _carried_metadata(checkpoint: formats.Checkpoint) -> dict[str, str]:
-    """The source's metadata as str -> str, without what the format itself records again."""
-    meta, names = checkpoint.metadata, checkpoint.state_dict
-    if meta.get("format") == _TRAINING_STATE:
-        return _training_state_metadata(meta)
-    carried: dict[str, str] = {}
-    for key, value in meta.items():
-        # metadata[dropped] = kept records a tied weight: the safetensors save writes it anew.
-        if not isinstance(key, str) or key in names or (isinstance(value, str) and value in names):
-            continue
-        if isinstance(value, str):
-            carried[key] = value
-            continue
-        try:
-            carried[key] = clean_json.dumps(value, sort_keys=True)
-        except (TypeError, ValueError):
-            continue  # not data JSON can hold; a str -> str header has no place for it
-    return carried
-
-
-def _training_state_metadata(state: Mapping[str, Any]) -> dict[str, str]:
-    # Optimizer, scheduler and RNG states are for resuming; the weights keep the recipe and a summary.
-    history = state.get("history") or [{}]
-    last = history[-1] if isinstance(history[-1], dict) else {}
-    provenance = {"epochs_trained": state.get("epoch"), "time": state.get("time"), "versions": state.get("versions"),
-                  "final_metrics": {k: last.get(k) for k in ("train_loss", "val_loss", "val_acc")}}
-    carried = {PROVENANCE_KEY: clean_json.dumps({k: v for k, v in provenance.items() if v is not None}, sort_keys=True)}
-    if isinstance(state.get("recipe"), str):
-        carried[RECIPE_KEY] = state["recipe"]
-    return carried
-
-
 def _cast(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     if dtype is None:
         return dict(state)
@@ -308,60 +228,6 @@ def _cast(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[
     return out
 
 
-def _embedded_recipe(metadata: Mapping[str, str], source: Path) -> Recipe:
-    from recipec.recipe._yaml import read_embedded
-
-    recipe_yaml, _ = read_export_metadata(metadata)
-    if recipe_yaml is None:
-        raise CheckpointError(f"{source}: the checkpoint carries no recipe, so the architecture is unknown; pass --recipe")
-    try:
-        return Recipe.model_validate(read_embedded(recipe_yaml, str(source)))
-    except Exception as exc:  # pydantic or YAML: the embedded recipe is damaged
-        raise CheckpointError(f"{source}: the embedded recipe is not valid ({_first_line(exc)}); pass --recipe") from exc
-
-
-def _rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path,
-             trust_factories: bool | tuple[str, ...]) -> nn.Module:
-    """The architecture the recipe describes (as ``recipec.load`` builds it), with ``state`` loaded strictly."""
-    from recipec.restore import build_model
-
-    spec = recipe.model
-    model = build_model(recipe, trust_factories=trust_factories, origin=str(source))
-    expected = model.state_dict()
-    problems = [f"{source}: lacks {k!r}, which {spec.arch} has" for k in sorted(set(expected) - set(state))[:10]]
-    problems += [f"{source}: has {k!r}, which {spec.arch} lacks" for k in sorted(set(state) - set(expected))[:10]]
-    problems += [f"{source}: {k!r} has shape {list(state[k].shape)}, but {spec.arch} has {list(v.shape)}"
-                 for k, v in expected.items() if k in state and state[k].shape != v.shape][:10]
-    if problems:
-        raise CheckpointError([*problems, "the tensors do not fit the architecture the recipe describes; "
-                                          "pass the recipe the checkpoint was trained with (--recipe)"])
-    model.load_state_dict(state, strict=True)  # copies into the model's float32 parameters
-    return model.eval()
-
-
-def to_onnx(model: nn.Module, recipe: Recipe, target: Path, metadata: dict[str, str]) -> Path:
-    """Export ``model`` to ONNX as ``recipe.export.onnx`` says, verified before it appears at ``target``."""
-    from recipec.weights.onnx import export_onnx, verify_onnx
-
-    options = recipe.export.onnx
-    side = recipe.data.image_size
-    if not isinstance(side, int):  # data.image_size: from_weights
-        from recipec.compiler import resolve_preprocessing
-
-        side = resolve_preprocessing(recipe)["image_size"]
-    shape = (1, recipe.model.in_channels, side, side)
-    # Export and verify under a temporary name: a file that fails verification never appears as dst.
-    with atomic_path(target) as tmp:
-        try:
-            export_onnx(model, tmp, input_shape=shape, opset=options.opset, dynamic_batch=options.dynamic_batch,
-                        metadata=metadata, arch=recipe.model.arch)
-            if options.verify:
-                verify_onnx(model, tmp, input_shape=shape, atol=options.atol)
-        except ExportError as exc:
-            raise ExportError([p.replace(str(tmp), str(target)) for p in exc.problems]) from exc
-    return target
-
-
 def _save(state: dict[str, torch.Tensor], target: Path, fmt: str, metadata: dict[str, str],
           shard: int | None, late: dict[str, formats.LateValue]) -> list[Path]:
     if (fmt == "torch" and target.suffix in formats.TORCH_SUFFIXES) or (
@@ -374,7 +240,3 @@ def _save(state: dict[str, torch.Tensor], target: Path, fmt: str, metadata: dict
                                metadata=metadata, late=late)
         os.replace(written[0], target)
     return [target]
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -1,0 +1,192 @@
+"""The ``checkpoints/`` directory of a run: file names, reading a training state back, and
+choosing the one to resume from.
+
+Layout of ``checkpoints/``: ``epoch-0003.pt`` (3 completed epochs), the newest ``keep_last``
+of them kept, and ``last.pt``, the state to resume from, never deleted.
+
+Every state is verified before it is used: each record of the zip archive against the
+CRC-32 written with it (a flipped bit anywhere is caught before a damaged tensor reaches a
+model), then every field's type and range. :func:`latest_state` resumes from the newest
+intact file, ``last.pt`` or an ``epoch-*.pt`` (a crash between the two leaves the epoch file
+newer), and names the damaged ones it passed over.
+
+Writing a state and putting it back into live objects is :mod:`recipec.train.state`, which
+re-exports every name here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recipec.errors import CheckpointError, RecipeError, RunDirectoryError, UnsafeCheckpointError
+from recipec.train._state_checks import damaged_fields, verify_archive
+
+__all__ = ["FORMAT", "LAST", "VERSION", "checkpoint_files", "checkpoint_paths", "latest_state", "load_state",
+           "newest_checkpoint", "rotate_checkpoints"]
+
+FORMAT = "recipec-training-state"
+VERSION = 1
+LAST = "last.pt"
+_EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.pt$")
+_REQUIRED = ("model", "optimizer", "scheduler", "epoch", "step", "recipe", "trainable_groups", "history", "rng")
+
+
+def checkpoint_paths(directory: str | os.PathLike[str], epoch: int) -> tuple[Path, Path]:
+    """``(directory/epoch-0003.pt, directory/last.pt)`` for a state after ``epoch`` completed epochs."""
+    folder = Path(directory)
+    return folder / f"epoch-{epoch:04d}.pt", folder / LAST
+
+
+def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a training state written by :func:`save_state` (always ``weights_only=True``, onto the CPU).
+
+    The zip archive is checked record by record against its CRC-32 first (``torch.load`` does
+    not: one flipped bit would load as a wild weight), then every field of the state.
+
+    Raises:
+        CheckpointError: the file is missing, empty, corrupt or truncated, fails its CRC-32
+            check, has a damaged field (named), or is not a recipec training state (the message
+            says what it is instead: a weights export, a bare state dict, another tool's
+            checkpoint...).
+    """
+    from recipec.weights._pickle import load_torch
+    from recipec.weights.formats import detect_format
+
+    file = Path(path)
+    if file.is_dir():
+        raise CheckpointError(f"{file}: is a directory; name the state file, e.g. {file / LAST}")
+    fmt = detect_format(file)
+    if fmt.startswith("safetensors"):
+        raise CheckpointError(f"{file}: not a recipec training state but a safetensors file, which holds weights "
+                              f"only; resume from the run's checkpoints/{LAST}")
+    verify_archive(file)
+    try:
+        obj, _ = load_torch(file, mmap=False)
+    except UnsafeCheckpointError as exc:
+        found = re.search(r"refused to unpickle (.+?): not tensors", str(exc))
+        named = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{file}: not a recipec training state: it holds pickled Python objects{named}, "
+                              "which a training state never does (a checkpoint from another tool?)") from exc
+    what = _describe_foreign(obj)
+    if what:
+        raise CheckpointError(f"{file}: not a recipec training state: {what}")
+    if obj["version"] > VERSION:
+        raise CheckpointError(f"{file}: training state version {obj['version']} was written by a newer recipec; "
+                              f"this one reads version {VERSION}: upgrade recipec to resume it")
+    missing = [key for key in _REQUIRED if key not in obj]
+    if missing:
+        raise CheckpointError(f"{file}: incomplete training state: no {', '.join(map(repr, missing))}")
+    damaged = damaged_fields(obj)
+    if damaged:
+        raise CheckpointError([f"{file}: damaged training state: field {field}: {why}; resume from an older "
+                               "checkpoint (checkpoints/epoch-*.pt) or start a new run" for field, why in damaged])
+    return obj
+
+
+def checkpoint_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """The training states in a ``checkpoints/`` directory, newest first: ``last.pt``, then epoch files by number."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    epochs = sorted(((int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))), reverse=True)
+    last = folder / LAST
+    return ([last] if last.exists() else []) + [p for _, p in epochs]
+
+
+def newest_checkpoint(directory: str | os.PathLike[str]) -> tuple[Path, int | None] | None:
+    """The newest training state by file name alone (nothing is read): the highest ``epoch-*.pt`` and its
+    epoch, else ``last.pt`` (epoch unknown: ``keep_last: 0``), else None."""
+    files = checkpoint_files(directory)
+    for path in files:
+        if m := _EPOCH_FILE.match(path.name):
+            return path, int(m.group(1))
+    return (files[0], None) if files else None
+
+
+def latest_state(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any], list[str]]:
+    """The newest intact training state of a ``checkpoints/`` directory, to resume from.
+
+    ``last.pt`` is normally the newest; an ``epoch-*.pt`` with a higher epoch wins over it (a
+    crash between writing the epoch file and refreshing ``last.pt``), and a damaged file (CRC
+    mismatch, truncation, a damaged field, an epoch that is not its file name's) is passed over
+    for the next older one.
+
+    Returns:
+        ``(path, state, damaged)``: the file used, its loaded state, and one line per damaged
+        file passed over (``"<file>: <why>"``), newest first.
+
+    Raises:
+        CheckpointError: there are training states but none is intact (each one's damage listed).
+        RunDirectoryError: there is no training state at all.
+    """
+    folder = Path(directory)
+    files = checkpoint_files(folder)
+    if not files:
+        raise RunDirectoryError(f"{folder / LAST} does not exist and no {folder / 'epoch-*.pt'} either: "
+                                "nothing to resume; build without --resume to start the run")
+    damaged: list[str] = []
+    found: tuple[Path, dict[str, Any]] | None = None
+    for path in files:
+        m = _EPOCH_FILE.match(path.name)
+        if found is not None and (m is None or int(m.group(1)) <= found[1]["epoch"]):
+            continue  # not newer than what we have
+        try:
+            state = load_state(path)
+        except CheckpointError as exc:
+            damaged += [p if p.startswith(str(path)) else f"{path}: {p}" for p in exc.problems]
+            continue
+        if m is not None and int(m.group(1)) != state["epoch"]:
+            damaged.append(f"{path}: holds epoch {state['epoch']}, not the {int(m.group(1))} its name says")
+            continue
+        if found is None or state["epoch"] > found[1]["epoch"]:
+            found = (path, state)
+    if found is None:
+        raise CheckpointError([*damaged, f"{folder}: no intact training state to resume from; start a new run "
+                                         "(remove the run directory or choose another --out)"])
+    return found[0], found[1], damaged
+
+
+def rotate_checkpoints(directory: str | os.PathLike[str], *, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` epoch files (``epoch-0003.pt``); ``last.pt`` always stays.
+
+    Returns:
+        The files deleted, oldest first.
+
+    Raises:
+        RecipeError: ``keep_last`` is negative (at ``train.keep_last``).
+    """
+    if keep_last < 0:
+        raise RecipeError([(("train", "keep_last"), f"must be >= 0, got {keep_last}")])
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    epochs = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name)) and p.is_file())
+    doomed = [p for _, p in epochs[: max(len(epochs) - keep_last, 0)]]
+    for p in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return doomed
+
+
+def _describe_foreign(obj: Any) -> str:
+    """What a torch file that is not a training state holds instead ("" when it is one)."""
+    if not isinstance(obj, Mapping):
+        return f"it holds a {type(obj).__name__}"
+    if obj.get("format") == FORMAT:
+        return "" if isinstance(obj.get("version"), int) else f"a damaged training state (version {obj.get('version')!r})"
+    if "format" in obj:
+        return f"its format is {obj['format']!r}"
+    if "recipec_metadata" in obj and "state_dict" in obj:
+        return (f"it is a recipec weights export (model.pt: weights only, no optimizer, scheduler or RNG state); "
+                f"resume from the run's checkpoints/{LAST}")
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return f"it is a bare state dict of {len(obj)} tensors (weights only)"
+    keys = ", ".join(repr(k) for k in list(obj)[:10]) or "none"
+    return f"it is a torch file with top-level keys {keys}{', ...' if len(obj) > 10 else ''} (another tool's checkpoint?)"
