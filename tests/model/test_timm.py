@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 
@@ -19,13 +18,13 @@ import recipec
 from recipec.compiler import compile_recipe
 from recipec.errors import ModelError, RecipeError, WeightsUnavailableError
 from recipec.recipe.load import dump_recipe, load_recipe
+from tests.model.timmhub import stand_in
 
 timm = pytest.importorskip("timm")  # an optional extra
 pytest.importorskip("timm.optim")
 from timm.layers import resample_abs_pos_embed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 # (timm name, kwargs that make it small, input side). The default run covers one model per
 # family; the slow sweep all of them.
@@ -188,43 +187,9 @@ def test_layer_decay_equals_timm(tmp_path, name, kwargs):
 # --------------------------------------------------------------------------- weights from the hub cache
 
 
-def _stand_in(home: Path, name: str, tag: str) -> dict[str, torch.Tensor]:
-    """A randomly initialised model saved exactly where the hub cache keeps timm/<name>.<tag>."""
-    torch.manual_seed(7)
-    state = {k: v.contiguous() for k, v in timm.create_model(f"{name}.{tag}").state_dict().items()}
-    repo = home / "hub" / f"models--timm--{name}.{tag}"
-    (repo / "snapshots" / COMMIT).mkdir(parents=True)
-    (repo / "refs").mkdir()
-    safetensors.torch.save_file(state, repo / "snapshots" / COMMIT / "model.safetensors")
-    (repo / "refs" / "main").write_text(COMMIT)
-    return state
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """An empty HF_HOME, the hub offline, the network unreachable, and a record of download attempts."""
-    import huggingface_hub
-
-    home = tmp_path / "hf"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    monkeypatch.delenv("RECIPEC_ALLOW_DOWNLOAD", raising=False)
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    attempts: list[tuple[Any, ...]] = []
-
-    def download(*args: Any, **kwargs: Any) -> str:
-        attempts.append(args)
-        raise OSError("no network here")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    return home, attempts
-
-
 def test_weights_load_from_the_hub_cache_offline(tmp_path, offline):
     home, attempts = offline
-    state = _stand_in(home, "resnet10t", "c3_in1k")
+    state = stand_in(home, "resnet10t", "c3_in1k")
     compiled = compile_recipe(_timm_recipe(tmp_path, "resnet10t", {}, "model.weights=DEFAULT"))
     report = compiled.reports["model.weights"]
     assert report.source == "timm/resnet10t.c3_in1k"
@@ -344,7 +309,7 @@ def test_torchvision_vit_pos_embedding_is_resampled():
 
 def test_vit_at_64px_from_224px_weights_plans_and_builds(tmp_path, offline):
     home, _ = offline
-    state = _stand_in(home, "vit_tiny_patch16_224", "augreg_in21k_ft_in1k")
+    state = stand_in(home, "vit_tiny_patch16_224", "augreg_in21k_ft_in1k")
     recipe = _recipe(tmp_path, """\
         name: vit64
         device: cpu

@@ -19,11 +19,11 @@ from torchvision.transforms import v2
 
 from recipec.compiler import compile_recipe, data_kwargs, resolve_preprocessing
 from recipec.recipe.load import load_recipe
+from tests.model.timmhub import stand_in
 
 timm = pytest.importorskip("timm")  # an optional extra
 from timm.data import create_transform, resolve_data_config  # noqa: E402
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SHAPES = [(50, 80), (80, 50), (33, 33), (31, 70), (100, 41)]  # (h, w): wide, tall, square, smaller than the crop
@@ -38,43 +38,6 @@ def _recipe(tmp_path: Path, body: str, *overrides: str):
     path = tmp_path / "recipe.yaml"
     path.write_text(textwrap.dedent(body))
     return load_recipe(path, overrides)
-
-
-def _stand_in(home: Path, name: str, tag: str, file: str = "model.safetensors") -> dict[str, torch.Tensor]:
-    """A randomly initialised model saved exactly where the hub cache keeps timm/<name>.<tag>."""
-    torch.manual_seed(7)
-    state = {k: v.contiguous() for k, v in timm.create_model(f"{name}.{tag}").state_dict().items()}
-    repo = home / "hub" / f"models--timm--{name}.{tag}"
-    (repo / "snapshots" / COMMIT).mkdir(parents=True)
-    (repo / "refs").mkdir()
-    safetensors.torch.save_file(state, repo / "snapshots" / COMMIT / file)
-    (repo / "refs" / "main").write_text(COMMIT)
-    return state
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """An empty HF_HOME and TORCH_HOME, the hub offline, and a record of download attempts."""
-    import huggingface_hub
-    import torch.hub
-
-    home = tmp_path / "hf"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    monkeypatch.delenv("RECIPEC_ALLOW_DOWNLOAD", raising=False)
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
-    attempts: list[tuple[Any, ...]] = []
-
-    def download(*args: Any, **kwargs: Any) -> str:
-        attempts.append(args)
-        raise OSError("no network here")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
-    return home, attempts
 
 
 # --------------------------------------------------------------------------- crop modes
@@ -139,7 +102,7 @@ def test_border_weights_preprocess_data_and_predictor_as_timm(tmp_path, offline,
 
     home, attempts = offline
     _border_cfg(monkeypatch)
-    _stand_in(home, "resnet10t", "c3_in1k")
+    stand_in(home, "resnet10t", "c3_in1k")
     _folder(tmp_path / "data")
     recipe = _recipe(tmp_path, """\
         name: t
@@ -269,7 +232,7 @@ def test_custom_load_tags_load_the_converted_copy_on_the_hub(tmp_path, offline):
     home, attempts = offline
     cfg = timm.models.get_pretrained_cfg("vit_tiny_patch16_224.augreg_in21k_ft_in1k")
     assert cfg.custom_load and cfg.url.endswith(".npz") and cfg.hf_hub_id
-    state = _stand_in(home, "vit_tiny_patch16_224", "augreg_in21k_ft_in1k")
+    state = stand_in(home, "vit_tiny_patch16_224", "augreg_in21k_ft_in1k")
     compiled = compile_recipe(_weights_recipe(tmp_path, "vit_tiny_patch16_224", "augreg_in21k_ft_in1k", "{img_size: 32}"))
     report = compiled.reports["model.weights"]
     assert report.source == "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
@@ -347,7 +310,7 @@ def test_a_border_run_exports_its_rule_to_the_predictor_and_the_card(tmp_path, o
 
     home, _ = offline
     _border_cfg(monkeypatch)
-    _stand_in(home, "resnet10t", "c3_in1k")
+    stand_in(home, "resnet10t", "c3_in1k")
     _folder(tmp_path / "data")
     recipe = _recipe(tmp_path, """\
         name: t
