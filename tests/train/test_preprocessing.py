@@ -20,7 +20,7 @@ from recipec.compiler import compile_recipe, resolve_preprocessing
 from recipec.errors import DatasetError
 from recipec.recipe.load import load_recipe
 from recipec.train.data import build_data, resize_rule
-from tests.model.test_timm import _stand_in  # a timm model saved in the exact hub cache layout
+from tests.model.timmhub import stand_in  # a timm model saved in the exact hub cache layout
 
 SIZES = [(50, 37), (37, 61), (40, 40)]  # landscape, portrait, square: the crop must follow the shorter side
 
@@ -181,7 +181,7 @@ def test_plan_export_and_card_carry_the_rule(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("RECIPEC_ALLOW_DOWNLOAD", raising=False)
-    _stand_in(tmp_path / "hf", "resnet10t", "c3_in1k")
+    stand_in(tmp_path / "hf", "resnet10t", "c3_in1k")
     recipe = _folder_recipe(tmp_path, "{arch: timm/resnet10t, weights: c3_in1k, head: {num_classes: 2}}")
     compiled = compile_recipe(recipe)
     line = ("resize    shorter side to 36 (bicubic), centre crop 32x32 (crop_pct 0.875); "
