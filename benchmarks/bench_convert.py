@@ -45,7 +45,7 @@ TRIAL = """
 import json, sys, time
 import torch
 from safetensors.torch import save_file
-from recipec.convert import convert
+from recipec.convert.checkpoint import convert
 
 def rss_anon():
     with open("/proc/self/status") as f:

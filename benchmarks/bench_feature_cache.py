@@ -15,7 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from recipec.build import build
+from recipec.pipeline.build import build
 from recipec.recipe.load import load_recipe
 
 RECIPE = """\

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recipec.compiler import compile_recipe
+from recipec.compiler.compile import compile_recipe
 from recipec.recipe.load import load_recipe
-from recipec.train.data import build_data, set_epoch
+from recipec.data.loaders import build_data, set_epoch
 from recipec.train.loop import fit
 
 _clock = time.perf_counter

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from recipec.compiler import compile_recipe
+from recipec.compiler.compile import compile_recipe
 from recipec.recipe.load import load_recipe
-from recipec.train.data import build_data, set_epoch
+from recipec.data.loaders import build_data, set_epoch
 from recipec.train.loop import fit
 
 RECIPE = """\

@@ -114,7 +114,7 @@ def main() -> None:
     torch.set_num_threads(2)
 
     import recipec
-    from recipec.build import build
+    from recipec.pipeline.build import build
     from recipec.recipe.load import load_recipe
 
     results: dict[str, list[tuple[float, float]]] = {}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from recipec.train.data import build_data, set_epoch
+from recipec.data.loaders import build_data, set_epoch
 
 
 def _folder(root: Path, images: int, side: int) -> None:

@@ -8,7 +8,8 @@ input is wrong (the ``ValueError`` family), 1 when the run itself failed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 RecipePath = tuple[str | int, ...]
 Problem = str | tuple[RecipePath, str]
@@ -34,6 +35,7 @@ __all__ = [
     "UntrustedFactoryError",
     "WeightsUnavailableError",
     "format_path",
+    "relabeled",
 ]
 
 
@@ -55,16 +57,53 @@ class RecipecError(Exception):
         if not items:
             raise AssertionError("a RecipecError needs at least one problem")
         self.paths: list[RecipePath | None] = []
+        self.messages: list[str] = []   # each problem without its path
         self.problems: list[str] = []
         for item in items:
             if isinstance(item, tuple):
                 path, message = item
                 self.paths.append(tuple(path))
+                self.messages.append(message)
                 self.problems.append(f"{format_path(path)}: {message}" if path else message)
             else:
                 self.paths.append(None)
+                self.messages.append(item)
                 self.problems.append(item)
         super().__init__("\n".join(self.problems))
+
+    def relabeled(self, fields: Mapping[str, RecipePath] | None = None, *, prefix: RecipePath = (),
+                  default: RecipePath | None = None) -> RecipecError:
+        """The same error with the field keys of a lower layer turned into recipe paths.
+
+        Code below the compiler never knows the recipe: it names the field of its own config
+        (``("root",)``, ``("exclude", 0)``). The compiler, which built that config from the recipe,
+        relabels: a path whose first key is in ``fields`` becomes that recipe path plus the rest
+        (``{"root": ("data", "root")}``); any other path gets ``prefix`` in front
+        (``prefix=("source",)``: ``("exclude", 0)`` -> ``source.exclude.0``); a problem without a
+        path gets ``default`` (or stays without one).
+        """
+        problems: list[Problem] = []
+        for path, message in zip(self.paths, self.messages):
+            if path is None:
+                problems.append((default, message) if default is not None else message)
+            elif fields is not None and path and isinstance(path[0], str) and path[0] in fields:
+                problems.append(((*fields[path[0]], *path[1:]), message))
+            else:
+                problems.append(((*prefix, *path), message))
+        new = type(self)(problems)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("paths", "messages", "problems")})
+        return new
+
+
+@contextmanager
+def relabeled(fields: Mapping[str, RecipePath] | None = None, *, prefix: RecipePath = (),
+              default: RecipePath | None = None) -> Iterator[None]:
+    """Re-raise a :class:`RecipecError` of the block with its field keys as recipe paths (see
+    :meth:`RecipecError.relabeled`); the compiler wraps each call into a lower layer in one."""
+    try:
+        yield
+    except RecipecError as exc:
+        raise exc.relabeled(fields, prefix=prefix, default=default) from exc
 
 
 def format_path(path: Sequence[str | int]) -> str:

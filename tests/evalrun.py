@@ -50,7 +50,7 @@ def shared_run(tmp_path_factory: Any) -> Path:
 
 def build_run(root: Path, *, splits: dict[str, int] | None = None, name: str = "run") -> Path:
     """Write the image folders under ``root/data`` and build the run into ``root/<name>``."""
-    from recipec.build import build
+    from recipec.pipeline.build import build
     from recipec.recipe.load import load_recipe
 
     make_imagefolder(root / "data", CLASSES, splits or {"train": 10, "val": 3, "test": 4}, size=20, seed=5)

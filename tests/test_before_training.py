@@ -151,7 +151,7 @@ def test_a_broken_image_names_its_file_in_plan_and_build(tmp_path, capsys, monke
 
 
 def test_skipped_images_are_listed_and_the_order_stays_seeded(tmp_path, capsys, monkeypatch):
-    from recipec.train.data import build_data, set_epoch
+    from recipec.data.loaders import build_data, set_epoch
 
     monkeypatch.chdir(ROOT)
     _images(tmp_path / "data")
@@ -181,7 +181,7 @@ def test_skipped_images_are_listed_and_the_order_stays_seeded(tmp_path, capsys, 
 
 
 def _export(path: Path, normalization: dict | None, *, recipec_export: bool = True) -> Path:
-    from recipec.card.provenance import export_metadata
+    from recipec.provenance import export_metadata
     from recipec.weights import formats
     from tests.tinynets import tiny_cnn
 
@@ -203,7 +203,7 @@ def _source_recipe(tmp_path: Path, normalize: str = "from_weights") -> Path:
 
 
 def test_normalisation_is_inherited_from_a_recipec_source(tmp_path, capsys, monkeypatch):
-    from recipec.compiler import data_kwargs
+    from recipec.compiler.compile import data_kwargs
     from recipec.recipe.load import load_recipe
 
     monkeypatch.chdir(ROOT)
@@ -279,7 +279,7 @@ def test_smoke_runs_every_phase_of_the_schedule_on_a_few_batches(tmp_path, capsy
 
 def test_smoke_recipe_compresses_the_schedule():
     from recipec.recipe.load import load_recipe
-    from recipec.smoke import smoke_recipe
+    from recipec.pipeline.smoke import smoke_recipe
 
     quick = smoke_recipe(load_recipe(QUICKSTART))
     assert quick.train.epochs == 2 and dict(quick.freeze.unfreeze) == {1: ["layer3"]}
@@ -318,7 +318,7 @@ def test_a_moved_tree_rebuilds_from_its_recipe_yaml(tmp_path, capsys, monkeypatc
     assert again["data"]["root"] == str(moved / "data")
     assert (moved / "runs" / "r2" / "README.md").read_text().startswith("# tiny card")
     # the export's own recipe resolves against its directory: recipec.load and features read the moved data
-    from recipec.restore import read_export
+    from recipec.inference.restore import read_export
 
     spec, _, _ = read_export(moved / "runs" / "r" / "model.safetensors")
     assert spec.data.root == str(moved / "data")
@@ -339,7 +339,7 @@ def test_resume_and_upstream_checks_still_hold_with_relative_paths(tmp_path, cap
     assert code == 0, err
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert yaml.safe_load(state["recipe"])["data"]["root"] == "../../data"
-    from recipec.build import _check_resumable, _same_recipe
+    from recipec.pipeline.build import _check_resumable, _same_recipe
     from recipec.recipe.load import load_recipe
 
     spec = load_recipe(recipe)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import recipec
-from recipec.build import build
+from recipec.pipeline.build import build
 from recipec.errors import RecipecError, RunDirectoryError
 from recipec.recipe.load import load_recipe
 from tests.tinyrecipes import load_tiny, read_metrics, same_weights, tiny_yaml, write_chain
@@ -199,7 +199,7 @@ def test_resuming_an_early_stopped_run_trains_no_further(tmp_path):
 def test_resume_names_a_key_an_older_recipec_did_not_write(tmp_path):
     import yaml
 
-    from recipec.build import _check_resumable
+    from recipec.pipeline.build import _check_resumable
     from recipec.recipe.load import dump_recipe
 
     recipe = _recipe(tmp_path)

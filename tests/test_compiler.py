@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 import torchvision
 
-from recipec.compiler import compile_recipe
+from recipec.compiler.compile import compile_recipe
 from recipec.errors import CheckpointError, DeviceError, GroupError, TransferError
 from recipec.recipe.load import load_recipe
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import recipec
-from recipec.build import build
-from recipec.card.provenance import PROVENANCE_KEY, RECIPE_KEY
-from recipec.convert import CONVERTED_FROM_KEY, convert
+from recipec.pipeline.build import build
+from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY
+from recipec.convert.checkpoint import CONVERTED_FROM_KEY, convert
 from recipec.errors import CheckpointError, ExportError
 from recipec.recipe.load import load_recipe
 from recipec.weights import formats

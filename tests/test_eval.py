@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from recipec.evaluate import classification_metrics
+from recipec.pipeline.evaluate import classification_metrics
 from tests.evalrun import CLASSES, MEAN, STD, TRUST, TRUSTED, cli, shared_run
 from tests.tinynets import tiny_cnn
 
@@ -109,7 +109,7 @@ def test_metrics_follow_scikit_learn_with_zero_division_0() -> None:
 
 
 def test_eval_of_a_run_is_eval_of_its_exports(run: Path, tmp_path: Path) -> None:
-    from recipec.evaluate import evaluate
+    from recipec.pipeline.evaluate import evaluate
 
     of_run, _ = evaluate(run, split="val", trust_factories=TRUST)
     for name in ("model.safetensors", "model.pt", "model.onnx"):
@@ -196,7 +196,7 @@ def test_an_untrusted_factory_is_refused(run: Path, capsys) -> None:
 
 
 def test_confusion_png_for_fifty_classes(tmp_path: Path) -> None:
-    from recipec.evaluate import plot_confusion
+    from recipec.pipeline.evaluate import plot_confusion
 
     k = 50
     confusion = (np.eye(k, dtype=int) * 9 + 1).tolist()

@@ -25,14 +25,14 @@ import torch
 
 from recipec._atomic import atomic_path, atomic_write_text
 from recipec._files import check_output, open_regular, read_regular
-from recipec.build import build
-from recipec.card.provenance import file_digest
+from recipec.pipeline.build import build
+from recipec.provenance import file_digest
 from recipec.card.render import render_card, write_card
 from recipec.cli import main
-from recipec.convert import convert
+from recipec.convert.checkpoint import convert
 from recipec.errors import CheckpointError, DiskFullError, OutputError, RecipeError, RunDirectoryError, RunError
 from recipec.recipe.load import load_recipe
-from recipec.rundir import MARKER, claim_run_directory
+from recipec.pipeline.rundir import MARKER, claim_run_directory
 from recipec.train.distributed import World
 from recipec.weights import formats
 
@@ -591,7 +591,7 @@ def test_the_lock_dies_with_its_process(tmp_path: Path, capsys: pytest.CaptureFi
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(textwrap.dedent(TINY))
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from recipec.rundir import claim_run_directory\n"
+        [sys.executable, "-c", "import sys, time; from recipec.pipeline.rundir import claim_run_directory\n"
          "with claim_run_directory(__import__('pathlib').Path(sys.argv[1])):\n"
          "    print('locked', flush=True); time.sleep(120)", str(out)],
         stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -698,7 +698,7 @@ def test_errors_raised_while_writing_name_the_users_path(tmp_path: Path) -> None
 
 def test_an_upstream_runs_recipe_yaml_must_be_a_regular_file(tmp_path: Path) -> None:
     """source.recipe compares the upstream run's recipe.yaml: a FIFO there must not block the build."""
-    from recipec.build import _same_recipe
+    from recipec.pipeline.build import _same_recipe
     from recipec.recipe.load import load_recipe
 
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart.yaml")

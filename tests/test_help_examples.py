@@ -136,7 +136,7 @@ def _check(example: str, scratch: Path, capsys, monkeypatch) -> None:
     if example.startswith("recipec convert foreign.pth"):
         import torch
 
-        from recipec.restore import load
+        from recipec.inference.restore import load
 
         torch.save(load("runs/quickstart/model.safetensors").state_dict(), "foreign.pth")
     code, _, err = _run(example, capsys, slow=_is_slow(example))
@@ -178,7 +178,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     tiny = [f"{k}={v}" for k, v in (s.split("=") for s in TINY[1::2])] + ["device=cpu"]
     import importlib
 
-    # not getattr(recipec, "build"): once the submodule recipec.build is imported, that is the module
+    # not getattr(recipec, "build"): once the submodule recipec.pipeline.build is imported, that is the module
     shim = types.SimpleNamespace(**{name: getattr(importlib.import_module(module), name)
                                     for name, module in recipec._LAZY.items()})
     shim.load_recipe = lambda path, overrides=(): recipec.load_recipe(ROOT / path, [*overrides, *tiny])

@@ -25,7 +25,7 @@ from recipec._terminal import escape
 from recipec.card import _sandbox
 from recipec.card.render import render_card
 from recipec.cli import main
-from recipec.compiler import compile_recipe
+from recipec.compiler.compile import compile_recipe
 from recipec.errors import CheckpointError, ModelError, RecipecError, RecipeError, TransferError
 from recipec.model.heads import build_head
 from recipec.recipe import load_recipe
@@ -521,7 +521,7 @@ def test_a_factory_that_cannot_allocate_is_a_model_error() -> None:
 
 
 def test_metadata_json_inside_files_is_strict_too(tmp_path: Path) -> None:
-    from recipec.card.provenance import PROVENANCE_KEY, export_metadata
+    from recipec.provenance import PROVENANCE_KEY, export_metadata
 
     meta = export_metadata(recipe_yaml="name: x\n", provenance={"final_metrics": {"val_loss": math.inf, "val_acc": 0.5}})
     assert strict_json(meta[PROVENANCE_KEY]) == {"final_metrics": {"val_loss": None, "val_acc": 0.5},
@@ -550,7 +550,7 @@ def test_a_sharded_index_nested_thousands_deep_is_a_clear_error(tmp_path: Path,
 
 
 def test_provenance_nested_thousands_deep_is_a_clear_error() -> None:
-    from recipec.card.provenance import PROVENANCE_KEY, read_export_metadata
+    from recipec.provenance import PROVENANCE_KEY, read_export_metadata
 
     with pytest.raises(CheckpointError, match="nested too deeply to be provenance"):
         read_export_metadata({PROVENANCE_KEY: "[" * 100_000 + "]" * 100_000})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipec.lrfind import BETA, find_lr, plot_lr_find, suggest_lr
+from recipec.pipeline.lrfind import BETA, find_lr, plot_lr_find, suggest_lr
 from recipec.recipe.load import load_recipe
 from tests.tinyrecipes import load_tiny, run_cli, tiny_yaml, write_recipe
 
@@ -126,7 +126,7 @@ def test_the_feature_cache_is_used_as_in_epoch_0_and_gives_the_same_curve(tmp_pa
 
 
 def test_the_recipes_loss_and_mixup_apply_as_in_epoch_0(tmp_path, monkeypatch):
-    from recipec.train.augment import BatchMix
+    from recipec.data.augment import BatchMix
 
     head_only = ("freeze.trainable=[head]", "data.augment=[]")
     plain = find_lr(_tiny(tmp_path, *head_only), steps=5)

@@ -10,10 +10,10 @@ def test_build_stays_the_function_after_its_module_is_imported() -> None:
     code = (
         "import recipec, inspect\n"
         "first = recipec.build\n"
-        "import recipec.build\n"
-        "from recipec.build import run_directory\n"
+        "import recipec.pipeline.build\n"
+        "from recipec.pipeline.build import run_directory\n"
         "assert inspect.isfunction(recipec.build), recipec.build\n"
         "assert recipec.build is first\n"
-        "import sys; assert inspect.ismodule(sys.modules['recipec.build'])\n"
+        "import sys; assert inspect.ismodule(sys.modules['recipec.pipeline.build'])\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from recipec.compiler import compile_recipe
+from recipec.compiler.compile import compile_recipe
 from recipec.recipe.load import load_recipe
 
 
@@ -73,7 +73,7 @@ def test_random_init_still_has_a_load_report(tmp_path):
 
 def test_cli_plan_tabulates_at_the_real_steps_per_epoch(tmp_path, capsys):
     """onecycle is a per-step schedule: `recipec plan` must show the lrs the build then uses."""
-    from recipec.build import build
+    from recipec.pipeline.build import build
     from recipec.cli import main
     from tests.test_build import TINY
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from recipec.plan_png import plot_plan
+from recipec.compiler.plan_picture import plot_plan
 from tests.tinyrecipes import load_tiny, run_cli, tiny_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ TINY = tiny_yaml(optimizer="{name: adamw, lr: 1.0e-2, lr_decay: 2}",
 
 
 def test_a_build_writes_plan_png_and_the_card_shows_it(tmp_path):
-    from recipec.build import build
+    from recipec.pipeline.build import build
     from recipec.card.render import render_card
 
     run = build(load_tiny(tmp_path, body=TINY), out=tmp_path / "run")

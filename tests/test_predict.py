@@ -129,7 +129,7 @@ def test_an_onnx_file_with_external_data_is_refused(run: Path, tmp_path: Path) -
     import onnx
 
     from recipec.errors import CheckpointError
-    from recipec.usage import load_predictor
+    from recipec.inference.predictor import load_predictor
 
     model = onnx.load(run / "model.onnx")
     onnx.save_model(model, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,

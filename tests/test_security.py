@@ -25,7 +25,7 @@ from torch import nn
 
 import recipec
 import tests.tinynets  # noqa: F401  the upstream recipe's factory, imported as a user's recipe does
-from recipec.card.provenance import export_metadata
+from recipec.provenance import export_metadata
 from recipec.cli import main
 from recipec.errors import ModelError, RecipecError, UntrustedFactoryError
 from recipec.recipe.load import dump_recipe, load_recipe

@@ -17,7 +17,7 @@ import pytest
 from recipec.cli import main
 from recipec.errors import RecipecError, RecipeError
 from recipec.recipe.load import load_recipe
-from recipec.tracking import Tracking, flatten, open_tracking, scalars
+from recipec.tracking.tracker import Tracking, flatten, open_tracking, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ def test_tensorboard_holds_one_value_per_epoch_after_a_kill(tmp_path: Path, reco
 
 _KILL_AFTER_LOGGING_EPOCH_1 = """
 import os, signal, sys
-import recipec.tracking as tracking
+import recipec.tracking.tracker as tracking
 real = tracking.Tracking._save_state
 def killed(self):
     if self._tb_epochs == 2:  # epoch 1 is in TensorBoard and MLflow; tracking.json does not say so yet
@@ -203,7 +203,7 @@ def test_a_killed_and_resumed_build_reads_back_once_per_epoch(tmp_path: Path,
 
 
 def test_log_may_be_added_on_resume(tmp_path: Path) -> None:
-    from recipec.build import _check_resumable
+    from recipec.pipeline.build import _check_resumable
     from recipec.recipe.load import dump_recipe
 
     before = load_recipe(_recipe_file(tmp_path, ""))

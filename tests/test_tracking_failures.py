@@ -142,7 +142,7 @@ def stub(request: pytest.FixtureRequest) -> Iterator[_Stub]:
 
 def test_nothing_listening_is_exit_2_at_once_with_nothing_written(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    for module in ("recipec.build", "recipec.train"):  # timed below: the build, not the first import of torchvision
+    for module in ("recipec.pipeline.build", "recipec.train"):  # timed below: the build, not the first import of torchvision
         importlib.import_module(module)
 
     uri = f"http://127.0.0.1:{_free_port()}"
@@ -159,7 +159,7 @@ def test_nothing_listening_is_exit_2_at_once_with_nothing_written(tmp_path: Path
 
 
 def test_a_server_that_never_answers_costs_the_probe_timeout_only(tmp_path: Path) -> None:
-    from recipec.tracking_probe import check_store
+    from recipec.tracking.probe import check_store
 
     with socket.socket() as listening:  # accepts connections in the kernel, never answers
         listening.bind(("127.0.0.1", 0))
@@ -186,7 +186,7 @@ def test_a_failing_server_or_another_kind_of_server_is_refused(tmp_path: Path, s
 
 @pytest.mark.parametrize("stub", ["login", "deleted", "500-after-epoch-0"], indirect=True)
 def test_what_the_probe_lets_through(stub: _Stub) -> None:
-    from recipec.tracking_probe import check_store
+    from recipec.tracking.probe import check_store
 
     if stub.mode == "deleted":  # MLflow would refuse the run later: said now, at the experiment
         with pytest.raises(TrackingError) as info:
@@ -209,7 +209,7 @@ def test_a_sqlite_store_whose_directory_cannot_be_made_is_refused(tmp_path: Path
 
 
 def test_short_timeouts_yield_to_the_users_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from recipec.tracking_mlflow import RUN_LIMITS, short_timeouts
+    from recipec.tracking.mlflow import RUN_LIMITS, short_timeouts
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
@@ -226,7 +226,7 @@ def test_short_timeouts_yield_to_the_users_own_settings(monkeypatch: pytest.Monk
 def test_a_server_failing_mid_run_costs_seconds_one_warning_and_is_recorded(
         tmp_path: Path, stub: _Stub, capsys: pytest.CaptureFixture[str]) -> None:
     from recipec.recipe.load import load_recipe
-    from recipec.tracking import open_tracking
+    from recipec.tracking.tracker import open_tracking
 
     run = tmp_path / "run"
     run.mkdir()
@@ -256,7 +256,7 @@ def test_a_server_failing_mid_run_costs_seconds_one_warning_and_is_recorded(
 def test_a_server_lost_mid_run_stops_tracking_not_the_run(tmp_path: Path, stub: _Stub,
                                                           capsys: pytest.CaptureFixture[str],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from recipec.tracking import Tracking
+    from recipec.tracking.tracker import Tracking
 
     for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         assert key not in os.environ  # MLflow's defaults (7 retries, 120 s) unless recipec shortens them

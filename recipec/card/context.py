@@ -101,7 +101,7 @@ def _parse(path: Path, text: str, parse: Any) -> Any:
 
 def _exported_files(run: Path, present: list[str]) -> list[dict[str, Any]]:
     """Every exported file with its size and sha256, hashed from the disk now (shards after their index)."""
-    from recipec.card.provenance import file_digest
+    from recipec.provenance import file_digest
 
     names: list[str] = []
     for name in present:
@@ -140,7 +140,7 @@ def _eval_results(run: Path) -> list[dict[str, Any]]:
 def _usage(recipe: dict[str, Any], provenance: dict[str, Any], present: list[str]) -> dict[str, Any]:
     """How to use the exports: which file, whether a factory must be trusted, the preprocessing in words."""
     from recipec.errors import CheckpointError
-    from recipec.usage import describe_preprocessing, preprocessing_of
+    from recipec.inference.predictor import describe_preprocessing, preprocessing_of
 
     arch = str((recipe.get("model") or {}).get("arch") or "")
     try:
@@ -154,13 +154,13 @@ def _usage(recipe: dict[str, Any], provenance: dict[str, Any], present: list[str
 def _export_provenance(run: Path, exports: list[str]) -> dict[str, Any]:
     readable = [name for name in exports if name != "model.onnx"]
     if not readable and "model.onnx" in exports:
-        from recipec.card.provenance import read_export_metadata
+        from recipec.provenance import read_export_metadata
         from recipec.weights.onnx import read_onnx
 
         return read_export_metadata({p.key: p.value for p in read_onnx(run / "model.onnx").metadata_props})[1]
     if not readable:
         return {}
-    from recipec.card.provenance import read_export_metadata
+    from recipec.provenance import read_export_metadata
     from recipec.weights.formats import read_metadata  # imports torch: only here, never at module level
 
     return read_export_metadata(read_metadata(run / readable[0]))[1]

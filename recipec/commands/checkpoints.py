@@ -37,7 +37,7 @@ def convert(src: str, dst: str, to: str | None, dtype: str | None, recipe: str |
       recipec convert backbone.pth backbone.safetensors --shard-size 2GB
       recipec convert foreign.pth model.onnx --recipe recipes/quickstart.yaml
     """
-    from recipec.convert import convert as run_convert
+    from recipec.convert.checkpoint import convert as run_convert
 
     for path in run_convert(src, dst, to=to, dtype=dtype, recipe=recipe, shard_size=shard_size,
                             allow_globals=allow_globals, trust_factories=trust_factories):
@@ -93,7 +93,7 @@ def features(target: str, layers: str, out: str, split: str, pool: str, override
       recipec features runs/quickstart/model.safetensors --layers layer3,layer4 --out feats.safetensors
       recipec features recipes/quickstart.yaml --layers avgpool --split val --out val.safetensors
     """
-    from recipec.train.features import features as extract
+    from recipec.pipeline.features import features as extract
 
     names = [name.strip() for name in layers.split(",") if name.strip()]
     path = extract(target, layers=names, out=out, split=split, overrides=overrides, device=device,

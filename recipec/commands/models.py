@@ -40,7 +40,7 @@ def eval_(target: str, split: str | None, data: str | None, as_json: bool, out: 
       recipec eval runs/quickstart --split val
       recipec eval runs/quickstart/model.safetensors --split val --json
     """
-    from recipec.evaluate import evaluate
+    from recipec.pipeline.evaluate import evaluate
 
     results, written = evaluate(target, split=split, data=data, batch_size=batch_size, device=device,
                                 trust_factories=trust_factories, out=out)
@@ -49,7 +49,7 @@ def eval_(target: str, split: str | None, data: str | None, as_json: bool, out: 
     if as_json:
         click.echo(clean_json.dumps(results, indent=2, ensure_ascii=False))
     else:
-        from recipec.evaluate import format_results
+        from recipec.pipeline.evaluate import format_results
 
         click.echo(escape(format_results(results)))  # class names come from files
     for path in written:
@@ -82,8 +82,8 @@ def predict(export: str, images: tuple[str, ...], top_k: int, fmt: str, out: str
       recipec predict runs/quickstart/model.safetensors digits/ --top-k 3
       recipec predict runs/quickstart/model.safetensors digits/0.png digits/1.png --format jsonl --out p.jsonl
     """
-    from recipec.predict import format_predictions, image_paths, predict_images
-    from recipec.usage import load_predictor
+    from recipec.inference.predict import format_predictions, image_paths, predict_images
+    from recipec.inference.predictor import load_predictor
 
     paths = image_paths(images)
     target = None
@@ -155,9 +155,9 @@ def lr_find(recipe: str, overrides: tuple[str, ...], device: str | None, as_json
 
         check_output(png, inputs=[recipe], what="the lr-find picture")
     try:
-        from recipec.build import resolve_upstream
-        from recipec.checks import check_inputs
-        from recipec.lrfind import find_lr, format_lr_find, plot_lr_find
+        from recipec.pipeline.build import resolve_upstream
+        from recipec.pipeline.checks import check_inputs
+        from recipec.pipeline.lrfind import find_lr, format_lr_find, plot_lr_find
 
         check_inputs(spec)  # every missing path and data problem at once, before compiling
         result = find_lr(resolve_upstream(spec, build_missing=False), start_lr=start_lr, end_lr=end_lr, steps=steps,

@@ -140,14 +140,14 @@ def build(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool
 
     progress = None if quiet else for_terminal()  # a status line and epoch bars on a terminal; plain lines otherwise
     try:
-        from recipec.build import build as run_build
+        from recipec.pipeline.build import build as run_build
 
         run = run_build(spec, out=out, resume=resume, log=None if quiet else progress.log if progress else click.echo,
                         smoke=smoke_batches if smoke else None, progress=progress)
     except RecipecError as exc:
         raise locate(exc, spec) from exc
     except BuildInterrupted as exc:
-        from recipec.build import run_directory
+        from recipec.pipeline.build import run_directory
 
         raise Interrupted(_resume_lines(exc, resume_args, out, str(run_directory(spec, out)), smoke)) from exc
     finally:
@@ -185,15 +185,15 @@ def plan(recipe: str, overrides: tuple[str, ...], device: str | None, as_json: b
 
         check_output(png, inputs=[recipe], what="the plan picture")
     try:
-        from recipec.build import plan_recipe, resolve_upstream
-        from recipec.checks import check_inputs
+        from recipec.pipeline.build import plan_recipe, resolve_upstream
+        from recipec.pipeline.checks import check_inputs
 
         check_inputs(spec, scan_images=True)  # every missing path and data problem at once, before compiling
         compiled, planned = plan_recipe(resolve_upstream(spec, build_missing=False))
     except RecipecError as exc:
         raise locate(exc, spec) from exc
     if png is not None:  # drawn first: a picture that cannot be written leaves no half-printed output
-        from recipec.plan_png import plot_plan
+        from recipec.compiler.plan_picture import plot_plan
 
         plot_plan(planned, png)
     if as_json:
@@ -201,7 +201,7 @@ def plan(recipe: str, overrides: tuple[str, ...], device: str | None, as_json: b
     else:
         info = planned["data"]
         click.echo(escape(compiled.plan.text()))  # key names come from the source checkpoint
-        from recipec.plan import data_lines
+        from recipec.compiler.plan import data_lines
 
         click.echo(escape("\n".join(data_lines(info, planned["steps_per_epoch"]))))  # sizes and origins of the splits
         if png is not None:

@@ -188,8 +188,9 @@ class _Loader(yaml.SafeLoader):
                 continue
             if key in result:
                 self.sources.drop((*path, key))
-            self.sources.keys[(*path, key)] = self._pos(key_node)
-            result[key] = self.build(value_node, (*path, key))
+            at = (*path, key)  # a name, not a starred subscript: mypy reads that as Python 3.11 syntax
+            self.sources.keys[at] = self._pos(key_node)
+            result[key] = self.build(value_node, at)
         return result
 
     def _key(self, node: yaml.Node, path: RecipePath, report: bool = True) -> str | int | None:
@@ -305,13 +306,14 @@ def _locate_json(value: Any, node: yaml.Node | None, path: RecipePath, file: str
         result: dict[str | int, Any] = {}
         for i, (key, item) in enumerate(value):
             key_node, value_node = pairs[i] if pairs else (None, None)
+            at = (*path, key)
             if key in result:
-                first = sources.keys[(*path, key)].line
-                problems.append(f"{pos(key_node)}: {format_path((*path, key))}: duplicate key {key!r}"
+                first = sources.keys[at].line
+                problems.append(f"{pos(key_node)}: {format_path(at)}: duplicate key {key!r}"
                                 f"{f' (first at line {first})' if first else ''}; keep only one")
-                sources.drop((*path, key))
-            sources.keys[(*path, key)] = pos(key_node)
-            result[key] = _locate_json(item, value_node, (*path, key), file, sources, problems)
+                sources.drop(at)
+            sources.keys[at] = pos(key_node)
+            result[key] = _locate_json(item, value_node, at, file, sources, problems)
         return result
     if isinstance(value, list):
         items = node.value if isinstance(node, yaml.SequenceNode) and len(node.value) == len(value) else None

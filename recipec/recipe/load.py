@@ -260,7 +260,7 @@ def _load_chain(file: str, chain: list[tuple[str, str]], at: Position | None) ->
         raise RecipeError(f"{where}: extends: must be the path of a recipe file, got {show_value(parent)}")
     parent_file = os.path.normpath(os.path.join(os.path.dirname(file), os.path.expanduser(parent)))
     if not os.path.exists(parent_file):  # report the file's other missing paths with it, not one per try
-        from recipec.checks import path_problems
+        from recipec.pipeline.checks import path_problems
 
         others = [f"{sources.locate(p)}: {format_path(p)}: {text}" for p, text in path_problems(data)]  # type: ignore[misc]
         raise RecipeError([f"{where}: extends: no such file {parent_file}", *others])

@@ -70,7 +70,7 @@ def teardown(world: World) -> None:
 def shard_loader(loader: DataLoader, world: World, seed: int) -> DataLoader:
     """The same loader over this rank's share of the data; ``sampler.set_epoch`` orders each epoch."""
     sampler: DistributedSampler[int] = DistributedSampler(loader.dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
-    from recipec.train.data import drops_single_last
+    from recipec.data.loaders import drops_single_last
 
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
                       drop_last=drops_single_last(len(sampler), loader.batch_size or 1), persistent_workers=False,

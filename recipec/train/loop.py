@@ -23,10 +23,10 @@ from torch import nn
 from recipec.errors import RunError
 from recipec.model.heads import aux_classifiers
 from recipec.train.cache import HeadCache
-from recipec.train.data import Data, set_epoch
+from recipec.data.loaders import Data, set_epoch
 from recipec.train.distributed import World, all_sum, average_gradients, broadcast_buffers
 from recipec.train.freezing import FreezeSchedule, apply_trainable, set_train_mode
-from recipec.train.speed import compile_forward, compiles_so_far, to_channels_last
+from recipec.data.speed import compile_forward, compiles_so_far, to_channels_last
 
 __all__ = ["EarlyStopping", "autocast_for", "aux_trains", "evaluate", "fit", "grad_scaler", "group_lrs",
            "training_loss"]
@@ -71,7 +71,7 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
     ``criterion(logits, target)``: the training loss (default: cross-entropy; see :mod:`recipec.train.losses`).
     ``ema``: a :class:`recipec.train.ema.Ema`, stepped after every optimizer step and validated every epoch
     (``val_loss_ema``, ``val_acc_ema``).
-    ``mix(x, y)``: MixUp/CutMix of each training batch (:class:`recipec.train.augment.BatchMix`), giving soft
+    ``mix(x, y)``: MixUp/CutMix of each training batch (:class:`recipec.data.augment.BatchMix`), giving soft
     targets (N, C) that the criterion takes as it takes class indices; validation is never mixed.
     ``scaler``: the fp16 loss scaler (default: :func:`grad_scaler`); pass it to save and restore
     its state with the training state, so an fp16 resume is exact.
@@ -79,7 +79,7 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
     the device (reading it is a host sync: a progress display reads it a few times a second at most).
     ``compile_mode``: torch.compile the training forward (True or a mode name), counting each epoch's
     (re)compiles in its metrics (``compiles``); ``channels_last``: model and 4-d inputs in NHWC
-    (:mod:`recipec.train.speed`). Neither changes what is saved: the state dict is ``model``'s.
+    (:mod:`recipec.data.speed`). Neither changes what is saved: the state dict is ``model``'s.
 
     Raises:
         RunError: the loss became NaN or infinite (exit 1; the last checkpoint stays intact).

@@ -1,6 +1,6 @@
 """``task: multilabel``: any number of classes per image, from a manifest; a sigmoid per class.
 
-Data (:mod:`recipec.train.multilabel_data`): the manifest's ``label`` holds an image's labels
+Data (:mod:`recipec.data.multilabel`): the manifest's ``label`` holds an image's labels
 separated by ``;``; targets are multi-hot float vectors (C,), batched (N, C).
 
 Loss: ``BCEWithLogits`` averaged over the N x C entries (the head stays a Linear giving logits;

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from recipec._atomic import atomic_path
-from recipec.card.provenance import now_utc, versions
+from recipec.provenance import now_utc, versions
 from recipec.errors import CheckpointError
 from recipec.train.checkpoints import (
     _EPOCH_FILE,

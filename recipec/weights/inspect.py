@@ -93,7 +93,7 @@ def export_summary(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
         epoch's weights were exported and why, when recorded), ``time``, ``versions``; or ``error``
         when the recipec metadata is damaged.
     """
-    from recipec.card.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
+    from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
     from recipec.errors import CheckpointError
 
     if RECIPE_KEY not in metadata and PROVENANCE_KEY not in metadata:
@@ -219,7 +219,7 @@ def format_inspect(report: dict[str, Any]) -> str:
 
 def _metadata_lines(metadata: Mapping[str, Any], *, recipec: bool) -> list[str]:
     """Metadata entries, one line each (80 characters); recipec's own are shown digested above, named here."""
-    from recipec.card.provenance import PROVENANCE_KEY, RECIPE_KEY
+    from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY
 
     shown = {k: v for k, v in metadata.items() if not (recipec and k in (RECIPE_KEY, PROVENANCE_KEY))}
     lines = ["metadata:"] if shown or recipec else []

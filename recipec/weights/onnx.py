@@ -309,7 +309,7 @@ def read_onnx_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]
     Raises:
         CheckpointError: not ONNX, or no recipec recipe in its metadata.
     """
-    from recipec.restore import recipe_from_metadata
+    from recipec.inference.restore import recipe_from_metadata
 
     proto = read_onnx(path)
     return recipe_from_metadata({p.key: p.value for p in proto.metadata_props}, path)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from recipec.card import provenance
-from recipec.card.provenance import (
+from recipec import provenance
+from recipec.provenance import (
     PROVENANCE_KEY,
     RECIPE_KEY,
     environment,
@@ -31,7 +31,7 @@ PROVENANCE = {"versions": {"torch": "2.14.1"}, "final_metrics": {"val_acc": 0.91
 
 
 def test_import_does_not_import_torch() -> None:
-    code = "import sys, recipec.card.provenance; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    code = "import sys, recipec.provenance; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).parents[2])
     assert result.stdout.strip() == "[]"
@@ -135,7 +135,7 @@ def test_damaged_provenance_names_the_key(raw: str, message: str) -> None:
 
 
 def test_file_digest_is_read_once_while_the_file_is_unchanged(tmp_path, monkeypatch):
-    from recipec.card import provenance
+    from recipec import provenance
 
     path = tmp_path / "w.bin"
     path.write_bytes(b"a" * 1000)

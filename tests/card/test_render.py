@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from recipec.build import build
+from recipec.pipeline.build import build
 from recipec.card.render import DEFAULT_TEMPLATE, _num, card_context, render_card, write_card
 from recipec.errors import RecipeError, RunDirectoryError
 from recipec.recipe.load import load_recipe

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import recipec
-from recipec.compiler import compile_recipe
+from recipec.compiler.compile import compile_recipe
 from recipec.errors import ModelError, RecipeError, WeightsUnavailableError
 from recipec.recipe.load import dump_recipe, load_recipe
 from tests.model.timmhub import stand_in
@@ -82,7 +82,7 @@ def _timm_recipe(tmp_path: Path, name: str, kwargs: dict[str, Any], *overrides: 
 
 
 def _check_architecture(tmp_path: Path, name: str, kwargs: dict[str, Any], size: int) -> None:
-    from recipec.outputs import export_model
+    from recipec.pipeline.outputs import export_model
     from recipec.train.freezing import apply_trainable, set_train_mode
 
     recipe = _timm_recipe(tmp_path, name, kwargs)
@@ -327,7 +327,7 @@ def test_vit_at_64px_from_224px_weights_plans_and_builds(tmp_path, offline):
     plan = json.loads((run / "plan.json").read_text())
     assert plan["reports"]["model.weights"]["adapted"][0]["grid"] == "14x14 -> 4x4 (+1 prefix token)"
     # the export records the pretraining preprocessing, and the card names the hub id
-    from recipec.card.provenance import read_export_metadata
+    from recipec.provenance import read_export_metadata
     from recipec.weights import formats
 
     _, provenance = read_export_metadata(formats.read_metadata(run / "model.safetensors"))
@@ -346,7 +346,7 @@ def test_vit_at_64px_from_224px_weights_plans_and_builds(tmp_path, offline):
     ("convnext_atto", {}, "stages.3"), ("vit_tiny_patch16_224", {"img_size": 32}, "blocks.11")])
 def test_onnx_features_and_convert_of_a_timm_export(tmp_path, name, kwargs, layer):
     from recipec.cli import main
-    from recipec.outputs import export_model
+    from recipec.pipeline.outputs import export_model
     from recipec.weights import formats
 
     recipe = _timm_recipe(tmp_path, name, kwargs, "model.head.num_classes=10", "data.image_size=32",

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from recipec.compiler import compile_recipe, data_kwargs, resolve_preprocessing
+from recipec.compiler.compile import compile_recipe, data_kwargs, resolve_preprocessing
 from recipec.recipe.load import load_recipe
 from tests.model.timmhub import stand_in
 
@@ -46,7 +46,7 @@ def _recipe(tmp_path: Path, body: str, *overrides: str):
 @pytest.mark.parametrize("mode", ["center", "squash", "border"])
 @pytest.mark.parametrize(("crop_pct", "interpolation"), [(0.875, "bicubic"), (1.0, "bilinear"), (0.9, "bicubic")])
 def test_eval_resize_equals_timm_create_transform(mode, crop_pct, interpolation):
-    from recipec.train.crops import border_fill, eval_resize
+    from recipec.data.crops import border_fill, eval_resize
 
     theirs = create_transform(input_size=(3, 32, 32), interpolation=interpolation, mean=CLIP_MEAN, std=CLIP_STD,
                               crop_pct=crop_pct, crop_mode=mode, is_training=False)
@@ -59,7 +59,7 @@ def test_eval_resize_equals_timm_create_transform(mode, crop_pct, interpolation)
 
 
 def test_border_pads_with_the_mean_colour_and_keeps_the_whole_image():
-    from recipec.train.crops import BorderResize
+    from recipec.data.crops import BorderResize
 
     image = Image.new("RGB", (64, 32), (255, 0, 0))  # wide: padded above and below at crop_pct 1
     out = np.asarray(BorderResize(32, 32, "bilinear", [124, 116, 104])(image))
@@ -97,8 +97,8 @@ def _folder(root: Path) -> list[Path]:
 
 
 def test_border_weights_preprocess_data_and_predictor_as_timm(tmp_path, offline, monkeypatch):
-    from recipec.train.data import build_data, build_split
-    from recipec.usage import describe_preprocessing, image_transform, preprocessing_of
+    from recipec.data.loaders import build_data, build_split
+    from recipec.inference.predictor import describe_preprocessing, image_transform, preprocessing_of
 
     home, attempts = offline
     _border_cfg(monkeypatch)

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from recipec.build import build, plan_recipe
+from recipec.pipeline.build import build, plan_recipe
 from recipec.errors import DatasetError, RecipeError
 from recipec.recipe.spec_augment import AUGMENT_NAMES
-from recipec.train.augment import AUGMENTS, BatchMix, batch_mix, build_augmentations
+from recipec.data.augment import AUGMENTS, BatchMix, batch_mix, build_augmentations
 from recipec.train.cache import cache_refusal
-from recipec.train.data import build_data
+from recipec.data.loaders import build_data
 from recipec.train.state import load_state
 from tests.tinyrecipes import killed_build, load_tiny, tiny_yaml
 

@@ -9,7 +9,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from recipec.errors import DatasetError
-from recipec.train.data import IMAGENET, Data, _Channels, build_data, set_epoch
+from recipec.data.loaders import IMAGENET, Data, _Channels, build_data, set_epoch
 
 DIGITS = load_digits()
 DIGIT_IMAGES = torch.as_tensor(DIGITS.images, dtype=torch.float32).unsqueeze(1) / 16  # (1797, 1, 8, 8)
@@ -226,7 +226,7 @@ def test_augmentations_change_train_images_but_not_val_images() -> None:
 def test_large_in_memory_images_resize_per_item_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     kw = {"dataset": "digits", "image_size": 12, "normalize": "imagenet", "classes": ["1", "2"]}
     upfront = everything(build_data(**kw).val)[0]
-    monkeypatch.setattr("recipec.train.transforms._PRECOMPUTE_BYTES", 0)  # the pipeline lives there
+    monkeypatch.setattr("recipec.data.transforms._PRECOMPUTE_BYTES", 0)  # the pipeline lives there
     per_item = build_data(**kw)
     assert per_item.val.dataset.images.shape[-1] == 8
     assert torch.allclose(everything(per_item.val)[0], upfront, atol=1e-6)

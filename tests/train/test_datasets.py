@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from recipec.cli import main
-from recipec.compiler import data_kwargs
+from recipec.compiler.compile import data_kwargs
 from recipec.errors import DatasetError
 from recipec.recipe.load import load_recipe
-from recipec.train.data import build_data, build_split
-from recipec.train.datasets import ManifestRow, read_manifest
+from recipec.data.loaders import build_data, build_split
+from recipec.data.datasets import ManifestRow, read_manifest
 from tests.imagedata import make_imagefolder, make_manifest
 
 CLASSES = ["cat", "dog", "owl"]
@@ -276,7 +276,7 @@ def test_build_split_of_a_random_val_is_the_runs_val_and_a_missing_test_says_wha
 
 
 def test_build_on_split_folders_records_the_splits(split_folders, tmp_path, capsys) -> None:
-    from recipec.build import build
+    from recipec.pipeline.build import build
 
     root, _ = split_folders
     recipe_file = tmp_path / "r.yaml"
@@ -325,7 +325,7 @@ def test_plan_checks_a_manifest_before_anything_runs(tmp_path, capsys) -> None:
 
 
 def test_a_manifest_is_read_bounded_and_only_from_a_regular_file(tmp_path, monkeypatch) -> None:
-    import recipec.train.manifest as manifest_module
+    import recipec.data.manifest as manifest_module
 
     manifest = make_manifest(tmp_path / "m", CLASSES, {"train": 1})
     monkeypatch.setattr(manifest_module, "MANIFEST_MAX_BYTES", 16)
@@ -344,4 +344,4 @@ def test_features_eval_and_predict_use_no_private_helper_of_build() -> None:
         path = package / module
         if path.exists():
             text = path.read_text()
-            assert "from recipec.build import" not in text and "build._" not in text, module
+            assert "from recipec.pipeline.build import" not in text and "build._" not in text, module

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from recipec.build import build
+from recipec.pipeline.build import build
 from recipec.recipe.load import load_recipe
 from recipec.train.ema import Ema
 from recipec.train.state import load_state

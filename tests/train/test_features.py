@@ -14,12 +14,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import recipec
-from recipec.build import build
-from recipec.compiler import data_kwargs
+from recipec.pipeline.build import build
+from recipec.compiler.compile import data_kwargs
 from recipec.errors import CheckpointError, DatasetError, ModelError, RecipecError, RecipeError
 from recipec.recipe.load import load_recipe
-from recipec.train.data import build_data
-from recipec.train.features import extract_features, features, layer_names
+from recipec.data.loaders import build_data
+from recipec.pipeline.features import extract_features, features, layer_names
 from tests.tinynets import tiny_cnn
 
 CPU = torch.device("cpu")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recipec.build import build, plan_recipe
+from recipec.pipeline.build import build, plan_recipe
 from recipec.cli import main
 from recipec.errors import RecipeError
 from recipec.train.losses import build_criterion, focal_loss, resolve_class_weights

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from recipec.build import build
+from recipec.pipeline.build import build
 from recipec.cli import main
-from recipec.compiler import compile_recipe
+from recipec.compiler.compile import compile_recipe
 from recipec.recipe.load import load_recipe
 from recipec.train.optim import TINY_LR_RATIO, build_param_groups, group_learning_rates, tiny_learning_rates
 

@@ -20,11 +20,11 @@ from PIL import Image
 from safetensors.torch import load_file
 from sklearn.metrics import average_precision_score, f1_score
 
-from recipec.build import build
+from recipec.pipeline.build import build
 from recipec.cli import main
 from recipec.errors import DatasetError, ModelError, RecipeError
 from recipec.recipe.load import load_recipe
-from recipec.train.data import build_data
+from recipec.data.loaders import build_data
 from recipec.train.multilabel import (
     average_precision,
     baseline_map,
@@ -236,7 +236,7 @@ def test_a_multilabel_run_learns_and_its_metrics_are_sklearns(learned: Path, cap
     code, out, _ = _cli(capsys, "eval", str(learned), "--split", "val", "--json", *TRUST)
     assert code == 0
     results = json.loads(out)
-    from recipec.usage import load_predictor
+    from recipec.inference.predictor import load_predictor
 
     predictor = load_predictor(learned / "model.safetensors", trust_factories=["tests.tinynets:tiny_cnn"])
     images = torch.stack([predictor.transform(Image.open(learned.parent / "data" / r["path"])) for r in val_rows])
@@ -324,7 +324,7 @@ def test_the_feature_cache_and_ema_work_on_multi_hot_targets(tmp_path: Path) -> 
     a, b = load_file(cached / "model.safetensors"), load_file(plain / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     # multilabel.tune_thresholds: per class the val score maximising its F1, in the export, used by labels()
-    from recipec.usage import load_predictor
+    from recipec.inference.predictor import load_predictor
 
     tuned = load_predictor(cached / "model.safetensors", trust_factories=["tests.tinynets:tiny_cnn"])
     assert load_predictor(plain / "model.safetensors", trust_factories=["tests.tinynets:tiny_cnn"]).thresholds is None

@@ -15,11 +15,11 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import recipec
-from recipec.compiler import data_kwargs
-from recipec.compiler import compile_recipe, resolve_preprocessing
+from recipec.compiler.compile import data_kwargs
+from recipec.compiler.compile import compile_recipe, resolve_preprocessing
 from recipec.errors import DatasetError
 from recipec.recipe.load import load_recipe
-from recipec.train.data import build_data, resize_rule
+from recipec.data.loaders import build_data, resize_rule
 from tests.model.timmhub import stand_in  # a timm model saved in the exact hub cache layout
 
 SIZES = [(50, 37), (37, 61), (40, 40)]  # landscape, portrait, square: the crop must follow the shorter side
@@ -194,7 +194,7 @@ def test_plan_export_and_card_carry_the_rule(tmp_path, monkeypatch):
                "crop_pct": 0.875, "crop_mode": "center", "from": "the preprocessing of weights c3_in1k",
                "summary": line.removeprefix("resize    ")}
     assert json.loads((run / "plan.json").read_text())["data"]["resize"] == applied
-    from recipec.card.provenance import read_export_metadata
+    from recipec.provenance import read_export_metadata
     from recipec.weights import formats
 
     _, provenance = read_export_metadata(formats.read_metadata(run / "model.safetensors"))

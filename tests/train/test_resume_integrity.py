@@ -24,7 +24,7 @@ from torch import nn
 
 import recipec.train.loop as loop
 import recipec.train.state as state_module
-from recipec.build import build
+from recipec.pipeline.build import build
 from recipec.errors import BuildInterrupted, CheckpointError, RunDirectoryError
 from recipec.train.schedule import build_scheduler
 from recipec.train.state import checkpoint_paths, latest_state, load_state, restore_state, save_state
@@ -379,8 +379,8 @@ def test_unchanged_data_keeps_its_fingerprint(tmp_path: Path) -> None:
     for c, name in enumerate(("cat", "dog")):
         for i in range(6):
             _image(tmp_path / "images" / name / f"{i}.png", 30 * i + 100 * c)
-    from recipec.compiler import data_kwargs
-    from recipec.train.data import build_data
+    from recipec.compiler.compile import data_kwargs
+    from recipec.data.loaders import build_data
 
     recipe = load_tiny(tmp_path, body=IMAGES)
     first, second = build_data(**data_kwargs(recipe)), build_data(**data_kwargs(recipe))
@@ -594,7 +594,7 @@ def build(*args, **kwargs):
         if sys.argv[3] == "cleanup":  # while the build unwinds
             second()
 
-sys.modules["recipec.build"] = types.SimpleNamespace(build=build)  # no torch: a fast subprocess
+sys.modules["recipec.pipeline.build"] = types.SimpleNamespace(build=build)  # no torch: a fast subprocess
 main(["build", sys.argv[1], "--out", sys.argv[2]])
 """
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from recipec.build import build
+from recipec.pipeline.build import build
 from recipec.errors import DatasetError, RecipeError
-from recipec.train.data import build_data, set_epoch
+from recipec.data.loaders import build_data, set_epoch
 from recipec.train.loop import evaluate
-from recipec.train.sampler import balanced_sampler, balanced_weights, check_sampler
+from recipec.data.sampler import balanced_sampler, balanced_weights, check_sampler
 from tests.tinyrecipes import load_tiny, read_metrics, same_weights, tiny_yaml
 
 TINY = tiny_yaml(optimizer="{name: adamw, lr: 1.0e-2, scheduler: {name: cosine}}",

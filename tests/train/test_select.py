@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import recipec.train.select as select
-from recipec.build import build
+from recipec.pipeline.build import build
 from recipec.errors import BuildInterrupted, RecipeError
 from recipec.train.state import load_state
 from tests.tinyrecipes import load_tiny, read_metrics, tiny_yaml

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipec.smoke import smoke_data
-from recipec.train.data import build_data, set_epoch
-from recipec.train.sampler import BalancedSampler
-from recipec.train.splits import EPOCH_STRIDE
+from recipec.pipeline.smoke import smoke_data
+from recipec.data.loaders import build_data, set_epoch
+from recipec.data.sampler import BalancedSampler
+from recipec.data.splits import EPOCH_STRIDE
 from tests.imagedata import make_imagefolder
 
 COUNTS = {"common": 40, "rare": 4}  # sorted: common 0..39, rare 40..43
@@ -68,8 +68,8 @@ def test_a_smoke_run_with_random_sampler_stays_a_permutation(folder: Path) -> No
 
 
 def test_build_smoke_uses_the_balanced_sampler(folder: Path, tmp_path: Path, monkeypatch) -> None:
-    import recipec.smoke
-    from recipec.build import build
+    import recipec.pipeline.smoke
+    from recipec.pipeline.build import build
     from recipec.recipe.load import load_recipe
 
     seen = []
@@ -79,7 +79,7 @@ def test_build_smoke_uses_the_balanced_sampler(folder: Path, tmp_path: Path, mon
         seen.append(data.train.sampler)
         return data
 
-    monkeypatch.setattr(recipec.smoke, "smoke_data", recording)
+    monkeypatch.setattr(recipec.pipeline.smoke, "smoke_data", recording)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(textwrap.dedent(f"""\
         name: smoke-balanced

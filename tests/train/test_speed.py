@@ -1,5 +1,5 @@
 """Speed settings that must not change results: the loop's device-side loss sums, data loader workers,
-per-example augmentation seeds, torch.compile and channels_last (recipec.train.speed)."""
+per-example augmentation seeds, torch.compile and channels_last (recipec.data.speed)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 import recipec.train.loop as loop
-import recipec.train.speed as speed
-from recipec.build import build
+import recipec.data.speed as speed
+from recipec.pipeline.build import build
 from recipec.errors import RunError
-from recipec.train.data import build_data, set_epoch
+from recipec.data.loaders import build_data, set_epoch
 from recipec.train.state import load_state
 from tests.tinyrecipes import load_tiny, read_metrics, same_weights, tiny_yaml
 
@@ -41,7 +41,7 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_loss_is_the_per_batch_item_sum(tmp_path: Path) -> None:
     """Summed on the device, read once: still exactly sum(loss.item() * len(y)) / seen in batch order."""
     recipe = _recipe(tmp_path)
-    from recipec.compiler import compile_recipe, data_kwargs
+    from recipec.compiler.compile import compile_recipe, data_kwargs
 
     data = build_data(**data_kwargs(recipe))
     compiled = compile_recipe(recipe, steps_per_epoch=len(data.train))
@@ -135,7 +135,7 @@ def test_loaders_for_cuda_pin_memory() -> None:
 
 
 def test_the_plan_records_workers_compile_and_channels_last(tmp_path: Path, plain: Path) -> None:
-    from recipec.build import plan_recipe
+    from recipec.pipeline.build import plan_recipe
 
     planned = json.loads((plain / "plan.json").read_text())
     assert planned["data"]["num_workers"] == 0 and planned["speed"]["compile"] is None

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from recipec.build import _epoch_line
+from recipec.pipeline.build import _epoch_line
 from recipec.train.cache import head_cache, head_only_epochs
-from recipec.compiler import data_kwargs
-from recipec.compiler import compile_recipe
+from recipec.compiler.compile import data_kwargs
+from recipec.compiler.compile import compile_recipe
 from recipec.errors import RecipecError
 from recipec.recipe.load import load_recipe
-from recipec.train.data import LAST_BATCH_POLICY, build_data, set_epoch
+from recipec.data.loaders import LAST_BATCH_POLICY, build_data, set_epoch
 from recipec.train.freezing import set_train_mode
 from recipec.train.loop import evaluate, fit
 from recipec.train.modes import differs_in_training

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import _TYPES, save_file
 
-from recipec.convert import CONVERTED_FROM_KEY, convert
+from recipec.convert.checkpoint import CONVERTED_FROM_KEY, convert
 from recipec.weights import _safetensors, formats
 from recipec.weights.formats import LateValue
 
@@ -148,7 +148,7 @@ def test_conversion_memory_does_not_grow_with_the_checkpoint(tmp_path: Path) -> 
     torch.save({f"layer{i}.weight": torch.rand(1024, 1024) for i in range(16)}, source)
     script = textwrap.dedent("""
         import sys, threading, time
-        from recipec.convert import convert
+        from recipec.convert.checkpoint import convert
 
         def anon():
             with open("/proc/self/status") as f:

@@ -1,0 +1,242 @@
+"""``recipec convert``: a checkpoint in another format, dtype or layout, its metadata carried along.
+
+Sources are whatever :func:`recipec.weights.formats.load` reads (torch files, recipec training
+states, safetensors, sharded indexes); targets are torch, safetensors (optionally sharded) and
+ONNX. An export's recipe and provenance stay in the output, so the result is as
+self-describing as its source, plus a ``recipec.converted_from`` entry naming the source file
+and its SHA-256. ONNX needs the architecture: the checkpoint's own recipe, or ``recipe``.
+
+Beside it: :mod:`recipec.convert.metadata` (what the output carries about its source) and
+:mod:`recipec.convert.onnx` (the architecture rebuilt from a recipe, exported to ONNX and verified).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recipec._files import check_output, require_path
+from recipec.provenance import RECIPE_KEY
+from recipec.convert.metadata import Sha256InBackground as _Sha256InBackground
+from recipec.convert.metadata import carried_metadata as _carried_metadata
+from recipec.convert.metadata import converted_from as _converted_from
+from recipec.convert.metadata import moved_recipe as _moved_recipe
+from recipec.convert.onnx import embedded_recipe as _embedded_recipe
+from recipec.convert.onnx import rebuild as _rebuild
+from recipec.convert.onnx import to_onnx
+from recipec.errors import CheckpointError
+from recipec.recipe.spec import Recipe
+from recipec.weights import formats
+
+__all__ = ["CONVERTED_FROM_KEY", "FORMATS", "convert", "to_onnx"]
+
+INDEX_SUFFIX = formats.INDEX_SUFFIX
+
+FORMATS = ("torch", "safetensors", "onnx")
+CONVERTED_FROM_KEY = "recipec.converted_from"
+_DTYPES = ("float16", "bfloat16", "float32")
+_SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", **dict.fromkeys(formats.TORCH_SUFFIXES, "torch")}
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    to: str | None = None,
+    dtype: str | None = None,
+    recipe: str | os.PathLike[str] | None = None,
+    shard_size: int | str | None = None,
+    allow_globals: Sequence[str] = (),
+    trust_factories: Sequence[str] = (),
+) -> list[Path]:
+    """Convert a checkpoint; every file is written atomically and nothing is written on error.
+
+    Args:
+        src: a torch file (a training state's ``model`` weights included), a ``.safetensors``
+            file, a sharded ``*.safetensors.index.json``, or a directory holding one.
+        dst: the file to write; its suffix names the format unless ``to`` does.
+        to: ``"torch"``, ``"safetensors"`` or ``"onnx"``; default from ``dst``'s suffix
+            (``.pt/.pth/.bin/.ckpt``, ``.safetensors`` or ``.safetensors.index.json``, ``.onnx``).
+        dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``: cast floating tensors (integer
+            buffers such as ``num_batches_tracked`` keep theirs). ONNX graphs are always float32.
+        recipe: a recipe file whose model section describes the architecture. Needed for ONNX
+            when the checkpoint carries no recipe, and preferred to the one it carries; the
+            tensors must fit it exactly, and the output then carries this recipe.
+        shard_size: bytes per shard (``"2GB"`` or an int): sharded safetensors with an index.
+        allow_globals: ``"module.Name"`` pickle globals a torch source may contain.
+        trust_factories: custom factories (``"package.module:factory"``, exact names) that the
+            checkpoint's own recipe may import and call to rebuild the model (for ONNX); a
+            factory named by the file and not listed is refused before anything is imported.
+            ``recipe``, being yours, needs none.
+
+    Returns:
+        The files written (for a sharded output: the shards, then the index).
+
+    Raises:
+        CheckpointError: a missing, corrupt or unsafe source, a source and destination that
+            overlap, an unknown suffix without ``to``, an option that does not fit the format,
+            tensors that do not fit the recipe, or ONNX without a known architecture (exit 2).
+        RecipeError: ``recipe`` is not a valid recipe (exit 2).
+        UntrustedFactoryError: the checkpoint's recipe names a custom factory not in
+            ``trust_factories`` (exit 2).
+        ExportError: the ONNX exporter failed or its outputs differ from torch's beyond
+            ``export.onnx.atol`` (exit 1).
+
+    Example:
+        >>> convert("runs/flowers/model.safetensors", "model.onnx")
+        [PosixPath('model.onnx')]
+        >>> convert("runs/flowers/checkpoints/last.pt", "half.safetensors", dtype="float16")
+        [PosixPath('half.safetensors')]
+    """
+    trusted: tuple[str, ...] = ()
+    if not (isinstance(trust_factories, (tuple, list)) and not trust_factories):
+        from recipec.model.zoo import factory_names  # imports torchvision (~90 MiB): only when there are names
+
+        trusted = factory_names(trust_factories)
+    # Path("") is the working directory: an empty path must not pick a file from it
+    source = require_path(src, what="convert: the source", error=CheckpointError)
+    target = require_path(dst, what="convert: the destination", error=CheckpointError)
+    fmt = _target_format(target, to)
+    cast = _check_dtype(dtype, fmt)
+    shard = _check_shard_size(shard_size, fmt, target)
+    if target.resolve() == source.resolve():
+        raise CheckpointError(f"{target}: is the source checkpoint itself; write the conversion to another file")
+    check_output(target, inputs=[source, recipe], what="the conversion", error=CheckpointError)
+    spec = None
+    if recipe is not None:
+        from recipec.recipe.load import load_recipe
+
+        spec = load_recipe(recipe)
+    checkpoint = formats.load(source, allow_globals=allow_globals)
+    check_output(target, inputs=checkpoint.files, what="the conversion", error=CheckpointError)  # hard links too
+    _refuse_overwrite(checkpoint.files, target, fmt)
+    # The source's SHA-256 is computed in a thread while the tensors are written: the hash and
+    # the copy each take about as long, and the header is rewritten with the digest at the end.
+    with _Sha256InBackground(checkpoint.files[0]) as source_sha256:
+        return _convert_loaded(checkpoint, source, target, fmt, cast, shard, spec, recipe is not None, trusted,
+                               converted_from=formats.LateValue(
+                                   placeholder=_converted_from(checkpoint, "0" * 64),
+                                   resolve=lambda: _converted_from(checkpoint, source_sha256.result())))
+
+
+def _convert_loaded(checkpoint: formats.Checkpoint, source: Path, target: Path, fmt: str, cast: torch.dtype | None,
+                    shard: int | None, spec: Recipe | None, own_recipe: bool, trusted: tuple[str, ...], *,
+                    converted_from: formats.LateValue) -> list[Path]:
+    metadata = _carried_metadata(checkpoint)
+    state = _cast(checkpoint.state_dict, cast)
+    if spec is not None:
+        from recipec.recipe.load import dump_recipe
+
+        # The output describes the architecture its tensors were checked against.
+        metadata[RECIPE_KEY] = dump_recipe(spec, relative_to=target.parent)
+    elif isinstance(metadata.get(RECIPE_KEY), str):
+        metadata[RECIPE_KEY] = _moved_recipe(metadata[RECIPE_KEY], source.parent, target.parent)
+    if spec is None and fmt == "onnx":
+        spec = _embedded_recipe(metadata, source)
+    # --recipe is the user's own: its factory is trusted; the checkpoint's only as far as they say
+    trust: bool | tuple[str, ...] = True if own_recipe else trusted
+    model = _rebuild(spec, state, source, trust) if spec is not None else None
+    if fmt == "onnx":
+        assert spec is not None and model is not None
+        return [to_onnx(model, spec, target, {**metadata, CONVERTED_FROM_KEY: converted_from.resolve()})]
+    return _save(state, target, fmt, metadata, shard, {CONVERTED_FROM_KEY: converted_from})
+
+
+def _target_format(target: Path, to: str | None) -> str:
+    implied = "safetensors" if target.name.endswith(INDEX_SUFFIX) else _SUFFIXES.get(target.suffix)
+    if to is None:
+        if implied is None:
+            raise CheckpointError(f"{target}: cannot tell the output format from the suffix {target.suffix!r}; "
+                                  f"pass --to {' | '.join(FORMATS)}, or name it .safetensors, .pt or .onnx")
+        return implied
+    if to not in FORMATS:
+        raise CheckpointError(f"--to {to!r}: expected one of {', '.join(FORMATS)}")
+    if implied is not None and implied != to:
+        raise CheckpointError(f"{target}: the suffix {target.suffix!r} says {implied}, but --to says {to}; "
+                              "give the file a suffix that fits, or leave --to out")
+    return to
+
+
+def _check_dtype(dtype: str | None, fmt: str) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    if dtype not in _DTYPES:
+        raise CheckpointError(f"--dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
+    if fmt == "onnx" and dtype != "float32":
+        raise CheckpointError(f"--dtype {dtype}: ONNX graphs are written in float32 (fp16/bf16 graphs often fail on "
+                              "onnxruntime CPU); convert to ONNX without --dtype")
+    cast: torch.dtype = getattr(torch, dtype)
+    return cast
+
+
+def _check_shard_size(shard_size: int | str | None, fmt: str, target: Path) -> int | None:
+    if shard_size is None:
+        if target.name.endswith(INDEX_SUFFIX):
+            raise CheckpointError(f"{target}: a sharded index needs --shard-size (e.g. 2GB)")
+        return None
+    if fmt != "safetensors" or not target.name.endswith((".safetensors", INDEX_SUFFIX)):
+        raise CheckpointError(f"--shard-size: shards are written as safetensors; name the output .safetensors "
+                              f"or *{INDEX_SUFFIX}, not {target.name!r}")
+    from recipec.recipe.spec import parse_size
+
+    try:
+        size = parse_size(shard_size)
+    except ValueError as exc:
+        raise CheckpointError(f"--shard-size: {exc}") from exc
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 10**12:  # as export.shard_size
+        raise CheckpointError(f"--shard-size: must be a positive size up to 1TB such as 2GB or 500MB, got {shard_size!r}")
+    return size
+
+
+def _refuse_overwrite(sources: Sequence[Path], target: Path, fmt: str) -> None:
+    """A safetensors save also removes same-stem shards, index or single file beside it."""
+    files = {f.resolve() for f in sources}
+    if target.resolve() in files:
+        raise CheckpointError(f"{target}: is (part of) the source checkpoint; write the conversion to another file")
+    if fmt != "safetensors" or not target.name.endswith((".safetensors", INDEX_SUFFIX)):
+        return
+    name = target.name
+    stem = name[: -len(INDEX_SUFFIX)] if name.endswith(INDEX_SUFFIX) else name[: -len(".safetensors")]
+    family = re.compile(re.escape(stem) + r"(-\d{5}-of-\d{5})?\.safetensors|" + re.escape(stem + INDEX_SUFFIX))
+    directory = target.parent.resolve()
+    clash = sorted(f.name for f in files if f.parent == directory and family.fullmatch(f.name))
+    if clash:
+        raise CheckpointError(f"{target}: writing it would replace or remove the source file {clash[0]!r} (same name "
+                              "stem in the same directory); choose another name or directory")
+
+
+def _cast(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    if dtype is None:
+        return dict(state)
+    # Cast each stored tensor once, so that tied weights stay one tensor (stored once in safetensors).
+    done: dict[tuple[Any, ...], torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if not tensor.is_floating_point() or tensor.dtype == dtype:
+            out[name] = tensor
+            continue
+        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.stride())
+        if view not in done or not tensor.numel():
+            done[view] = tensor.to(dtype)
+        out[name] = done[view]
+    return out
+
+
+def _save(state: dict[str, torch.Tensor], target: Path, fmt: str, metadata: dict[str, str],
+          shard: int | None, late: dict[str, formats.LateValue]) -> list[Path]:
+    if (fmt == "torch" and target.suffix in formats.TORCH_SUFFIXES) or (
+            fmt == "safetensors" and target.name.endswith((".safetensors", INDEX_SUFFIX))):
+        return formats.save(state, target, metadata=metadata, shard_size=shard, late=late)
+    # --to with a suffix formats.save does not know: write under a known one beside dst, then rename.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
+        written = formats.save(state, Path(scratch) / ("model.safetensors" if fmt == "safetensors" else "model.pt"),
+                               metadata=metadata, late=late)
+        os.replace(written[0], target)
+    return [target]

@@ -1,0 +1,80 @@
+"""The ONNX target of ``recipec convert`` (and of a build's exports): the architecture a recipe
+describes, rebuilt with a checkpoint's tensors loaded strictly, exported and verified.
+
+The architecture comes from ``--recipe`` or from the recipe the checkpoint carries
+(:func:`embedded_recipe`); a file never names code that runs, so a custom factory goes through
+:func:`recipec.inference.restore.build_model` and its ``trust_factories``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from recipec._atomic import atomic_path
+from recipec.provenance import read_export_metadata
+from recipec.errors import CheckpointError, ExportError
+from recipec.recipe.spec import Recipe
+
+__all__ = ["embedded_recipe", "rebuild", "to_onnx"]
+
+
+def embedded_recipe(metadata: Mapping[str, str], source: Path) -> Recipe:
+    from recipec.recipe._yaml import read_embedded
+
+    recipe_yaml, _ = read_export_metadata(metadata)
+    if recipe_yaml is None:
+        raise CheckpointError(f"{source}: the checkpoint carries no recipe, so the architecture is unknown; pass --recipe")
+    try:
+        return Recipe.model_validate(read_embedded(recipe_yaml, str(source)))
+    except Exception as exc:  # pydantic or YAML: the embedded recipe is damaged
+        raise CheckpointError(f"{source}: the embedded recipe is not valid ({_first_line(exc)}); pass --recipe") from exc
+
+
+def rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path,
+             trust_factories: bool | tuple[str, ...]) -> nn.Module:
+    """The architecture the recipe describes (as ``recipec.load`` builds it), with ``state`` loaded strictly."""
+    from recipec.inference.restore import build_model
+
+    spec = recipe.model
+    model = build_model(recipe, trust_factories=trust_factories, origin=str(source))
+    expected = model.state_dict()
+    problems = [f"{source}: lacks {k!r}, which {spec.arch} has" for k in sorted(set(expected) - set(state))[:10]]
+    problems += [f"{source}: has {k!r}, which {spec.arch} lacks" for k in sorted(set(state) - set(expected))[:10]]
+    problems += [f"{source}: {k!r} has shape {list(state[k].shape)}, but {spec.arch} has {list(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape][:10]
+    if problems:
+        raise CheckpointError([*problems, "the tensors do not fit the architecture the recipe describes; "
+                                          "pass the recipe the checkpoint was trained with (--recipe)"])
+    model.load_state_dict(state, strict=True)  # copies into the model's float32 parameters
+    return model.eval()
+
+
+def to_onnx(model: nn.Module, recipe: Recipe, target: Path, metadata: dict[str, str]) -> Path:
+    """Export ``model`` to ONNX as ``recipe.export.onnx`` says, verified before it appears at ``target``."""
+    from recipec.weights.onnx import export_onnx, verify_onnx
+
+    options = recipe.export.onnx
+    side = recipe.data.image_size
+    if not isinstance(side, int):  # data.image_size: from_weights
+        from recipec.compiler.compile import resolve_preprocessing
+
+        side = resolve_preprocessing(recipe)["image_size"]
+    shape = (1, recipe.model.in_channels, side, side)
+    # Export and verify under a temporary name: a file that fails verification never appears as dst.
+    with atomic_path(target) as tmp:
+        try:
+            export_onnx(model, tmp, input_shape=shape, opset=options.opset, dynamic_batch=options.dynamic_batch,
+                        metadata=metadata, arch=recipe.model.arch)
+            if options.verify:
+                verify_onnx(model, tmp, input_shape=shape, atol=options.atol)
+        except ExportError as exc:
+            raise ExportError([p.replace(str(tmp), str(target)) for p in exc.problems]) from exc
+    return target
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -1,0 +1,335 @@
+"""Using a fine-tuned model: its classes and its exact preprocessing, from one export file.
+
+:func:`load_predictor` reads an export (``model.safetensors``, ``model.pt``, a sharded index,
+or ``model.onnx`` run with onnxruntime) and returns a :class:`Predictor`: the model, the class
+names in output order, and ``transform``, the torchvision v2 transform that turns a PIL image
+into the tensor the model was trained on. The preprocessing is read from the export's
+provenance (``data.resize``, ``data.in_channels``, ``normalization``), never re-derived from
+the weights, so it is the one the run applied:
+
+1. the image is converted to RGB (as ``ImageFolder`` reads files);
+2. ``shorter_side`` rule (pretrained weights' eval transform, :mod:`recipec.data.crops`): the
+   PIL image's shorter side (``crop_mode`` ``squash``: both sides; ``border``: the longer side,
+   then padding with the recorded ``fill``) is resized to ``resize_size`` with the recorded
+   interpolation and the centre ``image_size`` square cut out; then the values are scaled to [0, 1] floats;
+3. ``square`` rule: the values are scaled to [0, 1] floats, then the image is resized to
+   ``image_size`` squared (bilinear, antialiased);
+4. channels: RGB -> 1 channel is luminance (0.299 R + 0.587 G + 0.114 B); other counts repeat
+   or drop channels cyclically;
+5. normalised with the recorded mean and std (when the run normalised).
+
+``recipec predict`` uses this same object, so the command line and Python agree. Importing
+this module does not import torch (the card states the preprocessing in words from here).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recipec.errors import CheckpointError, UnreadableImageError
+
+if TYPE_CHECKING:
+    import torch
+    from torchvision.transforms import v2
+
+__all__ = ["Predictor", "describe_preprocessing", "image_transform", "load_predictor", "open_image",
+           "preprocessing_of"]
+
+# decoding bombs: PIL refuses images over this many pixels (its default warns at 89 M and errors at 2x)
+_MAX_IMAGE_BYTES = 512 << 20
+
+
+def preprocessing_of(recipe: Any, provenance: dict[str, Any]) -> dict[str, Any]:
+    """What an export records of its input pipeline, as plain data.
+
+    Returns:
+        ``image_size``, ``rule`` (``square`` | ``shorter_side``), ``resize_size``, ``interpolation``,
+        ``crop_mode``, ``in_channels`` and ``normalization`` (``{"mean", "std"}`` or None); with
+        ``crop_mode`` ``border`` also ``fill``, the RGB colour it pads with.
+
+    Raises:
+        CheckpointError: the export records no resize and its recipe cannot say one either.
+    """
+    data: dict[str, Any] = provenance["data"] if isinstance(provenance.get("data"), dict) else {}
+    resize: dict[str, Any] | None = data["resize"] if isinstance(data.get("resize"), dict) else None
+    if resize is None and recipe is None:
+        raise CheckpointError("the export records no resize rule (data.resize in its provenance)")
+    if resize is None:  # an export from before the resize was recorded: its recipe's rule
+        from recipec.compiler.compile import resolve_preprocessing
+
+        try:
+            resize = resolve_preprocessing(recipe)
+        except Exception as exc:  # any failure means: unknown
+            raise CheckpointError(f"the export records no resize rule and its recipe gives none ({exc})") from exc
+    norm = provenance.get("normalization") if "normalization" in provenance else None
+    if norm is not None and not (isinstance(norm, dict) and norm.get("mean") and norm.get("std")):
+        raise CheckpointError(f"provenance 'normalization': expected {{mean, std}} or null, got {norm!r}")
+    channels = data.get("in_channels") or (recipe.model.in_channels if recipe is not None else 3)
+    return {
+        "image_size": int(resize["image_size"]),
+        "rule": resize.get("rule", "square"),
+        "resize_size": int(resize.get("resize_size") or resize["image_size"]),
+        "interpolation": resize.get("interpolation") or "bilinear",
+        "crop_mode": resize.get("crop_mode") or "center",
+        **({"fill": resize["fill"]} if resize.get("fill") else {}),  # crop_mode border: the RGB colour it pads with
+        "in_channels": int(channels),
+        "normalization": None if norm is None else {"mean": [float(v) for v in norm["mean"]],
+                                                    "std": [float(v) for v in norm["std"]]},
+    }
+
+
+def describe_preprocessing(prep: dict[str, Any]) -> str:
+    """The preprocessing in words, as the card and ``predict --help`` state it."""
+    size = prep["image_size"]
+    if prep["rule"] == "shorter_side":
+        if prep["crop_mode"] == "border":
+            fill = prep.get("fill") or [0, 0, 0]
+            resize = (f"the longer side resized to {prep['resize_size']} ({prep['interpolation']}, aspect ratio kept), "
+                      f"padded to {size}x{size} with RGB ({', '.join(map(str, fill))}), then the centre {size}x{size} "
+                      "cut out")
+        else:
+            side = "both sides" if prep["crop_mode"] == "squash" else "the shorter side"
+            resize = (f"{side} resized to {prep['resize_size']} ({prep['interpolation']}), "
+                      f"then the centre {size}x{size} cut out")
+    else:
+        resize = f"resized to {size}x{size} (bilinear, antialiased; aspect ratio not kept)"
+    channels = {1: "converted to one channel (luminance 0.299 R + 0.587 G + 0.114 B)", 3: "RGB"}.get(
+        prep["in_channels"], f"{prep['in_channels']} channels (RGB repeated cyclically)")
+    norm = prep["normalization"]
+    normalised = ("normalised with mean " + _floats(norm["mean"]) + " and std " + _floats(norm["std"])
+                  if norm else "not normalised")
+    return f"{channels}; {resize}; values scaled to [0, 1]; {normalised}"
+
+
+def _floats(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+class _ToRGB:
+    """PIL image -> RGB, as torchvision's ImageFolder loader reads every file; tensors pass through."""
+
+    def __call__(self, image: Any) -> Any:
+        return image.convert("RGB") if hasattr(image, "convert") else image
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
+def image_transform(prep: dict[str, Any]) -> v2.Compose:
+    """The eval transform of :func:`preprocessing_of`'s description: PIL image -> normalised float tensor (C, H, W)."""
+    import torch
+    from torchvision.transforms import v2
+
+    from recipec.data.crops import eval_resize
+    from recipec.data.loaders import Channels  # the training rule: an image predicted is the image trained on
+
+    size = prep["image_size"]
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), Channels(prep["in_channels"])]
+    steps: list[Any] = [_ToRGB()]
+    if prep["rule"] == "shorter_side":  # on the decoded PIL image, as the pretraining transforms did
+        steps += [eval_resize(size, prep["resize_size"], prep["interpolation"], prep["crop_mode"], prep.get("fill")),
+                  *to_tensor]
+    else:
+        steps += [*to_tensor, v2.Resize((size, size), antialias=True)]
+    norm = prep["normalization"]
+    if norm:
+        steps.append(v2.Normalize(norm["mean"], norm["std"]))
+    return v2.Compose(steps)
+
+
+def open_image(path: str | os.PathLike[str]) -> Any:
+    """A PIL image, fully decoded, from a regular file.
+
+    Raises:
+        UnreadableImageError: not a regular file, or not an image PIL can decode (the message names it).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from recipec._files import open_regular
+
+    try:
+        with open_regular(path, what="image", error=UnreadableImageError, max_bytes=_MAX_IMAGE_BYTES) as f:
+            image = Image.open(f)
+            image.load()
+    except UnreadableImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = "not an image format PIL can decode" if isinstance(exc, UnidentifiedImageError) else str(exc)
+        raise UnreadableImageError(f"{os.fspath(path)}: unreadable image ({reason})") from exc
+    return image
+
+
+@dataclass
+class Predictor:
+    """A model with what it needs to be used: class names and its exact preprocessing.
+
+    Attributes:
+        model: the ``nn.Module`` in eval mode (``None`` for an ONNX export: ``session`` runs it).
+        classes: the class names, in the order of the model's outputs.
+        transform: PIL image -> normalised tensor (C, H, W), exactly as training prepared images.
+        preprocessing: the same as plain data (:func:`preprocessing_of`).
+        device: where ``model`` runs.
+        session: the onnxruntime session of an ONNX export.
+        path: the export it came from.
+        recipe: the export's resolved recipe; provenance: its provenance (plain data).
+
+    Example:
+        >>> predictor = recipec.load_predictor("runs/quickstart/model.safetensors")
+        >>> predictor.predict(Image.open("cat.png"), top_k=3)
+        [{'class': 'cat', 'score': 0.93}, {'class': 'dog', 'score': 0.05}, ...]
+    """
+
+    model: torch.nn.Module | None
+    classes: list[str]
+    transform: v2.Compose
+    preprocessing: dict[str, Any]
+    device: Any = "cpu"
+    session: Any = None
+    path: str = ""
+    recipe: Any = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw outputs (batch, classes), float32 on the CPU, for a batch of transformed images."""
+        import torch
+
+        if self.session is not None:
+            return _onnx_logits(self.session, batch)
+        assert self.model is not None
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        with torch.inference_mode():
+            out = self.model(batch.to(self.device, dtype))
+        if isinstance(out, (tuple, list)):  # an auxiliary-head model in train mode would return several
+            out = out[0]
+        return out.float().cpu()
+
+    def predict(self, images: Any, *, top_k: int = 5) -> Any:
+        """The ``top_k`` classes of each image, highest score (softmax probability; a multilabel model:
+        each class's sigmoid, see :meth:`labels` for those above the threshold) first.
+
+        Args:
+            images: a PIL image or image path, or a sequence of them.
+            top_k: classes per image (at most the class count).
+
+        Returns:
+            For one image, a list of ``{"class": name, "score": probability}``; for a sequence, one
+            such list per image.
+
+        Raises:
+            UnreadableImageError: a path that is not an image.
+        """
+        import torch
+
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        tensors = [self.transform(open_image(x) if isinstance(x, (str, os.PathLike)) else x) for x in items]
+        tops = self.top(torch.stack(tensors), top_k=top_k) if tensors else []
+        return tops[0] if single else tops
+
+    @property
+    def task(self) -> str:
+        """``multiclass`` (softmax scores) or ``multilabel`` (a sigmoid per class), as the export's recipe says."""
+        return str(getattr(self.recipe, "task", "multiclass"))
+
+    @property
+    def threshold(self) -> float:
+        """multilabel: a class is predicted when its sigmoid score is at least this (``multilabel.threshold``)."""
+        spec = getattr(self.recipe, "multilabel", None)
+        return float(spec.threshold) if spec is not None else 0.5
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """multilabel with ``multilabel.tune_thresholds``: each class's threshold, tuned on validation and
+        recorded in the export's provenance; None otherwise (every class uses :attr:`threshold`)."""
+        tuned = (self.provenance.get("multilabel") or {}).get("thresholds")
+        if not isinstance(tuned, dict) or set(tuned) != set(self.classes):
+            return None
+        return [float(tuned[c]) for c in self.classes]
+
+    def scores(self, batch: torch.Tensor) -> torch.Tensor:
+        """(batch, classes) float64 scores of a transformed batch: softmax probabilities, or for a
+        multilabel model each class's sigmoid."""
+        import torch
+
+        logits = self.logits(batch).double()
+        return torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=1)
+
+    def labels(self, scores: torch.Tensor) -> list[list[dict[str, Any]]]:
+        """multilabel: per image the classes scoring at least their threshold (:attr:`thresholds` when tuned,
+        else :attr:`threshold`), highest first, as ``{"class": name, "score": sigmoid}``."""
+        cuts = self.thresholds or [self.threshold] * len(self.classes)
+        return [[{"class": self.classes[i], "score": float(row[i])}
+                 for i in row.argsort(descending=True, stable=True).tolist() if row[i] >= cuts[i]]
+                for row in scores]
+
+    def top(self, batch: torch.Tensor, *, top_k: int = 5, scores: torch.Tensor | None = None) -> list[list[dict[str, Any]]]:
+        """The ``top_k`` classes of each image of an already transformed batch (or of its ``scores``)."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        probs = self.scores(batch) if scores is None else scores
+        scores, index = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        return [[{"class": self.classes[i], "score": float(s)} for s, i in zip(row_s.tolist(), row_i.tolist())]
+                for row_s, row_i in zip(scores, index)]
+
+
+def load_predictor(path: str | os.PathLike[str], *, trust_factories: Collection[str] = (),
+                   device: str | None = None) -> Predictor:
+    """A :class:`Predictor` from an export alone: ``model.safetensors``, ``model.pt``, an index, or ``model.onnx``.
+
+    Args:
+        path: the export (a run directory: its checkpoint export).
+        trust_factories: custom factories the export's recipe may import (see :func:`recipec.load`);
+            an ONNX export builds nothing and needs none.
+        device: ``cpu`` (default), ``cuda``, ``cuda:N``, ``mps``; ONNX runs on onnxruntime's CPU provider.
+
+    Raises:
+        CheckpointError: unreadable or foreign file, or one that records no classes.
+        UntrustedFactoryError: as :func:`recipec.load`.
+
+    Example:
+        >>> predictor = recipec.load_predictor("runs/quickstart/model.safetensors")
+        >>> predictor.classes, predictor.transform
+        >>> predictor.predict(["a.png", "b.png"], top_k=3)
+    """
+    file = Path(path)
+    if file.suffix == ".onnx":
+        from recipec.weights.onnx import onnx_session, read_onnx_export
+
+        recipe, provenance = read_onnx_export(file)
+        session: Any = onnx_session(file)
+        model = None
+        torch_device: Any = "cpu"
+    else:
+        from recipec.device import resolve_device
+        from recipec.inference.restore import model_from, read_export
+
+        recipe, provenance, checkpoint = read_export(file)
+        torch_device = resolve_device(device or "cpu")
+        model = model_from(recipe, checkpoint, file, trust_factories=trust_factories).to(torch_device)
+        session = None
+    classes = provenance.get("classes")
+    if not isinstance(classes, list) or not classes:
+        head = recipe.model.head
+        if head is None:
+            raise CheckpointError(f"{file}: records no class names and has no head; cannot name its predictions")
+        classes = [str(i) for i in range(head.num_classes)]  # the run trained on unnamed classes
+    prep = preprocessing_of(recipe, provenance)
+    return Predictor(model=model, classes=[str(c) for c in classes], transform=image_transform(prep),
+                     preprocessing=prep, device=torch_device, session=session, path=str(file), recipe=recipe,
+                     provenance=provenance)
+
+
+def _onnx_logits(session: Any, batch: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    feed = session.get_inputs()[0]
+    x = batch.float().cpu().numpy()
+    if isinstance(feed.shape[0], int) and feed.shape[0] != x.shape[0]:  # a fixed batch dimension: one at a time
+        outs = [session.run(None, {feed.name: x[i:i + feed.shape[0]]})[0] for i in range(0, len(x), feed.shape[0])]
+        return torch.cat([torch.from_numpy(o) for o in outs]).float()
+    return torch.from_numpy(session.run(None, {feed.name: x})[0]).float()
+

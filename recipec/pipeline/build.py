@@ -1,0 +1,271 @@
+"""The build pipeline: data -> compile -> fit -> export, into one run directory.
+
+```
+runs/<name>/
+  recipe.yaml       the resolved recipe          plan.json      load report + group/epoch table
+  metrics.jsonl     one object per epoch         checkpoints/   last.pt (+ kept epochs): what --resume needs
+  model.safetensors / model.pt / model.onnx      curves.png     training curves
+  README.md         the model card
+```
+
+Every file is written atomically. A run that fails or is interrupted leaves its last
+complete checkpoint; ``resume=True`` continues from it and, because the batch order is a
+function of (seed, epoch) and every RNG is restored, ends with the same weights as an
+uninterrupted run.
+
+Beside it, in the same layer: :mod:`recipec.pipeline.planning` (the data against the recipe, and what
+``recipec plan`` shows), :mod:`recipec.pipeline.runs` (where the run goes, what a killed build
+left, whether ``--resume`` may continue) and :mod:`recipec.pipeline.upstream` (``source.recipe``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from recipec import _json as clean_json
+from recipec._atomic import atomic_write_text
+from recipec.errors import BuildInterrupted, RunDirectoryError
+from recipec.recipe.load import dump_recipe
+from recipec.recipe.spec import Recipe
+from recipec.pipeline.planning import check_classes as _check_classes
+from recipec.pipeline.planning import note_data as _note_data
+from recipec.pipeline.planning import plan_recipe
+from recipec.pipeline.planning import steps_per_epoch as _steps_per_epoch
+from recipec.pipeline.runs import check_resumable as _check_resumable
+from recipec.pipeline.runs import remove_temporaries as _remove_temporaries
+from recipec.pipeline.runs import run_directory
+from recipec.pipeline.upstream import resolve_upstream
+from recipec.pipeline.upstream import same_recipe as _same_recipe  # noqa: F401 (imported from here by tests)
+from recipec.pipeline.rundir import claim_run_directory
+
+if TYPE_CHECKING:
+    from recipec.progress import Progress
+
+__all__ = ["build", "plan_recipe", "resolve_upstream", "run_directory"]
+
+
+def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False, device: str | None = None,
+          log: Callable[[str], None] | None = None, smoke: int | None = None, _chain: tuple[str, ...] = (),
+          progress: Progress | None = None) -> Path:
+    """Compile, fine-tune and export a recipe.
+
+    Args:
+        recipe: a validated recipe.
+        out: the run directory (default ``runs/<name>``).
+        resume: continue from the newest intact training state in ``checkpoints/`` (``last.pt``, or an
+            ``epoch-*.pt`` when that is newer or ``last.pt`` is damaged); refused when the recipe,
+            the data split or the source file changed, or ``train.epochs`` cannot honestly change.
+        device: overrides ``recipe.device``.
+        log: called with one line per epoch and per written file (the CLI prints them).
+        smoke: a smoke run: one epoch per phase of the freezing schedule, each on ``smoke``
+            training and validation batches, then exports and card (see :mod:`recipec.pipeline.smoke`).
+        progress: a terminal display (:func:`recipec.progress.for_terminal`): a status line per phase and
+            a bar per epoch; pass its ``log`` as ``log`` so lines replace them.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        RecipecError: bad input (exit 2) before anything is written, or a failed run (exit 1).
+        BuildInterrupted: Ctrl-C (a ``KeyboardInterrupt``), naming the newest checkpoint kept.
+
+    Example:
+        >>> run = build(load_recipe("recipes/quickstart.yaml"), out="runs/qs")
+        >>> (run / "model.safetensors").exists()
+        True
+    """
+    from recipec.device import resolve_device
+    from recipec.train.distributed import setup, teardown
+
+    world, target = setup(resolve_device(device or recipe.device))
+    try:
+        # one build at a time, only in a directory recipec made, never over its own inputs (recipec.pipeline.rundir)
+        inputs = (recipe.source.checkpoint if recipe.source else None, recipe.card.template)
+        with claim_run_directory(run_directory(recipe, out), world=world, inputs=inputs):
+            return _build(recipe, out=out, resume=resume, device=target, world=world, log=log, smoke=smoke,
+                          _chain=_chain, progress=progress)
+    except BuildInterrupted:
+        raise  # an upstream build's (source.recipe): it names its own run
+    except KeyboardInterrupt as exc:
+        from recipec.train.state import newest_checkpoint
+
+        run = run_directory(recipe, out)
+        kept = newest_checkpoint(run / "checkpoints")
+        raise BuildInterrupted(str(run), str(kept[0]) if kept else None, kept[1] if kept else None) from exc
+    finally:
+        teardown(world)
+
+
+def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torch.device, world: Any,
+           log: Callable[[str], None] | None, smoke: int | None, _chain: tuple[str, ...],
+           progress: Progress | None = None) -> Path:
+    from recipec.compiler.compile import compile_recipe
+    from recipec.pipeline.outputs import export_model, plot_curves, provenance_of
+    from recipec.compiler.compile import data_kwargs
+    from recipec.data.loaders import build_data
+    from recipec.train.distributed import shard_loader
+    from recipec.train.loop import EarlyStopping, fit, grad_scaler
+    from recipec.data.augment import augment_plan, batch_mix
+    from recipec.pipeline.resume import check_same_run, continue_schedule, resume_state, run_identity, saved_epochs
+    from recipec.train.state import checkpoint_files, checkpoint_paths, restore_state, rotate_checkpoints, save_state
+
+    say = log if log is not None and world.main else (lambda line: None)
+    status = progress.status if progress is not None and world.main else (lambda text: None)
+    # several ranks must not race to build an upstream run: under --nproc it must exist already
+    from recipec.pipeline.checks import check_inputs
+
+    check_inputs(recipe)  # every missing path and data problem at once, before anything is written
+    recipe = resolve_upstream(recipe, build_missing=not world.distributed, log=say, _chain=_chain,
+                              smoke_into=Path(out or run_directory(recipe)).parent if smoke else None)
+    if smoke:
+        from recipec.pipeline.smoke import smoke_recipe
+
+        recipe = smoke_recipe(recipe)
+        say(f"smoke run: {recipe.train.epochs} epoch(s), one per phase of the schedule, {smoke} batch(es) each")
+    run = run_directory(recipe, out)
+    from recipec.tracking.tracker import open_tracking
+
+    tracking = open_tracking(recipe, run, main=world.main, smoke=bool(smoke), resume=resume)  # exit 2 now if missing
+    state = None
+    if resume:
+        state = resume_state(run / "checkpoints", say)
+        _check_resumable(recipe, state["recipe"], run)
+    elif checkpoint_files(run / "checkpoints"):
+        held = ", ".join(p.name for p in checkpoint_files(run / "checkpoints")[:3])
+        raise RunDirectoryError(f"{run} already holds a run (checkpoints/{held}); add --resume to continue it, "
+                                "or choose another --out")
+
+    status("loading the data")
+    data = build_data(**data_kwargs(recipe) | {"device": device.type})
+    _note_data(recipe, data, say)
+    if smoke:
+        from recipec.pipeline.smoke import smoke_data
+
+        data = smoke_data(data, smoke)
+    from recipec.data.sampler import check_sampler
+
+    check_sampler(recipe.data.sampler, distributed=world.distributed)  # before anything is written
+    if world.distributed:
+        data.train = shard_loader(data.train, world, recipe.seed)
+    _check_classes(recipe, data)
+    steps = _steps_per_epoch(recipe, data)
+    identity = run_identity(recipe, data)  # kept in every training state; a resume must match it
+    if state is not None:
+        check_same_run(recipe, state, identity, steps, say)
+    status(f"compiling {recipe.model.arch} and loading weights")
+    compiled = compile_recipe(recipe, device=str(device), steps_per_epoch=steps)
+    recipe_yaml = dump_recipe(recipe, relative_to=run)  # paths in the run's tree relative: it can move
+    from recipec.train import select
+
+    compiled.plan.data.update(select.craft_plan(recipe, data))  # loss (class weights resolved), ema, select
+    compiled.plan.data.update(augment_plan(recipe, data))  # transforms in order, mixup/cutmix, sampler
+
+    if world.main:
+        run.mkdir(parents=True, exist_ok=True)
+        _remove_temporaries(run)
+        atomic_write_text(run / "recipe.yaml", recipe_yaml)
+        plan = compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": world.size}
+        atomic_write_text(run / "plan.json", clean_json.dumps(plan, indent=2) + "\n")
+        from recipec.compiler.plan_picture import plot_plan
+
+        plot_plan(plan, run / "plan.png")  # the same plan as a picture (recipec plan --png), shown in the card
+        if data.info.get("skipped_images"):
+            atomic_write_text(run / "skipped_images.txt", "".join(f"{p}\n" for p in data.info["skipped_images"]))
+
+    history: list[dict[str, Any]] = []
+    start = 0
+    scaler = grad_scaler(recipe.train.amp, compiled.device)
+    if state is not None:
+        restore_state(state, model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
+                      scaler=scaler)
+        if saved_epochs(state) != recipe.train.epochs:
+            continue_schedule(compiled.optimizer, compiled.scheduler)
+        history, start = list(state["history"]), int(state["epoch"])
+        say(f"resumed {run} at epoch {start}")
+    step = {"n": start * steps}
+    train = recipe.train
+    criterion, ema, selection = select.start_training(recipe, compiled, state, history, run / "checkpoints", say,
+                                                        main=world.main)
+
+    def on_epoch_end(metrics: dict[str, Any]) -> None:
+        history.append(metrics)
+        step["n"] += steps
+        if not world.main:
+            return
+        lines = "".join(clean_json.dumps(m) + "\n" for m in history)  # a NaN loss is null + a note
+        atomic_write_text(run / "metrics.jsonl", lines)
+        done = metrics["epoch"] + 1
+        if done % train.checkpoint_every == 0 or done == train.epochs or metrics.get("early_stopped"):
+            epoch_file, _ = checkpoint_paths(run / "checkpoints", done)
+            save_state(epoch_file, model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
+                       epoch=done, step=step["n"], recipe_yaml=recipe_yaml,
+                       trainable_groups=metrics["trainable_groups"], history=history,
+                       extra=identity | ({"scaler": scaler.state_dict()} if scaler is not None else {})
+                       | ({"ema": ema.state_dict()} if ema is not None else {}))
+            rotate_checkpoints(run / "checkpoints", keep_last=train.keep_last)
+            if tracking is not None:  # only checkpointed epochs: a resume never trains a logged epoch again
+                tracking.log_epochs(history)
+        if selection.update(metrics):  # after the training state: see recipec.train.select
+            select.save_best(run / "checkpoints", ema.state if selection.uses_ema else compiled.model.state_dict(),
+                             selection)
+        say(_epoch_line(metrics, train.epochs))
+
+    stopping = None
+    if train.early_stopping is not None:
+        es = train.early_stopping
+        stopping = EarlyStopping(metric=es.metric, patience=es.patience, min_delta=es.min_delta)
+    from recipec.train.cache import head_cache, head_only_epochs
+
+    cache = head_cache(recipe, compiled, data.train, head_only_epochs(compiled.schedule, compiled.groups[-1].name,
+                                                                      recipe.train.epochs),
+                       distributed=world.distributed)
+    if tracking is not None:  # MLflow is reached (its run made or resumed) before any compute is spent
+        status("starting the trackers")
+        tracking.start(compiled.plan, history)
+    if progress is not None and world.main:
+        progress.training(start, train.epochs, recipe.data.batch_size * world.size)
+        status("filling the feature cache" if cache is not None and start in cache.epochs else f"epoch {start}")
+    fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
+        schedule=compiled.schedule, data=data, device=compiled.device, epochs=train.epochs, start_epoch=start,
+        batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout, amp=train.amp, grad_clip=train.grad_clip,
+        accumulate=train.accumulate, aux_loss_weight=recipe.model.aux_loss_weight,
+        early_stopping=stopping, history=list(history), on_epoch_end=on_epoch_end, world=world, cache=cache,
+        scaler=scaler, criterion=criterion, ema=ema,
+        on_batch=progress.on_batch if progress is not None and world.main else None,
+        mix=batch_mix(len(data.classes), recipe.data.mixup, recipe.data.cutmix),
+        compile_mode=train.compile, channels_last=train.channels_last)
+    if not world.main:
+        return run
+
+    chosen, selected = select.export_state(recipe.export.weights, folder=run / "checkpoints", selection=selection,
+                                           history=history, model=compiled.model, ema=ema)
+    compiled.model.load_state_dict(chosen)  # training is over: the model is now what export.weights names
+    provenance = provenance_of(recipe, compiled, data, history, selection=selected)
+    from recipec.train.multilabel import threshold_provenance
+
+    provenance |= threshold_provenance(recipe, compiled.model, data, compiled.device)  # multilabel.tune_thresholds
+    status("exporting")
+    for path in export_model(recipe, compiled.model, run, recipe_yaml, provenance):
+        say(f"wrote {path}")
+    plot_curves(history, run / "curves.png")
+    from recipec.card.render import write_card
+
+    status("writing the model card")
+    say(f"wrote {write_card(run)}")
+    if tracking is not None:
+        status("logging the run's files to the trackers")
+        tracking.finish(history)
+    return run
+
+
+def _epoch_line(m: dict[str, Any], epochs: int) -> str:
+    val = "" if m["val_loss"] is None else f"  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.3f}"
+    if m.get("val_map") is not None:  # task: multilabel (val_acc is exact match)
+        val += f"  val_map {m['val_map']:.3f}  val_f1_micro {m['val_f1_micro']:.3f}"
+    # the recipe's 0-based epoch (freeze.unfreeze, metrics.jsonl, curves), then the count for people
+    return (f"epoch {m['epoch']} ({m['epoch'] + 1} of {epochs})  train_loss {m['train_loss']:.4f}{val}  "
+            f"trainable {', '.join(m['trainable_groups'])}  ({m['seconds']:.1f} s)")

@@ -1,0 +1,124 @@
+"""What a build leaves besides checkpoints: provenance, the exports and the training curves."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recipec.errors import ExportError
+from recipec.recipe.spec import Recipe
+
+__all__ = ["export_model", "plot_curves", "provenance_of"]
+
+
+def provenance_of(recipe: Recipe, compiled: Any, data: Any, history: list[dict[str, Any]],
+                  selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the exports and the card record of where the model came from.
+
+    ``selection``: which weights were exported and why (:func:`recipec.train.select.export_state`): ``weights``
+    (best, last or ema), ``epoch``, ``metric``, ``mode``, ``value``, and a ``note`` when best fell back to last.
+    """
+    from recipec.provenance import environment, file_digest, now_utc, versions
+
+    source = None
+    if recipe.source is not None and recipe.source.checkpoint:
+        path = Path(recipe.source.checkpoint)
+        source = {"checkpoint": str(path), "sha256": file_digest(path) if path.is_file() else None,
+                  "state_dict_key": compiled.reports["source"].state_dict_key}
+    weights = compiled.weights_info
+    final = history[-1] if history else {}
+    return {
+        "name": recipe.name,
+        "time": now_utc(),
+        "base_model": {"arch": recipe.model.arch, "weights": weights.name if weights else None,
+                       "url": weights.url if weights else None} | (
+            # timm's pretrained_cfg: input size, interpolation, crop_pct the weights were trained with
+            {"preprocessing": weights.preprocessing} if getattr(weights, "preprocessing", None) else {}),
+        "source": source,
+        "data": data.info,
+        "classes": data.classes,
+        "normalization": (None if data.normalization is None else
+                          {"mean": list(data.normalization[0]), "std": list(data.normalization[1])}),
+        # where the recipe's paths pointed on the building machine (recipe.yaml holds them relative to the run)
+        "paths": _recipe_paths(recipe),
+        "frozen_groups": [g.name for g in compiled.groups if g.name not in final.get("trainable_groups", [])],
+        "epochs_trained": len(history),
+        "final_metrics": {k: final.get(k) for k in ("train_loss", "val_loss", "val_acc")},
+        "selection": selection,
+        "versions": versions(),
+        "environment": environment(str(compiled.device)),
+    }
+
+
+def _recipe_paths(recipe: Recipe) -> dict[str, str]:
+    from recipec.recipe.load import PATH_FIELDS
+
+    data = recipe.model_dump(mode="python")
+    found = {}
+    for path in PATH_FIELDS:
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str) and node:
+            found[".".join(map(str, path))] = node
+    return found
+
+
+def export_model(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml: str,
+            provenance: dict[str, Any]) -> list[Path]:
+    """Write the exports named by ``export.formats`` into ``run``, each carrying recipe and provenance."""
+    from recipec.provenance import export_metadata
+    from recipec.weights import formats
+
+    dtype = getattr(torch, recipe.export.dtype)
+    state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
+             for k, v in model.state_dict().items()}
+    metadata = export_metadata(recipe_yaml=recipe_yaml, provenance=provenance)
+    written: list[Path] = []
+    try:
+        for fmt in recipe.export.formats:
+            if fmt == "onnx":
+                from recipec.convert.checkpoint import to_onnx
+
+                # exported in float32 whatever export.dtype says: fp16 graphs often fail on onnxruntime CPU
+                written.append(to_onnx(copy.deepcopy(model).float().cpu().eval(), recipe, run / "model.onnx", metadata))
+                continue
+            target = run / ("model.safetensors" if fmt == "safetensors" else "model.pt")
+            shard = recipe.export.shard_size if fmt == "safetensors" else None
+            written += formats.save(state, target, metadata=metadata, shard_size=shard)
+    except OSError as exc:
+        raise ExportError(f"writing the exports to {run} failed: {exc}") from exc
+    return written
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss and accuracy per epoch, as a PNG (atomic)."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recipec._atomic import atomic_path
+
+    epochs = [m["epoch"] for m in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(epochs, [m["train_loss"] for m in history], marker="o", label="train loss")
+    if any(m["val_loss"] is not None for m in history):
+        left.plot(epochs, [m["val_loss"] for m in history], marker="o", label="val loss")
+        right.plot(epochs, [m["val_acc"] for m in history], marker="o", color="tab:green", label="val accuracy")
+    for axis in (left, right):
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    left.legend()
+    right.set_ylim(0, 1)
+    right.legend()
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
