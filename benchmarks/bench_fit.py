@@ -28,8 +28,10 @@ import torch.nn.functional as F
 
 from recipec.compiler.compile import compile_recipe
 from recipec.recipe.load import load_recipe
-from recipec.data.loaders import build_data, set_epoch
-from recipec.train.loop import fit
+from recipec.compiler.data_config import build_data
+from recipec.data.loaders import set_epoch
+from recipec.compiler.fit_config import training_of
+from recipec.train.loop import FitConfig, fit
 
 _clock = time.perf_counter
 
@@ -47,8 +49,7 @@ def _recipec_epoch(recipe, data) -> tuple[float, float]:
     """(seconds for the epoch, median seconds of one training step in it)."""
     compiled = compile_recipe(recipe, steps_per_epoch=len(data.train))
     stamps = [_clock()]
-    fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
-        schedule=compiled.schedule, data=data, device=compiled.device, epochs=1,
+    fit(training_of(compiled), data, FitConfig(epochs=1),
         on_batch=lambda i, n, loss: stamps.append(_clock()))  # after the step: where the plain loop stamps
     return _clock() - stamps[0], _median_step(stamps)
 
@@ -105,8 +106,7 @@ def _lockstep(recipe, ours_data, plain_data) -> tuple[list[float], list[float]]:
 
     thread = threading.Thread(target=plain_loop)
     thread.start()
-    fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
-        schedule=compiled.schedule, data=ours_data, device=compiled.device, epochs=1, on_batch=on_batch)
+    fit(training_of(compiled), ours_data, FitConfig(epochs=1), on_batch=on_batch)
     thread.join()
     return ours, plain[1:]
 

@@ -26,8 +26,10 @@ import torch.nn.functional as F
 
 from recipec.compiler.compile import compile_recipe
 from recipec.recipe.load import load_recipe
-from recipec.data.loaders import build_data, set_epoch
-from recipec.train.loop import fit
+from recipec.compiler.data_config import build_data
+from recipec.data.loaders import set_epoch
+from recipec.compiler.fit_config import training_of
+from recipec.train.loop import FitConfig, fit
 
 RECIPE = """\
     name: bench-gpu
@@ -47,10 +49,9 @@ def _sync(device: torch.device) -> None:
 def _recipec(recipe: Any, data: Any, epochs: int) -> list[float]:
     """Seconds of each epoch after the first, as fit reports them (it reads the losses once per epoch: a sync)."""
     compiled = compile_recipe(recipe, steps_per_epoch=len(data.train))
-    history = fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
-                  groups=compiled.groups, schedule=compiled.schedule, data=data, device=compiled.device,
-                  epochs=epochs + 1, amp=recipe.train.amp, compile_mode=recipe.train.compile,
-                  channels_last=recipe.train.channels_last)
+    history = fit(training_of(compiled), data, FitConfig(epochs=epochs + 1, amp=recipe.train.amp,
+                                                         compile_mode=recipe.train.compile,
+                                                         channels_last=recipe.train.channels_last))
     return [m["seconds"] for m in history[1:]]
 
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from recipec.data.loaders import build_data, set_epoch
+from recipec.compiler.data_config import build_data
+from recipec.data.loaders import set_epoch
 
 
 def _folder(root: Path, images: int, side: int) -> None:

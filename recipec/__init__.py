@@ -22,7 +22,8 @@ from recipec.errors import RecipecError
 if TYPE_CHECKING:
     from recipec.pipeline.build import build
     from recipec.compiler.compile import Compiled, compile_recipe
-    from recipec.inference.restore import load, load_predictor
+    from recipec.inference.predictor import load_predictor
+    from recipec.inference.restore import load
     from recipec.recipe.load import load_recipe
     from recipec.recipe.spec import Recipe
 
@@ -31,7 +32,7 @@ __all__ = ["Compiled", "Recipe", "RecipecError", "build", "compile_recipe", "loa
 _LAZY = {
     "build": "recipec.pipeline.build",
     "load": "recipec.inference.restore",
-    "load_predictor": "recipec.inference.restore",
+    "load_predictor": "recipec.inference.predictor",
     "Compiled": "recipec.compiler.compile",
     "compile_recipe": "recipec.compiler.compile",
     "load_recipe": "recipec.recipe.load",

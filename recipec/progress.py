@@ -44,7 +44,7 @@ class Progress:
     """
 
     def __init__(self, stream: IO[str], echo: Callable[[str], None] | None = None) -> None:
-        from rich.console import Console
+        from rich.console import Console  # noqa: PLC0415 (rich: only when a terminal shows progress)
 
         # force_terminal: the caller checked it is one; no markup or highlighting of text that came from files
         self._console = Console(file=stream, force_terminal=True, highlight=False, markup=False, emoji=False)
@@ -61,7 +61,7 @@ class Progress:
 
     def status(self, text: str) -> None:
         """Show ``text`` as the current phase (a spinner line) until the next status, bar or line."""
-        from rich.progress import Progress as Live, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Live, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: PLC0415 (rich: only when a terminal shows progress)
 
         self._stop()
         self._live = Live(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -112,7 +112,7 @@ class Progress:
             self._live.refresh()
 
     def _new_bar(self, batches: int, now: float) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Live, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Live, TextColumn, TimeRemainingColumn  # noqa: PLC0415 (rich: only when a terminal shows progress)
 
         self._stop()
         self._epoch += 1

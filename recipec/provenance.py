@@ -85,7 +85,7 @@ def environment(device: str) -> dict[str, Any]:
         ``device``, ``cpu_count``, ``torch_threads``, ``deterministic_algorithms``; for CUDA
         devices also ``device_name``, ``cuda`` (toolkit version) and ``cudnn`` where known.
     """
-    import torch
+    import torch  # noqa: PLC0415 (provenance stays torch-free until the environment is recorded)
 
     env: dict[str, Any] = {
         "device": device,

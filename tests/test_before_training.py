@@ -151,7 +151,8 @@ def test_a_broken_image_names_its_file_in_plan_and_build(tmp_path, capsys, monke
 
 
 def test_skipped_images_are_listed_and_the_order_stays_seeded(tmp_path, capsys, monkeypatch):
-    from recipec.data.loaders import build_data, set_epoch
+    from recipec.compiler.data_config import build_data
+    from recipec.data.loaders import set_epoch
 
     monkeypatch.chdir(ROOT)
     _images(tmp_path / "data")
@@ -203,7 +204,7 @@ def _source_recipe(tmp_path: Path, normalize: str = "from_weights") -> Path:
 
 
 def test_normalisation_is_inherited_from_a_recipec_source(tmp_path, capsys, monkeypatch):
-    from recipec.compiler.compile import data_kwargs
+    from recipec.compiler.data_config import data_kwargs
     from recipec.recipe.load import load_recipe
 
     monkeypatch.chdir(ROOT)
@@ -339,7 +340,8 @@ def test_resume_and_upstream_checks_still_hold_with_relative_paths(tmp_path, cap
     assert code == 0, err
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert yaml.safe_load(state["recipe"])["data"]["root"] == "../../data"
-    from recipec.pipeline.build import _check_resumable, _same_recipe
+    from recipec.pipeline.runs import check_resumable as _check_resumable
+    from recipec.pipeline.upstream import same_recipe as _same_recipe
     from recipec.recipe.load import load_recipe
 
     spec = load_recipe(recipe)

@@ -199,7 +199,7 @@ def test_resuming_an_early_stopped_run_trains_no_further(tmp_path):
 def test_resume_names_a_key_an_older_recipec_did_not_write(tmp_path):
     import yaml
 
-    from recipec.pipeline.build import _check_resumable
+    from recipec.pipeline.runs import check_resumable as _check_resumable
     from recipec.recipe.load import dump_recipe
 
     recipe = _recipe(tmp_path)

@@ -388,19 +388,20 @@ def test_a_full_disk_leaves_the_previous_file(tmp_path: Path, monkeypatch: pytes
 
 
 def test_a_full_disk_keeps_the_last_training_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from recipec.train.state import save_state
+    from recipec.train.state import RunPoint, save_state
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
-    kwargs = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "step": 1, "recipe_yaml": "name: x\n",
-              "trainable_groups": ["head"], "history": []}
+    kwargs = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "recipe_yaml": "name: x\n"}
     last = tmp_path / "last.pt"
-    save_state(last, epoch=1, **kwargs)  # type: ignore[arg-type]
+    save_state(last, point=RunPoint(epoch=1, step=1, trainable_groups=["head"], history=[]),
+               **kwargs)  # type: ignore[arg-type]
     before = last.read_bytes()
     monkeypatch.setattr(torch, "save", _no_space)
     with pytest.raises(RunError, match="no space left on device"):
-        save_state(last, epoch=2, **kwargs)  # type: ignore[arg-type]
+        save_state(last, point=RunPoint(epoch=2, step=1, trainable_groups=["head"], history=[]),
+                   **kwargs)  # type: ignore[arg-type]
     assert last.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
@@ -698,7 +699,7 @@ def test_errors_raised_while_writing_name_the_users_path(tmp_path: Path) -> None
 
 def test_an_upstream_runs_recipe_yaml_must_be_a_regular_file(tmp_path: Path) -> None:
     """source.recipe compares the upstream run's recipe.yaml: a FIFO there must not block the build."""
-    from recipec.pipeline.build import _same_recipe
+    from recipec.pipeline.upstream import same_recipe as _same_recipe
     from recipec.recipe.load import load_recipe
 
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart.yaml")

@@ -513,7 +513,7 @@ def test_kwargs_num_classes_is_bounded_like_the_head(tmp_path: Path, capsys: pyt
 
 
 def test_a_factory_that_cannot_allocate_is_a_model_error() -> None:
-    from recipec.model.zoo import build_architecture
+    from recipec.model.families import build_architecture
 
     with pytest.raises(ModelError, match="does not fit in memory") as info:
         build_architecture("resnet18", {"num_classes": 10**12})  # 2e15 bytes, beyond any address space: fails at once

@@ -68,7 +68,7 @@ def fit(**kwargs):
             time.sleep(600)  # killed here by the test
 
     result = real_fit(**{**kwargs, "on_epoch_end": on_epoch_end})
-    state = {k: v.detach().clone() for k, v in kwargs["model"].state_dict().items()}
+    state = {k: v.detach().clone() for k, v in kwargs["training"].model.state_dict().items()}
     torch.save({"state": state, "world_size": os.environ["WORLD_SIZE"], "group_rank": os.environ["GROUP_RANK"]},
                report / f"rank{rank}.pt")
     return result

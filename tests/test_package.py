@@ -11,7 +11,7 @@ def test_build_stays_the_function_after_its_module_is_imported() -> None:
         "import recipec, inspect\n"
         "first = recipec.build\n"
         "import recipec.pipeline.build\n"
-        "from recipec.pipeline.build import run_directory\n"
+        "from recipec.pipeline.build import build\n"
         "assert inspect.isfunction(recipec.build), recipec.build\n"
         "assert recipec.build is first\n"
         "import sys; assert inspect.ismodule(sys.modules['recipec.pipeline.build'])\n"

@@ -82,15 +82,16 @@ def _write(fmt: str, recipe_yaml: str, directory: Path) -> Path:
         index.write_text(json.dumps(data))
         return index
     if fmt == "training-state":
-        from recipec.train.state import save_state
+        from recipec.train.state import RunPoint, save_state
 
         model = tiny_cnn(num_classes=10, width=4)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
         (directory / "checkpoints").mkdir(exist_ok=True)
         return save_state(directory / "checkpoints" / "last.pt", model=model, optimizer=optimizer,
-                          scheduler=scheduler, epoch=1, step=1, recipe_yaml=recipe_yaml,
-                          trainable_groups=["head"], history=[{"epoch": 0, "train_loss": 1.0}])
+                          scheduler=scheduler, recipe_yaml=recipe_yaml,
+                          point=RunPoint(epoch=1, step=1, trainable_groups=["head"],
+                                         history=[{"epoch": 0, "train_loss": 1.0}]))
     assert fmt == "onnx"
     graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
@@ -314,7 +315,7 @@ def test_a_trusted_custom_factory_loads(legit: tuple[str, Path, Path]) -> None:
     (["nets:Small"], False), ([" nets:small"], False),
 ])
 def test_trust_is_by_exact_name(trust: object, trusted: bool) -> None:
-    from recipec.model.zoo import check_factory_trust
+    from recipec.model.factory import check_factory_trust
 
     check_factory_trust("resnet18", ())  # torchvision names need no trust
     if trusted:

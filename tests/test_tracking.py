@@ -17,7 +17,8 @@ import pytest
 from recipec.cli import main
 from recipec.errors import RecipecError, RecipeError
 from recipec.recipe.load import load_recipe
-from recipec.tracking.tracker import Tracking, flatten, open_tracking, scalars
+from recipec.tracking.metrics import flatten, scalars
+from recipec.tracking.tracker import Tracking, open_tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,7 +204,7 @@ def test_a_killed_and_resumed_build_reads_back_once_per_epoch(tmp_path: Path,
 
 
 def test_log_may_be_added_on_resume(tmp_path: Path) -> None:
-    from recipec.pipeline.build import _check_resumable
+    from recipec.pipeline.runs import check_resumable as _check_resumable
     from recipec.recipe.load import dump_recipe
 
     before = load_recipe(_recipe_file(tmp_path, ""))

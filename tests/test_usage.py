@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 import recipec
-from recipec.inference.predictor import describe_preprocessing, image_transform, load_predictor
+from recipec.inference.predictor import image_transform, load_predictor
+from recipec.inference.preprocessing import describe_preprocessing
 from tests.evalrun import CLASSES, TRUST, shared_run
 
 
@@ -19,9 +20,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_transform_is_exactly_the_runs_eval_pipeline(run: Path) -> None:
-    from recipec.compiler.compile import data_kwargs
+    from recipec.compiler.data_config import build_split, data_kwargs
     from recipec.inference.restore import read_export
-    from recipec.data.loaders import build_split
 
     predictor = recipec.load_predictor(run / "model.safetensors", trust_factories=TRUST)
     assert predictor.classes == CLASSES
@@ -81,5 +81,5 @@ def test_import_is_torch_free() -> None:
     import subprocess
     import sys
 
-    code = "import recipec.inference.predictor, sys; assert 'torch' not in sys.modules"
+    code = "import recipec.inference.preprocessing, sys; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

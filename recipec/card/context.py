@@ -4,7 +4,8 @@
 exports, digested into sections (model, data, training, transfer, evaluation, usage). What the
 run does not know is ``None`` or empty, never a placeholder. :mod:`recipec.card.render` renders it.
 
-Torch is imported only inside :func:`card_context`, to read an export's metadata.
+The run's exported files are named once, here (:data:`EXPORT_FILES`). ``recipec card`` re-renders
+without torch: the export readers (torch-bound) are imported only inside :func:`_export_provenance`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from typing import Any
 
 import yaml
 
-from recipec.errors import RunDirectoryError
+from recipec._files import expand_inputs
+from recipec.errors import CheckpointError, RunDirectoryError
+from recipec.inference.preprocessing import describe_preprocessing, preprocessing_of
+from recipec.provenance import file_digest, read_export_metadata
 from recipec.recipe._yaml import read_embedded
 
-__all__ = ["card_context"]
+__all__ = ["EXPORT_FILES", "card_context"]
 
-_EXPORTS = ("model.safetensors", "model.safetensors.index.json", "model.pt", "model.onnx")
+EXPORT_FILES = (  # the model exports of a run directory, in the order a user would pick one
+    "model.safetensors", "model.safetensors.index.json", "model.pt", "model.onnx")
 _KEY_ROWS = 20  # non-loaded keys listed per load stage; the rest are counted
 _FATES = ("loaded", "adapted", "renamed", "mismatched", "missing", "new", "defaulted", "excluded", "unexpected")
 
@@ -58,7 +63,7 @@ def card_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise RunDirectoryError(f"{run / 'metrics.jsonl'}: no epoch finished; build the run before its card")
     plan_file = run / "plan.json"
     plan = _parse(plan_file, plan_file.read_text(encoding="utf-8"), json.loads) if plan_file.is_file() else {}
-    present = [name for name in _EXPORTS if (run / name).is_file()]
+    present = [name for name in EXPORT_FILES if (run / name).is_file()]
     provenance = _export_provenance(run, present)
 
     card = recipe.get("card") or {}
@@ -101,14 +106,10 @@ def _parse(path: Path, text: str, parse: Any) -> Any:
 
 def _exported_files(run: Path, present: list[str]) -> list[dict[str, Any]]:
     """Every exported file with its size and sha256, hashed from the disk now (shards after their index)."""
-    from recipec.provenance import file_digest
-
     names: list[str] = []
     for name in present:
         names.append(name)
         if name.endswith(".index.json"):
-            from recipec._files import expand_inputs
-
             names += [shard.name for shard in expand_inputs([run / name])[1:] if shard.is_file()]
     return [{"file": name, "bytes": (run / name).stat().st_size, "sha256": file_digest(run / name)}
             for name in dict.fromkeys(names)]
@@ -139,12 +140,9 @@ def _eval_results(run: Path) -> list[dict[str, Any]]:
 
 def _usage(recipe: dict[str, Any], provenance: dict[str, Any], present: list[str]) -> dict[str, Any]:
     """How to use the exports: which file, whether a factory must be trusted, the preprocessing in words."""
-    from recipec.errors import CheckpointError
-    from recipec.inference.predictor import describe_preprocessing, preprocessing_of
-
     arch = str((recipe.get("model") or {}).get("arch") or "")
     try:
-        words = describe_preprocessing(preprocessing_of(None, provenance)) if provenance else None
+        words = describe_preprocessing(preprocessing_of(provenance)) if provenance else None
     except (CheckpointError, KeyError, TypeError, ValueError):  # an export that records no preprocessing
         words = None
     return {"file": next((n for n in present if n != "model.onnx"), None) or (present[0] if present else None),
@@ -154,14 +152,12 @@ def _usage(recipe: dict[str, Any], provenance: dict[str, Any], present: list[str
 def _export_provenance(run: Path, exports: list[str]) -> dict[str, Any]:
     readable = [name for name in exports if name != "model.onnx"]
     if not readable and "model.onnx" in exports:
-        from recipec.provenance import read_export_metadata
-        from recipec.weights.onnx import read_onnx
+        from recipec.weights.onnx import read_onnx  # noqa: PLC0415 (torch-bound: only when a card reads an export)
 
         return read_export_metadata({p.key: p.value for p in read_onnx(run / "model.onnx").metadata_props})[1]
     if not readable:
         return {}
-    from recipec.provenance import read_export_metadata
-    from recipec.weights.formats import read_metadata  # imports torch: only here, never at module level
+    from recipec.weights.formats import read_metadata  # noqa: PLC0415 (torch-bound, as above)
 
     return read_export_metadata(read_metadata(run / readable[0]))[1]
 

@@ -5,7 +5,7 @@ Everything the card says is read back from the run directory (``recipe.yaml``, `
 so ``recipec card`` re-renders any finished run, with the shipped template or another one. What
 the run does not know is left out of the card rather than written as a placeholder.
 
-Torch is imported only inside :func:`card_context`, to read an export's metadata.
+Torch is imported only when :func:`card_context` reads an export's metadata.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from recipec import _json as clean_json
 from recipec._atomic import atomic_write_text
 from recipec._files import check_output, check_regular
 from recipec.card._sandbox import LimitedSandbox, TemplateLimit, render_limited
-from recipec.card.context import _EXPORTS, card_context
+from recipec.card.context import EXPORT_FILES, card_context
 from recipec.errors import RecipeError, RunDirectoryError
 
 __all__ = ["DEFAULT_TEMPLATE", "card_context", "render_card", "write_card"]
@@ -108,7 +108,7 @@ def write_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[s
     target = Path(run_dir) / "README.md" if out is None else check_output(
         out, what="the card", error=RunDirectoryError,  # never onto a file the card is made from
         inputs=[*(run / n for n in ("recipe.yaml", "metrics.jsonl", "plan.json", "plan.png", "curves.png",
-                                    *_EXPORTS)),
+                                    *EXPORT_FILES)),
                 run / "checkpoints", template, DEFAULT_TEMPLATE])
     text = render_card(run_dir, template=template)
     atomic_write_text(target, text)

@@ -155,7 +155,7 @@ def lr_find(recipe: str, overrides: tuple[str, ...], device: str | None, as_json
 
         check_output(png, inputs=[recipe], what="the lr-find picture")
     try:
-        from recipec.pipeline.build import resolve_upstream
+        from recipec.pipeline.upstream import resolve_upstream
         from recipec.pipeline.checks import check_inputs
         from recipec.pipeline.lrfind import find_lr, format_lr_find, plot_lr_find
 

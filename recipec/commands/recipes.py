@@ -147,7 +147,7 @@ def build(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool
     except RecipecError as exc:
         raise locate(exc, spec) from exc
     except BuildInterrupted as exc:
-        from recipec.pipeline.build import run_directory
+        from recipec.pipeline.runs import run_directory
 
         raise Interrupted(_resume_lines(exc, resume_args, out, str(run_directory(spec, out)), smoke)) from exc
     finally:
@@ -185,7 +185,8 @@ def plan(recipe: str, overrides: tuple[str, ...], device: str | None, as_json: b
 
         check_output(png, inputs=[recipe], what="the plan picture")
     try:
-        from recipec.pipeline.build import plan_recipe, resolve_upstream
+        from recipec.pipeline.planning import plan_recipe
+        from recipec.pipeline.upstream import resolve_upstream
         from recipec.pipeline.checks import check_inputs
 
         check_inputs(spec, scan_images=True)  # every missing path and data problem at once, before compiling

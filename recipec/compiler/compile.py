@@ -20,11 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from recipec.errors import CheckpointError, Problem, RecipecError, TransferError
+from recipec.errors import CheckpointError, Problem, RecipecError, TransferError, relabeled
+from recipec.compiler.fit_config import FREEZE_FIELDS, lr_shape
 from recipec.compiler.plan import Plan, build_plan
 from recipec.recipe.spec import Recipe
+from recipec.train.freezing import apply_trainable, compile_schedule, fixed_parameters, keep_fixed
+from recipec.train.optim import build_optimizer, build_param_groups
+from recipec.train.schedule import build_scheduler
 
-__all__ = ["Compiled", "compile_recipe", "data_kwargs", "resolve_normalization", "resolve_preprocessing"]
+__all__ = ["Compiled", "compile_recipe", "resolve_normalization", "resolve_preprocessing"]
 
 
 @dataclass
@@ -72,27 +76,25 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
         >>> print(compiled.plan.text())
     """
     from recipec.device import resolve_device
-    from recipec.model import heads, pretrained, zoo
-    from recipec.model.groups import assign_groups, preset_groups
-    from recipec.train.freezing import apply_trainable, compile_schedule, fixed_parameters, keep_fixed
-    from recipec.train.optim import build_optimizer, build_param_groups, build_scheduler, scheduler_kwargs
+    from recipec.model import families, heads, pretrained, zoo
+    from recipec.model.groups import assign_groups
 
     spec = recipe.model
     target = resolve_device(device or recipe.device)
     torch.manual_seed(recipe.seed)
 
     with _cwd_importable():
-        model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None,
-                                       weights=spec.weights)
+        model = families.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None,
+                                            weights=spec.weights)
     fixed = keep_fixed(model)  # what the architecture freezes itself stays frozen (a replaced head is new)
     head_info = None
     if spec.head is not None:
-        head_info = heads.replace_head(
+        head_info = families.replace_head(
             model, spec.arch, num_classes=spec.head.num_classes, type=spec.head.type, hidden=spec.head.hidden,
             dropout=spec.head.dropout, activation=spec.head.activation, at=spec.head.at)
         head_prefix = head_info.param_prefix
     else:
-        head_prefix = heads.default_head_path(model, spec.arch) + "."
+        head_prefix = families.default_head_path(model, spec.arch) + "."
     new_prefixes = [head_prefix, *head_info.aux_prefixes] if head_info is not None else []
     # a non-default value, not merely a written one: a dumped recipe.yaml writes every field, defaults included
     default_aux = type(spec).model_fields["aux_loss_weight"].default
@@ -109,7 +111,7 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     if spec.weights is not None:
         from recipec.weights.transfer import apply_transfer
 
-        state_dict, weights_info = pretrained.load_pretrained_state_dict(spec.arch, spec.weights)
+        state_dict, weights_info = families.load_pretrained_weights(spec.arch, spec.weights)
         # the replaced head, and the replaced layers of auxiliary classifiers the weights hold
         exclude = [f"^{_escape(prefix)}" for i, prefix in enumerate(new_prefixes)
                    if i == 0 or any(key.startswith(prefix) for key in state_dict)]
@@ -132,31 +134,32 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
         reports["source"] = _apply_source(recipe, model, new_prefixes)
 
     group_specs = ([(g.name, list(g.match)) for g in recipe.groups] if recipe.groups is not None
-                   else preset_groups(spec.arch, model, head_prefix, fine=spec.group_matcher == "fine"))
+                   else families.preset_groups(spec.arch, model, head_prefix, fine=spec.group_matcher == "fine"))
     groups = assign_groups(model, group_specs, head_prefix=head_prefix, from_recipe=recipe.groups is not None)
     names = [g.name for g in groups]
     freeze = recipe.freeze
-    schedule = compile_schedule(
-        names, epochs=recipe.train.epochs, trainable=freeze.trainable, unfreeze=freeze.unfreeze,
-        gradual_every=freeze.gradual.every if freeze.gradual else None,
-        gradual_start=freeze.gradual.start if freeze.gradual else 1)
+    with relabeled(FREEZE_FIELDS):  # compile_schedule names its arguments; the recipe's paths are freeze.*
+        schedule = compile_schedule(
+            names, epochs=recipe.train.epochs, trainable=freeze.trainable, unfreeze=freeze.unfreeze,
+            gradual_every=freeze.gradual.every if freeze.gradual else None,
+            gradual_start=freeze.gradual.start if freeze.gradual else 1)
     apply_trainable(model, groups, schedule.trainable_at(0))
     model.to(target)
 
     opt = recipe.optimizer
-    param_groups = build_param_groups(
-        model, groups, lr=opt.lr, lr_decay=opt.lr_decay, group_lr=opt.group_lr,
-        weight_decay=opt.weight_decay, no_weight_decay=opt.no_weight_decay)
-    optimizer = build_optimizer(param_groups, name=opt.name, lr=opt.lr, momentum=opt.momentum,
-                                nesterov=opt.nesterov, betas=opt.betas)
-    # onecycle's factor_kwargs carry total_steps too (the plan's table needs them): the same number
-    factor_kwargs = scheduler_kwargs(opt.scheduler, recipe.train.epochs, steps_per_epoch=max(1, steps_per_epoch))
-    scheduler = build_scheduler(optimizer, **{"total_steps": recipe.train.epochs * max(1, steps_per_epoch),
-                                              **factor_kwargs})
+    with relabeled(prefix=("optimizer",)):  # their arguments are optimizer.*: group_lr, no_weight_decay, name
+        param_groups = build_param_groups(
+            model, groups, lr=opt.lr, lr_decay=opt.lr_decay, group_lr=opt.group_lr,
+            weight_decay=opt.weight_decay, no_weight_decay=opt.no_weight_decay)
+        optimizer = build_optimizer(param_groups, name=opt.name, lr=opt.lr, momentum=opt.momentum,
+                                    nesterov=opt.nesterov, betas=opt.betas)
+    # onecycle's shape carries total_steps too (the plan's table needs them): the same number
+    shape = lr_shape(opt.scheduler, recipe.train.epochs, steps_per_epoch=max(1, steps_per_epoch))
+    scheduler = build_scheduler(optimizer, shape, total_steps=recipe.train.epochs * max(1, steps_per_epoch))
 
     plan = build_plan(recipe, model=model, device=target, groups=groups, schedule=schedule, reports=reports,
                       optimizer=optimizer,
-                      head=head_info, head_prefix=head_prefix, factor_kwargs=factor_kwargs,
+                      head=head_info, head_prefix=head_prefix, lr_shape=shape,
                       weights_info=weights_info, normalization=normalization, fixed=fixed_parameters(model))
     stats, origin = resolve_normalization(recipe)
     plan.data["data_preprocessing"] = resolve_preprocessing(recipe)  # the resize the data will get
@@ -201,7 +204,7 @@ def resolve_normalization(recipe: Recipe) -> tuple[tuple[tuple[float, ...], tupl
                         f"the metadata of source.checkpoint {source} (data.normalize: from_weights)")
             return None, f"none: source.checkpoint {source} was trained without normalisation (its metadata says so)"
     if recipe.model.weights is not None:
-        from recipec.model.pretrained import weights_normalization
+        from recipec.model.families import weights_normalization
 
         stats = weights_normalization(recipe.model.arch, recipe.model.weights)
         if stats is not None:
@@ -213,21 +216,22 @@ def resolve_normalization(recipe: Recipe) -> tuple[tuple[tuple[float, ...], tupl
 
 
 def resolve_preprocessing(recipe: Recipe) -> dict[str, Any]:
-    """How the data will be resized: :func:`recipec.data.loaders.resize_rule` for ``data.image_size``,
+    """How the data will be resized: :func:`recipec.data.transforms.resize_rule` for ``data.image_size``,
     ``data.resize`` and the preprocessing of ``model.weights`` (timm ``pretrained_cfg``,
     torchvision ``transforms()``); custom factories and ``weights: null`` have none.
 
     Raises:
         DatasetError: ``data.image_size: from_weights`` without such weights.
     """
-    from recipec.model import pretrained
-    from recipec.data.loaders import resize_rule
+    from recipec.model import families
+    from recipec.data.transforms import resize_rule
 
     spec = recipe.model
     preprocessing = None
-    if spec.weights is not None and ":" not in spec.arch:
-        preprocessing = pretrained.weights_preprocessing(spec.arch, spec.weights)
-    return resize_rule(recipe.data.image_size, recipe.data.resize, preprocessing, spec.weights)
+    if spec.weights is not None:  # None for a custom factory: its family has no pretrained weights
+        preprocessing = families.weights_preprocessing(spec.arch, spec.weights)
+    with relabeled({"image_size": ("data", "image_size")}):  # resize_rule names its own argument
+        return resize_rule(recipe.data.image_size, recipe.data.resize, preprocessing, spec.weights)
 
 
 @contextlib.contextmanager
@@ -280,7 +284,7 @@ def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> 
     if source.recipe is not None:
         raise CheckpointError([(("source", "recipe"),
                                 "an upstream recipe must be built first: recipec build and recipec plan do it "
-                                "(recipec.pipeline.build.resolve_upstream turns it into source.checkpoint)")])
+                                "(recipec.pipeline.upstream.resolve_upstream turns it into source.checkpoint)")])
     path = Path(source.checkpoint or "")
     try:
         if source.sha256 is not None:
@@ -304,26 +308,3 @@ def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> 
         state_dict_key=checkpoint.key)
     report.filter = ran
     return report
-
-
-def data_kwargs(recipe: Recipe) -> dict[str, Any]:
-    """The keyword arguments of :func:`recipec.data.loaders.build_data` for ``recipe``: its data section, with
-    the normalisation and resize rule resolved against the weights the model ends up with."""
-    d = recipe.data
-    # from_weights follows the weights the model ends up with: a recipec source's recorded normalisation first
-    normalization, _ = resolve_normalization(recipe)
-    rule = resolve_preprocessing(recipe)  # data.image_size / data.resize against the weights' preprocessing
-    shorter = rule["rule"] == "shorter_side"
-    return {"on_bad_image": d.on_bad_image, "dataset": d.dataset, "root": d.root, "classes": d.classes, "per_class": d.per_class,
-            "val_fraction": d.val_fraction, "test_split": d.test_split, "image_size": rule["image_size"],
-            "normalize": d.normalize,
-            "resize_size": rule["resize_size"] if shorter else None, "interpolation": rule["interpolation"],
-            "crop_mode": rule["crop_mode"] or "center", "crop_fill": rule.get("fill"),
-            "augment": [a if isinstance(a, str) else a.model_dump(mode="json") for a in d.augment],
-            "sampler": d.sampler, "batch_size": d.batch_size, "num_workers": d.num_workers, "seed": recipe.seed,
-            "task": recipe.task, "threshold": recipe.multilabel.threshold,
-            "in_channels": recipe.model.in_channels, "weights_normalization": normalization,
-            "num_classes": recipe.model.head.num_classes if recipe.model.head else None,
-            # the loaders' device type: pinned memory and num_workers: auto depend on it (build passes --device's)
-            "device": ("cuda" if torch.cuda.is_available() else "cpu") if recipe.device == "auto"
-            else recipe.device.split(":")[0]}

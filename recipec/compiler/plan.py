@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from recipec.model.families import family_of
+
 __all__ = ["Plan", "build_plan", "data_lines"]
 
 
@@ -32,7 +34,7 @@ class Plan:
 
 def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], schedule: Any, reports: dict[str, Any],
                optimizer: Any,
-               head: Any, head_prefix: str, factor_kwargs: dict[str, Any], weights_info: Any,
+               head: Any, head_prefix: str, lr_shape: Any, weights_info: Any,
                normalization: Any, fixed: Sequence[str] = ()) -> Plan:
     """Collect the plan of a compiled recipe (see :func:`recipec.compile_recipe`).
 
@@ -41,14 +43,15 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
     from recipec.data.loaders import LAST_BATCH_POLICY
     from recipec.train.freezing import batchnorm_modes
     from recipec.train.modes import random_layer_modes
-    from recipec.train.optim import TINY_LR_RATIO, group_learning_rates, lr_table, tiny_learning_rates
+    from recipec.train.optim import TINY_LR_RATIO, group_learning_rates, tiny_learning_rates
+    from recipec.train.schedule import lr_table
     from recipec.data.speed import speed_plan
 
     opt = recipe.optimizer
     names = [g.name for g in groups]
     epochs = recipe.train.epochs
     base_lrs = group_learning_rates(names, lr=opt.lr, lr_decay=opt.lr_decay, group_lr=opt.group_lr)
-    lrs = lr_table(names, base_lrs, epochs=epochs, **factor_kwargs)
+    lrs = lr_table(names, base_lrs, epochs=epochs, shape=lr_shape)
     bn_by_epoch = [batchnorm_modes(model, groups, schedule.trainable_at(e), batchnorm=recipe.freeze.batchnorm)
                    for e in range(epochs)]
     random_by_epoch = [random_layer_modes(model, groups, schedule.trainable_at(e), dropout=recipe.freeze.dropout)
@@ -92,7 +95,7 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
         "fixed_parameters": {"tensors": list(fixed), "params": sum(named[n].numel() for n in fixed)},
         "head": _head_dict(head, head_prefix) | (
             {"aux_loss_weight": recipe.model.aux_loss_weight} if head is not None and head.aux_prefixes
-            and not recipe.model.arch.startswith("timm/") else {}),  # timm's head_dist: averaged, no extra loss
+            and not family_of(recipe.model.arch).averages_extra_heads else {}),  # timm's head_dist: no extra loss
         "weights": None if weights_info is None else {
             "name": weights_info.name, "url": weights_info.url, "path": str(weights_info.path)} | (
             {"preprocessing": weights_info.preprocessing} if getattr(weights_info, "preprocessing", None) else {}),

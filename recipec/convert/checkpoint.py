@@ -22,19 +22,17 @@ from typing import Any
 import torch
 
 from recipec._files import check_output, require_path
-from recipec.provenance import RECIPE_KEY
 from recipec.convert.metadata import Sha256InBackground as _Sha256InBackground
 from recipec.convert.metadata import carried_metadata as _carried_metadata
 from recipec.convert.metadata import converted_from as _converted_from
 from recipec.convert.metadata import moved_recipe as _moved_recipe
-from recipec.convert.onnx import embedded_recipe as _embedded_recipe
-from recipec.convert.onnx import rebuild as _rebuild
-from recipec.convert.onnx import to_onnx
 from recipec.errors import CheckpointError
-from recipec.recipe.spec import Recipe
+from recipec.provenance import RECIPE_KEY
+from recipec.recipe.load import dump_recipe, load_recipe
+from recipec.recipe.spec import Recipe, parse_size
 from recipec.weights import formats
 
-__all__ = ["CONVERTED_FROM_KEY", "FORMATS", "convert", "to_onnx"]
+__all__ = ["CONVERTED_FROM_KEY", "FORMATS", "convert"]
 
 INDEX_SUFFIX = formats.INDEX_SUFFIX
 
@@ -96,7 +94,7 @@ def convert(
     """
     trusted: tuple[str, ...] = ()
     if not (isinstance(trust_factories, (tuple, list)) and not trust_factories):
-        from recipec.model.zoo import factory_names  # imports torchvision (~90 MiB): only when there are names
+        from recipec.model.factory import factory_names  # noqa: PLC0415 (torchvision, ~1.2 s: only when there are names)
 
         trusted = factory_names(trust_factories)
     # Path("") is the working directory: an empty path must not pick a file from it
@@ -110,8 +108,6 @@ def convert(
     check_output(target, inputs=[source, recipe], what="the conversion", error=CheckpointError)
     spec = None
     if recipe is not None:
-        from recipec.recipe.load import load_recipe
-
         spec = load_recipe(recipe)
     checkpoint = formats.load(source, allow_globals=allow_globals)
     check_output(target, inputs=checkpoint.files, what="the conversion", error=CheckpointError)  # hard links too
@@ -131,20 +127,21 @@ def _convert_loaded(checkpoint: formats.Checkpoint, source: Path, target: Path, 
     metadata = _carried_metadata(checkpoint)
     state = _cast(checkpoint.state_dict, cast)
     if spec is not None:
-        from recipec.recipe.load import dump_recipe
-
         # The output describes the architecture its tensors were checked against.
         metadata[RECIPE_KEY] = dump_recipe(spec, relative_to=target.parent)
     elif isinstance(metadata.get(RECIPE_KEY), str):
         metadata[RECIPE_KEY] = _moved_recipe(metadata[RECIPE_KEY], source.parent, target.parent)
-    if spec is None and fmt == "onnx":
-        spec = _embedded_recipe(metadata, source)
-    # --recipe is the user's own: its factory is trusted; the checkpoint's only as far as they say
-    trust: bool | tuple[str, ...] = True if own_recipe else trusted
-    model = _rebuild(spec, state, source, trust) if spec is not None else None
-    if fmt == "onnx":
-        assert spec is not None and model is not None
-        return [to_onnx(model, spec, target, {**metadata, CONVERTED_FROM_KEY: converted_from.resolve()})]
+    if spec is not None or fmt == "onnx":
+        # Rebuilding the architecture needs torchvision (~1.2 s to import): a conversion between tensor
+        # formats without --recipe never pays for it.
+        from recipec.convert import onnx  # noqa: PLC0415
+
+        if spec is None:
+            spec = onnx.embedded_recipe(metadata, source)
+        # --recipe is the user's own: its factory is trusted; the checkpoint's only as far as they say
+        model = onnx.rebuild(spec, state, source, True if own_recipe else trusted)
+        if fmt == "onnx":
+            return [onnx.to_onnx(model, spec, target, {**metadata, CONVERTED_FROM_KEY: converted_from.resolve()})]
     return _save(state, target, fmt, metadata, shard, {CONVERTED_FROM_KEY: converted_from})
 
 
@@ -183,8 +180,6 @@ def _check_shard_size(shard_size: int | str | None, fmt: str, target: Path) -> i
     if fmt != "safetensors" or not target.name.endswith((".safetensors", INDEX_SUFFIX)):
         raise CheckpointError(f"--shard-size: shards are written as safetensors; name the output .safetensors "
                               f"or *{INDEX_SUFFIX}, not {target.name!r}")
-    from recipec.recipe.spec import parse_size
-
     try:
         size = parse_size(shard_size)
     except ValueError as exc:

@@ -11,9 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from recipec import _json as clean_json
-from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY
 from recipec.errors import RecipecError
+from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY
+from recipec.recipe._yaml import read_embedded
+from recipec.recipe.load import relative_paths, resolve_paths
 from recipec.weights import formats
 
 __all__ = ["Sha256InBackground", "carried_metadata", "converted_from", "moved_recipe"]
@@ -58,11 +62,6 @@ def converted_from(checkpoint: formats.Checkpoint, sha256: str) -> str:
 
 def moved_recipe(recipe_yaml: str, source_dir: Path, target_dir: Path) -> str:
     """The carried recipe with its relative paths (relative to the source's run directory) following the file."""
-    import yaml
-
-    from recipec.recipe._yaml import read_embedded
-    from recipec.recipe.load import relative_paths, resolve_paths
-
     try:
         data = read_embedded(recipe_yaml, str(source_dir))
     except RecipecError:

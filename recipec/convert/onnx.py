@@ -15,16 +15,18 @@ import torch
 from torch import nn
 
 from recipec._atomic import atomic_path
-from recipec.provenance import read_export_metadata
+from recipec.compiler.compile import resolve_preprocessing
 from recipec.errors import CheckpointError, ExportError
+from recipec.inference.restore import build_model
+from recipec.provenance import read_export_metadata
+from recipec.recipe._yaml import read_embedded
 from recipec.recipe.spec import Recipe
+from recipec.weights.onnx import export_onnx, verify_onnx
 
 __all__ = ["embedded_recipe", "rebuild", "to_onnx"]
 
 
 def embedded_recipe(metadata: Mapping[str, str], source: Path) -> Recipe:
-    from recipec.recipe._yaml import read_embedded
-
     recipe_yaml, _ = read_export_metadata(metadata)
     if recipe_yaml is None:
         raise CheckpointError(f"{source}: the checkpoint carries no recipe, so the architecture is unknown; pass --recipe")
@@ -37,8 +39,6 @@ def embedded_recipe(metadata: Mapping[str, str], source: Path) -> Recipe:
 def rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path,
              trust_factories: bool | tuple[str, ...]) -> nn.Module:
     """The architecture the recipe describes (as ``recipec.load`` builds it), with ``state`` loaded strictly."""
-    from recipec.inference.restore import build_model
-
     spec = recipe.model
     model = build_model(recipe, trust_factories=trust_factories, origin=str(source))
     expected = model.state_dict()
@@ -55,13 +55,9 @@ def rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path,
 
 def to_onnx(model: nn.Module, recipe: Recipe, target: Path, metadata: dict[str, str]) -> Path:
     """Export ``model`` to ONNX as ``recipe.export.onnx`` says, verified before it appears at ``target``."""
-    from recipec.weights.onnx import export_onnx, verify_onnx
-
     options = recipe.export.onnx
     side = recipe.data.image_size
     if not isinstance(side, int):  # data.image_size: from_weights
-        from recipec.compiler.compile import resolve_preprocessing
-
         side = resolve_preprocessing(recipe)["image_size"]
     shape = (1, recipe.model.in_channels, side, side)
     # Export and verify under a temporary name: a file that fails verification never appears as dst.

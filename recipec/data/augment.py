@@ -79,7 +79,8 @@ def build_augmentations(augment: Sequence[Any], size: int, channels: int,
         nor 3 channels (as before; the others that need colour are refused).
 
     Raises:
-        DatasetError: an unknown name or option, or a colour policy on images of neither 1 nor 3 channels.
+        DatasetError: an unknown name or option, or a colour policy on images of neither 1 nor 3 channels,
+            located at ``("augment", i)``.
     """
     out = Augmentations()
     problems = augment_problems(augment, channels)
@@ -92,7 +93,7 @@ def build_augmentations(augment: Sequence[Any], size: int, channels: int,
         try:
             transform = _make(name, options, size, interpolation)
         except (TypeError, ValueError) as exc:  # an option torchvision refuses (the recipe spec bounds them first)
-            problems.append((("data", "augment", i), f"{describe_augment(entry)}: {exc}"))
+            problems.append((("augment", i), f"{describe_augment(entry)}: {exc}"))
             continue
         (out.after if name in _AFTER_NORMALIZE else out.before).append(transform)
     if problems:
@@ -101,15 +102,15 @@ def build_augmentations(augment: Sequence[Any], size: int, channels: int,
 
 
 def augment_problems(augment: Sequence[Any], channels: int) -> list[Any]:
-    """Located problems of ``data.augment`` items: unknown names, colour policies on neither 1 nor 3 channels."""
+    """Problems of ``augment`` items, at ``("augment", i)``: unknown names, colour policies on neither 1 nor 3 channels."""
     problems: list[Any] = []
     for i, entry in enumerate(augment):
         name, _ = _item(entry)
         if name not in AUGMENTS:
-            problems.append((("data", "augment", i), f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTS)}"))
+            problems.append((("augment", i), f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTS)}"))
         elif name in _COLOUR and name != "color_jitter" and channels not in (1, 3):
-            problems.append((("data", "augment", i), f"{name} works on images of 1 or 3 channels, and "
-                                                      f"model.in_channels is {channels}; remove it"))
+            problems.append((("augment", i), f"{name} works on images of 1 or 3 channels, and "
+                                             f"model.in_channels is {channels}; remove it"))
     return problems
 
 
@@ -271,14 +272,17 @@ SAMPLERS = {
 }
 
 
-def augment_plan(recipe: Any, data: Any) -> dict[str, Any]:
-    """plan.json's ``data_transforms`` (train and eval, in order), ``data_mix`` and ``data_sampler``."""
-    d = recipe.data
-    mix = batch_mix(max(len(data.classes), 1), d.mixup, d.cutmix)
+def augment_plan(data: Any, mixup: Any, cutmix: Any, sampler: str) -> dict[str, Any]:
+    """plan.json's ``data_transforms`` (train and eval, in order), ``data_mix`` and ``data_sampler``.
+
+    ``data``: what :func:`recipec.data.build.build_data` built; ``mixup``, ``cutmix``: as :func:`batch_mix`
+    takes them; ``sampler``: ``random`` or ``balanced``.
+    """
+    mix = batch_mix(max(len(data.classes), 1), mixup, cutmix)
     return {"data_transforms": data.info.get("transforms"),
-            "data_mix": None if mix is None else {"mixup": _dumped(d.mixup), "cutmix": _dumped(d.cutmix),
+            "data_mix": None if mix is None else {"mixup": _dumped(mixup), "cutmix": _dumped(cutmix),
                                                   "summary": repr(mix)},
-            "data_sampler": {"name": d.sampler, "summary": SAMPLERS[d.sampler]}}
+            "data_sampler": {"name": sampler, "summary": SAMPLERS[sampler]}}
 
 
 def _dumped(spec: Any) -> Any:

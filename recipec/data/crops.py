@@ -67,7 +67,7 @@ def eval_resize(image_size: int, resize_size: int, interpolation: str, crop_mode
     Raises:
         ValueError: an unknown crop mode or interpolation (callers check both first).
     """
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # noqa: PLC0415 (the card imports this module torch-free)
 
     mode = v2.InterpolationMode(interpolation)
     if crop_mode == "border":
@@ -86,9 +86,9 @@ class BorderResize:
         self.fill = [int(v) for v in fill] if fill else [0, 0, 0]
 
     def __call__(self, image: Any) -> Any:
-        import torch
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2 import functional as F
+        import torch  # noqa: PLC0415 (torch-free module, as above)
+        from torchvision.transforms.v2 import InterpolationMode  # noqa: PLC0415 (as above)
+        from torchvision.transforms.v2 import functional as F  # noqa: PLC0415 (as above)
 
         h, w = F.get_size(image)
         ratio = max(h / self.resize_size, w / self.resize_size)

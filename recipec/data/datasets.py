@@ -1,4 +1,4 @@
-"""Where examples come from: the dataset readers, bad images, the fingerprint.
+"""Where examples come from: the dataset readers and the fingerprint.
 
 :func:`load_examples` reads a dataset into :class:`Examples`: every example's class, and the
 split it belongs to when the data says so (``root/train``, ``root/val``, ``root/test``
@@ -10,6 +10,7 @@ loader, RGB), whatever lists them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -17,22 +18,18 @@ from typing import Any
 
 import torch
 import torchvision
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import find_classes, make_dataset
 
 from recipec.errors import DatasetError
-from recipec.data.examples import SPLITS, Examples, FileImages, FileSamples, TensorImages
-from recipec.data.folders import override_examples, split_folder, split_folder_examples
-from recipec.data.manifest import MANIFEST_MAX_BYTES, ManifestRow, manifest_examples, read_manifest
+from recipec.data.examples import Examples, FileSamples
+from recipec.data.folders import split_folder_examples
+from recipec.data.manifest import manifest_examples
+from recipec.recipe.catalog import IMAGE_EXTENSIONS, TORCHVISION
 
-__all__ = ["DATASETS", "MANIFEST_MAX_BYTES", "SPLITS", "Examples", "FileImages", "FileSamples", "ManifestRow",
-           "TensorImages", "count_per_class", "fingerprint", "load_examples", "manifest_examples", "override_examples",
-           "read_manifest", "split_folder", "split_folder_examples", "without_bad_images"]
+__all__ = ["FAKE_MAX_CLASSES", "FAKE_PER_CLASS", "count_per_class", "fingerprint", "load_examples"]
 
-DATASETS = ("imagefolder", "manifest", "digits", "fake", "cifar10", "cifar100", "mnist", "fashionmnist")
 FAKE_PER_CLASS = 32
 FAKE_MAX_CLASSES = 4096
-_TORCHVISION = {"cifar10": ("CIFAR10", "cifar-10-batches-py"), "cifar100": ("CIFAR100", "cifar-100-python"),
-                "mnist": ("MNIST", "MNIST/raw"), "fashionmnist": ("FashionMNIST", "FashionMNIST/raw")}
 
 
 def load_examples(dataset: str, root: str | None, num_classes: int | None, seed: int) -> Examples:
@@ -42,10 +39,11 @@ def load_examples(dataset: str, root: str | None, num_classes: int | None, seed:
     ``manifest`` reads the CSV or JSON-lines file ``root`` (:func:`read_manifest`).
 
     Raises:
-        DatasetError: a missing root or file, a malformed manifest, a val/test class that training lacks.
+        DatasetError: a missing root or file, a malformed manifest, a val/test class that training lacks;
+            located at the field it is about (``("root",)``, ``("dataset",)``, ``("num_classes",)``).
     """
     if dataset == "digits":
-        from sklearn.datasets import load_digits  # imported here: sklearn takes a second to import
+        from sklearn.datasets import load_digits  # noqa: PLC0415 (sklearn takes a second to import)
 
         digits = load_digits()
         images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -55,12 +53,12 @@ def load_examples(dataset: str, root: str | None, num_classes: int | None, seed:
         return _fake(num_classes, seed)
     if not root:
         what = "the manifest file" if dataset == "manifest" else "the directory that holds it"
-        raise DatasetError([(("data", "root"), f"dataset {dataset} needs root: {what}")])
+        raise DatasetError([(("root",), f"dataset {dataset} needs root: {what}")])
     if dataset == "manifest":
         return manifest_examples(root)
     if not os.path.isdir(root):
-        layout = "root/<class>/<image>" if dataset == "imagefolder" else f"root/{_TORCHVISION[dataset][1]}"
-        raise DatasetError([(("data", "root"), f"{root} does not exist (dataset {dataset} needs {layout})")])
+        layout = "root/<class>/<image>" if dataset == "imagefolder" else f"root/{TORCHVISION[dataset].folder}"
+        raise DatasetError([(("root",), f"{root} does not exist (dataset {dataset} needs {layout})")])
     if dataset == "imagefolder":
         if os.path.isdir(os.path.join(root, "train")):
             return split_folder_examples(root)
@@ -68,9 +66,9 @@ def load_examples(dataset: str, root: str | None, num_classes: int | None, seed:
             # empty class folders are judged later, after data.classes chose which classes count
             names, to_index = find_classes(root)
         except (FileNotFoundError, OSError) as e:
-            raise DatasetError([(("data", "root"), f"{e} (dataset imagefolder needs root/<class>/<image>, or "
-                                                   "root/train/<class>/<image>)")]) from e
-        source = FileSamples(make_dataset(root, to_index, IMG_EXTENSIONS, allow_empty=True), names)
+            raise DatasetError([(("root",), f"{e} (dataset imagefolder needs root/<class>/<image>, or "
+                                            "root/train/<class>/<image>)")]) from e
+        source = FileSamples(make_dataset(root, to_index, IMAGE_EXTENSIONS, allow_empty=True), names)
         return Examples(None, list(source.targets), names, source, origins={"train": f"folder {root}"}, base=root)
     return _torchvision(dataset, root)
 
@@ -94,7 +92,7 @@ def _torchvision(dataset: str, root: str) -> Examples:
     """cifar10, cifar100, mnist, fashionmnist under ``root``: the training set (``train=True``), which
     the run splits into train and val, then the official test set (``train=False``) as the test split.
     The classes are the training set's. Never downloads."""
-    name, folder = _TORCHVISION[dataset]
+    name, folder = TORCHVISION[dataset].name, TORCHVISION[dataset].folder
     try:
         kind = getattr(torchvision.datasets, name)
         train, test = kind(root, train=True, download=False), kind(root, train=False, download=False)
@@ -104,7 +102,7 @@ def _torchvision(dataset: str, root: str) -> Examples:
             problem = f"no {dataset} files under {root} (expected {root}/{folder}; {fetch})"
         else:
             problem = f"cannot read the {dataset} files under {root}: {type(e).__name__}: {e} (remove them and {fetch})"
-        raise DatasetError([(("data", "root"), problem)]) from e
+        raise DatasetError([(("root",), problem)]) from e
 
     def targets(tv: Any) -> list[int]:
         return [int(t) for t in (tv.targets.tolist() if isinstance(tv.targets, torch.Tensor) else tv.targets)]
@@ -119,9 +117,9 @@ def _torchvision(dataset: str, root: str) -> Examples:
 
 def _fake(num_classes: int | None, seed: int) -> Examples:
     if num_classes is None:
-        raise DatasetError([(("data", "dataset"), "fake needs a class count: set model.head.num_classes")])
+        raise DatasetError([(("dataset",), "fake needs a class count: set model.head.num_classes")])
     if num_classes > FAKE_MAX_CLASSES:  # it is held in memory: 384 KiB of images per class
-        raise DatasetError([(("model", "head", "num_classes"), (
+        raise DatasetError([(("num_classes",), (
             f"the fake dataset makes {FAKE_PER_CLASS} images of 3x32x32 per class in memory, at most "
             f"{FAKE_MAX_CLASSES} classes (about {FAKE_MAX_CLASSES * FAKE_PER_CLASS * 3 * 32 * 32 * 4 >> 30} GiB); "
             f"got {num_classes}"))])
@@ -134,22 +132,7 @@ def _fake(num_classes: int | None, seed: int) -> Examples:
                     origins={"train": f"fake ({FAKE_PER_CLASS} random images per class, seed {seed})"})
 
 
-# --------------------------------------------------------------------------- bad images, fingerprint
-
-
-def without_bad_images(examples: Examples) -> tuple[Examples, list[str]]:
-    """``examples`` without the files that cannot be decoded, and those files (in dataset order)."""
-    from recipec.pipeline.checks import decodes
-
-    source = examples.source
-    keep = [decodes(path) is None for path, _ in source.samples]
-    bad = [path for (path, _), ok in zip(source.samples, keep) if not ok]
-    if not bad:
-        return examples, []
-    samples = [s for s, ok in zip(source.samples, keep) if ok]
-    splits = None if examples.splits is None else [s for s, ok in zip(examples.splits, keep) if ok]
-    return Examples(None, [t for _, t in samples], examples.names, FileSamples(samples, examples.names), splits,
-                    examples.origins, examples.base), bad
+# --------------------------------------------------------------------------- fingerprint, counts
 
 
 def fingerprint(examples: Examples, labels: Sequence[Any], parts: dict[str, list[int]]) -> str:
@@ -158,8 +141,6 @@ def fingerprint(examples: Examples, labels: Sequence[Any], parts: dict[str, list
     index. ``labels``: per example, a class index (or any JSON value: a multi-label run's list). A
     resume checks it. An empty ``test`` split is left out (so a run without one keeps the
     fingerprint it always had)."""
-    import hashlib
-
     samples = getattr(examples.source, "samples", None)
 
     def item(i: int) -> list[Any]:
@@ -173,6 +154,7 @@ def fingerprint(examples: Examples, labels: Sequence[Any], parts: dict[str, list
 
 
 def count_per_class(indices: Sequence[int], labels: Sequence[int], names: Sequence[str]) -> dict[str, int]:
+    """Examples of each class among ``indices`` (``labels``: per example, a class index)."""
     counts = dict.fromkeys(names, 0)
     for i in indices:
         counts[names[labels[i]]] += 1

@@ -16,10 +16,10 @@ from torchvision.datasets.folder import default_loader
 
 from recipec.errors import UnreadableImageError
 
-__all__ = ["SPLITS", "Examples", "FileImages", "FileSamples", "TensorImages"]
+__all__ = ["SHOWN_PROBLEMS", "SPLITS", "Examples", "FileImages", "FileSamples", "TensorImages", "listed"]
 
 SPLITS = ("train", "val", "test")
-_SHOWN_PROBLEMS = 20
+SHOWN_PROBLEMS = 20  # a message lists at most this many problems of one file
 
 
 @dataclass
@@ -90,5 +90,6 @@ class FileImages(Dataset):
         return self.transform(image), self.labels[i]
 
 
-def _listed(names: Sequence[str], most: int = 10) -> str:
+def listed(names: Sequence[str], most: int = 10) -> str:
+    """The first ``most`` names, comma-separated, with ``...`` when there are more."""
     return ", ".join(names[:most]) + (", ..." if len(names) > most else "")

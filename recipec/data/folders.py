@@ -8,11 +8,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from torchvision.datasets.folder import make_dataset
 
 from recipec.errors import DatasetError
-from recipec.data.examples import _SHOWN_PROBLEMS, SPLITS, Examples, FileSamples, _listed
+from recipec.data.examples import SHOWN_PROBLEMS, SPLITS, Examples, FileSamples, listed
 from recipec.data.manifest import read_manifest
+from recipec.recipe.catalog import IMAGE_EXTENSIONS
 
 __all__ = ["VAL_FOLDERS", "override_examples", "split_folder", "split_folder_examples"]
 
@@ -29,8 +30,8 @@ def split_folder(root: str, split: str) -> str | None:
     names = VAL_FOLDERS if split == "val" else (split,)
     found = [os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))]
     if len(found) > 1:
-        raise DatasetError([(("data", "root"), f"{root} has {' and '.join(found)}: one validation folder, please "
-                                               "(merge them or rename one)")])
+        raise DatasetError([(("root",), f"{root} has {' and '.join(found)}: one validation folder, please "
+                                        "(merge them or rename one)")])
     return found[0] if found else None
 
 
@@ -40,8 +41,8 @@ def split_folder_examples(root: str) -> Examples:
     train = os.path.join(root, "train")
     names = sorted(e.name for e in os.scandir(train) if e.is_dir())
     if not names:
-        raise DatasetError([(("data", "root"), f"{train} has no class folders (split folders need "
-                                               "root/train/<class>/<image>)")])
+        raise DatasetError([(("root",), f"{train} has no class folders (split folders need "
+                                        "root/train/<class>/<image>)")])
     to_index = {n: i for i, n in enumerate(names)}
     samples: list[tuple[str, int]] = []
     splits: list[str] = []
@@ -52,11 +53,11 @@ def split_folder_examples(root: str) -> Examples:
         if folder is None:
             continue
         classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
-        problems += [(("data", "root"), f"class folder {os.path.join(folder, c)} is not a class of the training "
-                                        f"folder {train} ({_listed(names)}); the training folder fixes the classes: "
-                                        f"add {c}/ under train/ or take it out of {os.path.basename(folder)}/")
+        problems += [(("root",), f"class folder {os.path.join(folder, c)} is not a class of the training "
+                                 f"folder {train} ({listed(names)}); the training folder fixes the classes: "
+                                 f"add {c}/ under train/ or take it out of {os.path.basename(folder)}/")
                      for c in classes if c not in to_index]
-        found = make_dataset(folder, {c: to_index[c] for c in classes if c in to_index}, IMG_EXTENSIONS,
+        found = make_dataset(folder, {c: to_index[c] for c in classes if c in to_index}, IMAGE_EXTENSIONS,
                              allow_empty=True)
         samples += found
         splits += [split] * len(found)
@@ -82,11 +83,11 @@ def override_examples(path: str, split: str, classes: Sequence[str]) -> Examples
             raise DatasetError(f"{path} has no {split} folder (it has {', '.join(h + '/' for h in have)}); choose "
                                f"the split {have[0]}, or give a folder of <class>/<image>")
         found = sorted(e.name for e in os.scandir(folder) if e.is_dir())
-        unknown = [f"{os.path.join(folder, c)}: class {c!r} is not one of the model's classes ({_listed(classes)}); "
+        unknown = [f"{os.path.join(folder, c)}: class {c!r} is not one of the model's classes ({listed(classes)}); "
                    "take the folder out, or evaluate a model trained with it" for c in found if c not in to_index]
         if unknown:
             raise DatasetError(unknown)
-        samples = make_dataset(folder, {c: to_index[c] for c in found}, IMG_EXTENSIONS, allow_empty=True)
+        samples = make_dataset(folder, {c: to_index[c] for c in found}, IMAGE_EXTENSIONS, allow_empty=True)
         origin, base = f"folder {folder}", folder
     elif os.path.exists(path):
         rows = read_manifest(path, at=())
@@ -99,9 +100,9 @@ def override_examples(path: str, split: str, classes: Sequence[str]) -> Examples
         problems = [f"{name} line {r.line}: {len(r.labels)} labels ({';'.join(r.labels) or 'empty'}); a multiclass "
                     "model needs one label per row" if len(r.labels) != 1 else
                     f"{name} line {r.line}: label {r.labels[0]!r} is not one of the model's classes "
-                    f"({_listed(classes)})" for r in rows if len(r.labels) != 1 or r.labels[0] not in to_index]
+                    f"({listed(classes)})" for r in rows if len(r.labels) != 1 or r.labels[0] not in to_index]
         if problems:
-            raise DatasetError(problems[:_SHOWN_PROBLEMS])
+            raise DatasetError(problems[:SHOWN_PROBLEMS])
         samples = [(r.path, to_index[r.labels[0]]) for r in rows]
         origin = f"manifest {path}, " + (f"{split} rows" if with_split else "all rows (no split column)")
         base = os.path.dirname(os.path.abspath(path))
@@ -109,6 +110,6 @@ def override_examples(path: str, split: str, classes: Sequence[str]) -> Examples
         raise DatasetError(f"{path}: no such directory or manifest file (give a folder of <class>/<image>, one with "
                            "train/val/test folders, or a .csv/.jsonl manifest)")
     if not samples:
-        raise DatasetError(f"{origin}: no images ({', '.join(IMG_EXTENSIONS)})")
+        raise DatasetError(f"{origin}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     return Examples(None, [t for _, t in samples], list(classes), FileSamples(samples, list(classes)),
                     origins={split: origin}, base=base)

@@ -8,8 +8,9 @@ import json
 import os
 from dataclasses import dataclass
 
+from recipec._files import read_regular
 from recipec.errors import DatasetError
-from recipec.data.examples import _SHOWN_PROBLEMS, SPLITS, Examples, FileSamples, _listed
+from recipec.data.examples import SHOWN_PROBLEMS, SPLITS, Examples, FileSamples, listed
 
 __all__ = ["MANIFEST_MAX_BYTES", "ManifestRow", "manifest_examples", "read_manifest"]
 
@@ -29,7 +30,7 @@ class ManifestRow:
     line: int = 0
 
 
-def read_manifest(path: str | os.PathLike[str], *, at: tuple[str | int, ...] = ("data", "root")) -> list[ManifestRow]:
+def read_manifest(path: str | os.PathLike[str], *, at: tuple[str | int, ...] = ("root",)) -> list[ManifestRow]:
     """Read a manifest: a CSV file with the header ``path,label[,split]`` or JSON lines
     ``{"path": ..., "label": ...[, "split": ...]}`` (``.jsonl``).
 
@@ -43,7 +44,8 @@ def read_manifest(path: str | os.PathLike[str], *, at: tuple[str | int, ...] = (
 
     Args:
         path: the manifest file.
-        at: where problems are located in the recipe (``()``: nowhere, for a file given on the command line).
+        at: the field the problems are located at (``("root",)``: the data's root, which the compiler
+            relabels ``data.root``; ``()``: nowhere, for a file given on the command line).
 
     Raises:
         DatasetError: located at ``at``, one problem per bad line (``manifest.csv line 7: ...``):
@@ -54,8 +56,6 @@ def read_manifest(path: str | os.PathLike[str], *, at: tuple[str | int, ...] = (
         >>> rows[0]
         ManifestRow(path='/abs/data/images/0001.png', labels=('cat',), split='train', line=2)
     """
-    from recipec._files import read_regular
-
     file = os.fspath(path)
     name = os.path.basename(file)
     if not file.lower().endswith(MANIFEST_SUFFIXES):
@@ -96,9 +96,9 @@ def read_manifest(path: str | os.PathLike[str], *, at: tuple[str | int, ...] = (
         problems.append(f"{file}: no rows; list one image per row (header path,label[,split])")
     if problems:
         problems.sort(key=lambda p: int(p[len(name) + 6:].split(":", 1)[0]) if p.startswith(f"{name} line ") else 0)
-        shown = problems[:_SHOWN_PROBLEMS]
-        if len(problems) > _SHOWN_PROBLEMS:
-            shown.append(f"{name}: {len(problems) - _SHOWN_PROBLEMS} more problem(s) not shown")
+        shown = problems[:SHOWN_PROBLEMS]
+        if len(problems) > SHOWN_PROBLEMS:
+            shown.append(f"{name}: {len(problems) - SHOWN_PROBLEMS} more problem(s) not shown")
         raise DatasetError([(at, p) for p in shown])
     return rows
 
@@ -172,14 +172,14 @@ def manifest_examples(path: str) -> Examples:
     problems = [f"{name} line {r.line}: {len(r.labels)} labels ({';'.join(r.labels) or 'empty'}); a multiclass "
                 "dataset needs one label per row" for r in rows if len(r.labels) != 1]
     if problems:
-        raise DatasetError([(("data", "root"), p) for p in problems[:_SHOWN_PROBLEMS]])
+        raise DatasetError([(("root",), p) for p in problems[:SHOWN_PROBLEMS]])
     names = sorted({r.labels[0] for r in rows if r.split in (None, "train")})
     to_index = {n: i for i, n in enumerate(names)}
     problems = [f"{name} line {r.line}: label {r.labels[0]!r} (split {r.split}) is on no training row "
-                f"({_listed(names) or 'there are none'}); the training rows fix the classes" for r in rows
+                f"({listed(names) or 'there are none'}); the training rows fix the classes" for r in rows
                 if r.labels[0] not in to_index]
     if problems:
-        raise DatasetError([(("data", "root"), p) for p in problems[:_SHOWN_PROBLEMS]])
+        raise DatasetError([(("root",), p) for p in problems[:SHOWN_PROBLEMS]])
     samples = [(r.path, to_index[r.labels[0]]) for r in rows]
     with_split = any(r.split is not None for r in rows)
     origins = {s: f"manifest {path}, split column" for s in SPLITS if any(r.split == s for r in rows)}

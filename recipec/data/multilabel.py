@@ -16,33 +16,39 @@ from typing import Any
 import torch
 
 from recipec.errors import DatasetError
+from recipec.data.augment import build_augmentations, describe, describe_augment
+from recipec.data.config import DataConfig
+from recipec.data.datasets import fingerprint
+from recipec.data.examples import SHOWN_PROBLEMS, SPLITS, Examples, FileSamples, listed
+from recipec.data.images import decodes
+from recipec.data.loaders import LAST_BATCH_POLICY, Data, SplitData, eval_loader, train_loader
+from recipec.data.manifest import ManifestRow, read_manifest
+from recipec.data.speed import auto_workers
+from recipec.data.splits import EPOCH_STRIDE
+from recipec.data.transforms import ImagePipeline, check_config, resize_info
 
 __all__ = ["build_multilabel_data", "build_multilabel_split", "manifest_classes", "multi_hot"]
-
-_SHOWN = 20
 
 
 def manifest_classes(path: str, classes: Sequence[str] | None = None) -> list[str]:
     """The classes of a multi-label manifest: ``classes`` (checked) or the sorted union of the training rows' labels.
 
     Raises:
-        DatasetError: as :func:`recipec.data.datasets.read_manifest`; a class of ``classes`` on no training row.
+        DatasetError: as :func:`recipec.data.manifest.read_manifest`; a class of ``classes`` on no training row.
     """
-    from recipec.data.datasets import read_manifest
-
     return _classes(read_manifest(path), classes, os.path.basename(path))
 
 
-def _classes(rows: Sequence[Any], classes: Sequence[str] | None, name: str) -> list[str]:
+def _classes(rows: Sequence[ManifestRow], classes: Sequence[str] | None, name: str) -> list[str]:
     found = sorted({label for r in rows if r.split in (None, "train") for label in r.labels})
     if classes is None:
         if not found:
-            raise DatasetError([(("data", "root"), f"{name}: no training row has a label; label the images (labels "
-                                                   "separated by ';')")])
+            raise DatasetError([(("root",), f"{name}: no training row has a label; label the images (labels "
+                                            "separated by ';')")])
         return found
-    problems = [(("data", "classes", i), f"class {c!r} is on no training row of {name} ({_listed(found)})")
+    problems = [(("classes", i), f"class {c!r} is on no training row of {name} ({listed(found)})")
                 for i, c in enumerate(classes) if c not in found]
-    problems += [(("data", "classes", i), f"class {c!r} is listed twice") for i, c in enumerate(classes)
+    problems += [(("classes", i), f"class {c!r} is listed twice") for i, c in enumerate(classes)
                  if list(classes).index(c) != i]
     if problems:
         raise DatasetError(problems)
@@ -58,12 +64,10 @@ def multi_hot(labels: Sequence[str], index: Mapping[str, int]) -> torch.Tensor:
     return target
 
 
-def _split(rows: Sequence[Any], val_fraction: float, seed: int,
+def _split(rows: Sequence[ManifestRow], val_fraction: float, seed: int,
            test_split: bool = True) -> tuple[list[int], list[int], list[int], bool]:
     """(train, val, test indices, has_val): the manifest's split column, else a seeded random share for val;
     no test indices with ``test_split`` False (``data.test_split: false``)."""
-    from recipec.data.splits import EPOCH_STRIDE
-
     split_of = [r.split or "train" for r in rows]
     test = [i for i, s in enumerate(split_of) if s == "test" and test_split]
     if "val" in split_of:
@@ -77,21 +81,15 @@ def _split(rows: Sequence[Any], val_fraction: float, seed: int,
     return sorted(order[n_val:]), sorted(order[:n_val]), test, val_fraction > 0
 
 
-def _rows(path: str, on_bad_image: str, at: tuple[str | int, ...] = ("data", "root")) -> tuple[list[Any], list[str]]:
-    from recipec.data.datasets import read_manifest
-
+def _rows(path: str, on_bad_image: str, at: tuple[str | int, ...] = ("root",)) -> tuple[list[ManifestRow], list[str]]:
     rows = read_manifest(path, at=at)
     if on_bad_image != "skip":
         return rows, []
-    from recipec.pipeline.checks import decodes
-
     bad = [r.path for r in rows if decodes(r.path) is not None]
     return [r for r in rows if r.path not in set(bad)], bad
 
 
-def _examples(rows: Sequence[Any], names: Sequence[str], path: str) -> Any:
-    from recipec.data.datasets import Examples, FileSamples
-
+def _examples(rows: Sequence[ManifestRow], names: Sequence[str], path: str) -> Examples:
     # the class index of a sample is unused: its multi-hot target travels beside it
     source = FileSamples([(r.path, 0) for r in rows], list(names))
     return Examples(None, [0] * len(rows), list(names), source, None, {}, base=os.path.dirname(os.path.abspath(path)))
@@ -102,63 +100,52 @@ def _positives(idx: Sequence[int], targets: Sequence[torch.Tensor], names: Seque
     return {name: int(total[c]) for c, name in enumerate(names)}
 
 
-def build_multilabel_data(*, root: str | None, classes: Sequence[str] | None = None, per_class: int | None = None,
-                          val_fraction: float = 0.2, image_size: int = 224, normalize: str = "from_weights",
-                          augment: Sequence[Any] = (), batch_size: int = 32, num_workers: int = 0, seed: int = 0,
-                          in_channels: int = 3, weights_normalization: Any = None, epoch_seed: bool = True,
-                          on_bad_image: str = "error", resize_size: int | None = None, interpolation: str = "bilinear",
-                          crop_mode: str = "center", sampler: str = "random", device: str = "cpu",
-                          threshold: float = 0.5, crop_fill: Any = None, test_split: bool = True, **_: Any) -> Any:
-    """:func:`recipec.data.loaders.build_data` for ``task: multilabel``: the same transforms, loaders and
+def build_multilabel_data(config: DataConfig) -> Data:
+    """:func:`recipec.data.build.build_data` for ``task: multilabel``: the same transforms, loaders and
     epoch seeding, with multi-hot targets (N, C) from a manifest. ``info`` counts, per class, the
     images that have it (``train_per_class`` ...), and the mean labels per image (``labels_per_image``).
 
     Raises:
-        DatasetError: no manifest, a malformed one, ``data.per_class`` (a cap per class does not apply
+        DatasetError: no manifest, a malformed one, ``per_class`` (a cap per class does not apply
             when an image has several), a val/test label outside the classes.
     """
-    from torch.utils.data import DataLoader
-
-    from recipec.data import loaders as d
-    from recipec.data.augment import build_augmentations, describe, describe_augment
-    from recipec.data.datasets import fingerprint
-    from recipec.data.speed import EpochSeeded, auto_workers
-
+    reading, splitting, p, loading = config.reading, config.splitting, config.transforming, config.loading
+    root, classes, per_class = reading.root, reading.classes, splitting.per_class
+    val_fraction, seed, test_split = splitting.val_fraction, splitting.seed, splitting.test_split
     if not root:
-        raise DatasetError([(("data", "root"), "task: multilabel needs root: the manifest file (.csv or .jsonl)")])
+        raise DatasetError([(("root",), "task: multilabel needs root: the manifest file (.csv or .jsonl)")])
     if per_class is not None:
-        raise DatasetError([(("data", "per_class"), f"{per_class}: a cap per class does not apply to task: multilabel "
-                                                    "(an image has several classes); remove it")])
-    d._check_args("manifest", normalize, augment, val_fraction, image_size, in_channels, resize_size, interpolation,
-                  crop_mode)
-    rows, bad = _rows(root, on_bad_image)
+        raise DatasetError([(("per_class",), f"{per_class}: a cap per class does not apply to task: multilabel "
+                                             "(an image has several classes); remove it")])
+    check_config(config.replace(dataset="manifest"))
+    rows, bad = _rows(root, reading.on_bad_image)
     name = os.path.basename(root)
     names = _classes(rows, classes, name)
     index = {n: i for i, n in enumerate(names)}
     if classes is None:
-        unknown = [f"{name} line {r.line}: label {label!r} (split {r.split}) is on no training row ({_listed(names)}); "
+        unknown = [f"{name} line {r.line}: label {label!r} (split {r.split}) is on no training row ({listed(names)}); "
                    "the training rows fix the classes" for r in rows if r.split in ("val", "test")
                    for label in r.labels if label not in index]
         if unknown:
-            raise DatasetError([(("data", "root"), p) for p in unknown[:_SHOWN]])
+            raise DatasetError([(("root",), problem) for problem in unknown[:SHOWN_PROBLEMS]])
     targets = [multi_hot(r.labels, index) for r in rows]
     train_idx, val_idx, test_idx, has_val = _split(rows, val_fraction, seed, test_split)
     examples = _examples(rows, names, root)
-    stats = d._stats(normalize, weights_normalization, in_channels)
-    augmentations = build_augmentations(augment, image_size, in_channels, interpolation if resize_size else "bilinear")
+    augmentations = build_augmentations(loading.augment, p.image_size, p.in_channels,
+                                        p.interpolation if p.resize_size else "bilinear")
     augs, after, skipped = augmentations.before, augmentations.after, augmentations.skipped
-    pipeline = d._Pipeline(image_size, resize_size, interpolation, crop_mode, in_channels, stats, crop_fill)
-    workers = auto_workers(num_workers, "manifest", device)
-    pin = device == "cuda"
-    generator = torch.Generator().manual_seed(seed * d.EPOCH_STRIDE if epoch_seed else seed)
+    pipeline = ImagePipeline(p)
+    stats = pipeline.stats
+    workers = auto_workers(loading.num_workers, "manifest", loading.device)
+    pin = loading.device == "cuda"
+    generator = torch.Generator().manual_seed(seed * EPOCH_STRIDE if loading.epoch_seed else seed)
     train_set = pipeline.dataset(examples, train_idx, [targets[i] for i in train_idx], augs, after)
-    train = DataLoader(EpochSeeded(train_set) if augs or after else train_set, batch_size=batch_size, shuffle=True,
-                       generator=generator, num_workers=workers,
-                       drop_last=d.drops_single_last(len(train_idx), batch_size), persistent_workers=False,
-                       pin_memory=pin, prefetch_factor=4 if workers else None)
+    train = train_loader(train_set, len(train_idx), generator, loading=loading, workers=workers,
+                         seeded=bool(augs or after))
 
     def held_out(idx: list[int]) -> Any:
-        return d._eval_loader(pipeline.dataset(examples, idx, [targets[i] for i in idx], []), batch_size, workers, pin)
+        return eval_loader(pipeline.dataset(examples, idx, [targets[i] for i in idx], []), loading.batch_size,
+                           workers, pin)
 
     val = held_out(val_idx) if has_val else None
     test = held_out(test_idx) if test_idx else None
@@ -170,7 +157,7 @@ def build_multilabel_data(*, root: str | None, classes: Sequence[str] | None = N
                "test": f"manifest {root}, split column" if test_idx else "none (data.test_split is false)"
                if not test_split and any(r.split == "test" for r in rows) else "none (the data has no test split)"}
     applied: Any = {"mean": list(stats[0]), "std": list(stats[1])} if stats else "none"
-    if normalize == "from_weights" and not weights_normalization:
+    if p.normalize == "from_weights" and not p.weights_normalization:
         applied = "none (no pretrained weights)"
     label_lists = [sorted(index[label] for label in r.labels if label in index) for r in rows]
     info = {
@@ -180,49 +167,47 @@ def build_multilabel_data(*, root: str | None, classes: Sequence[str] | None = N
         "test_per_class": _positives(test_idx, targets, names),
         "per_class_counts": "images that have the class (task: multilabel)",
         "labels_per_image": sum(len(label_lists[i]) for i in train_idx) / max(len(train_idx), 1),
-        "image_size": image_size, "in_channels": in_channels,
-        "resize": d.resize_info(image_size, resize_size, interpolation, crop_mode, crop_fill),
-        "normalize": {"requested": normalize, "applied": applied},
-        "augment": [x for x in map(describe_augment, augment) if x not in skipped], "augment_skipped": skipped,
-        "sampler": sampler,
+        "image_size": p.image_size, "in_channels": p.in_channels,
+        "resize": resize_info(p),
+        "normalize": {"requested": p.normalize, "applied": applied},
+        "augment": [x for x in map(describe_augment, loading.augment) if x not in skipped],
+        "augment_skipped": skipped,
+        "sampler": loading.sampler,
         "transforms": {"train": describe([pipeline.resize, *augs, *pipeline.norm, *after]),
                        "eval": describe([pipeline.resize, *pipeline.norm])},
         "val_fraction": val_fraction, "per_class": None, "seed": seed,
         "fingerprint": fingerprint(examples, label_lists, {"train": train_idx, "val": val_idx, "test": test_idx}),
-        "on_bad_image": on_bad_image, "skipped_images": bad, "num_workers": workers,
-        "batches": {"batch_size": batch_size, "per_epoch": len(train),
-                    "dropped_per_epoch": 1 if train.drop_last else 0, "last_batch": d.LAST_BATCH_POLICY},
+        "on_bad_image": reading.on_bad_image, "skipped_images": bad, "num_workers": workers,
+        "batches": {"batch_size": loading.batch_size, "per_epoch": len(train),
+                    "dropped_per_epoch": 1 if train.drop_last else 0, "last_batch": LAST_BATCH_POLICY},
     }
-    return d.Data(train, val, names, stats, info, seed=seed, epoch_seed=epoch_seed, test=test, task="multilabel",
-                  threshold=threshold)
+    return Data(train, val, names, stats, info, seed=seed, epoch_seed=loading.epoch_seed, test=test, task="multilabel",
+                threshold=reading.threshold)
 
 
-def build_multilabel_split(*, split: str, override: str | None, classes: Sequence[str], batch_size: int | None,
-                           **kwargs: Any) -> Any:
-    """:func:`recipec.data.loaders.build_split` for ``task: multilabel``: one split of the run's manifest
+def build_multilabel_split(config: DataConfig, split: str, *, override: str | None, classes: Sequence[str],
+                           batch_size: int | None) -> SplitData:
+    """:func:`recipec.data.heldout.build_split` for ``task: multilabel``: one split of the run's manifest
     (exactly as the run split it), or of another manifest (``override``: its ``split`` rows, or all rows
     without a split column), labelled multi-hot by the model's ``classes``.
 
     Raises:
         DatasetError: no such split, a label the model lacks, no rows.
     """
-    from recipec.data import loaders as d
-    from recipec.data.datasets import SPLITS
-
-    get = kwargs.get
+    splitting, p, loading = config.splitting, config.transforming, config.loading
     model_classes = [str(c) for c in classes]
     index = {n: i for i, n in enumerate(model_classes)}
     if split not in SPLITS:
         raise DatasetError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
-    path = override if override is not None else get("root")
+    path = override if override is not None else config.reading.root
     if not path or os.path.isdir(path) or not os.path.exists(path):
         raise DatasetError(f"{path}: a multi-label model is evaluated on a manifest file (.csv or .jsonl, labels "
                            "separated by ';'); give one with --data")
-    rows, bad = _rows(path, get("on_bad_image", "error"), at=())
+    rows, bad = _rows(path, config.reading.on_bad_image, at=())
     name = os.path.basename(path)
     if override is None:
-        train_idx, val_idx, test_idx, has_val = _split(rows, get("val_fraction", 0.2), get("seed", 0),
-                                                       get("test_split", True))
+        train_idx, val_idx, test_idx, has_val = _split(rows, splitting.val_fraction, splitting.seed,
+                                                       splitting.test_split)
         if (split == "val" and not has_val) or (split == "test" and not test_idx):
             raise DatasetError(f"the run's data has no {split} split ({path}); add {split} rows to the manifest or "
                                "give the data to evaluate with --data MANIFEST")
@@ -235,22 +220,14 @@ def build_multilabel_split(*, split: str, override: str | None, classes: Sequenc
             raise DatasetError(f"{path}: no rows of split {split}; choose a split its rows have")
         source = f"manifest {path}, " + (f"{split} rows" if with_split else "all rows (no split column)")
     unknown = [f"{name} line {rows[i].line}: label {label!r} is not one of the model's classes "
-               f"({_listed(model_classes)})" for i in idx for label in rows[i].labels if label not in index]
+               f"({listed(model_classes)})" for i in idx for label in rows[i].labels if label not in index]
     if unknown:
-        raise DatasetError(unknown[:_SHOWN])
+        raise DatasetError(unknown[:SHOWN_PROBLEMS])
     targets = [multi_hot(r.labels, index) for r in rows]
-    stats = d._stats(get("normalize", "from_weights"), get("weights_normalization"), get("in_channels", 3))
-    pipeline = d._Pipeline(get("image_size", 224), get("resize_size"), get("interpolation", "bilinear"),
-                           get("crop_mode", "center"), get("in_channels", 3), stats, get("crop_fill"))
-    from recipec.data.speed import auto_workers
-
-    loader = d._eval_loader(pipeline.dataset(_examples(rows, model_classes, path), idx, [targets[i] for i in idx], []),
-                            batch_size or get("batch_size", 32),
-                            auto_workers(get("num_workers", 0), "manifest", get("device", "cpu")), get("device") == "cuda")
+    pipeline = ImagePipeline(p)
+    loader = eval_loader(pipeline.dataset(_examples(rows, model_classes, path), idx, [targets[i] for i in idx], []),
+                         batch_size or loading.batch_size,
+                         auto_workers(loading.num_workers, "manifest", loading.device), loading.device == "cuda")
     info = {"split": split, "source": source, "n": len(idx), "per_class": _positives(idx, targets, model_classes),
             "skipped_images": bad, "left_out": {}}
-    return d.SplitData(loader, model_classes, len(idx), info)
-
-
-def _listed(names: Sequence[str], most: int = 10) -> str:
-    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+    return SplitData(loader, model_classes, len(idx), info)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["BalancedSampler", "Repeats", "balanced_sampler", "balanced_weights", "check_sampler"]
+__all__ = ["BalancedSampler", "Repeats", "balanced_sampler", "balanced_weights"]
 
 
 def balanced_weights(labels: Sequence[int]) -> torch.Tensor:
@@ -75,16 +75,3 @@ def balanced_sampler(labels: Sequence[int], generator: torch.Generator) -> Balan
     """The :class:`BalancedSampler` of ``labels`` (wrap the dataset in :class:`Repeats`)."""
     return BalancedSampler(labels, generator)
 
-
-def check_sampler(sampler: str, *, distributed: bool) -> None:
-    """Refuse ``data.sampler: balanced`` with several processes: DistributedSampler would replace it.
-
-    Raises:
-        RecipeError: at ``data.sampler``.
-    """
-    if sampler == "balanced" and distributed:
-        from recipec.errors import RecipeError
-
-        raise RecipeError([(("data", "sampler"), "balanced is not supported with several processes (--nproc, "
-                                                 "torchrun): each rank would shard a permutation instead; train "
-                                                 "on one process, or use loss.class_weights: auto")])

@@ -24,10 +24,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from recipec.recipe.catalog import IN_MEMORY
+
 __all__ = ["EpochSeeded", "auto_workers", "compile_forward", "compiles_so_far", "epoch_seeded", "speed_plan",
            "to_channels_last", "usable_cores"]
 
-IN_MEMORY = ("digits", "fake")
 _GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads (epoch seed, index) over the 64-bit seed space
 
 
@@ -92,7 +93,7 @@ def compile_forward(model: nn.Module, mode: bool | str, phases: int) -> Any:
     """
     if mode is False:
         return model
-    import torch._dynamo
+    import torch._dynamo  # noqa: PLC0415 (dynamo takes seconds to import: only with train.compile)
 
     limit = max(8, 2 * phases + 2)
     config = torch._dynamo.config
@@ -109,7 +110,7 @@ def compile_forward(model: nn.Module, mode: bool | str, phases: int) -> Any:
 
 def compiles_so_far() -> int:
     """Frames torch.compile has compiled in this process (first compiles and recompiles)."""
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # noqa: PLC0415 (as in compile_forward)
 
     return int(counters["frames"]["ok"])
 

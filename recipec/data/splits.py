@@ -2,7 +2,7 @@
 gives them, else a random, stratified, seeded share of each training class for validation.
 
 The split of a class is seeded by its own index among the dataset's classes, so it is the same
-whatever other classes are chosen (``data.classes``), and :func:`recipec.data.loaders.build_split`
+whatever other classes are chosen (``data.classes``), and :func:`recipec.data.heldout.build_split`
 finds exactly a run's val examples again.
 """
 
@@ -15,7 +15,10 @@ from typing import Any
 import torch
 
 from recipec.errors import DatasetError
-from recipec.data.datasets import Examples, load_examples, without_bad_images
+from recipec.data.config import Reading, Splitting
+from recipec.data.datasets import load_examples
+from recipec.data.examples import Examples
+from recipec.data.images import without_bad_images
 
 __all__ = ["EPOCH_STRIDE", "Partition", "partition"]
 
@@ -36,16 +39,23 @@ class Partition:
     has_val: bool
 
 
-def partition(dataset: str, root: str | None, classes: Sequence[str] | None, val_fraction: float,
-               per_class: int | None, seed: int, num_classes: int | None, on_bad_image: str, *,
-               model_classes: Sequence[str] | None = None, test_split: bool = True) -> Partition:
+def partition(reading: Reading, splitting: Splitting, *, model_classes: Sequence[str] | None = None) -> Partition:
     """Read the data and split it: split folders and a manifest's split column as given, else a random,
     stratified share of each training class for val. ``model_classes`` (:func:`build_split`): label by
     them, leaving out other classes, each class split exactly as a run that chose it. ``test_split``
-    False (``data.test_split: false``): the data's own test split is left out; there is none."""
-    examples = load_examples(dataset, root, num_classes, seed)
+    False (``data.test_split: false``): the data's own test split is left out; there is none.
+
+    Raises:
+        DatasetError: as :func:`recipec.data.datasets.load_examples`; an unknown or repeated class
+            (``("classes", i)``), a class without training images (``("root",)``), more classes than
+            ``num_classes`` (``("num_classes",)``).
+    """
+    dataset, classes, num_classes = reading.dataset, reading.classes, reading.num_classes
+    val_fraction, per_class, seed, test_split = (splitting.val_fraction, splitting.per_class, splitting.seed,
+                                                 splitting.test_split)
+    examples = load_examples(dataset, reading.root, num_classes, seed)
     bad: list[str] = []
-    if on_bad_image == "skip" and hasattr(examples.source, "samples"):
+    if reading.on_bad_image == "skip" and hasattr(examples.source, "samples"):
         examples, bad = without_bad_images(examples)
     names = examples.names
     if model_classes is None:
@@ -62,11 +72,11 @@ def partition(dataset: str, root: str | None, classes: Sequence[str] | None, val
         present = set(pool)
         empty = [names[c] for i, c in enumerate(chosen) if i not in present]
         if empty:
-            raise DatasetError([(("data", "root"), f"class {name!r} has no images in the training data "
-                                                   f"({origins['train']}); add some, or leave it out with data.classes")
+            raise DatasetError([(("root",), f"class {name!r} has no images in the training data "
+                                            f"({origins['train']}); add some, or leave it out with data.classes")
                                 for name in empty])
         if num_classes is not None and len(chosen) > num_classes:
-            raise DatasetError([(("model", "head", "num_classes"), f"is {num_classes} but the data has {len(chosen)} "
+            raise DatasetError([(("num_classes",), f"is {num_classes} but the data has {len(chosen)} "
                                  f"classes; raise it or pick classes with data.classes")])
     if examples.has("val"):
         train_idx, _ = _split(pool, chosen, 0.0, per_class, seed)
@@ -94,9 +104,9 @@ def _select(targets: list[int], names: list[str], classes: Sequence[str] | None)
     problems: list[Any] = []
     for i, name in enumerate(classes):
         if name not in index:
-            problems.append((("data", "classes", i), f"unknown class {name!r}; available: {', '.join(names)}"))
+            problems.append((("classes", i), f"unknown class {name!r}; available: {', '.join(names)}"))
         elif list(classes).index(name) != i:
-            problems.append((("data", "classes", i), f"class {name!r} is listed twice"))
+            problems.append((("classes", i), f"class {name!r} is listed twice"))
     if problems:
         raise DatasetError(problems)
     chosen = [index[n] for n in classes]

@@ -1,13 +1,14 @@
 """How every image becomes a tensor: channels, resize, normalisation, train and eval alike.
 
 :func:`resize_rule` decides the resize (squashed to a square, or the pretrained weights' rule);
-:class:`_Pipeline` turns a split of :class:`recipec.data.datasets.Examples` into a dataset of
+:class:`ImagePipeline` turns a split of :class:`recipec.data.examples.Examples` into a dataset of
 float tensors (C, H, W): converted to ``in_channels``, resized, augmented (train only: the
-``extra`` steps), normalised. :mod:`recipec.data.loaders` builds the splits and loaders around it.
+``extra`` steps), normalised. :mod:`recipec.data.build` builds the splits and loaders around it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,12 +18,13 @@ from torchvision.transforms import v2
 
 from recipec.errors import DatasetError
 from recipec.data.augment import augment_problems
+from recipec.data.config import DataConfig, Transforming, Stats
 from recipec.data.crops import CROP_MODES, crop_rule, crop_words, eval_resize
-from recipec.data.datasets import DATASETS, Examples, FileImages, TensorImages
+from recipec.data.examples import Examples, FileImages, TensorImages
+from recipec.recipe.catalog import DATASETS
 
-__all__ = ["IMAGENET", "INTERPOLATIONS", "Channels", "Stats", "resize_info", "resize_rule"]
-
-Stats = tuple[tuple[float, ...], tuple[float, ...]]
+__all__ = ["IMAGENET", "INTERPOLATIONS", "Channels", "ImagePipeline", "check_config", "normalization_stats",
+           "resize_info", "resize_rule"]
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 IMAGENET: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -35,7 +37,7 @@ def resize_rule(image_size: int | str, resize: str, preprocessing: dict[str, Any
     """How a run resizes its images: ``data.image_size`` and ``data.resize`` against the weights' preprocessing.
 
     With ``resize: from_weights`` and weights that define a resize (``preprocessing`` from
-    :func:`recipec.model.pretrained.weights_preprocessing`), the shorter side goes to
+    :func:`recipec.model.families.weights_preprocessing`), the shorter side goes to
     ``floor(image_size / crop_pct)`` (torchvision weights: ``image_size * resize_size // crop_size``)
     with the weights' interpolation and the centre ``image_size`` square is kept, as timm's
     ``transforms_imagenet_eval`` does (``Resize(256) + CenterCrop(224)`` for ImageNet weights at
@@ -46,15 +48,13 @@ def resize_rule(image_size: int | str, resize: str, preprocessing: dict[str, Any
         ``interpolation``, ``crop_pct``, ``crop_mode``, ``from`` and a one-line ``summary``.
 
     Raises:
-        DatasetError: ``image_size: from_weights`` without weights that define an input size.
+        DatasetError: ``image_size: from_weights`` without weights that define an input size (at ``("image_size",)``).
     """
-    import math
-
     source = f"the preprocessing of weights {weights}"
     if image_size == "from_weights":
         if preprocessing is None:
             why = f"weights {weights} define no input size" if weights else "there are no pretrained weights (model.weights: null)"
-            raise DatasetError([(("data", "image_size"), f"from_weights, but {why}; set a number, e.g. 224")])
+            raise DatasetError([(("image_size",), f"from_weights, but {why}; set a number, e.g. 224")])
         image_size = int(preprocessing["input_size"])
     size = int(image_size)
     if resize == "square" or preprocessing is None:
@@ -76,20 +76,22 @@ def resize_rule(image_size: int | str, resize: str, preprocessing: dict[str, Any
                        f"from {source}{note}"}
 
 
-def resize_info(image_size: int, resize_size: int | None, interpolation: str, crop_mode: str,
-                crop_fill: Sequence[int] | None = None) -> dict[str, Any]:
-    """``data.info["resize"]``: the resize a loader applies (see :func:`build_data`'s ``resize_size``)."""
-    square = resize_size is None
-    return {"image_size": image_size, "rule": "square" if square else "shorter_side",
-            "resize_size": image_size if resize_size is None else resize_size,
-            "interpolation": "bilinear" if square else interpolation,
-            "crop_pct": 1.0 if resize_size is None else image_size / resize_size,
-            "crop_mode": None if square else crop_mode,
-            **({"fill": list(crop_fill)} if crop_fill and not square and crop_mode == "border" else {})}
+def resize_info(p: Transforming) -> dict[str, Any]:
+    """``data.info["resize"]``: the resize a loader applies (see :class:`recipec.data.config.Transforming`)."""
+    square = p.resize_size is None
+    return {"image_size": p.image_size, "rule": "square" if square else "shorter_side",
+            "resize_size": p.image_size if p.resize_size is None else p.resize_size,
+            "interpolation": "bilinear" if square else p.interpolation,
+            "crop_pct": 1.0 if p.resize_size is None else p.image_size / p.resize_size,
+            "crop_mode": None if square else p.crop_mode,
+            **({"fill": list(p.crop_fill)} if p.crop_fill and not square and p.crop_mode == "border" else {})}
 
 
-class _Channels:
-    """(..., C, H, W) -> (..., n, H, W): luminance for RGB -> 1, else repeat/truncate cyclically."""
+class Channels:
+    """(..., C, H, W) -> (..., n, H, W): luminance for RGB -> 1, else repeat/truncate cyclically.
+
+    The predictor (:mod:`recipec.inference.predictor`) converts channels by the same rule.
+    """
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -107,9 +109,6 @@ class _Channels:
         return f"Channels({self.n})"
 
 
-Channels = _Channels  # public: the predictor (recipec.inference.predictor) converts channels by the same rule
-
-
 def _adapt(stats: Stats, n: int) -> Stats:
     mean, std = stats
     if len(mean) == n:
@@ -119,23 +118,24 @@ def _adapt(stats: Stats, n: int) -> Stats:
     return tuple(mean[i % len(mean)] for i in range(n)), tuple(std[i % len(std)] for i in range(n))
 
 
-def _stats(normalize: str, weights_normalization: Stats | None, in_channels: int) -> Stats | None:
-    if normalize == "from_weights":
-        return _adapt(weights_normalization, in_channels) if weights_normalization else None
-    return _adapt(IMAGENET, in_channels) if normalize == "imagenet" else None
+def normalization_stats(p: Transforming) -> Stats | None:
+    """The (mean, std) ``p.normalize`` applies, per channel of ``p.in_channels``; None for none."""
+    if p.normalize == "from_weights":
+        return _adapt(p.weights_normalization, p.in_channels) if p.weights_normalization else None
+    return _adapt(IMAGENET, p.in_channels) if p.normalize == "imagenet" else None
 
 
-class _Pipeline:
+class ImagePipeline:
     """The steps every image takes, train and eval alike: channels, resize, normalise (around the
-    train-only ``extra`` augmentations)."""
+    train-only ``extra`` augmentations). ``stats``: the normalisation applied, or None."""
 
-    def __init__(self, image_size: int, resize_size: int | None, interpolation: str, crop_mode: str,
-                 in_channels: int, stats: Stats | None, crop_fill: Sequence[int] | None = None) -> None:
-        self.image_size, self.channels, self.resize_first = image_size, _Channels(in_channels), resize_size is not None
-        self.norm: list[Callable[[torch.Tensor], torch.Tensor]] = [v2.Normalize(*stats)] if stats else []
-        self.resize: Callable[[Any], Any] = v2.Resize((image_size, image_size), antialias=True)
-        if resize_size is not None:  # the weights' eval rule, timm's transforms_imagenet_eval (recipec.data.crops)
-            self.resize = eval_resize(image_size, resize_size, interpolation, crop_mode, crop_fill)
+    def __init__(self, p: Transforming) -> None:
+        self.image_size, self.channels, self.resize_first = p.image_size, Channels(p.in_channels), p.resize_size is not None
+        self.stats = normalization_stats(p)
+        self.norm: list[Callable[[torch.Tensor], torch.Tensor]] = [v2.Normalize(*self.stats)] if self.stats else []
+        self.resize: Callable[[Any], Any] = v2.Resize((p.image_size, p.image_size), antialias=True)
+        if p.resize_size is not None:  # the weights' eval rule, timm's transforms_imagenet_eval (recipec.data.crops)
+            self.resize = eval_resize(p.image_size, p.resize_size, p.interpolation, p.crop_mode, p.crop_fill)
 
     def dataset(self, examples: Examples, idx: list[int], labels: Sequence[Any], extra: list[Any],
                 after: Sequence[Any] = ()) -> Dataset:
@@ -154,22 +154,31 @@ class _Pipeline:
         return TensorImages(x, labels, v2.Compose(extra + norm + list(after)))
 
 
-def _check_args(dataset: str, normalize: str, augment: Sequence[Any], val_fraction: float, image_size: int,
-                in_channels: int, resize_size: int | None, interpolation: str, crop_mode: str) -> None:
-    if resize_size is not None and (interpolation not in INTERPOLATIONS or crop_mode not in CROP_MODES
-                                    or resize_size < 1):
-        raise DatasetError([(("data", "resize"), f"cannot resize to {resize_size} with {interpolation!r} "
-                             f"interpolation and crop_mode {crop_mode!r} (interpolation: {', '.join(INTERPOLATIONS)}; "
+def check_config(config: DataConfig) -> None:
+    """Refuse what no loader can build, every problem at once, each at its field (``("normalize",)``,
+    ``("augment", 1)``...).
+
+    Raises:
+        DatasetError: an unknown dataset, normalisation, augmentation or resize; a val_fraction
+            outside [0, 1); an image size or channel count below 1.
+    """
+    p = config.transforming
+    if p.resize_size is not None and (p.interpolation not in INTERPOLATIONS or p.crop_mode not in CROP_MODES
+                                      or p.resize_size < 1):
+        raise DatasetError([(("resize_size",), f"cannot resize to {p.resize_size} with {p.interpolation!r} "
+                             f"interpolation and crop_mode {p.crop_mode!r} (interpolation: {', '.join(INTERPOLATIONS)}; "
                              f"crop_mode: {', '.join(CROP_MODES)}); set data.resize: square")])
     problems: list[Any] = []
+    dataset = config.reading.dataset
     if dataset not in DATASETS:
-        problems.append((("data", "dataset"), f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}"))
-    if normalize not in ("from_weights", "imagenet", "none"):
-        problems.append((("data", "normalize"), f"unknown {normalize!r}; choose from_weights, imagenet or none"))
-    problems += augment_problems(augment, in_channels)
+        problems.append((("dataset",), f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}"))
+    if p.normalize not in ("from_weights", "imagenet", "none"):
+        problems.append((("normalize",), f"unknown {p.normalize!r}; choose from_weights, imagenet or none"))
+    problems += augment_problems(config.loading.augment, p.in_channels)
+    val_fraction = config.splitting.val_fraction
     if not 0 <= val_fraction < 1:
-        problems.append((("data", "val_fraction"), f"must be in [0, 1), got {val_fraction}"))
-    if image_size < 1 or in_channels < 1:
-        problems.append((("data", "image_size"), f"image_size and in_channels must be >= 1, got {image_size}, {in_channels}"))
+        problems.append((("val_fraction",), f"must be in [0, 1), got {val_fraction}"))
+    if p.image_size < 1 or p.in_channels < 1:
+        problems.append((("image_size",), f"image_size and in_channels must be >= 1, got {p.image_size}, {p.in_channels}"))
     if problems:
         raise DatasetError(problems)

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from recipec import _json as clean_json
 from recipec.errors import DatasetError, UnreadableImageError
+from recipec.inference.predictor import open_image
+from recipec.recipe.catalog import IMAGE_EXTENSIONS  # what ImageFolder takes for an image
 
-__all__ = ["IMAGE_SUFFIXES", "Prediction", "format_predictions", "image_paths", "predict_images"]
-
-# torchvision's IMG_EXTENSIONS: what ImageFolder takes for an image
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+__all__ = ["Prediction", "format_predictions", "image_paths", "predict_images"]
 
 
 @dataclass
@@ -48,7 +49,7 @@ def image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+            files = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
             found += sorted(str(p) for p in files)
         elif path.exists() or path.is_symlink():
             found.append(os.fspath(item))  # named explicitly: tried whatever its suffix (reading says what is wrong)
@@ -57,7 +58,7 @@ def image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     if problems:
         raise DatasetError(problems)
     if not found:
-        raise DatasetError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {', '.join(os.fspath(i) for i in inputs)}")
+        raise DatasetError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {', '.join(os.fspath(i) for i in inputs)}")
     return found
 
 
@@ -72,9 +73,6 @@ def predict_images(predictor: Any, paths: Sequence[str], *, top_k: int = 5, batc
         batch_size: images per forward pass.
         progress: called with (done, total) after each batch.
     """
-    import torch
-
-    from recipec.inference.predictor import open_image
 
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]

@@ -18,95 +18,36 @@ the weights, so it is the one the run applied:
    or drop channels cyclically;
 5. normalised with the recorded mean and std (when the run normalised).
 
-``recipec predict`` uses this same object, so the command line and Python agree. Importing
-this module does not import torch (the card states the preprocessing in words from here).
+``recipec predict`` uses this same object, so the command line and Python agree. The
+preprocessing as plain data and in words is :mod:`recipec.inference.preprocessing` (torch-free).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
+
+from recipec._files import open_regular
+from recipec.compiler.compile import resolve_preprocessing
+from recipec.data.crops import eval_resize
+from recipec.data.transforms import Channels  # the training rule: an image predicted is the image trained on
+from recipec.device import resolve_device
 from recipec.errors import CheckpointError, UnreadableImageError
+from recipec.inference.preprocessing import Preprocessing, preprocessing_of
+from recipec.inference.restore import model_from, read_export, read_onnx_export
+from recipec.weights.onnx import onnx_session
 
-if TYPE_CHECKING:
-    import torch
-    from torchvision.transforms import v2
-
-__all__ = ["Predictor", "describe_preprocessing", "image_transform", "load_predictor", "open_image",
-           "preprocessing_of"]
+__all__ = ["Predictor", "image_transform", "load_predictor", "open_image"]
 
 # decoding bombs: PIL refuses images over this many pixels (its default warns at 89 M and errors at 2x)
 _MAX_IMAGE_BYTES = 512 << 20
-
-
-def preprocessing_of(recipe: Any, provenance: dict[str, Any]) -> dict[str, Any]:
-    """What an export records of its input pipeline, as plain data.
-
-    Returns:
-        ``image_size``, ``rule`` (``square`` | ``shorter_side``), ``resize_size``, ``interpolation``,
-        ``crop_mode``, ``in_channels`` and ``normalization`` (``{"mean", "std"}`` or None); with
-        ``crop_mode`` ``border`` also ``fill``, the RGB colour it pads with.
-
-    Raises:
-        CheckpointError: the export records no resize and its recipe cannot say one either.
-    """
-    data: dict[str, Any] = provenance["data"] if isinstance(provenance.get("data"), dict) else {}
-    resize: dict[str, Any] | None = data["resize"] if isinstance(data.get("resize"), dict) else None
-    if resize is None and recipe is None:
-        raise CheckpointError("the export records no resize rule (data.resize in its provenance)")
-    if resize is None:  # an export from before the resize was recorded: its recipe's rule
-        from recipec.compiler.compile import resolve_preprocessing
-
-        try:
-            resize = resolve_preprocessing(recipe)
-        except Exception as exc:  # any failure means: unknown
-            raise CheckpointError(f"the export records no resize rule and its recipe gives none ({exc})") from exc
-    norm = provenance.get("normalization") if "normalization" in provenance else None
-    if norm is not None and not (isinstance(norm, dict) and norm.get("mean") and norm.get("std")):
-        raise CheckpointError(f"provenance 'normalization': expected {{mean, std}} or null, got {norm!r}")
-    channels = data.get("in_channels") or (recipe.model.in_channels if recipe is not None else 3)
-    return {
-        "image_size": int(resize["image_size"]),
-        "rule": resize.get("rule", "square"),
-        "resize_size": int(resize.get("resize_size") or resize["image_size"]),
-        "interpolation": resize.get("interpolation") or "bilinear",
-        "crop_mode": resize.get("crop_mode") or "center",
-        **({"fill": resize["fill"]} if resize.get("fill") else {}),  # crop_mode border: the RGB colour it pads with
-        "in_channels": int(channels),
-        "normalization": None if norm is None else {"mean": [float(v) for v in norm["mean"]],
-                                                    "std": [float(v) for v in norm["std"]]},
-    }
-
-
-def describe_preprocessing(prep: dict[str, Any]) -> str:
-    """The preprocessing in words, as the card and ``predict --help`` state it."""
-    size = prep["image_size"]
-    if prep["rule"] == "shorter_side":
-        if prep["crop_mode"] == "border":
-            fill = prep.get("fill") or [0, 0, 0]
-            resize = (f"the longer side resized to {prep['resize_size']} ({prep['interpolation']}, aspect ratio kept), "
-                      f"padded to {size}x{size} with RGB ({', '.join(map(str, fill))}), then the centre {size}x{size} "
-                      "cut out")
-        else:
-            side = "both sides" if prep["crop_mode"] == "squash" else "the shorter side"
-            resize = (f"{side} resized to {prep['resize_size']} ({prep['interpolation']}), "
-                      f"then the centre {size}x{size} cut out")
-    else:
-        resize = f"resized to {size}x{size} (bilinear, antialiased; aspect ratio not kept)"
-    channels = {1: "converted to one channel (luminance 0.299 R + 0.587 G + 0.114 B)", 3: "RGB"}.get(
-        prep["in_channels"], f"{prep['in_channels']} channels (RGB repeated cyclically)")
-    norm = prep["normalization"]
-    normalised = ("normalised with mean " + _floats(norm["mean"]) + " and std " + _floats(norm["std"])
-                  if norm else "not normalised")
-    return f"{channels}; {resize}; values scaled to [0, 1]; {normalised}"
-
-
-def _floats(values: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 class _ToRGB:
@@ -119,14 +60,8 @@ class _ToRGB:
         return "ToRGB()"
 
 
-def image_transform(prep: dict[str, Any]) -> v2.Compose:
+def image_transform(prep: Preprocessing) -> v2.Compose:
     """The eval transform of :func:`preprocessing_of`'s description: PIL image -> normalised float tensor (C, H, W)."""
-    import torch
-    from torchvision.transforms import v2
-
-    from recipec.data.crops import eval_resize
-    from recipec.data.loaders import Channels  # the training rule: an image predicted is the image trained on
-
     size = prep["image_size"]
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), Channels(prep["in_channels"])]
     steps: list[Any] = [_ToRGB()]
@@ -147,10 +82,6 @@ def open_image(path: str | os.PathLike[str]) -> Any:
     Raises:
         UnreadableImageError: not a regular file, or not an image PIL can decode (the message names it).
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from recipec._files import open_regular
-
     try:
         with open_regular(path, what="image", error=UnreadableImageError, max_bytes=_MAX_IMAGE_BYTES) as f:
             image = Image.open(f)
@@ -186,7 +117,7 @@ class Predictor:
     model: torch.nn.Module | None
     classes: list[str]
     transform: v2.Compose
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing
     device: Any = "cpu"
     session: Any = None
     path: str = ""
@@ -195,8 +126,6 @@ class Predictor:
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw outputs (batch, classes), float32 on the CPU, for a batch of transformed images."""
-        import torch
-
         if self.session is not None:
             return _onnx_logits(self.session, batch)
         assert self.model is not None
@@ -222,7 +151,6 @@ class Predictor:
         Raises:
             UnreadableImageError: a path that is not an image.
         """
-        import torch
 
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
@@ -253,7 +181,6 @@ class Predictor:
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
         """(batch, classes) float64 scores of a transformed batch: softmax probabilities, or for a
         multilabel model each class's sigmoid."""
-        import torch
 
         logits = self.logits(batch).double()
         return torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=1)
@@ -297,16 +224,11 @@ def load_predictor(path: str | os.PathLike[str], *, trust_factories: Collection[
     """
     file = Path(path)
     if file.suffix == ".onnx":
-        from recipec.weights.onnx import onnx_session, read_onnx_export
-
         recipe, provenance = read_onnx_export(file)
         session: Any = onnx_session(file)
         model = None
         torch_device: Any = "cpu"
     else:
-        from recipec.device import resolve_device
-        from recipec.inference.restore import model_from, read_export
-
         recipe, provenance, checkpoint = read_export(file)
         torch_device = resolve_device(device or "cpu")
         model = model_from(recipe, checkpoint, file, trust_factories=trust_factories).to(torch_device)
@@ -317,15 +239,14 @@ def load_predictor(path: str | os.PathLike[str], *, trust_factories: Collection[
         if head is None:
             raise CheckpointError(f"{file}: records no class names and has no head; cannot name its predictions")
         classes = [str(i) for i in range(head.num_classes)]  # the run trained on unnamed classes
-    prep = preprocessing_of(recipe, provenance)
+    prep = preprocessing_of(provenance, fallback=lambda: resolve_preprocessing(recipe),
+                            in_channels=recipe.model.in_channels)
     return Predictor(model=model, classes=[str(c) for c in classes], transform=image_transform(prep),
                      preprocessing=prep, device=torch_device, session=session, path=str(file), recipe=recipe,
                      provenance=provenance)
 
 
 def _onnx_logits(session: Any, batch: torch.Tensor) -> torch.Tensor:
-    import torch
-
     feed = session.get_inputs()[0]
     x = batch.float().cpu().numpy()
     if isinstance(feed.shape[0], int) and feed.shape[0] != x.shape[0]:  # a fixed batch dimension: one at a time

@@ -13,15 +13,20 @@ before its module is imported, unless the caller trusts that exact factory
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from recipec.errors import CheckpointError, ModelError, UntrustedFactoryError
+from recipec.model import families, zoo
+from recipec.model.factory import factory_names
+from recipec.recipe.embedded import recipe_from_metadata
+from recipec.weights import formats
+from recipec.weights.onnx import read_onnx
 
-__all__ = ["build_model", "load", "load_predictor", "model_from", "read_export", "recipe_from_metadata"]
+__all__ = ["build_model", "load", "model_from", "read_export", "read_onnx_export"]
 
 
 def read_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], Any]:
@@ -30,36 +35,19 @@ def read_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], Any]
     Raises:
         CheckpointError: the file is unreadable, or carries no recipec recipe (a foreign file).
     """
-    from recipec.weights import formats
-
     checkpoint = formats.load(path)
     recipe, provenance = recipe_from_metadata(checkpoint.metadata, path)
     return recipe, provenance, checkpoint
 
 
-def recipe_from_metadata(metadata: Mapping[str, Any], path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
-    """The recipe and provenance in an export's str -> str metadata (safetensors, torch or ONNX).
+def read_onnx_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """The recipe and provenance a recipec ONNX export carries in its ``metadata_props``.
 
     Raises:
-        CheckpointError: no recipec recipe (a foreign file), or a damaged one.
+        CheckpointError: not ONNX, or no recipec recipe in its metadata.
     """
-    from recipec.provenance import read_export_metadata
-    from recipec.recipe.spec import Recipe
-
-    meta = {k: v for k, v in metadata.items() if isinstance(v, str)}
-    recipe_yaml, provenance = read_export_metadata(meta)
-    if recipe_yaml is None:
-        raise CheckpointError(f"{path}: has no recipec recipe in its metadata, so the architecture is unknown; "
-                              "load its state dict with recipec.weights.load_state_dict instead")
-    try:
-        from recipec.recipe._yaml import read_embedded
-        from recipec.recipe.load import resolve_paths
-
-        # paths in the embedded recipe are relative to the run directory the export was written into
-        recipe = Recipe.model_validate(resolve_paths(read_embedded(recipe_yaml, str(path)), Path(path).parent))
-    except Exception as exc:  # pydantic or YAML: the embedded recipe is damaged
-        raise CheckpointError(f"{path}: the embedded recipe is not valid: {exc}") from exc
-    return recipe, provenance
+    proto = read_onnx(path)
+    return recipe_from_metadata({p.key: p.value for p in proto.metadata_props}, path)
 
 
 def build_model(recipe: Any, *, trust_factories: bool | Collection[str] = (), origin: str = "") -> nn.Module:
@@ -78,21 +66,19 @@ def build_model(recipe: Any, *, trust_factories: bool | Collection[str] = (), or
         UntrustedFactoryError: the recipe names a custom factory not in ``trust_factories``.
         ModelError: the architecture cannot be built.
     """
-    from recipec.model import heads, zoo
-
     spec = recipe.model
     try:
-        model = zoo.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None, weights=spec.weights,
-                                       trust_factories=trust_factories, origin=origin)
+        model = families.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None,
+                                            weights=spec.weights, trust_factories=trust_factories, origin=origin)
     except ModelError as exc:
         if not origin or isinstance(exc, UntrustedFactoryError):  # a refusal names the file already
             raise
         # the recipe at fault is the file's, which has no lines to point at: name the file
         raise type(exc)([f"{origin}: {problem}" for problem in exc.problems]) from exc
     if spec.head is not None:
-        heads.replace_head(model, spec.arch, num_classes=spec.head.num_classes, type=spec.head.type,
-                           hidden=spec.head.hidden, dropout=spec.head.dropout, activation=spec.head.activation,
-                           at=spec.head.at)
+        families.replace_head(model, spec.arch, num_classes=spec.head.num_classes, type=spec.head.type,
+                              hidden=spec.head.hidden, dropout=spec.head.dropout, activation=spec.head.activation,
+                              at=spec.head.at)
     if spec.in_channels != 3:
         zoo.set_input_channels(model, spec.in_channels)
     return model
@@ -116,28 +102,10 @@ def load(path: str | os.PathLike[str], *, trust_factories: Collection[str] = ())
         >>> logits = model(images)
         >>> mine = recipec.load("runs/mine/model.safetensors", trust_factories=["mynets:small_cnn"])
 
-    The class names and the preprocessing come with :func:`load_predictor`.
+    The class names and the preprocessing come with :func:`recipec.load_predictor`.
     """
     recipe, _, checkpoint = read_export(Path(path))
     return model_from(recipe, checkpoint, path, trust_factories=trust_factories)
-
-
-def load_predictor(path: str | os.PathLike[str], *, trust_factories: Collection[str] = (),
-                   device: str | None = None) -> Any:
-    """The model of an export with its class names and exact preprocessing: a :class:`recipec.inference.predictor.Predictor`.
-
-    :func:`load` gives the bare ``nn.Module``; this gives ``model``, ``classes``, ``transform``
-    (PIL image -> the normalised tensor training used) and ``predict(images, top_k=...)``. It also
-    reads ``model.onnx`` (run with onnxruntime; no factory is built).
-
-    Example:
-        >>> predictor = recipec.load_predictor("runs/quickstart/model.safetensors")
-        >>> predictor.predict(Image.open("digit.png"), top_k=3)
-        [{'class': '7', 'score': 0.98}, {'class': '1', 'score': 0.01}, {'class': '9', 'score': 0.004}]
-    """
-    from recipec.inference.predictor import load_predictor as load_usable
-
-    return load_usable(path, trust_factories=trust_factories, device=device)
 
 
 def model_from(recipe: Any, checkpoint: Any, path: str | os.PathLike[str], *,
@@ -146,8 +114,6 @@ def model_from(recipe: Any, checkpoint: Any, path: str | os.PathLike[str], *,
 
     ``trust_factories`` as for :func:`load`: the export's recipe came from the file.
     """
-    from recipec.model.zoo import factory_names
-
     model = build_model(recipe, trust_factories=factory_names(trust_factories), origin=str(path))
     state = checkpoint.state_dict
     try:

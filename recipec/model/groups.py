@@ -2,9 +2,8 @@
 
 Groups are what freezing schedules and discriminative learning rates talk about. A group is
 a list of regexes searched in parameter names; :func:`assign_groups` checks that they
-partition the model's parameters exactly. :func:`preset_groups` (from ``presets.py``) writes
-those regexes for every torchvision classification family, from the module names the model
-actually has.
+partition the model's parameters exactly. Each model family writes its default groups
+(:func:`recipec.model.families.preset_groups`) from the module names the model actually has.
 """
 
 from __future__ import annotations
@@ -16,9 +15,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from recipec.errors import GroupError, Problem
-from recipec.model.presets import preset_groups
 
-__all__ = ["LayerGroup", "assign_groups", "param_to_group", "preset_groups"]
+__all__ = ["LayerGroup", "assign_groups", "param_to_group"]
 
 _SHOWN = 20  # names listed in one message before "(+N more)"
 

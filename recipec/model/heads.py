@@ -1,43 +1,49 @@
-"""Find an architecture's classifier and put a new one in its place."""
+"""Classifier heads, whatever the family: find a module by dotted path, build a new head, put it in place.
+
+Which module is a family's classifier, and how a family replaces it, is the family's own fact
+(:mod:`recipec.model.families`); what is here works on any ``nn.Module``.
+"""
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import torch
 from torch import nn
 
 from recipec.errors import ModelError
-from recipec.model.zoo import family_of
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11 on
 
 __all__ = [
+    "FactoryKwargs",
     "HeadInfo",
     "aux_classifiers",
     "build_head",
-    "default_head_path",
+    "describe_module",
     "get_module",
     "in_features_of",
-    "replace_head",
+    "last_linear_path",
+    "placement",
+    "replace_module",
     "resolve_path",
     "set_module",
 ]
 
 _AT = ("model", "head", "at")
-# Where each torchvision family keeps its classifier; "-1" is the last entry of a Sequential.
-_HEAD_PATHS = {
-    "resnet": "fc", "regnet": "fc", "googlenet": "fc", "inception": "fc", "shufflenet": "fc",
-    "vgg": "classifier.-1", "alexnet": "classifier.-1", "mobilenet": "classifier.-1",
-    "efficientnet": "classifier.-1", "convnext": "classifier.-1", "mnasnet": "classifier.-1",
-    "maxvit": "classifier.-1",
-    "densenet": "classifier", "vit": "heads.head", "swin": "head",
-    # squeezenet classifies with a 1x1 conv followed by ReLU and global pooling, which stay
-    "squeezenet": "classifier.1",
-}
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 _MAX_HEAD_WEIGHTS = 2**31  # 8 GiB of float32; 1,000,000 classes on 2048 features (resnet50) fit, just
 _AUX_HEADS = ("aux1", "aux2", "AuxLogits")
+
+
+class FactoryKwargs(TypedDict, total=False):
+    """Where new parameters are created, as torch's modules take it (``nn.Linear(..., **factory_kwargs)``)."""
+
+    device: torch.device | str | None
+    dtype: torch.dtype | None
 
 
 @dataclass(frozen=True)
@@ -118,23 +124,13 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_path), leaf, module)
 
 
-def default_head_path(model: nn.Module, arch: str) -> str:
-    """Dotted path of the classifier of ``arch``'s family, indices written out (``classifier.6``).
-
-    Custom factories and unknown families use the last ``nn.Linear`` in registration order.
+def last_linear_path(model: nn.Module, arch: str) -> str:
+    """Dotted path of the last ``nn.Linear`` in registration order: the classifier of a model whose
+    family names none (a custom factory, a timm model that names none).
 
     Raises:
-        ModelError: the family's path is missing, or a custom model has no ``nn.Linear``.
+        ModelError: the model has no ``nn.Linear``.
     """
-    if arch.startswith("timm/"):
-        from recipec.model.timm import timm_head_paths
-
-        found = timm_head_paths(model)
-        if found:
-            return found[0]
-    path = _HEAD_PATHS.get(family_of(arch))
-    if path is not None:
-        return resolve_path(model, path, at=("model", "head"))
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ModelError((("model", "head"), (
@@ -168,8 +164,7 @@ def build_head(
     dropout: float = 0.0,
     activation: Literal["relu", "gelu", "silu"] | None = None,
     conv: bool = False,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
+    **factory_kwargs: Unpack[FactoryKwargs],
 ) -> nn.Module:
     """A new classifier.
 
@@ -185,13 +180,12 @@ def build_head(
         dropout: dropout probability; no Dropout layer when 0.
         activation: mlp activation, ``relu`` (default), ``gelu`` or ``silu``.
         conv: build 1x1 ``Conv2d`` layers instead of ``Linear`` (squeezenet's classifier).
-        device: where to create the parameters.
-        dtype: dtype of the parameters.
+        **factory_kwargs: ``device`` and ``dtype`` of the parameters (see :func:`placement`).
     """
     def layer(n_in: int, n_out: int) -> nn.Module:
         if conv:
-            return nn.Conv2d(n_in, n_out, kernel_size=1, device=device, dtype=dtype)
-        return nn.Linear(n_in, n_out, device=device, dtype=dtype)
+            return nn.Conv2d(n_in, n_out, kernel_size=1, **factory_kwargs)
+        return nn.Linear(n_in, n_out, **factory_kwargs)
 
     # Counted before anything is allocated: num_classes x hidden sizes that no memory holds are an error, not an OOM kill.
     widths = [in_features, *((hidden if hidden is not None else [512]) if type == "mlp" else []), num_classes]
@@ -219,7 +213,8 @@ def build_head(
     return nn.Sequential(*layers, layer(width, num_classes))
 
 
-def _short(module: nn.Module) -> str:
+def describe_module(module: nn.Module) -> str:
+    """A short description of a head, e.g. ``Sequential[Dropout(0.2), Linear(512 -> 5)]``."""
     if isinstance(module, nn.Linear):
         return f"Linear({module.in_features} -> {module.out_features})"
     if isinstance(module, nn.Conv2d):
@@ -229,29 +224,29 @@ def _short(module: nn.Module) -> str:
         return f"Dropout({module.p})"
     children = list(module.children())
     if children:
-        return f"{type(module).__name__}[{', '.join(_short(c) for c in children)}]"
+        return f"{type(module).__name__}[{', '.join(describe_module(c) for c in children)}]"
     return type(module).__name__
 
 
-def _placement(module: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+def placement(module: nn.Module) -> FactoryKwargs:
+    """Device and dtype of the first floating-point tensor of ``module`` (None, None without one)."""
     for tensor in (*module.parameters(), *module.buffers()):
         if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return None, None
+            return {"device": tensor.device, "dtype": tensor.dtype}
+    return {"device": None, "dtype": None}
 
 
-def replace_head(
+def replace_module(
     model: nn.Module,
-    arch: str,
+    path: str,
     *,
     num_classes: int,
     type: Literal["linear", "mlp"] = "linear",
     hidden: list[int] | None = None,
     dropout: float = 0.0,
     activation: Literal["relu", "gelu", "silu"] | None = None,
-    at: str | None = None,
 ) -> HeadInfo:
-    """Replace the classifier of ``model`` with a new head of ``num_classes`` outputs, in place.
+    """Replace the classifier at ``path`` with a new head of ``num_classes`` outputs, in place.
 
     The new head is created on the device and dtype of the module it replaces. A ``num_classes``
     attribute the model keeps (squeezenet, mnasnet, vit, swin) is updated. The auxiliary
@@ -260,37 +255,26 @@ def replace_head(
 
     Args:
         model: the network, changed in place.
-        arch: its architecture name (picks the family's classifier path).
+        path: dotted path of the classifier, indices written out (see :func:`resolve_path`).
         num_classes: outputs of the new head.
         type, hidden, dropout, activation: see :func:`build_head`.
-        at: dotted path of the module to replace instead of the family's classifier
-            (``classifier.-1`` counts from the end).
 
     Returns:
         What was replaced, by what, and the new head's state-dict prefix.
 
     Raises:
-        ModelError: ``at`` names no module (with the nearest paths), or the module's input size
-            cannot be read.
+        ModelError: the module's input size cannot be read.
 
     Example:
-        >>> info = replace_head(resnet18(), "resnet18", num_classes=5, dropout=0.2)
+        >>> info = replace_module(resnet18(), "fc", num_classes=5, dropout=0.2)
         >>> info.path, info.new
         ('fc', 'Sequential[Dropout(0.2), Linear(512 -> 5)]')
     """
-    if at is None and arch.startswith("timm/"):  # timm's reset_classifier: its pooling and norm stay
-        from recipec.model.timm import replace_timm_head
-
-        info: HeadInfo = replace_timm_head(model, arch, num_classes=num_classes, type=type, hidden=hidden,
-                                           dropout=dropout, activation=activation)
-        return info
-    path = resolve_path(model, at) if at is not None else default_head_path(model, arch)
     old = model.get_submodule(path)
     in_features = in_features_of(old)
     first = next(m for m in old.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
-    device, dtype = _placement(old)
     head = build_head(in_features, num_classes=num_classes, type=type, hidden=hidden, dropout=dropout,
-                      activation=activation, conv=isinstance(first, nn.Conv2d), device=device, dtype=dtype)
+                      activation=activation, conv=isinstance(first, nn.Conv2d), **placement(old))
     set_module(model, path, head)
     if isinstance(getattr(model, "num_classes", None), int):
         # bookkeeping only: no torchvision forward reads it, but code inspecting the model does
@@ -302,12 +286,11 @@ def replace_head(
         last = [n for n, m in aux.named_modules() if isinstance(m, nn.Linear)][-1]
         linear = aux.get_submodule(last)
         assert isinstance(linear, nn.Linear)
-        aux_device, aux_dtype = _placement(linear)
-        set_module(model, f"{name}.{last}", nn.Linear(linear.in_features, num_classes, device=aux_device, dtype=aux_dtype))
+        set_module(model, f"{name}.{last}", nn.Linear(linear.in_features, num_classes, **placement(linear)))
         aux_prefixes.append(f"{name}.{last}.")
         notes.append(f"auxiliary classifier {name}.{last}: Linear({linear.in_features} -> {linear.out_features})  ->  "
                      f"Linear({linear.in_features} -> {num_classes})")
-    return HeadInfo(path=path, in_features=in_features, old=_short(old), new=_short(head), param_prefix=f"{path}.",
+    return HeadInfo(path=path, in_features=in_features, old=describe_module(old), new=describe_module(head), param_prefix=f"{path}.",
                     num_params=sum(p.numel() for p in head.parameters()), notes=tuple(notes),
                     aux_prefixes=tuple(aux_prefixes))
 

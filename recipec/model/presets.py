@@ -1,4 +1,5 @@
-"""Preset layer groups: the default groups of every torchvision classification family.
+"""Preset layer groups: the default groups of every torchvision classification family, and the
+regex writing every family's presets share.
 
 A preset is written from the module names the model actually has, so depth variants
 (vit_l_16, mobilenet_v3_small) get their own regexes; :func:`recipec.model.groups.assign_groups`
@@ -16,7 +17,7 @@ from torch import nn
 from recipec.errors import GroupError
 from recipec.model.zoo import family_of
 
-__all__ = ["preset_groups"]
+__all__ = ["body_and_head", "checked_head_prefix", "module_regexes", "zoo_groups"]
 
 # Each preset group is (name, patterns); a pattern is fullmatched against the model's module
 # and parameter names, and the outermost matches become the group's regexes. A group whose
@@ -122,51 +123,43 @@ _DYNAMIC: dict[str, Callable[[nn.Module], _Preset]] = {
 }
 
 
-def preset_groups(arch: str, model: nn.Module, head_prefix: str, *, fine: bool = False) -> list[tuple[str, list[str]]]:
-    """The default layer groups of an architecture, as (name, regexes), earliest first, head last.
-
-    The family is ``zoo.family_of(arch)`` (``resnet50`` -> resnet). Regexes are
-    written from the module names the model has, so depth variants (vit_l, mobilenet_v3_small)
-    get their own. Parameters under ``head_prefix`` form the last group, ``head``, and are
-    taken out of every other group (``classifier.6.`` leaves ``classifier.0`` and ``.3`` to the
-    ``classifier`` group of a vgg). An unknown family (e.g. ``package.module:factory``) gets
-    two groups: ``body`` (everything but the head) and ``head``.
-
-    Args:
-        arch: architecture name as in the recipe's ``model.arch``.
-        model: the model, with its new head in place.
-        head_prefix: state-dict prefix of the head, e.g. ``"fc."`` or ``"heads.head."``.
-        fine: ``timm/<name>`` only: the groups of timm's fine ``group_matcher`` (blocks), not the
-            coarse one (stages); see :func:`recipec.model.timm.timm_groups`.
-
-    Returns:
-        (group name, regexes) pairs, to be checked by :func:`~recipec.model.groups.assign_groups`.
+def checked_head_prefix(model: nn.Module, head_prefix: str) -> str:
+    """``head_prefix`` ending in a dot, checked to start the name of some parameter of ``model``.
 
     Raises:
         GroupError: no parameter starts with ``head_prefix``.
-
-    Example:
-        >>> preset_groups("resnet18", model, "fc.")[0]
-        ('stem', ['^conv1\\\\.', '^bn1\\\\.'])
     """
     head = head_prefix if head_prefix.endswith(".") else head_prefix + "."
     params = [name for name, _ in model.named_parameters()]
     if not any(name.startswith(head) for name in params):
         raise GroupError(f"no parameter of the model starts with the head prefix {head!r}; "
                          f"the head's parameters are named e.g. {', '.join(params[-2:])}")
-    if arch.startswith("timm/"):
-        from recipec.model.timm import timm_groups
+    return head
 
-        found = timm_groups(model, [head], fine=fine)
-        if len(found) > 1:
-            return found
+
+def body_and_head(head: str) -> list[tuple[str, list[str]]]:
+    """The two groups of a family with no presets: ``body`` (everything but the head) and ``head``."""
+    return [("body", [f"^(?!{re.escape(head)})"]), ("head", [f"^{re.escape(head)}"])]
+
+
+def zoo_groups(arch: str, model: nn.Module, head: str) -> list[tuple[str, list[str]]]:
+    """The default layer groups of a torchvision architecture, as (name, regexes), earliest first, head last.
+
+    The family is ``zoo.family_of(arch)`` (``resnet50`` -> resnet). Regexes are written from the
+    module names the model has, so depth variants (vit_l, mobilenet_v3_small) get their own.
+    Parameters under ``head`` (a checked prefix, see :func:`checked_head_prefix`) form the last
+    group, ``head``, and are taken out of every other group (``classifier.6.`` leaves
+    ``classifier.0`` and ``.3`` to the ``classifier`` group of a vgg). A family with no preset
+    gets :func:`body_and_head`.
+    """
+    params = [name for name, _ in model.named_parameters()]
     family = family_of(arch)
     if family in _STATIC:
         preset = _STATIC[family]
     elif family in _DYNAMIC:
         preset = _DYNAMIC[family](model)
     else:
-        return [("body", [f"^(?!{re.escape(head)})"]), ("head", [f"^{re.escape(head)}"])]
+        return body_and_head(head)
     param_set = set(params)
     candidates = [name for name, _ in model.named_modules() if name] + params
     groups: list[tuple[str, list[str]]] = []
@@ -176,7 +169,7 @@ def preset_groups(arch: str, model: nn.Module, head_prefix: str, *, fine: bool =
         outermost = [c for c in matched if not any(c.startswith(m + ".") for m in matched)]
         names = [n for c in outermost for n in _outside_head(model, c, head, params)]
         if names:
-            groups.append((name, _regexes(sorted(names, key=lambda n: _first_param(n, params)), param_set)))
+            groups.append((name, module_regexes(sorted(names, key=lambda n: _first_param(n, params)), param_set)))
     return groups + [("head", [f"^{re.escape(head)}"])]
 
 
@@ -196,8 +189,11 @@ def _first_param(name: str, params: list[str]) -> int:
     return next(i for i, p in enumerate(params) if p == name or p.startswith(name + "."))
 
 
-def _regexes(names: list[str], param_names: set[str]) -> list[str]:
-    """Names to regexes; numbered sibling modules share one: ``^features\\.(?:1|2)\\.``."""
+def module_regexes(names: list[str], param_names: set[str]) -> list[str]:
+    """Module and parameter names to regexes; numbered sibling modules share one: ``^features\\.(?:1|2)\\.``.
+
+    A name in ``param_names`` is matched exactly (``^cls_token$``), any other as a module prefix.
+    """
     entries: list[tuple[str, list[str], str]] = []  # (escaped prefix, numbers, end), in order of first use
     numbered: dict[str, list[str]] = {}
     for name in names:

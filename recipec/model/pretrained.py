@@ -1,8 +1,9 @@
 """torchvision's pretrained classification weights: resolved by name, read from the local cache.
 
 Weights are read from torch hub's local cache only; recipec downloads nothing unless
-``RECIPEC_ALLOW_DOWNLOAD=1`` is set, and it never unpickles anything but tensors.
-:mod:`recipec.model.zoo` re-exports the public names here.
+``RECIPEC_ALLOW_DOWNLOAD=1`` is set, and it never unpickles anything but tensors. What any
+family's weights report (:class:`WeightsInfo`) and how a ViT's position embedding follows the
+image size (:func:`position_embedding_adapts`) are here too.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from torch import Tensor
 from torchvision.models import WeightsEnum
 
 from recipec.errors import ModelError, WeightsUnavailableError
-from recipec.model.zoo import _architectures, _unknown_architecture, family_of
+from recipec.model.names import family_name
+from recipec.model.zoo import family_of, is_architecture, unknown_architecture
 
-__all__ = ["WeightsInfo", "load_pretrained_state_dict", "normalization_of", "position_embedding_adapts",
-           "resolve_weights", "weights_cache_path", "weights_normalization", "weights_preprocessing"]
+__all__ = ["Normalization", "WeightsInfo", "load_pretrained_state_dict", "no_weights_error", "normalization_of",
+           "position_embedding_adapts", "resolve_weights", "torchvision_preprocessing", "weights_cache_path"]
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -64,6 +66,12 @@ class WeightsInfo:
     preprocessing: dict[str, Any] | None = None
 
 
+def no_weights_error(arch: str) -> ModelError:
+    """The error for pretrained weights asked of a custom factory, which has none to offer."""
+    return ModelError((("model", "weights"), (
+        f"{arch!r} is a custom factory and has no torchvision weights; set model.weights: null "
+        "and load a checkpoint with source.checkpoint")))
+
 
 def resolve_weights(arch: str, name: str) -> WeightsEnum:
     """The torchvision weights enum member named ``name`` (``IMAGENET1K_V1``, ``DEFAULT``, ...) for ``arch``.
@@ -72,12 +80,10 @@ def resolve_weights(arch: str, name: str) -> WeightsEnum:
         ModelError: at ``model.weights`` for an unknown name (listing the available ones) or a
             custom factory; at ``model.arch`` for an unknown architecture.
     """
-    if ":" in arch:
-        raise ModelError((("model", "weights"), (
-            f"{arch!r} is a custom factory and has no torchvision weights; set model.weights: null "
-            "and load a checkpoint with source.checkpoint")))
-    if arch not in _architectures():
-        raise _unknown_architecture(arch)
+    if family_name(arch) == "factory":
+        raise no_weights_error(arch)
+    if not is_architecture(arch):
+        raise unknown_architecture(arch)
     enum = torchvision.models.get_model_weights(arch)
     members = list(enum.__members__)
     if name not in members:
@@ -159,7 +165,7 @@ def load_pretrained_state_dict(arch: str, name: str) -> tuple[dict[str, Tensor],
 
     The file is loaded with ``weights_only=True``: a pickle that needs anything but tensors and
     containers is refused without running it. Legacy densenet keys are renamed to the module
-    names of the model :func:`recipec.model.zoo.build_architecture` builds. The mapping is
+    names of the model :func:`recipec.model.zoo.build_torchvision` builds. The mapping is
     returned as loaded (an ``OrderedDict`` whose ``_metadata`` carries module versions; mnasnet
     needs them to load).
 
@@ -181,10 +187,6 @@ def load_pretrained_state_dict(arch: str, name: str) -> tuple[dict[str, Tensor],
         >>> info.name
         'ResNet18_Weights.IMAGENET1K_V1'
     """
-    if arch.startswith("timm/"):
-        from recipec.model.timm import load_timm_weights
-
-        return load_timm_weights(arch, name)
     weights = resolve_weights(arch, name)
     path = weights_cache_path(weights)
     if not path.is_file():
@@ -206,42 +208,16 @@ def load_pretrained_state_dict(arch: str, name: str) -> tuple[dict[str, Tensor],
     return state_dict, _weights_info(weights, path)
 
 
-def weights_normalization(arch: str, name: str) -> Normalization | None:
-    """``(mean, std)`` of the pretrained weights ``name`` of ``arch`` (torchvision's transforms, timm's
-    ``pretrained_cfg``), read without loading them.
+def torchvision_preprocessing(arch: str, name: str) -> dict[str, Any] | None:
+    """How torchvision's pretrained weights ``name`` of ``arch`` expect images resized, read without
+    loading them: from the weights' ``transforms()`` (``crop_size``, ``resize_size``, ``interpolation``).
+
+    Returns ``{"input_size": crop, "interpolation": "bilinear", "crop_pct": crop / resize, "crop_mode":
+    "center", "resize_size": resize}``, or None when the weights define no resize.
 
     Raises:
         ModelError: unknown architecture or weights name.
     """
-    if arch.startswith("timm/"):
-        from recipec.model.timm import pretrained_cfg
-
-        cfg = pretrained_cfg(arch, name)
-        return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
-    return normalization_of(resolve_weights(arch, name))
-
-
-def weights_preprocessing(arch: str, name: str) -> dict[str, Any] | None:
-    """How the pretrained weights ``name`` of ``arch`` expect images resized, read without loading them.
-
-    timm: the ``pretrained_cfg`` (``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``);
-    torchvision: the weights' ``transforms()`` (``crop_size``, ``resize_size``, ``interpolation``).
-    Returns ``{"input_size": side, "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode":
-    "center", "resize_size": 256 or None}`` (``resize_size``: torchvision's, for ``input_size``; timm
-    adds ``mean``, the colour ``crop_mode: border`` pads with), or None when the weights define no resize.
-
-    Raises:
-        ModelError: unknown architecture or weights name.
-    """
-    if arch.startswith("timm/"):
-        from recipec.model.timm import pretrained_cfg
-
-        cfg = pretrained_cfg(arch, name)
-        if not cfg.input_size:
-            return None
-        return {"input_size": int(cfg.input_size[-2]), "interpolation": str(cfg.interpolation or "bilinear"),
-                "crop_pct": float(cfg.crop_pct or 0.875), "crop_mode": str(cfg.crop_mode or "center"),
-                "resize_size": None, "mean": [float(m) for m in cfg.mean]}  # mean: crop_mode border pads with it
     transforms = resolve_weights(arch, name).transforms()
     crop, resize = getattr(transforms, "crop_size", None), getattr(transforms, "resize_size", None)
     if not crop or not resize:

@@ -3,52 +3,55 @@
 timm is an optional extra (``pip install 'recipec[timm]'``) and is imported only in these
 modules, when a recipe names a timm model. The pretrained weights are read offline-first by
 :mod:`recipec.model.timm_weights`; heads and layer groups go through timm's own interfaces in
-:mod:`recipec.model.timm_groups`. Their public names are importable from here too.
+:mod:`recipec.model.timm_groups`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from recipec.errors import ModelError, WeightsUnavailableError
+from recipec.errors import ModelError
+from recipec.model.names import TIMM_PREFIX, timm_name
+from recipec.model.offline import downloads_blocked
 
-__all__ = ["PREFIX", "build_timm", "downloads_blocked", "is_timm", "load_timm_weights", "preprocessing_of",
-           "pretrained_cfg", "replace_timm_head", "resolve_tag", "timm_groups", "timm_head_paths"]
+__all__ = ["INSTALL", "build_timm", "import_timm", "model_name", "pretrained_cfg", "resolve_tag"]
 
-PREFIX = "timm/"
 INSTALL = "pip install 'recipec[timm]'"
 # create_model arguments that would fetch or load weights behind model.weights
 _WEIGHT_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "pretrained_strict")
 
 
-def is_timm(arch: str) -> bool:
-    """Whether ``model.arch`` names a timm model (``timm/convnext_tiny``)."""
-    return arch.startswith(PREFIX)
+def import_timm() -> Any:
+    """The ``timm`` module, imported on first use.
 
-
-def _timm() -> Any:
+    Raises:
+        ModelError: at ``model.arch``: timm is not installed (with the install command).
+    """
     try:
-        import timm
-        import timm.models
+        import timm  # noqa: PLC0415  (optional extra, imported when a recipe names a timm model)
+        import timm.models  # noqa: PLC0415
     except ImportError as exc:
         raise ModelError((("model", "arch"), (
             f"timm architectures need the timm extra, which is not installed ({exc}); run: {INSTALL}"))) from exc
     return timm
 
 
-def _name(arch: str) -> str:
-    timm = _timm()
-    name = arch[len(PREFIX):]
+def model_name(arch: str) -> str:
+    """timm's name of ``timm/<name>``, checked against the installed timm's models.
+
+    Raises:
+        ModelError: at ``model.arch``: timm missing, or no such model (with the nearest names).
+    """
+    timm = import_timm()
+    name = timm_name(arch)
     if not timm.models.is_model(name) or "." in name:
         names = timm.list_models()
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-        hint = f"did you mean {' or '.join(repr(PREFIX + n) for n in close)}? " if close else ""
+        hint = f"did you mean {' or '.join(repr(TIMM_PREFIX + n) for n in close)}? " if close else ""
         raise ModelError((("model", "arch"), (
             f"unknown timm architecture {name!r}; {hint}(any of timm's {len(names)} models, timm.list_models(); "
             "the pretrained tag goes in model.weights, not after a dot)")))
@@ -61,8 +64,8 @@ def resolve_tag(arch: str, weights: str) -> str:
     Raises:
         ModelError: at ``model.weights``: no such tag (listing the model's tags), or none at all.
     """
-    timm = _timm()
-    name = _name(arch)
+    timm = import_timm()
+    name = model_name(arch)
     tags = [p.partition(".")[2] for p in timm.list_pretrained(f"{name}.*")]
     if weights == "DEFAULT" and tags:
         return str(timm.models.get_pretrained_cfg(name).tag or tags[0])
@@ -84,8 +87,8 @@ def build_timm(arch: str, kwargs: Mapping[str, Any], *, weights: str | None = No
     Raises:
         ModelError: timm missing, an unknown name or tag, or ``kwargs`` create_model rejects.
     """
-    timm = _timm()
-    name = _name(arch)
+    timm = import_timm()
+    name = model_name(arch)
     bad = [k for k in _WEIGHT_KWARGS if k in kwargs]
     if bad:
         raise ModelError([(("model", "kwargs", k), (
@@ -99,52 +102,8 @@ def build_timm(arch: str, kwargs: Mapping[str, Any], *, weights: str | None = No
         raise ModelError((("model", "kwargs"), f"{arch} rejected its arguments {dict(kwargs)!r}: {exc}")) from exc
 
 
-@contextlib.contextmanager
-def downloads_blocked() -> Iterator[None]:
-    """No hub or URL download while building, unless ``RECIPEC_ALLOW_DOWNLOAD=1``.
-
-    A ``package.module:factory`` (``timm:create_model`` with ``pretrained: true``) would otherwise
-    fetch weights behind the offline policy: the hub is put offline (cached files still load) and
-    torch hub's ``download_url_to_file`` refuses, so a missing file is an error naming it.
-    """
-    if os.environ.get("RECIPEC_ALLOW_DOWNLOAD") == "1":
-        yield
-        return
-    import torch.hub
-
-    hub_constants: Any = None
-    with contextlib.suppress(ImportError):
-        from huggingface_hub import constants as hub_constants
-    def refuse(url: str, dst: str, *args: Any, **kwargs: Any) -> None:
-        raise WeightsUnavailableError((("model", "arch"), (
-            f"refused to download {url} to {dst}: recipec downloads nothing unless RECIPEC_ALLOW_DOWNLOAD=1; "
-            "put the file there, or set the environment variable")))
-
-    saved_download, saved_offline = torch.hub.download_url_to_file, getattr(hub_constants, "HF_HUB_OFFLINE", None)
-    torch.hub.download_url_to_file = refuse
-    if hub_constants is not None:
-        hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    except Exception as exc:
-        if type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
-            raise WeightsUnavailableError((("model", "arch"), (
-                f"the factory asked the Hugging Face hub for weights that are not in the local cache ({exc}); "
-                "recipec downloads nothing unless RECIPEC_ALLOW_DOWNLOAD=1 (or use model.arch: timm/<name> "
-                "with model.weights)"))) from exc
-        raise
-    finally:
-        torch.hub.download_url_to_file = saved_download
-        if hub_constants is not None:
-            hub_constants.HF_HUB_OFFLINE = saved_offline
-
-
 def pretrained_cfg(arch: str, weights: str) -> Any:
     """timm's ``PretrainedCfg`` of ``arch`` with tag ``weights`` (``DEFAULT`` resolved)."""
-    timm = _timm()
-    return timm.models.get_pretrained_cfg(f"{_name(arch)}.{resolve_tag(arch, weights)}")
+    timm = import_timm()
+    return timm.models.get_pretrained_cfg(f"{model_name(arch)}.{resolve_tag(arch, weights)}")
 
-
-# the weights and the model's structure live beside this module; their names stay importable from here
-from recipec.model.timm_groups import replace_timm_head, timm_groups, timm_head_paths  # noqa: E402
-from recipec.model.timm_weights import load_timm_weights, preprocessing_of  # noqa: E402

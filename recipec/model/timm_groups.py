@@ -3,7 +3,6 @@
 Heads are found and replaced with ``get_classifier``/``reset_classifier`` (timm's pooling and
 pre-logits norm stay); groups come from the model's ``group_matcher`` numbered as
 ``timm.models.group_parameters`` numbers them, so ``lr_decay`` equals timm's layer decay.
-Names stay importable from :mod:`recipec.model.timm`.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ from typing import Any
 from torch import nn
 
 from recipec.errors import ModelError
+from recipec.model.heads import HeadInfo, build_head, describe_module, placement, set_module
+from recipec.model.presets import module_regexes
 
 __all__ = ["replace_timm_head", "timm_groups", "timm_head_paths"]
 
@@ -34,7 +35,7 @@ def timm_head_paths(model: nn.Module) -> list[str]:
 
 
 def replace_timm_head(model: nn.Module, arch: str, *, num_classes: int, type: str = "linear",
-                      hidden: list[int] | None = None, dropout: float = 0.0, activation: str | None = None) -> Any:
+                      hidden: list[int] | None = None, dropout: float = 0.0, activation: str | None = None) -> HeadInfo:
     """Replace the classifier through timm's interface: ``reset_classifier`` keeps timm's global
     pooling (and pre-logits norm), then recipec's head takes the classifier layer's place.
 
@@ -42,14 +43,12 @@ def replace_timm_head(model: nn.Module, arch: str, *, num_classes: int, type: st
     first at inference: it gets the same new head (reported as the second prefix).
 
     Returns:
-        :class:`~recipec.model.heads.HeadInfo`.
+        What was replaced, by what, and the new head's state-dict prefix.
     """
-    from recipec.model.heads import HeadInfo, _placement, _short, build_head, set_module
-
     if not hasattr(model, "reset_classifier"):
         raise ModelError((("model", "head"), f"{arch} has no reset_classifier(); set model.head.at to its classifier"))
     old_paths = timm_head_paths(model)
-    old = {p: _short(model.get_submodule(p)) for p in old_paths}
+    old = {p: describe_module(model.get_submodule(p)) for p in old_paths}
     model.reset_classifier(num_classes)  # type: ignore[operator]
     paths = timm_head_paths(model)
     if not paths:
@@ -60,17 +59,16 @@ def replace_timm_head(model: nn.Module, arch: str, *, num_classes: int, type: st
         layer = model.get_submodule(path)
         conv = isinstance(layer, nn.Conv2d)
         width = int(layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features)  # type: ignore[arg-type]
-        device, dtype = _placement(layer)
         head = build_head(width, num_classes=num_classes, type=type, hidden=hidden,  # type: ignore[arg-type]
-                          dropout=dropout, activation=activation, conv=conv, device=device, dtype=dtype)  # type: ignore[arg-type]
+                          dropout=dropout, activation=activation, conv=conv, **placement(layer))  # type: ignore[arg-type]
         set_module(model, path, head)
         new_modules.append(head)
         widths.append(width)
-    notes = tuple(f"distillation head {p}: {old.get(p, '?')}  ->  {_short(m)} (averaged with {paths[0]}'s logits)"
+    notes = tuple(f"distillation head {p}: {old.get(p, '?')}  ->  {describe_module(m)} (averaged with {paths[0]}'s logits)"
                   for p, m in zip(paths[1:], new_modules[1:]))
     main = new_modules[0]
     return HeadInfo(path=paths[0], in_features=widths[0], old=old.get(paths[0], old_paths[0] if old_paths else "?"),
-                    new=_short(main), param_prefix=f"{paths[0]}.",
+                    new=describe_module(main), param_prefix=f"{paths[0]}.",
                     num_params=sum(p.numel() for m in new_modules for p in m.parameters()), notes=notes,
                     aux_prefixes=tuple(f"{p}." for p in paths[1:]))
 
@@ -86,9 +84,7 @@ def timm_groups(model: nn.Module, head_prefixes: list[str], *, fine: bool = Fals
     Returns:
         (name, regexes) pairs, earliest first, head last.
     """
-    from timm.models._manipulate import group_with_matcher
-
-    from recipec.model.presets import _regexes
+    from timm.models._manipulate import group_with_matcher  # noqa: PLC0415  (optional extra)
 
     if not hasattr(model, "group_matcher"):
         return []
@@ -111,7 +107,7 @@ def timm_groups(model: nn.Module, head_prefixes: list[str], *, fine: bool = Fals
             name = "stem"
         else:
             name = _group_name(members[0], matcher, used)
-        groups.append((name, _regexes(_outermost(members, params), param_set)))
+        groups.append((name, module_regexes(_outermost(members, params), param_set)))
     return groups
 
 

@@ -8,17 +8,23 @@ torch with ``weights_only=True``), never by timm's own loader.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import torch.hub
 from torch import Tensor, nn
 
-from recipec.errors import ModelError, WeightsUnavailableError
-from recipec.model.timm import PREFIX, _name, pretrained_cfg
+from recipec.errors import CheckpointError, ModelError, WeightsUnavailableError
+from recipec.model.names import TIMM_PREFIX, family_name
+from recipec.model.pretrained import Normalization, WeightsInfo
+from recipec.model.timm import import_timm, model_name, pretrained_cfg
+from recipec.weights import formats
 
-__all__ = ["load_timm_weights", "preprocessing_of", "timm_filtered"]
+__all__ = ["load_timm_weights", "preprocessing_of", "timm_filtered", "timm_normalization", "timm_preprocessing"]
 
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's load_state_dict_from_hf tries, in order
 
@@ -44,7 +50,7 @@ def _locate(cfg: Any, hub_id: str) -> tuple[Path, str]:
                 "put the file there, or set model.weights: null")))
         return path, str(path)
     if cfg.hf_hub_id:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache  # noqa: PLC0415  (comes with timm)
 
         repo = cfg.hf_hub_id.partition("@")[0]
         if cfg.custom_load == "hf":  # timm reads these with a model-specific loader, not as a state dict
@@ -75,10 +81,6 @@ def _locate(cfg: Any, hub_id: str) -> tuple[Path, str]:
             f"weights {hub_id} could not be downloaded from hub repository {repo} ({'; '.join(errors)}); "
             "download the file into the hub cache yourself, or set model.weights: null")))
     if cfg.url:
-        from urllib.parse import urlparse
-
-        import torch.hub
-
         path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
         if path.suffix == ".npz":  # refused before any download: the file could not be read anyway
             raise _npz_refusal(hub_id, cfg.url)
@@ -99,14 +101,12 @@ def _locate(cfg: Any, hub_id: str) -> tuple[Path, str]:
 
 def _npz_refusal(hub_id: str, where: str) -> ModelError:
     """timm reads JAX ``.npz`` weights with each model's own ``load_pretrained``; recipec reads tensors only."""
-    from recipec.model.timm import _timm
-
-    name = hub_id[len(PREFIX):].partition(".")[0]
-    timm = _timm()
+    name = hub_id[len(TIMM_PREFIX):].partition(".")[0]
+    timm = import_timm()
     on_hub = [p.partition(".")[2] for p in timm.list_pretrained(f"{name}.*")
               if timm.models.get_pretrained_cfg(p).hf_hub_id]
-    others = f"tags of {PREFIX}{name} on the Hugging Face hub: {', '.join(on_hub)}" if on_hub else (
-        f"{PREFIX}{name} has no tag on the Hugging Face hub")
+    others = f"tags of {TIMM_PREFIX}{name} on the Hugging Face hub: {', '.join(on_hub)}" if on_hub else (
+        f"{TIMM_PREFIX}{name} has no tag on the Hugging Face hub")
     return ModelError((("model", "weights"), (
         f"weights {hub_id} are published only as a JAX .npz file ({where}), which timm converts with model-specific "
         f"code and recipec does not read (it reads safetensors and torch files only); pick a tag whose weights are "
@@ -119,23 +119,47 @@ def preprocessing_of(cfg: Any) -> dict[str, Any]:
             "crop_mode": cfg.crop_mode, "mean": list(cfg.mean), "std": list(cfg.std)}
 
 
-def load_timm_weights(arch: str, weights: str) -> tuple[dict[str, Tensor], Any]:
+def timm_normalization(arch: str, weights: str) -> Normalization:
+    """``(mean, std)`` of the pretrained tag ``weights`` of ``arch`` (its ``pretrained_cfg``), read without loading them.
+
+    Raises:
+        ModelError: unknown architecture or tag.
+    """
+    cfg = pretrained_cfg(arch, weights)
+    return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
+
+
+def timm_preprocessing(arch: str, weights: str) -> dict[str, Any] | None:
+    """How the pretrained tag ``weights`` of ``arch`` expects images resized, from its ``pretrained_cfg``.
+
+    Returns ``{"input_size": side, "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center",
+    "resize_size": None, "mean": [...]}`` (``mean``: the colour ``crop_mode: border`` pads with), or
+    None when the config gives no input size.
+
+    Raises:
+        ModelError: unknown architecture or tag.
+    """
+    cfg = pretrained_cfg(arch, weights)
+    if not cfg.input_size:
+        return None
+    return {"input_size": int(cfg.input_size[-2]), "interpolation": str(cfg.interpolation or "bilinear"),
+            "crop_pct": float(cfg.crop_pct or 0.875), "crop_mode": str(cfg.crop_mode or "center"),
+            "resize_size": None, "mean": [float(m) for m in cfg.mean]}  # mean: crop_mode border pads with it
+
+
+def load_timm_weights(arch: str, weights: str) -> tuple[dict[str, Tensor], WeightsInfo]:
     """Read the pretrained weights ``weights`` (a tag or ``DEFAULT``) of ``arch`` from the local caches.
 
     Returns:
-        The state dict on the CPU, and its :class:`~recipec.model.pretrained.WeightsInfo`
-        (named by its hub id, ``timm/convnext_tiny.in12k_ft_in1k``, with the preprocessing).
+        The state dict on the CPU, and where it came from (named by its hub id,
+        ``timm/convnext_tiny.in12k_ft_in1k``, with the preprocessing).
 
     Raises:
         WeightsUnavailableError: not cached and downloads not allowed (naming repository and file).
         ModelError: unknown tag; a cached file that is corrupt or unsafe.
     """
-    from recipec.errors import CheckpointError
-    from recipec.model.pretrained import WeightsInfo
-    from recipec.weights import formats
-
     cfg = pretrained_cfg(arch, weights)
-    hub_id = f"{PREFIX}{_name(arch)}.{cfg.tag}"
+    hub_id = f"{TIMM_PREFIX}{model_name(arch)}.{cfg.tag}"
     path, url = _locate(cfg, hub_id)
     try:
         state_dict = formats.load(path).state_dict
@@ -165,17 +189,12 @@ def timm_filtered(arch: str, model: nn.Module, state_dict: dict[str, Tensor]) ->
         ModelError: at ``source.timm_filter``: not a timm model, or its family has no filter.
         CheckpointError: at ``source.checkpoint``: the filter failed on this file, or gave no tensors.
     """
-    import importlib
-
-    from recipec.errors import CheckpointError
-    from recipec.model.timm import _timm, is_timm
-
     at = ("source", "timm_filter")
-    if not is_timm(arch):
+    if family_name(arch) != "timm":
         raise ModelError((at, f"timm's checkpoint filters are for timm models (model.arch: timm/<name>), not {arch!r}; "
                               "remove source.timm_filter and map the keys with source.rename"))
-    timm = _timm()
-    module = str(timm.models.model_entrypoint(_name(arch)).__module__)
+    timm = import_timm()
+    module = str(timm.models.model_entrypoint(model_name(arch)).__module__)
     fn = getattr(importlib.import_module(module), "checkpoint_filter_fn", None) if module.startswith("timm.") else None
     if fn is None:
         raise ModelError((at, (

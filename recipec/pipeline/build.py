@@ -31,21 +31,15 @@ from recipec._atomic import atomic_write_text
 from recipec.errors import BuildInterrupted, RunDirectoryError
 from recipec.recipe.load import dump_recipe
 from recipec.recipe.spec import Recipe
-from recipec.pipeline.planning import check_classes as _check_classes
-from recipec.pipeline.planning import note_data as _note_data
-from recipec.pipeline.planning import plan_recipe
-from recipec.pipeline.planning import steps_per_epoch as _steps_per_epoch
-from recipec.pipeline.runs import check_resumable as _check_resumable
-from recipec.pipeline.runs import remove_temporaries as _remove_temporaries
-from recipec.pipeline.runs import run_directory
-from recipec.pipeline.upstream import resolve_upstream
-from recipec.pipeline.upstream import same_recipe as _same_recipe  # noqa: F401 (imported from here by tests)
+from recipec.pipeline.planning import check_classes, note_data, steps_per_epoch
 from recipec.pipeline.rundir import claim_run_directory
+from recipec.pipeline.runs import check_resumable, remove_temporaries, run_directory
+from recipec.pipeline.upstream import resolve_upstream
 
 if TYPE_CHECKING:
     from recipec.progress import Progress
 
-__all__ = ["build", "plan_recipe", "resolve_upstream", "run_directory"]
+__all__ = ["build"]
 
 
 def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False, device: str | None = None,
@@ -105,13 +99,15 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
            progress: Progress | None = None) -> Path:
     from recipec.compiler.compile import compile_recipe
     from recipec.pipeline.outputs import export_model, plot_curves, provenance_of
-    from recipec.compiler.compile import data_kwargs
-    from recipec.data.loaders import build_data
+    from recipec.compiler.data_config import build_data, check_sampler, data_config, data_plan
     from recipec.train.distributed import shard_loader
-    from recipec.train.loop import EarlyStopping, fit, grad_scaler
-    from recipec.data.augment import augment_plan, batch_mix
+    from recipec.compiler.fit_config import (craft_plan, fit_config, head_cache, start_training, task_of_recipe,
+                                             training_of)
+    from recipec.train.loop import fit, grad_scaler
+    from recipec.data.augment import batch_mix
     from recipec.pipeline.resume import check_same_run, continue_schedule, resume_state, run_identity, saved_epochs
-    from recipec.train.state import checkpoint_files, checkpoint_paths, restore_state, rotate_checkpoints, save_state
+    from recipec.train.state import (RunPoint, checkpoint_files, checkpoint_paths, restore_state, rotate_checkpoints,
+                                     save_state)
 
     say = log if log is not None and world.main else (lambda line: None)
     status = progress.status if progress is not None and world.main else (lambda text: None)
@@ -119,7 +115,7 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     from recipec.pipeline.checks import check_inputs
 
     check_inputs(recipe)  # every missing path and data problem at once, before anything is written
-    recipe = resolve_upstream(recipe, build_missing=not world.distributed, log=say, _chain=_chain,
+    recipe = resolve_upstream(recipe, build_missing=not world.distributed, build=build, log=say, _chain=_chain,
                               smoke_into=Path(out or run_directory(recipe)).parent if smoke else None)
     if smoke:
         from recipec.pipeline.smoke import smoke_recipe
@@ -133,26 +129,24 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     state = None
     if resume:
         state = resume_state(run / "checkpoints", say)
-        _check_resumable(recipe, state["recipe"], run)
+        check_resumable(recipe, state["recipe"], run)
     elif checkpoint_files(run / "checkpoints"):
         held = ", ".join(p.name for p in checkpoint_files(run / "checkpoints")[:3])
         raise RunDirectoryError(f"{run} already holds a run (checkpoints/{held}); add --resume to continue it, "
                                 "or choose another --out")
 
     status("loading the data")
-    data = build_data(**data_kwargs(recipe) | {"device": device.type})
-    _note_data(recipe, data, say)
+    data = build_data(data_config(recipe, device=device.type))
+    note_data(recipe, data, say)
     if smoke:
         from recipec.pipeline.smoke import smoke_data
 
         data = smoke_data(data, smoke)
-    from recipec.data.sampler import check_sampler
-
     check_sampler(recipe.data.sampler, distributed=world.distributed)  # before anything is written
     if world.distributed:
         data.train = shard_loader(data.train, world, recipe.seed)
-    _check_classes(recipe, data)
-    steps = _steps_per_epoch(recipe, data)
+    check_classes(recipe, data)
+    steps = steps_per_epoch(recipe, data)
     identity = run_identity(recipe, data)  # kept in every training state; a resume must match it
     if state is not None:
         check_same_run(recipe, state, identity, steps, say)
@@ -161,12 +155,12 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     recipe_yaml = dump_recipe(recipe, relative_to=run)  # paths in the run's tree relative: it can move
     from recipec.train import select
 
-    compiled.plan.data.update(select.craft_plan(recipe, data))  # loss (class weights resolved), ema, select
-    compiled.plan.data.update(augment_plan(recipe, data))  # transforms in order, mixup/cutmix, sampler
+    compiled.plan.data.update(craft_plan(recipe, data))  # loss (class weights resolved), ema, select
+    compiled.plan.data.update(data_plan(recipe, data))  # transforms in order, mixup/cutmix, sampler
 
     if world.main:
         run.mkdir(parents=True, exist_ok=True)
-        _remove_temporaries(run)
+        remove_temporaries(run)
         atomic_write_text(run / "recipe.yaml", recipe_yaml)
         plan = compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": world.size}
         atomic_write_text(run / "plan.json", clean_json.dumps(plan, indent=2) + "\n")
@@ -188,8 +182,8 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         say(f"resumed {run} at epoch {start}")
     step = {"n": start * steps}
     train = recipe.train
-    criterion, ema, selection = select.start_training(recipe, compiled, state, history, run / "checkpoints", say,
-                                                        main=world.main)
+    criterion, ema, selection = start_training(recipe, compiled, state, history, run / "checkpoints", say,
+                                               main=world.main)
 
     def on_epoch_end(metrics: dict[str, Any]) -> None:
         history.append(metrics)
@@ -202,8 +196,8 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         if done % train.checkpoint_every == 0 or done == train.epochs or metrics.get("early_stopped"):
             epoch_file, _ = checkpoint_paths(run / "checkpoints", done)
             save_state(epoch_file, model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
-                       epoch=done, step=step["n"], recipe_yaml=recipe_yaml,
-                       trainable_groups=metrics["trainable_groups"], history=history,
+                       point=RunPoint(epoch=done, step=step["n"], trainable_groups=metrics["trainable_groups"],
+                                      history=history), recipe_yaml=recipe_yaml,
                        extra=identity | ({"scaler": scaler.state_dict()} if scaler is not None else {})
                        | ({"ema": ema.state_dict()} if ema is not None else {}))
             rotate_checkpoints(run / "checkpoints", keep_last=train.keep_last)
@@ -214,11 +208,7 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
                              selection)
         say(_epoch_line(metrics, train.epochs))
 
-    stopping = None
-    if train.early_stopping is not None:
-        es = train.early_stopping
-        stopping = EarlyStopping(metric=es.metric, patience=es.patience, min_delta=es.min_delta)
-    from recipec.train.cache import head_cache, head_only_epochs
+    from recipec.train.cache import head_only_epochs
 
     cache = head_cache(recipe, compiled, data.train, head_only_epochs(compiled.schedule, compiled.groups[-1].name,
                                                                       recipe.train.epochs),
@@ -229,15 +219,11 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     if progress is not None and world.main:
         progress.training(start, train.epochs, recipe.data.batch_size * world.size)
         status("filling the feature cache" if cache is not None and start in cache.epochs else f"epoch {start}")
-    fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler, groups=compiled.groups,
-        schedule=compiled.schedule, data=data, device=compiled.device, epochs=train.epochs, start_epoch=start,
-        batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout, amp=train.amp, grad_clip=train.grad_clip,
-        accumulate=train.accumulate, aux_loss_weight=recipe.model.aux_loss_weight,
-        early_stopping=stopping, history=list(history), on_epoch_end=on_epoch_end, world=world, cache=cache,
-        scaler=scaler, criterion=criterion, ema=ema,
-        on_batch=progress.on_batch if progress is not None and world.main else None,
-        mix=batch_mix(len(data.classes), recipe.data.mixup, recipe.data.cutmix),
-        compile_mode=train.compile, channels_last=train.channels_last)
+    training = training_of(compiled, task_of_recipe(recipe), criterion=criterion, ema=ema, scaler=scaler, cache=cache,
+                           mix=batch_mix(len(data.classes), recipe.data.mixup, recipe.data.cutmix))
+    fit(training=training, data=data, config=fit_config(recipe), start_epoch=start, history=list(history),
+        world=world, on_epoch_end=on_epoch_end,
+        on_batch=progress.on_batch if progress is not None and world.main else None)
     if not world.main:
         return run
 
@@ -245,7 +231,7 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
                                            history=history, model=compiled.model, ema=ema)
     compiled.model.load_state_dict(chosen)  # training is over: the model is now what export.weights names
     provenance = provenance_of(recipe, compiled, data, history, selection=selected)
-    from recipec.train.multilabel import threshold_provenance
+    from recipec.compiler.fit_config import threshold_provenance
 
     provenance |= threshold_provenance(recipe, compiled.model, data, compiled.device)  # multilabel.tune_thresholds
     status("exporting")

@@ -3,7 +3,7 @@
 The model evaluated is an export (a run directory's ``model.safetensors``, else its sharded
 index, ``model.pt`` or ``model.onnx``), so evaluating a run and its export give the same numbers. The data
 is the run's own split (``test`` when the run has one, else ``val``), built by
-:func:`recipec.data.loaders.build_split` with the run's eval transforms, or another directory or
+:func:`recipec.data.heldout.build_split` with the run's eval transforms, or another directory or
 manifest (``--data``) read the same way.
 
 Metric definitions (those of scikit-learn's ``classification_report`` with ``zero_division=0``):
@@ -138,8 +138,7 @@ def evaluate(target: str | os.PathLike[str], *, split: str | None = None, data: 
     """
     import torch
 
-    from recipec.compiler.compile import data_kwargs
-    from recipec.data.loaders import build_split
+    from recipec.compiler.data_config import build_split, data_config
     from recipec.inference.predictor import load_predictor
 
     run, export = resolve_target(target)
@@ -150,17 +149,16 @@ def evaluate(target: str | os.PathLike[str], *, split: str | None = None, data: 
         target_out = check_output(out, what="the evaluation", inputs=[export])
     predictor = load_predictor(export, trust_factories=trust_factories, device=device)
     recipe = predictor.recipe
-    kwargs = {k: v for k, v in data_kwargs(recipe).items() if k not in ("classes", "batch_size")}
-    kwargs |= _recorded_preprocessing(predictor.preprocessing)
+    config = data_config(recipe, **_recorded_preprocessing(predictor.preprocessing))
     batch_size = batch_size or recipe.data.batch_size
     chosen = split or "test"
     try:
-        held_out = build_split(split=chosen, override=data, classes=predictor.classes, batch_size=batch_size, **kwargs)
+        held_out = build_split(config, split=chosen, override=data, classes=predictor.classes, batch_size=batch_size)
     except DatasetError as exc:
         if split is not None or data is not None or not _no_such_split(exc):
             raise
         chosen = "val"  # the default: test when the run has one, else val
-        held_out = build_split(split=chosen, override=data, classes=predictor.classes, batch_size=batch_size, **kwargs)
+        held_out = build_split(config, split=chosen, override=data, classes=predictor.classes, batch_size=batch_size)
     logits, labels = [], []
     for images, targets in held_out.loader:
         logits.append(predictor.logits(images))

@@ -145,10 +145,9 @@ def features(target: str | os.PathLike[str], *, layers: Sequence[str], out: str 
         >>> features("runs/qs/model.safetensors", layers=["layer4", "fc"], out="feats.safetensors")
         >>> feats = safetensors.torch.load_file("feats.safetensors")   # {"layer4": (N, 512), ...}
     """
-    from recipec.compiler.compile import data_kwargs
+    from recipec.compiler.data_config import build_data, data_config
     from recipec.provenance import RECIPE_KEY
     from recipec.recipe.load import dump_recipe
-    from recipec.data.loaders import build_data
     from recipec.weights import formats
 
     if split not in SPLITS:
@@ -166,10 +165,8 @@ def features(target: str | os.PathLike[str], *, layers: Sequence[str], out: str 
                  error=CheckpointError)
     _check_layers(model, layers)  # before the dataset loads: a typo fails fast
 
-    kwargs = data_kwargs(recipe) | {"augment": ()}
-    if batch_size is not None:
-        kwargs["batch_size"] = batch_size
-    data = build_data(**kwargs)
+    config = data_config(recipe, augment=())
+    data = build_data(config if batch_size is None else config.replace(batch_size=batch_size))
     if split == "val" and data.val is None:
         raise DatasetError([(("data", "val_fraction"), "is 0, so there is no val split; use split train")])
     parts = [data.train] if split != "val" else []

@@ -42,7 +42,7 @@ def find_lr(recipe: Any, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps:
 
     Args:
         recipe: a validated recipe (``source.recipe`` already resolved, see
-            :func:`recipec.pipeline.build.resolve_upstream`).
+            :func:`recipec.pipeline.upstream.resolve_upstream`).
         start_lr, end_lr: the range of ``optimizer.lr`` swept, exponentially.
         steps: optimizer steps (each on ``train.accumulate`` batches); fewer when the loss diverges.
         method: how the suggestion is read (:func:`suggest_lr`).
@@ -90,16 +90,17 @@ def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, ste
                 log: Callable[[str], None]) -> LRFind:
     import torch
 
-    from recipec.compiler.compile import compile_recipe, data_kwargs
+    from recipec.compiler.compile import compile_recipe
+    from recipec.compiler.data_config import build_data, data_config
     from recipec.errors import DatasetError
     from recipec.data.augment import batch_mix
-    from recipec.data.loaders import build_data, set_epoch
+    from recipec.data.loaders import set_epoch
     from recipec.train.freezing import apply_trainable, set_train_mode
     from recipec.train.loop import autocast_for, aux_trains, grad_scaler, training_loss
-    from recipec.train.losses import criterion_of, loss_plan
+    from recipec.compiler.fit_config import head_cache, training_criterion
     from recipec.train.optim import group_learning_rates
 
-    data = build_data(**data_kwargs(recipe))
+    data = build_data(data_config(recipe))
     if len(data.train) == 0:
         raise DatasetError([(("data",), "the training split has no batches; lr-find needs training data")])
     compiled = compile_recipe(recipe, device=str(device), steps_per_epoch=len(data.train))
@@ -111,10 +112,9 @@ def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, ste
     ratios = {name: lr / opt.lr for name, lr in base.items()}
     train = recipe.train
     # the build's training loss (loss:) and MixUp/CutMix (data.mixup, data.cutmix)
-    criterion = criterion_of(recipe, {"loss": loss_plan(recipe, data.classes, data.info.get("train_per_class"))},
-                             compiled.device)
+    criterion = training_criterion(recipe, data, compiled.device)
     mix = batch_mix(len(data.classes), recipe.data.mixup, recipe.data.cutmix)
-    from recipec.train.cache import head_cache, head_only_epochs
+    from recipec.train.cache import head_only_epochs
 
     # the build's head-input cache for epoch 0, when it would use one: the same numbers as full passes
     cache = head_cache(recipe, compiled, data.train, head_only_epochs(compiled.schedule, compiled.groups[-1].name, 1))

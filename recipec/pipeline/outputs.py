@@ -8,8 +8,13 @@ from typing import Any
 
 import torch
 
+from recipec._atomic import atomic_path
+from recipec.convert.onnx import to_onnx
 from recipec.errors import ExportError
+from recipec.provenance import environment, export_metadata, file_digest, now_utc, versions
+from recipec.recipe.load import PATH_FIELDS
 from recipec.recipe.spec import Recipe
+from recipec.weights import formats
 
 __all__ = ["export_model", "plot_curves", "provenance_of"]
 
@@ -21,8 +26,6 @@ def provenance_of(recipe: Recipe, compiled: Any, data: Any, history: list[dict[s
     ``selection``: which weights were exported and why (:func:`recipec.train.select.export_state`): ``weights``
     (best, last or ema), ``epoch``, ``metric``, ``mode``, ``value``, and a ``note`` when best fell back to last.
     """
-    from recipec.provenance import environment, file_digest, now_utc, versions
-
     source = None
     if recipe.source is not None and recipe.source.checkpoint:
         path = Path(recipe.source.checkpoint)
@@ -54,8 +57,6 @@ def provenance_of(recipe: Recipe, compiled: Any, data: Any, history: list[dict[s
 
 
 def _recipe_paths(recipe: Recipe) -> dict[str, str]:
-    from recipec.recipe.load import PATH_FIELDS
-
     data = recipe.model_dump(mode="python")
     found = {}
     for path in PATH_FIELDS:
@@ -70,9 +71,6 @@ def _recipe_paths(recipe: Recipe) -> dict[str, str]:
 def export_model(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml: str,
             provenance: dict[str, Any]) -> list[Path]:
     """Write the exports named by ``export.formats`` into ``run``, each carrying recipe and provenance."""
-    from recipec.provenance import export_metadata
-    from recipec.weights import formats
-
     dtype = getattr(torch, recipe.export.dtype)
     state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
              for k, v in model.state_dict().items()}
@@ -81,8 +79,6 @@ def export_model(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml:
     try:
         for fmt in recipe.export.formats:
             if fmt == "onnx":
-                from recipec.convert.checkpoint import to_onnx
-
                 # exported in float32 whatever export.dtype says: fp16 graphs often fail on onnxruntime CPU
                 written.append(to_onnx(copy.deepcopy(model).float().cpu().eval(), recipe, run / "model.onnx", metadata))
                 continue
@@ -96,13 +92,12 @@ def export_model(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml:
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     """Loss and accuracy per epoch, as a PNG (atomic)."""
-    import matplotlib
-    import matplotlib.ticker
+    import matplotlib  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
+    import matplotlib.ticker  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
 
-    from recipec._atomic import atomic_path
 
     epochs = [m["epoch"] for m in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))

@@ -23,20 +23,17 @@ def plan_recipe(recipe: Recipe, *, device: str | None = None) -> tuple[Any, dict
         RecipecError: the data does not fit the recipe, or the recipe does not compile.
     """
     from recipec.compiler.compile import compile_recipe
-    from recipec.compiler.compile import data_kwargs
-    from recipec.data.loaders import build_data
+    from recipec.compiler.data_config import build_data, data_config, data_plan
 
-    data = build_data(**data_kwargs(recipe))
+    data = build_data(data_config(recipe))
     note_data(recipe, data, lambda line: None)
     check_classes(recipe, data)
     steps = steps_per_epoch(recipe, data)
     compiled = compile_recipe(recipe, device=device, steps_per_epoch=steps)
-    from recipec.train.select import craft_plan
-
-    from recipec.data.augment import augment_plan
+    from recipec.compiler.fit_config import craft_plan
 
     compiled.plan.data.update(craft_plan(recipe, data))  # loss (class weights resolved), ema, select
-    compiled.plan.data.update(augment_plan(recipe, data))  # transforms in order, mixup/cutmix, sampler
+    compiled.plan.data.update(data_plan(recipe, data))  # transforms in order, mixup/cutmix, sampler
     return compiled, compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": 1}
 
 

@@ -21,7 +21,8 @@ from recipec.provenance import file_digest
 from recipec.errors import RecipecError, RunDirectoryError
 from recipec.recipe._yaml import read_embedded
 from recipec.recipe.spec import Recipe
-from recipec.train.schedule import lr_factor, scheduler_kwargs
+from recipec.compiler.fit_config import lr_shape
+from recipec.train.schedule import lr_factor
 from recipec.train.state import latest_state
 
 __all__ = ["check_same_run", "continue_schedule", "resume_state", "run_identity", "saved_epochs"]
@@ -120,10 +121,10 @@ def _schedule_differs(recipe: Recipe, before: int, epochs: int, steps: int, done
     """The first optimizer step up to the next one (``done`` epochs in) whose lr factor differs between a
     ``before``-epoch and an ``epochs``-epoch run, with both factors; None when there is none."""
     per_epoch = max(1, steps)
-    old = scheduler_kwargs(recipe.optimizer.scheduler, before, steps_per_epoch=per_epoch)
-    new = scheduler_kwargs(recipe.optimizer.scheduler, epochs, steps_per_epoch=per_epoch)
+    old = lr_shape(recipe.optimizer.scheduler, before, steps_per_epoch=per_epoch)
+    new = lr_shape(recipe.optimizer.scheduler, epochs, steps_per_epoch=per_epoch)
     for s in range(done * per_epoch + 1):  # + 1: the first step after the resume runs at the lr set before it
-        a, b = lr_factor(s / (before * per_epoch), **old), lr_factor(s / (epochs * per_epoch), **new)
+        a, b = lr_factor(s / (before * per_epoch), old), lr_factor(s / (epochs * per_epoch), new)
         if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15):
             return s, a, b
     return None

@@ -37,6 +37,7 @@ from typing import Any
 
 from recipec._files import check_output
 from recipec.errors import RunDirectoryError
+from recipec.train.distributed import all_sum
 
 __all__ = ["MARKER", "claim_run_directory", "run_directory_problem"]
 
@@ -95,11 +96,9 @@ def claim_run_directory(run: Path, *, world: Any = None, inputs: Iterable[str | 
             held = _claim(Path(run), inputs)
         except RunDirectoryError as exc:
             error = exc
-    if world is not None and world.distributed:
-        from recipec.train.distributed import all_sum
-
-        if all_sum([0.0 if error is None else 1.0], world)[0] and error is None:
-            error = RunDirectoryError(f"{run}: rank 0 could not claim the run directory (see its error)")
+    # every rank takes part in the sum (a collective), so it comes before the test of this rank's error
+    if world is not None and world.distributed and all_sum([0.0 if error is None else 1.0], world)[0] and error is None:
+        error = RunDirectoryError(f"{run}: rank 0 could not claim the run directory (see its error)")
     try:
         if error is not None:
             raise error
@@ -190,7 +189,7 @@ def _open_marker(marker: Path) -> tuple[int, bool]:
 
 def _lock(fd: int, run: Path) -> None:
     try:
-        import fcntl
+        import fcntl  # noqa: PLC0415 (POSIX only)
     except ImportError:  # pragma: no cover - not POSIX: no lock, as before
         return
     try:

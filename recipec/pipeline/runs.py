@@ -7,8 +7,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from recipec.errors import RunDirectoryError
-from recipec.recipe.load import dump_recipe
+from recipec.recipe._yaml import read_embedded
+from recipec.recipe.load import dump_recipe, resolve_paths
 from recipec.recipe.spec import Recipe
 
 __all__ = ["check_resumable", "remove_temporaries", "run_directory"]
@@ -23,11 +26,6 @@ def run_directory(recipe: Recipe, out: str | Path | None = None) -> Path:
 
 def check_resumable(recipe: Recipe, saved_yaml: str, run: Path | None = None) -> None:
     """A resumed run must be the same recipe; only train.epochs may grow."""
-    import yaml
-
-    from recipec.recipe._yaml import read_embedded
-    from recipec.recipe.load import resolve_paths
-
     # the saved text has paths relative to the run directory (where it was then, and is now)
     saved = read_embedded(saved_yaml, "the training state's recipe")
     saved = resolve_paths(saved, run) if run is not None else saved

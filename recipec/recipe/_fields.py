@@ -27,7 +27,7 @@ MAX_INPUT_BYTES = 2**36  # one float32 input batch (batch_size x in_channels x i
 _NUMBER_TEXT = re.compile(r"[-+]?([0-9][0-9_]*)?\.?[0-9_]*([eE][-+]?[0-9]+)?")
 
 
-class _Spec(BaseModel):
+class BaseSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
@@ -46,7 +46,7 @@ class _Spec(BaseModel):
         out = dict(data)
         for name, field in cls.model_fields.items():
             if name in out:
-                out[name] = _check_numbers(field.annotation, out[name])
+                out[name] = check_numbers(field.annotation, out[name])
         return out
 
 
@@ -62,7 +62,7 @@ class _NotANumber:
     __repr__ = __str__
 
 
-def _check_numbers(tp: Any, value: Any) -> Any:
+def check_numbers(tp: Any, value: Any) -> Any:
     """``value`` with whole floats made ints where ``tp`` wants an int, and booleans where it wants a number marked."""
     tp = _bare(tp)
     if get_origin(tp) in (Union, types.UnionType):
@@ -86,11 +86,11 @@ def _check_numbers(tp: Any, value: Any) -> Any:
             return int(value)
         return value
     if origin is list and isinstance(value, list) and args:
-        return [_check_numbers(args[0], v) for v in value]
+        return [check_numbers(args[0], v) for v in value]
     if origin is tuple and isinstance(value, (list, tuple)) and args:
-        return [_check_numbers(args[i], v) if i < len(args) else v for i, v in enumerate(value)]
+        return [check_numbers(args[i], v) if i < len(args) else v for i, v in enumerate(value)]
     if origin is dict and isinstance(value, dict) and len(args) == 2:
-        return {k: _check_numbers(args[1], v) for k, v in value.items()}
+        return {k: check_numbers(args[1], v) for k, v in value.items()}
     return value
 
 
@@ -111,7 +111,7 @@ class FieldProblems(ValueError):
         super().__init__("; ".join(f"{'.'.join(map(str, path))}: {msg}" if path else msg for path, msg in problems))
 
 
-def _check_regex(pattern: str) -> str:
+def check_regex(pattern: str) -> str:
     try:
         re.compile(pattern)
     except (re.error, OverflowError, RecursionError) as exc:  # huge repeat counts, deep nesting
@@ -119,7 +119,7 @@ def _check_regex(pattern: str) -> str:
     return pattern
 
 
-Regex = Annotated[str, AfterValidator(_check_regex)]
+Regex = Annotated[str, AfterValidator(check_regex)]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,

@@ -31,6 +31,7 @@ from recipec.recipe._yaml import (
     parse_value,
     read_recipe_file,
 )
+from recipec.recipe.paths import path_problems
 from recipec.recipe.spec import Recipe
 
 __all__ = ["PATH_FIELDS", "Position", "SourceMap", "dump_recipe", "load_recipe", "load_recipe_data", "recipe_location",
@@ -260,8 +261,6 @@ def _load_chain(file: str, chain: list[tuple[str, str]], at: Position | None) ->
         raise RecipeError(f"{where}: extends: must be the path of a recipe file, got {show_value(parent)}")
     parent_file = os.path.normpath(os.path.join(os.path.dirname(file), os.path.expanduser(parent)))
     if not os.path.exists(parent_file):  # report the file's other missing paths with it, not one per try
-        from recipec.pipeline.checks import path_problems
-
         others = [f"{sources.locate(p)}: {format_path(p)}: {text}" for p, text in path_problems(data)]  # type: ignore[misc]
         raise RecipeError([f"{where}: extends: no such file {parent_file}", *others])
     base, base_sources = _load_chain(parent_file, [*chain, (real, file)], where)

@@ -24,7 +24,7 @@ from recipec.recipe._fields import (
     MAX_INPUT_BYTES,
     SCHEMA_ID,
     FieldProblems,
-    _Spec,
+    BaseSpec,
     parse_size,
 )
 from recipec.recipe.spec_model import AdaptSpec, HeadSpec, ModelSpec, SourceSpec
@@ -71,7 +71,7 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # --------------------------------------------------------------------------- recipe
 
 
-class MultilabelSpec(_Spec):
+class MultilabelSpec(BaseSpec):
     """task: multilabel options (recipec.train.multilabel)."""
 
     threshold: float = Field(0.5, gt=0, lt=1, description="A class is predicted when its sigmoid score is at least "
@@ -88,7 +88,7 @@ class MultilabelSpec(_Spec):
 _MULTILABEL_METRICS = ("val_map", "val_f1_micro", "val_f1_macro")
 
 
-class Recipe(_Spec):
+class Recipe(BaseSpec):
     """A recipec recipe: what to start from, what to keep, what to train and how."""
 
     model_config = ConfigDict(

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag, model_validator
 
-from recipec.recipe._fields import FieldProblems, _Spec
+from recipec.recipe._fields import FieldProblems, BaseSpec
 
 __all__ = ["AUGMENT_NAMES", "AugmentItem", "MixSpec"]
 
@@ -32,7 +32,7 @@ def _erasing_value(value: Any) -> Any:
     return value
 
 
-class _Item(_Spec):
+class _Item(BaseSpec):
     list_options: ClassVar[bool] = True  # an unknown option's error lists the name's options
 
 
@@ -190,7 +190,7 @@ AugmentItem = Annotated[
 ]
 
 
-class MixSpec(_Spec):
+class MixSpec(BaseSpec):
     """MixUp or CutMix of each training batch (torchvision.transforms.v2), with soft targets."""
 
     alpha: float = Field(1.0, gt=0, le=100, description="Beta(alpha, alpha) parameter of the mixing weight; at most 100 "

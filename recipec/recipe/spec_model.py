@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from recipec.recipe._fields import MAX_CLASSES, FieldProblems, Regex, _Spec
+from recipec.recipe._fields import MAX_CLASSES, FieldProblems, Regex, BaseSpec
 
 __all__ = ["AdaptSpec", "HeadSpec", "ModelSpec", "SourceSpec"]
 
@@ -20,7 +20,7 @@ _ARCH = r"^([A-Za-z_][A-Za-z0-9_]*|timm/[A-Za-z0-9_]+|[A-Za-z_][A-Za-z0-9_.]*:[A
 # --------------------------------------------------------------------------- model
 
 
-class HeadSpec(_Spec):
+class HeadSpec(BaseSpec):
     """The new classifier that replaces the architecture's own."""
 
     num_classes: int = Field(
@@ -55,7 +55,7 @@ class HeadSpec(_Spec):
         return self
 
 
-class ModelSpec(_Spec):
+class ModelSpec(BaseSpec):
     """The base network and its new head."""
 
     arch: str = Field(
@@ -109,7 +109,7 @@ class ModelSpec(_Spec):
 # --------------------------------------------------------------------------- source
 
 
-class AdaptSpec(_Spec):
+class AdaptSpec(BaseSpec):
     """A shape adaptation applied to source tensors whose (renamed) key matches."""
 
     match: Regex = Field(description="Regex searched in the renamed key.", examples=[r"^conv1\.weight$"])
@@ -135,7 +135,7 @@ class AdaptSpec(_Spec):
         return self
 
 
-class SourceSpec(_Spec):
+class SourceSpec(BaseSpec):
     """Weights to transfer into the model, applied after model.weights."""
 
     checkpoint: str | None = Field(

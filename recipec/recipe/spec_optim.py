@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from recipec.recipe._fields import MAX_EPOCHS, MAX_LR, FieldProblems, Regex, _check_regex, _Spec
+from recipec.recipe._fields import MAX_EPOCHS, MAX_LR, FieldProblems, Regex, check_regex, BaseSpec
 
 __all__ = ["CosineSchedulerSpec", "FreezeSpec", "GradualSpec", "GroupSpec", "NoSchedulerSpec", "OneCycleSchedulerSpec",
            "OptimizerSpec", "SchedulerSpec", "StepSchedulerSpec"]
@@ -19,7 +19,7 @@ __all__ = ["CosineSchedulerSpec", "FreezeSpec", "GradualSpec", "GroupSpec", "NoS
 # --------------------------------------------------------------------------- groups & freezing
 
 
-class GroupSpec(_Spec):
+class GroupSpec(BaseSpec):
     """A named layer group: the parameters whose name matches one of the regexes."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="Group name, used by freeze and optimizer.group_lr.",
@@ -27,7 +27,7 @@ class GroupSpec(_Spec):
     match: list[Regex] = Field(min_length=1, description="Regexes searched in parameter names.", examples=[[r"^layer4\."]])
 
 
-class GradualSpec(_Spec):
+class GradualSpec(BaseSpec):
     """ULMFiT gradual unfreezing: one more group from the top every `every` epochs, from epoch `start`."""
 
     every: int = Field(1, ge=1, le=MAX_EPOCHS, description="Epochs between two unfreezings (at most 10,000, "
@@ -35,7 +35,7 @@ class GradualSpec(_Spec):
     start: int = Field(1, ge=0, lt=MAX_EPOCHS, description="Epoch of the first unfreezing.", examples=[5])
 
 
-class FreezeSpec(_Spec):
+class FreezeSpec(BaseSpec):
     """Which groups train at each epoch, and what BatchNorm of frozen groups does."""
 
     trainable: list[str] | None = Field(
@@ -57,13 +57,13 @@ class FreezeSpec(_Spec):
 # --------------------------------------------------------------------------- optimizer
 
 
-class _SchedulerBase(_Spec):
+class _SchedulerBase(BaseSpec):
     warmup_epochs: float = Field(0, ge=0, le=MAX_EPOCHS,
                                  description="Linear warmup over this many epochs (fractions allowed), from 1% of each group's lr.",
                                  examples=[1])
 
 
-class NoSchedulerSpec(_Spec):
+class NoSchedulerSpec(BaseSpec):
     """Constant learning rates."""
 
     name: Literal["none"] = Field(description="Scheduler kind.", examples=["none"])
@@ -85,7 +85,7 @@ class StepSchedulerSpec(_SchedulerBase):
     gamma: float = Field(0.1, gt=0, le=1, description="Decay factor.", examples=[0.1])
 
 
-class OneCycleSchedulerSpec(_Spec):
+class OneCycleSchedulerSpec(BaseSpec):
     """One-cycle policy: cosine up to each group's lr over pct_start of training, then cosine down."""
 
     name: Literal["onecycle"] = Field(description="Scheduler kind.", examples=["onecycle"])
@@ -102,7 +102,7 @@ SchedulerSpec = Annotated[
 ]
 
 
-class OptimizerSpec(_Spec):
+class OptimizerSpec(BaseSpec):
     """Optimizer, discriminative learning rates and schedule."""
 
     name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Optimizer.", examples=["sgd"])
@@ -139,7 +139,7 @@ class OptimizerSpec(_Spec):
         for i, entry in enumerate(self.no_weight_decay):
             if entry not in ("bias", "norm"):
                 try:
-                    _check_regex(entry)
+                    check_regex(entry)
                 except ValueError as exc:
                     problems.append((("no_weight_decay", i), str(exc)))
         if problems:

@@ -10,7 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from recipec.recipe._fields import MAX_BATCH, MAX_EPOCHS, ByteSize, FieldProblems, _check_numbers, _Spec
+from recipec.recipe._fields import MAX_BATCH, MAX_EPOCHS, ByteSize, FieldProblems, check_numbers, BaseSpec
+from recipec.recipe.catalog import IN_MEMORY, DatasetName
 from recipec.recipe.spec_augment import AugmentItem, MixSpec
 
 __all__ = ["CardSpec", "DataSpec", "EarlyStoppingSpec", "EmaSpec", "ExportFormat", "ExportSpec", "LogSpec", "LossSpec",
@@ -24,7 +25,7 @@ def _side(value: object) -> object:
     # a boolean or "1e3" as in any whole-number field; checked here so a wrong value is one error, not one per member
     if value == "from_weights":
         return value
-    number = _check_numbers(int, value)
+    number = check_numbers(int, value)
     if isinstance(number, int) and not isinstance(number, bool):
         if not 8 <= number <= 4096:
             raise ValueError(f"must be {'>= 8' if number < 8 else '<= 4096'}, got {number}")
@@ -36,7 +37,7 @@ def _workers(value: object) -> object:
     # as _side: one clear error for a boolean, a negative or a huge number
     if value == "auto":
         return value
-    number = _check_numbers(int, value)
+    number = check_numbers(int, value)
     if isinstance(number, int) and not isinstance(number, bool):
         if not 0 <= number <= 256:
             raise ValueError(f"must be {'>= 0' if number < 0 else '<= 256'}, got {number}")
@@ -44,10 +45,10 @@ def _workers(value: object) -> object:
     raise ValueError(f"must be a whole number or auto, got {number if not isinstance(number, str) else repr(number)}")
 
 
-class DataSpec(_Spec):
+class DataSpec(BaseSpec):
     """Dataset, split and preprocessing."""
 
-    dataset: Literal["imagefolder", "manifest", "digits", "fake", "cifar10", "cifar100", "mnist", "fashionmnist"] = Field(
+    dataset: DatasetName = Field(
         "digits", description="imagefolder (root/<class>/<image>, or split folders root/train/<class>/<image> with "
                               "root/val and root/test), manifest (root is a .csv file with the header "
                               "path,label[,split], or .jsonl; paths relative to it), digits (8x8 handwritten digits "
@@ -116,7 +117,7 @@ class DataSpec(_Spec):
 
     @model_validator(mode="after")
     def _root(self) -> DataSpec:
-        if self.dataset not in ("digits", "fake") and not self.root:
+        if self.dataset not in IN_MEMORY and not self.root:
             what = "the manifest file" if self.dataset == "manifest" else "the directory that holds it"
             raise FieldProblems([(("dataset",), f"{self.dataset} needs root: {what}")])
         return self
@@ -125,7 +126,7 @@ class DataSpec(_Spec):
 # --------------------------------------------------------------------------- train
 
 
-class EarlyStoppingSpec(_Spec):
+class EarlyStoppingSpec(BaseSpec):
     """Stop when a validation metric has not improved for `patience` epochs."""
 
     metric: Literal["val_acc", "val_loss", "val_map", "val_f1_micro", "val_f1_macro"] = Field(
@@ -141,7 +142,7 @@ SelectMetric = Literal["val_acc", "val_loss", "val_acc_ema", "val_loss_ema",
                        "val_map", "val_map_ema", "val_f1_micro", "val_f1_micro_ema", "val_f1_macro", "val_f1_macro_ema"]
 
 
-class SelectSpec(_Spec):
+class SelectSpec(BaseSpec):
     """The validation metric that picks the best epoch (Lightning's ModelCheckpoint(monitor, mode))."""
 
     metric: SelectMetric = Field("val_acc", description="A validation metric of metrics.jsonl; the _ema ones need "
@@ -166,7 +167,7 @@ class SelectSpec(_Spec):
         return self.mode or ("min" if "loss" in self.metric else "max")
 
 
-class EmaSpec(_Spec):
+class EmaSpec(BaseSpec):
     """Exponential moving average of the weights (see recipec.train.ema)."""
 
     decay: float = Field(0.999, gt=0, lt=1, description="ema = decay * ema + (1 - decay) * weights after every "
@@ -179,7 +180,7 @@ class EmaSpec(_Spec):
                        examples=[1])
 
 
-class TrainSpec(_Spec):
+class TrainSpec(BaseSpec):
     """The fit loop."""
 
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS, description="Number of epochs; at most 10,000 (the plan has a row "
@@ -224,10 +225,10 @@ class TrainSpec(_Spec):
 
 # --------------------------------------------------------------------------- loss
 
-ClassWeight = Annotated[float, Field(gt=0, le=1e6), BeforeValidator(lambda v: _check_numbers(float, v))]
+ClassWeight = Annotated[float, Field(gt=0, le=1e6), BeforeValidator(lambda v: check_numbers(float, v))]
 
 
-class FocalSpec(_Spec):
+class FocalSpec(BaseSpec):
     """Focal loss (Lin et al. 2017), softmax form: each class term of the cross-entropy times (1 - p) ** gamma."""
 
     gamma: float = Field(2.0, ge=0, le=100, description="Focusing parameter; 0 is the cross-entropy; at most 100 "
@@ -235,7 +236,7 @@ class FocalSpec(_Spec):
                          examples=[2.0])
 
 
-class LossSpec(_Spec):
+class LossSpec(BaseSpec):
     """The training loss: cross-entropy with options. Validation loss (val_loss) stays plain cross-entropy."""
 
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Target = (1 - eps) * one-hot + eps / classes "
@@ -253,7 +254,7 @@ class LossSpec(_Spec):
 # --------------------------------------------------------------------------- export & card
 
 
-class OnnxSpec(_Spec):
+class OnnxSpec(BaseSpec):
     """ONNX export options."""
 
     opset: int = Field(18, ge=18, le=23, description="ONNX opset version (torch's exporter writes 18 or newer).", examples=[18])
@@ -270,7 +271,7 @@ def _default_formats() -> list[ExportFormat]:
     return ["safetensors"]
 
 
-class ExportSpec(_Spec):
+class ExportSpec(BaseSpec):
     """What the run writes besides its training checkpoints."""
 
     formats: list[ExportFormat] = Field(
@@ -297,7 +298,7 @@ class ExportSpec(_Spec):
         return self
 
 
-class CardSpec(_Spec):
+class CardSpec(BaseSpec):
     """The generated model card."""
 
     template: str | None = Field(None, description="Jinja2 template (relative path); default: the shipped one.",
@@ -330,7 +331,7 @@ def _mlflow_switch(value: object) -> object:
     return {} if value is True else None if value is False else value
 
 
-class MlflowSpec(_Spec):
+class MlflowSpec(BaseSpec):
     """Where MLflow stores the run (see recipec.tracking)."""
 
     tracking_uri: Annotated[str | None, BeforeValidator(_tracking_uri)] = Field(
@@ -343,7 +344,7 @@ class MlflowSpec(_Spec):
                                                "name. At most 500 characters.", examples=["flowers"])
 
 
-class LogSpec(_Spec):
+class LogSpec(BaseSpec):
     """Experiment tracking: where each epoch's metrics go besides metrics.jsonl (optional extras)."""
 
     tensorboard: bool = Field(False, description="Write TensorBoard event files to RUN/tensorboard/: every metric of "

@@ -19,15 +19,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from recipec.errors import RecipecError, RunDirectoryError
+from recipec.provenance import file_digest, versions
 from recipec.recipe.spec import Recipe
+from recipec.tracking.metrics import first_line, flatten, mlflow_scalars
 
-__all__ = ["RUN_LIMITS", "MlflowRun", "failure_reason", "first_line", "short_timeouts", "store_uri"]
+__all__ = ["RUN_LIMITS", "MlflowRun", "short_timeouts", "store_uri"]
 
 # MLflow's env vars during a run: a refused connection fails in ~2 s, a silent server in ~3 x 5 s
 RUN_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -67,9 +70,7 @@ class MlflowRun:
     """
 
     def __init__(self, recipe: Recipe, run: Path, saved: Any) -> None:
-        from mlflow import MlflowClient
-
-        from recipec.tracking.tracker import flatten
+        from mlflow import MlflowClient  # noqa: PLC0415 (the mlflow extra: only with log.mlflow)
 
         _quiet_mlflow_loggers()  # after the import: importing mlflow sets its loggers up
 
@@ -107,8 +108,6 @@ class MlflowRun:
         self.client.update_run(run_id, status="RUNNING")
 
     def _start(self, recipe: Recipe, experiment: str) -> None:
-        from recipec.provenance import file_digest, versions
-
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             experiment_id = found.experiment_id
@@ -128,9 +127,7 @@ class MlflowRun:
 
     def log_epochs(self, history: Sequence[Mapping[str, Any]]) -> None:
         """Every (metric, epoch) of ``history`` the run lacks, and the flattened recipe's params it lacks."""
-        from mlflow.entities import Metric, Param
-
-        from recipec.tracking.tracker import mlflow_scalars
+        from mlflow.entities import Metric, Param  # noqa: PLC0415 (the mlflow extra: only with log.mlflow)
 
         assert self.run_id is not None
         # the flattened recipe, once; a resumed run gets only the params it lacks (a value that changed since,
@@ -161,39 +158,10 @@ class MlflowRun:
         return {"tracking_uri": self.uri, "run_id": self.run_id, "epochs": self.epochs}
 
 
-def first_line(exc: BaseException | str) -> str:
-    """The first line of an error's text (at most 300 characters), or its type's name when it has none."""
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
-
-# what MLflow's client wraps in "API request to URL failed with exception HTTPConnectionPool(...): Max retries ..."
-_CAUSES = ((r"too many (\d+) error responses", r"HTTP \1, also on retrying"), (r"Connection refused", "connection refused"),
-           (r"Read timed out|timed out", "no answer in time"), (r"Name or service not known|nodename nor servname",
-                                                                   "unknown host"),
-           (r"Remote ?Disconnected|Connection aborted|Connection reset", "the server closed the connection"))
-
-
-def failure_reason(exc: BaseException) -> str:
-    """A short reason for a failed MLflow call: the cause of an HTTP failure when it is a known one, else the first
-    line of the error."""
-    import re
-
-    text = str(exc)
-    if "HTTPConnectionPool" in text or "HTTPSConnectionPool" in text:
-        for pattern, reason in _CAUSES:
-            found = re.search(pattern, text)
-            if found:
-                return found.expand(reason)
-    return first_line(exc)
-
-
 def _param_values(flat: Mapping[str, Any]) -> dict[str, str]:
     """MLflow params: text, cut at its length limit (6000 characters in MLflow 3; 500 before)."""
-    import re
-
     try:
-        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH as limit
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH as limit  # noqa: PLC0415 (the mlflow extra: only with log.mlflow)
     except ImportError:  # pragma: no cover - older MLflow
         limit = 500
     out = {}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from recipec.errors import TrackingError
-from recipec.tracking.mlflow import first_line
+from recipec.tracking.metrics import first_line
 
 __all__ = ["PROBE_TIMEOUT", "check_store"]
 

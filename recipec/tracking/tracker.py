@@ -38,22 +38,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
-import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from recipec import _json as clean_json
 from recipec._atomic import atomic_write_text
+from recipec._files import read_regular
 from recipec.errors import RecipecError, RecipeError, RunDirectoryError
+from recipec.recipe.load import dump_recipe
 from recipec.recipe.spec import Recipe
+from recipec.tracking.metrics import failure_reason, flatten, scalars
+from recipec.tracking.mlflow import MlflowRun, store_uri
+from recipec.tracking.probe import check_store
 
-if TYPE_CHECKING:
-    from recipec.tracking.mlflow import MlflowRun
-
-__all__ = ["Tracking", "flatten", "mlflow_scalars", "open_tracking", "scalars"]
+__all__ = ["Tracking", "open_tracking"]
 
 STATE = "tracking.json"
 INSTALL = {"tensorboard": "pip install 'recipec[tensorboard]'", "mlflow": "pip install 'recipec[mlflow]'"}
@@ -86,9 +86,6 @@ def open_tracking(recipe: Recipe, run: Path, *, main: bool = True, plan: Any = N
         raise RecipeError([(("log", name), f"needs the {name} extra, which is not installed: {INSTALL[name]} "
                                            f"(or turn it off)") for name in missing])
     if spec.mlflow is not None:
-        from recipec.tracking.mlflow import store_uri
-        from recipec.tracking.probe import check_store
-
         check_store(store_uri(recipe, run), spec.mlflow.experiment or recipe.name)
     return Tracking(recipe, run, plan=plan, resume=resume)
 
@@ -154,8 +151,6 @@ class Tracking:
 
     def _stop_mlflow(self, exc: Exception, doing: str) -> None:
         """One warning on stderr; MLflow is left alone for the rest of the build, and tracking.json says so."""
-        from recipec.tracking.mlflow import failure_reason
-
         assert self._ml is not None
         reason = failure_reason(exc)
         sys.stderr.write(f"warning: mlflow: {self._ml.uri} failed while {doing}: {reason}; tracking stopped, the "
@@ -173,7 +168,7 @@ class Tracking:
         self._state = _read_state(self.run / STATE) if self.resume else {}
         spec = self.recipe.log
         if spec.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (the tensorboard extra: only with log.tensorboard)
 
             folder = self.run / "tensorboard"
             saved = self._state.get("tensorboard")
@@ -184,18 +179,14 @@ class Tracking:
             purge = self._tb_epochs if folder.is_dir() and any(folder.glob("events.out.tfevents.*")) else None
             self._tb = SummaryWriter(log_dir=str(folder), purge_step=purge)
         if spec.mlflow is not None:
-            from recipec.tracking.mlflow import MlflowRun
-
             self._ml = MlflowRun(self.recipe, self.run, self._state.get("mlflow"))
 
     def _tb_header(self, first: Mapping[str, Any]) -> None:
         """Step 0: the plan and the recipe as text, the flattened recipe as hyperparameters."""
-        from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.summary import hparams  # noqa: PLC0415 (the tensorboard extra: only with log.tensorboard)
 
         if self.plan is not None:
             self._tb.add_text("plan", _preformatted(self.plan.text()), global_step=0)
-        from recipec.recipe.load import dump_recipe
-
         self._tb.add_text("recipe", _preformatted(dump_recipe(self.recipe)), global_step=0)
         values = {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in flatten(self.recipe).items()}
         # the metric names the HPARAMS dashboard shows for this run: the epoch scalars themselves
@@ -206,60 +197,12 @@ class Tracking:
         atomic_write_text(self.run / STATE, clean_json.dumps(self._state, indent=2) + "\n")
 
 
-# --------------------------------------------------------------------------- shared helpers
-
-
-def scalars(metrics: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
-    """The numbers of one metrics.jsonl line as (tag, value): every finite number under its own name, nested
-    objects as ``outer/inner`` (``lr/head``); ``epoch`` is the step, booleans and text are not numbers."""
-    for key, value in metrics.items():
-        if key == "epoch":
-            continue
-        if isinstance(value, Mapping):
-            for inner, number in value.items():
-                if _number(number):
-                    yield f"{key}/{inner}", float(number)
-        elif _number(value):
-            yield str(key), float(value)
-
-
-def flatten(recipe: Recipe) -> dict[str, Any]:
-    """The resolved recipe as ``{"optimizer.lr": 0.001, ...}``: lists as JSON text, null as ``"null"``."""
-    out: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}.{key}" if prefix else str(key))
-        elif isinstance(node, (bool, int, float, str)):
-            out[prefix] = node
-        else:
-            out[prefix] = json.dumps(node) if node is not None else "null"
-
-    walk(recipe.model_dump(mode="json"), "")
-    return out
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def mlflow_scalars(metrics: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
-    """:func:`scalars` under names MLflow accepts: letters, digits, ``_ - . /`` and spaces, no empty, ``.`` or
-    ``..`` part (a class name such as ``a:b`` in ``val_per_class_acc/a:b`` becomes ``val_per_class_acc/a_b``)."""
-    for tag, value in scalars(metrics):
-        parts = [re.sub(r"[^\w.\- ]", "_", part) for part in tag.split("/")]
-        yield "/".join(part if part.strip(".") else "_" * max(len(part), 1) for part in parts)[:250], value
-
-
 def _preformatted(text: str) -> str:
     # TensorBoard renders text as Markdown: four spaces keep the plan's columns
     return "\n".join("    " + line for line in text.splitlines())
 
 
 def _read_state(path: Path) -> dict[str, Any]:
-    from recipec._files import read_regular
-
     if not path.exists():
         return {}
     try:

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.models import GoogLeNet, Inception3
 
 from recipec.train.freezing import set_train_mode
 from recipec.train.modes import differs_in_training
 
-__all__ = ["HeadCache", "cache_refusal", "head_cache", "head_only_epochs"]
+__all__ = ["CacheConfig", "HeadCache", "cache_refusal", "head_cache", "head_only_epochs"]
 
 _MAX_BYTES = 2 * 1024**3  # beyond this the cache would compete with the model for memory
 
@@ -38,15 +40,33 @@ class _Indices(Dataset[int]):
         return i
 
 
-def cache_refusal(model: nn.Module, *, head_path: str, head_group: str, groups: Sequence[Any],
-                  augment: Sequence[Any], batchnorm: str, distributed: bool, dropout: str = "frozen",
-                  mix: bool = False) -> str | None:
+@dataclass(frozen=True)
+class CacheConfig:
+    """What decides whether a run may use the cache (the compiler reads it from the recipe).
+
+    Attributes:
+        enabled: ``train.feature_cache`` is not ``off``.
+        augment: the training augmentations (any refuses the cache).
+        mix: MixUp or CutMix is on.
+        batchnorm, dropout: the modes of the frozen groups (``freeze.batchnorm``, ``freeze.dropout``).
+    """
+
+    enabled: bool = True
+    augment: tuple[Any, ...] = ()
+    mix: bool = False
+    batchnorm: str = "frozen"
+    dropout: str = "frozen"
+
+
+def cache_refusal(model: nn.Module, *, head_path: str, groups: Sequence[Any], augment: Sequence[Any],
+                  batchnorm: str, distributed: bool, dropout: str = "frozen", mix: bool = False) -> str | None:
     """Why the cache cannot be used for this run, or None when it can.
 
-    The cache is used only where it provably gives the same numbers: while only the head
-    trains, every module outside the head must be in eval mode (as ``freeze.batchnorm`` and
-    ``freeze.dropout`` put frozen groups) or have code that computes the same in both modes
-    (:func:`recipec.train.modes.depends_on_training` reads it). The cache fills in eval mode.
+    The cache is used only where it provably gives the same numbers: while only the head group
+    (the last of ``groups``) trains, every module outside the head must be in eval mode (as
+    ``freeze.batchnorm`` and ``freeze.dropout`` put frozen groups) or have code that computes the
+    same in both modes (:func:`recipec.train.modes.depends_on_training` reads it). The cache fills
+    in eval mode.
     """
     if augment:
         return "augmentations change the inputs every epoch"
@@ -57,7 +77,8 @@ def cache_refusal(model: nn.Module, *, head_path: str, head_group: str, groups: 
     head = model.get_submodule(head_path)
     head_params = {id(p) for p in head.parameters()}
     named = dict(model.named_parameters())
-    group = next(g for g in groups if g.name == head_group)
+    group = groups[-1]
+    head_group = group.name
     if {id(named[n]) for n in group.params} != head_params:
         return f"the group {head_group!r} is not exactly the head module {head_path!r}"
     inside = {id(m) for m in head.modules()}
@@ -81,8 +102,6 @@ def cache_refusal(model: nn.Module, *, head_path: str, head_group: str, groups: 
 def _switches_aux_only(module: nn.Module) -> bool:
     # torchvision's GoogLeNet and Inception3 read `training` only to return auxiliary outputs, and
     # those count in the loss only while their group trains, never in a head-only (cached) epoch
-    from torchvision.models import GoogLeNet, Inception3
-
     return isinstance(module, (GoogLeNet, Inception3))
 
 
@@ -174,20 +193,25 @@ def head_only_epochs(schedule: Any, head_group: str, epochs: int) -> list[int]:
     return leading
 
 
-def head_cache(recipe: Any, compiled: Any, loader: DataLoader, epochs: Sequence[int], *,
-               distributed: bool = False) -> HeadCache | None:
-    """The head-input cache a build (or lr-find) uses for ``epochs``, or None when ``train.feature_cache`` is off
+def head_cache(model: nn.Module, groups: Sequence[Any], head_prefix: str, loader: DataLoader, epochs: Sequence[int],
+               config: CacheConfig, *, distributed: bool = False) -> HeadCache | None:
+    """The head-input cache a build (or lr-find) uses for ``epochs``, or None when the cache is off (``config``)
     or there is no such epoch. When the cache would not give the same weights, it serves no epoch and its
-    ``refused`` says why (metrics.jsonl's ``feature_cache_refused``)."""
-    if recipe.train.feature_cache == "off" or not epochs:
+    ``refused`` says why (metrics.jsonl's ``feature_cache_refused``).
+
+    Args:
+        model: the model, its head at ``head_prefix`` (``"fc."``).
+        groups: its layer groups, earliest first, the head's last.
+        loader: the training loader whose batches the cache replays.
+        epochs: the epochs it may serve (:func:`head_only_epochs`).
+    """
+    if not config.enabled or not epochs:
         return None
-    head_group = compiled.groups[-1].name
-    head_path = _around_group(compiled.model, compiled.head_prefix.rstrip("."), compiled.groups[-1].params)
-    refused = cache_refusal(compiled.model, head_path=head_path, head_group=head_group, groups=compiled.groups,
-                            augment=recipe.data.augment, batchnorm=recipe.freeze.batchnorm,
-                            dropout=recipe.freeze.dropout, distributed=distributed,
-                            mix=recipe.data.mixup is not None or recipe.data.cutmix is not None)
-    cache = HeadCache(compiled.model, head_path, loader, [] if refused else list(epochs))
+    head_path = _around_group(model, head_prefix.rstrip("."), groups[-1].params)
+    refused = cache_refusal(model, head_path=head_path, groups=groups, augment=config.augment,
+                            batchnorm=config.batchnorm, dropout=config.dropout, distributed=distributed,
+                            mix=config.mix)
+    cache = HeadCache(model, head_path, loader, [] if refused else list(epochs))
     cache.refused = refused
     return cache
 

@@ -26,15 +26,17 @@ from typing import Any
 import torch
 
 from recipec.errors import CheckpointError, RecipeError, RunDirectoryError, UnsafeCheckpointError
-from recipec.train._state_checks import damaged_fields, verify_archive
+from recipec.train.state_checks import damaged_fields, verify_archive
+from recipec.weights._pickle import load_torch
+from recipec.weights.formats import detect_format
 
-__all__ = ["FORMAT", "LAST", "VERSION", "checkpoint_files", "checkpoint_paths", "latest_state", "load_state",
+__all__ = ["EPOCH_FILE", "FORMAT", "LAST", "VERSION", "checkpoint_files", "checkpoint_paths", "latest_state", "load_state",
            "newest_checkpoint", "rotate_checkpoints"]
 
 FORMAT = "recipec-training-state"
 VERSION = 1
 LAST = "last.pt"
-_EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.pt$")
+EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.pt$")
 _REQUIRED = ("model", "optimizer", "scheduler", "epoch", "step", "recipe", "trainable_groups", "history", "rng")
 
 
@@ -56,9 +58,6 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
             says what it is instead: a weights export, a bare state dict, another tool's
             checkpoint...).
     """
-    from recipec.weights._pickle import load_torch
-    from recipec.weights.formats import detect_format
-
     file = Path(path)
     if file.is_dir():
         raise CheckpointError(f"{file}: is a directory; name the state file, e.g. {file / LAST}")
@@ -95,7 +94,7 @@ def checkpoint_files(directory: str | os.PathLike[str]) -> list[Path]:
     folder = Path(directory)
     if not folder.is_dir():
         return []
-    epochs = sorted(((int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))), reverse=True)
+    epochs = sorted(((int(m.group(1)), p) for p in folder.iterdir() if (m := EPOCH_FILE.match(p.name))), reverse=True)
     last = folder / LAST
     return ([last] if last.exists() else []) + [p for _, p in epochs]
 
@@ -105,7 +104,7 @@ def newest_checkpoint(directory: str | os.PathLike[str]) -> tuple[Path, int | No
     epoch, else ``last.pt`` (epoch unknown: ``keep_last: 0``), else None."""
     files = checkpoint_files(directory)
     for path in files:
-        if m := _EPOCH_FILE.match(path.name):
+        if m := EPOCH_FILE.match(path.name):
             return path, int(m.group(1))
     return (files[0], None) if files else None
 
@@ -134,7 +133,7 @@ def latest_state(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any
     damaged: list[str] = []
     found: tuple[Path, dict[str, Any]] | None = None
     for path in files:
-        m = _EPOCH_FILE.match(path.name)
+        m = EPOCH_FILE.match(path.name)
         if found is not None and (m is None or int(m.group(1)) <= found[1]["epoch"]):
             continue  # not newer than what we have
         try:
@@ -160,14 +159,14 @@ def rotate_checkpoints(directory: str | os.PathLike[str], *, keep_last: int) -> 
         The files deleted, oldest first.
 
     Raises:
-        RecipeError: ``keep_last`` is negative (at ``train.keep_last``).
+        RecipeError: ``keep_last`` is negative (at the field ``keep_last``).
     """
     if keep_last < 0:
-        raise RecipeError([(("train", "keep_last"), f"must be >= 0, got {keep_last}")])
+        raise RecipeError([(("keep_last",), f"must be >= 0, got {keep_last}")])
     folder = Path(directory)
     if not folder.is_dir():
         return []
-    epochs = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name)) and p.is_file())
+    epochs = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := EPOCH_FILE.match(p.name)) and p.is_file())
     doomed = [p for _, p in epochs[: max(len(epochs) - keep_last, 0)]]
     for p in doomed:
         with contextlib.suppress(FileNotFoundError):

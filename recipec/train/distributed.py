@@ -23,6 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from recipec.data.loaders import drops_single_last
+
 __all__ = ["World", "average_gradients", "broadcast_buffers", "launch", "setup", "shard_loader", "teardown"]
 
 
@@ -70,8 +72,6 @@ def teardown(world: World) -> None:
 def shard_loader(loader: DataLoader, world: World, seed: int) -> DataLoader:
     """The same loader over this rank's share of the data; ``sampler.set_epoch`` orders each epoch."""
     sampler: DistributedSampler[int] = DistributedSampler(loader.dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
-    from recipec.data.loaders import drops_single_last
-
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
                       drop_last=drops_single_last(len(sampler), loader.batch_size or 1), persistent_workers=False,
                       pin_memory=loader.pin_memory, prefetch_factor=loader.prefetch_factor)

@@ -96,7 +96,8 @@ def compile_schedule(
 
     Raises:
         GroupError: an unknown group, an epoch that never starts, or unfreezing with
-            ``trainable=None`` (nothing would be frozen). Problems carry ``freeze.*`` paths.
+            ``trainable=None`` (nothing would be frozen). Problems carry the argument's name
+            (``("unfreeze", 3, 1)``), which the compiler turns into the recipe's ``freeze.*`` paths.
 
     Example:
         >>> compile_schedule(["body", "head"], epochs=3, trainable=["head"], unfreeze={2: ["body"]}).table
@@ -109,20 +110,20 @@ def compile_schedule(
     problems: list[Problem] = []
     for i, name in enumerate(trainable or []):
         if name not in groups:
-            problems.append((("freeze", "trainable", i), f"unknown group {name!r} {known}"))
+            problems.append((("trainable", i), f"unknown group {name!r} {known}"))
     for epoch, names in unfreeze.items():
         if not 0 <= epoch < epochs:
-            problems.append((("freeze", "unfreeze", epoch), f"epoch {epoch} never starts {never}"))
+            problems.append((("unfreeze", epoch), f"epoch {epoch} never starts {never}"))
         for i, name in enumerate(names):
             if name not in groups:
-                problems.append((("freeze", "unfreeze", epoch, i), f"unknown group {name!r} {known}"))
+                problems.append((("unfreeze", epoch, i), f"unknown group {name!r} {known}"))
     if gradual_every is not None:
         if gradual_every < 1:
-            problems.append((("freeze", "gradual", "every"), f"must be at least 1, got {gradual_every}"))
+            problems.append((("gradual_every",), f"must be at least 1, got {gradual_every}"))
         if not 0 <= gradual_start < epochs:
-            problems.append((("freeze", "gradual", "start"), f"epoch {gradual_start} never starts {never}"))
+            problems.append((("gradual_start",), f"epoch {gradual_start} never starts {never}"))
     if trainable is None and (unfreeze or gradual_every is not None):
-        problems.append((("freeze", "trainable"), ("is null, so every group trains from epoch 0 and nothing is left to "
+        problems.append((("trainable",), ("is null, so every group trains from epoch 0 and nothing is left to "
                                                    "unfreeze; list the groups that train first, e.g. trainable: [head]")))
     if problems:
         raise GroupError(problems)
@@ -209,7 +210,7 @@ def set_train_mode(
     """
     modes = _batchnorm_modes(model, groups, trainable, batchnorm)
     if dropout not in ("frozen", "train"):
-        raise GroupError((("freeze", "dropout"), f"must be frozen or train, got {dropout!r}"))
+        raise GroupError((("dropout",), f"must be frozen or train, got {dropout!r}"))
     quiet = frozen_modules(model, groups, trainable) if dropout == "frozen" else []
     model.train()
     for module in quiet:
@@ -243,7 +244,7 @@ def _batchnorm_modes(
 ) -> dict[nn.Module, tuple[set[str], str]]:
     """Every BatchNorm module -> (the groups of its parameters, "eval" | "train")."""
     if batchnorm not in ("frozen", "train"):
-        raise GroupError((("freeze", "batchnorm"), f"must be frozen or train, got {batchnorm!r}"))
+        raise GroupError((("batchnorm",), f"must be frozen or train, got {batchnorm!r}"))
     on = _check_names(groups, trainable)
     owner = param_to_group(groups)
     names = list(owner)

@@ -5,6 +5,11 @@ function of (seed, epoch), put the model in train mode with BatchNorm of frozen 
 kept in eval mode, step the optimizer and the per-step scheduler, validate, and hand the
 epoch's metrics to ``on_epoch_end`` (which writes metrics and checkpoints). Every group is
 in the optimizer from the start, so unfreezing changes nothing but ``requires_grad``.
+
+What a fit acts on arrives as one :class:`Training` (the model and the objects that change it),
+its options as one :class:`FitConfig` of plain values; the compiler builds both from the recipe
+(:mod:`recipec.compiler.fit_config`). How the epoch is validated is the task's business
+(:mod:`recipec.train.tasks`).
 """
 
 from __future__ import annotations
@@ -14,22 +19,23 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recipec.data.loaders import Data, set_epoch
+from recipec.data.speed import compile_forward, compiles_so_far, to_channels_last
 from recipec.errors import RunError
+from recipec.model.groups import LayerGroup
 from recipec.model.heads import aux_classifiers
 from recipec.train.cache import HeadCache
-from recipec.data.loaders import Data, set_epoch
 from recipec.train.distributed import World, all_sum, average_gradients, broadcast_buffers
 from recipec.train.freezing import FreezeSchedule, apply_trainable, set_train_mode
-from recipec.data.speed import compile_forward, compiles_so_far, to_channels_last
 
-__all__ = ["EarlyStopping", "autocast_for", "aux_trains", "evaluate", "fit", "grad_scaler", "group_lrs",
-           "training_loss"]
+__all__ = ["EarlyStopping", "FitConfig", "Training", "Validation", "autocast_for", "aux_trains", "evaluate", "fit", "grad_scaler",
+           "group_lrs", "training_loss"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,78 @@ class EarlyStopping:
     min_delta: float = 0.0
 
 
+@dataclass(frozen=True)
+class FitConfig:
+    """The plain options of a fit.
+
+    Attributes:
+        epochs: the run's epochs (a resumed run starts later, never ends elsewhere).
+        batchnorm, dropout: ``frozen`` or ``train``: the mode of the frozen groups' BatchNorm and of their
+            other train-mode-dependent modules (:func:`recipec.train.freezing.set_train_mode`).
+        amp: ``none``, ``bf16`` or ``fp16``.
+        grad_clip: max gradient norm, or None.
+        accumulate: batches per optimizer step.
+        aux_loss_weight: auxiliary classifiers (googlenet, inception_v3) add this x their loss while they train.
+        compile_mode: torch.compile the training forward (True or a mode name), counting each epoch's
+            (re)compiles in its metrics (``compiles``).
+        channels_last: model and 4-d inputs in NHWC (:mod:`recipec.data.speed`).
+        early_stopping: the rule, or None.
+    """
+
+    epochs: int
+    batchnorm: str = "frozen"
+    dropout: str = "frozen"
+    amp: str = "none"
+    grad_clip: float | None = None
+    accumulate: int = 1
+    aux_loss_weight: float = 0.4
+    compile_mode: bool | str = False
+    channels_last: bool = False
+    early_stopping: EarlyStopping | None = None
+
+
+class Validation(Protocol):
+    """What the loop needs of a task (:class:`recipec.train.tasks.Task`, which validates with :func:`evaluate`
+    of this module: the loop declares the interface, the tasks import the loop, never the reverse)."""
+
+    def validate(self, model: nn.Module, ema: Any, data: Any, device: torch.device, amp: str) -> dict[str, Any]:
+        """One epoch's validation metrics on ``data.val`` (``val_loss`` and ``val_acc`` first), ``ema``'s too."""
+        ...
+
+
+@dataclass
+class Training:
+    """What a fit acts on: the model and everything that changes it.
+
+    Attributes:
+        model, optimizer, scheduler: the scheduler steps after every optimizer step.
+        groups, schedule: the layer groups and which of them train at each epoch.
+        device: where the batches go.
+        task: how the training targets are read and each epoch validated (:func:`recipec.train.tasks.task_of`).
+        criterion: ``criterion(logits, target)``, the training loss (None: cross-entropy;
+            see :mod:`recipec.train.losses`).
+        ema: a :class:`recipec.train.ema.Ema`, stepped after every optimizer step and validated every epoch.
+        scaler: the fp16 loss scaler (None: :func:`grad_scaler`); pass it to save and restore its state with
+            the training state, so an fp16 resume is exact.
+        cache: the head-input cache (:mod:`recipec.train.cache`): its epochs train the head on cached inputs.
+        mix: ``mix(x, y)``, MixUp/CutMix of each training batch (:class:`recipec.data.augment.BatchMix`), giving
+            soft targets (N, C) that the criterion takes as it takes class indices; validation is never mixed.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    groups: Sequence[LayerGroup]
+    schedule: FreezeSchedule
+    device: torch.device
+    task: Validation
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    ema: Any = None
+    scaler: torch.amp.GradScaler | None = None
+    cache: HeadCache | None = None
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """Layer group name -> its current lr (a group's decay and no-decay halves share it)."""
     lrs: dict[str, float] = {}
@@ -49,61 +127,50 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return lrs
 
 
-def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, groups: Sequence[Any],
-        schedule: FreezeSchedule, data: Data, device: torch.device, epochs: int, start_epoch: int = 0,
-        batchnorm: str = "frozen", dropout: str = "frozen", amp: str = "none", grad_clip: float | None = None,
-        accumulate: int = 1,
-        early_stopping: EarlyStopping | None = None, history: Sequence[dict[str, Any]] = (),
-        on_epoch_end: Callable[[dict[str, Any]], None] | None = None, world: World | None = None,
-        cache: HeadCache | None = None, scaler: torch.amp.GradScaler | None = None,
-        aux_loss_weight: float = 0.4, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        ema: Any = None,
-        on_batch: Callable[[int, int, torch.Tensor], None] | None = None,
-        mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-        compile_mode: bool | str = False, channels_last: bool = False,
-        ) -> list[dict[str, Any]]:
-    """Train from ``start_epoch`` to ``epochs``; return the metrics of every epoch (``history`` included).
+def fit(training: Training, data: Data, config: FitConfig, *, start_epoch: int = 0,
+        history: Sequence[dict[str, Any]] = (), world: World | None = None,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        on_batch: Callable[[int, int, torch.Tensor], None] | None = None) -> list[dict[str, Any]]:
+    """Train from ``start_epoch`` to ``config.epochs``; return the metrics of every epoch (``history`` included).
 
     With several processes (``world``), each trains on its shard, gradients are averaged
     after every backward, and losses are summed over ranks before they are reported.
-    With a ``cache``, its epochs train the head on cached inputs of the frozen prefix.
-    Auxiliary classifiers (googlenet, inception_v3) add ``aux_loss_weight`` x their loss while they train.
-    ``criterion(logits, target)``: the training loss (default: cross-entropy; see :mod:`recipec.train.losses`).
-    ``ema``: a :class:`recipec.train.ema.Ema`, stepped after every optimizer step and validated every epoch
-    (``val_loss_ema``, ``val_acc_ema``).
-    ``mix(x, y)``: MixUp/CutMix of each training batch (:class:`recipec.data.augment.BatchMix`), giving soft
-    targets (N, C) that the criterion takes as it takes class indices; validation is never mixed.
-    ``scaler``: the fp16 loss scaler (default: :func:`grad_scaler`); pass it to save and restore
-    its state with the training state, so an fp16 resume is exact.
-    ``on_batch(i, batches, loss)`` is called after each training batch with the batch's loss, detached and on
-    the device (reading it is a host sync: a progress display reads it a few times a second at most).
-    ``compile_mode``: torch.compile the training forward (True or a mode name), counting each epoch's
-    (re)compiles in its metrics (``compiles``); ``channels_last``: model and 4-d inputs in NHWC
-    (:mod:`recipec.data.speed`). Neither changes what is saved: the state dict is ``model``'s.
+    ``on_epoch_end(metrics)`` is called after each epoch; ``on_batch(i, batches, loss)`` after each training
+    batch with the batch's loss, detached and on the device (reading it is a host sync: a progress display
+    reads it a few times a second at most). Neither ``compile_mode`` nor ``channels_last`` changes what is
+    saved: the state dict is the model's.
+
+    Example:
+        >>> config = FitConfig(epochs=3, amp="bf16")
+        >>> history = fit(Training(model, optimizer, scheduler, groups, schedule, device, MULTICLASS), data, config)
 
     Raises:
         RunError: the loss became NaN or infinite (exit 1; the last checkpoint stays intact).
     """
+    model, optimizer, groups, schedule = training.model, training.optimizer, training.groups, training.schedule
+    device, cache, ema, amp = training.device, training.cache, training.ema, config.amp
+    criterion = training.criterion or F.cross_entropy
     history = list(history)
     world = world or World()
-    scaler = scaler if scaler is not None else grad_scaler(amp, device)
-    best, stale = _early_stopping_state(history, early_stopping)
+    scaler = training.scaler if training.scaler is not None else grad_scaler(amp, device)
+    best, stale = _early_stopping_state(history, config.early_stopping)
     if history and history[-1].get("early_stopped"):
         return history  # a resumed run that had already stopped early: nothing is left to train
-    if channels_last:
+    if config.channels_last:
         to_channels_last(model)
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
     full = data.train.batch_size
-    compiled = compile_forward(model, compile_mode, phases=len({schedule.trainable_at(e) for e in range(start_epoch, epochs)})
-                               if compile_mode is not False else 0)
-    for epoch in range(start_epoch, epochs):
-        compiles = compiles_so_far() if compile_mode is not False else 0
+    compiling = config.compile_mode is not False
+    phases = len({schedule.trainable_at(e) for e in range(start_epoch, config.epochs)}) if compiling else 0
+    compiled = compile_forward(model, config.compile_mode, phases=phases)
+    for epoch in range(start_epoch, config.epochs):
+        compiles = compiles_so_far() if compiling else 0
         started = time.perf_counter()
         trainable = schedule.trainable_at(epoch)
         apply_trainable(model, groups, trainable)
         set_epoch(data, epoch)
         lrs_at_start = group_lrs(optimizer)
-        set_train_mode(model, groups, trainable, batchnorm=batchnorm, dropout=dropout)
+        set_train_mode(model, groups, trainable, batchnorm=config.batchnorm, dropout=config.dropout)
 
         losses = _Losses(epoch, world)
         batches = len(data.train)
@@ -111,23 +178,23 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
         forward = cache.head if cached and cache is not None else compiled
         # a last partial batch runs uncompiled: one compile per phase, for one static batch shape
         partial = cache.head if cached and cache is not None else model
-        aux_weight = aux_loss_weight if aux_trains(model) else 0.0
+        aux_weight = config.aux_loss_weight if aux_trains(model) else 0.0
         optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(cache.batches() if cached and cache is not None else data.train):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last and x.dim() == 4:
+            if config.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=memory_format)
-            if mix is not None:
-                x, y = mix(x, y)  # draws from the global RNG, which the training state saves
+            if training.mix is not None:
+                x, y = training.mix(x, y)  # draws from the global RNG, which the training state saves
             with autocast_for(device, amp):
-                loss = training_loss((forward if len(x) == full else partial)(x), y, aux_weight, criterion or F.cross_entropy)
+                loss = training_loss((forward if len(x) == full else partial)(x), y, aux_weight, criterion)
             losses.add(loss, len(y))  # on the device: no host sync per batch
-            scaled = loss / accumulate
+            scaled = loss / config.accumulate
             (scaler.scale(scaled) if scaler else scaled).backward()
-            if (i + 1) % accumulate == 0 or i + 1 == batches:
+            if (i + 1) % config.accumulate == 0 or i + 1 == batches:
                 average_gradients(model, world)
-                _optimizer_step(model, optimizer, scaler, grad_clip)
-                scheduler.step()
+                _optimizer_step(model, optimizer, scaler, config.grad_clip)
+                training.scheduler.step()
                 if ema is not None:
                     ema.step(model)
                 optimizer.zero_grad(set_to_none=True)
@@ -136,40 +203,26 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, g
 
         total_loss, seen = losses.total()  # raises on a NaN/inf loss, before any checkpoint
         broadcast_buffers(model, world)  # every rank validates and saves the same model
-        multilabel: dict[str, Any] = {}
-        if getattr(data, "task", "multiclass") == "multilabel" and data.val is not None:
-            from recipec.train.multilabel import validation_metrics  # BCE, mAP, F1 (and their _ema)
-
-            multilabel = validation_metrics(model, ema, data, device, amp, data.threshold)
-            val_loss, val_acc, per_class = multilabel.pop("val_loss"), multilabel.pop("val_acc"), None
-        else:
-            val_loss, val_acc, per_class = (evaluate(model, data.val, device, amp, classes=data.classes)
-                                            if data.val is not None else (None, None, None))
-        if ema is not None and data.val is not None and not multilabel:
-            ema.copy_buffers(model)  # the broadcast ones: every rank validates the same EMA
-            val_loss_ema, val_acc_ema = evaluate(ema.module(model), data.val, device, amp)
+        # val_loss, val_acc and what else the task measures (with ema, each again as _ema)
+        validation = ({"val_loss": None, "val_acc": None} if data.val is None
+                      else training.task.validate(model, ema, data, device, amp))
         metrics = {
             "epoch": epoch,
             "train_loss": total_loss / max(seen, 1),
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            **({"val_per_class_acc": per_class} if per_class is not None else {}),
-            **({"val_loss_ema": val_loss_ema, "val_acc_ema": val_acc_ema} if ema is not None and data.val is not None
-               and not multilabel else {}),
-            **multilabel,
+            **validation,
             "lr": lrs_at_start,
             "trainable_groups": list(trainable),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "feature_cache": cached,
-            **({"compiles": compiles_so_far() - compiles} if compile_mode is not False else {}),
+            **({"compiles": compiles_so_far() - compiles} if compiling else {}),
             **({"feature_cache_refused": cache.refused} if cache is not None and cache.refused else {}),
             "seconds": round(time.perf_counter() - started, 3),
         }
         history.append(metrics)
         stop = False
-        if early_stopping is not None:
-            best, stale = _update_early_stopping(best, stale, metrics, early_stopping)
-            stop = stale >= early_stopping.patience
+        if config.early_stopping is not None:
+            best, stale = _update_early_stopping(best, stale, metrics, config.early_stopping)
+            stop = stale >= config.early_stopping.patience
             metrics["early_stopped"] = stop
         if on_epoch_end is not None:
             on_epoch_end(metrics)

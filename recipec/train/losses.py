@@ -21,16 +21,33 @@ compares across recipes whatever their training loss.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from recipec.errors import RecipeError
 
-__all__ = ["Criterion", "build_criterion", "criterion_of", "focal_loss", "loss_plan", "resolve_class_weights"]
+__all__ = ["Criterion", "LossConfig", "build_criterion", "criterion_of", "focal_loss", "loss_plan",
+           "resolve_class_weights"]
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The training loss as plain values (the compiler reads them from the recipe's ``loss:``).
+
+    Attributes:
+        label_smoothing: eps.
+        focal_gamma: the focal loss's gamma, or None for cross-entropy.
+        class_weights: class -> weight, ``"auto"`` (inverse frequency over the training split), or None.
+    """
+
+    label_smoothing: float = 0.0
+    focal_gamma: float | None = None
+    class_weights: Mapping[str, float] | Literal["auto"] | None = None
 
 
 def resolve_class_weights(spec: Any, classes: Sequence[str], train_per_class: Mapping[str, int] | None) -> list[float] | None:
@@ -38,9 +55,9 @@ def resolve_class_weights(spec: Any, classes: Sequence[str], train_per_class: Ma
 
     Raises:
         RecipeError: the mapping names a class the data lacks, or ``auto`` meets a class without
-            training examples (at ``loss.class_weights``).
+            training examples (at the field ``class_weights``).
     """
-    at = ("loss", "class_weights")
+    at = ("class_weights",)
     if spec is None:
         return None
     if spec == "auto":
@@ -90,33 +107,28 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float, weig
     return total / logits.shape[0]
 
 
-def loss_plan(recipe: Any, classes: Sequence[str], train_per_class: Mapping[str, int] | None) -> dict[str, Any]:
-    """What plan.json records of the training loss, with the class weights resolved."""
-    if getattr(recipe, "task", "multiclass") == "multilabel":  # binary cross-entropy per class
-        from recipec.train.multilabel import loss_plan as multilabel_loss
+def loss_plan(config: LossConfig, classes: Sequence[str], train_per_class: Mapping[str, int] | None) -> dict[str, Any]:
+    """What plan.json records of a (multiclass) training loss, with the class weights resolved.
 
-        return multilabel_loss(recipe)
-    spec = recipe.loss
-    weights = resolve_class_weights(spec.class_weights, classes, train_per_class)
+    Raises:
+        RecipeError: the class weights do not fit the data (at the field ``class_weights``).
+    """
+    weights = resolve_class_weights(config.class_weights, classes, train_per_class)
     return {
-        "name": "focal" if spec.focal is not None else "cross_entropy",
-        "label_smoothing": spec.label_smoothing,
-        "focal_gamma": spec.focal.gamma if spec.focal is not None else None,
+        "name": "focal" if config.focal_gamma is not None else "cross_entropy",
+        "label_smoothing": config.label_smoothing,
+        "focal_gamma": config.focal_gamma,
         "class_weights": None if weights is None else dict(zip(classes, weights)),
-        "class_weights_from": None if spec.class_weights is None else (
-            "auto: n / (C * n_c) over the training split" if spec.class_weights == "auto" else "the recipe"),
+        "class_weights_from": None if config.class_weights is None else (
+            "auto: n / (C * n_c) over the training split" if config.class_weights == "auto" else "the recipe"),
         "validation": "plain cross-entropy",
     }
 
 
-def criterion_of(recipe: Any, plan: Mapping[str, Any], device: torch.device | str) -> Criterion:
-    """The criterion of ``recipe.loss``, with the class weights as ``plan["loss"]`` resolved them (:func:`loss_plan`)."""
-    if getattr(recipe, "task", "multiclass") == "multilabel":  # binary cross-entropy per class
-        from recipec.train.multilabel import bce_criterion
-
-        return bce_criterion(recipe.loss.label_smoothing)
-    weights = plan["loss"]["class_weights"]
-    focal = recipe.loss.focal
-    return build_criterion(label_smoothing=recipe.loss.label_smoothing,
+def criterion_of(config: LossConfig, planned: Mapping[str, Any], device: torch.device | str) -> Criterion:
+    """The criterion of ``config``, with the class weights as plan.json's ``loss`` (``planned``,
+    from :func:`loss_plan`) resolved them."""
+    weights = planned["class_weights"]
+    return build_criterion(label_smoothing=config.label_smoothing,
                            class_weights=None if weights is None else list(weights.values()),
-                           focal_gamma=None if focal is None else focal.gamma, device=device)
+                           focal_gamma=config.focal_gamma, device=device)

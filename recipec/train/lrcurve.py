@@ -12,6 +12,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
+from recipec._atomic import atomic_path
+
 __all__ = ["BETA", "METHODS", "LRFind", "format_lr_find", "plot_lr_find", "suggest_lr"]
 
 METHODS = ("steepest", "valley", "minimum")
@@ -91,8 +95,6 @@ def suggest_lr(lrs: list[float], losses: list[float], method: str = "steepest") 
         >>> suggest_lr(lrs, losses)
         30
     """
-    import numpy as np
-
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     n = len(lrs)
@@ -157,13 +159,10 @@ def plot_lr_find(result: LRFind, path: str | os.PathLike[str]) -> dict[str, Any]
     Returns:
         What was drawn: ``{"x": lrs, "y": smoothed losses, "marked": suggested lr or None, "xscale": "log"}``.
     """
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (matplotlib: seconds to import, needed only to draw)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from recipec._atomic import atomic_path
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (after matplotlib.use)
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     try:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.ops import StochasticDepth
 
 from recipec.model.groups import LayerGroup, param_to_group
 
@@ -131,8 +132,6 @@ def random_layer_modes(model: nn.Module, groups: Sequence[LayerGroup], trainable
 
 def differs_in_training(module: nn.Module) -> bool:
     """:func:`depends_on_training`, except dropout, stochastic depth and attention that drop nothing (``p == 0``)."""
-    from torchvision.ops import StochasticDepth
-
     if isinstance(module, (nn.modules.dropout._DropoutNd, StochasticDepth)) and module.p == 0:
         return False
     if type(module) is nn.MultiheadAttention and module.dropout == 0:  # `training` only gates its dropout

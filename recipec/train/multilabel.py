@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipec.errors import DatasetError
+from recipec.errors import DatasetError, ModelError
+from recipec.train.loop import autocast_for
 
 __all__ = ["METRICS", "average_precision", "baseline_map", "bce_criterion", "eval_results", "format_eval", "loss_plan",
            "multilabel_metrics", "threshold_provenance", "tuned_thresholds", "validation_metrics"]
@@ -49,8 +50,6 @@ def bce_criterion(label_smoothing: float = 0.0) -> Any:
     """``(logits (N, C), multi-hot targets (N, C)) -> mean BCE``, targets smoothed to ``t (1 - eps) + eps / 2``."""
     def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.shape != target.shape:
-            from recipec.errors import ModelError
-
             raise ModelError([(("model", "head"), f"the model gives {logits.shape[-1]} outputs per image but the data "
                                                   f"has {target.shape[-1]} classes; set model.head.num_classes: "
                                                   f"{target.shape[-1]}")])
@@ -61,12 +60,12 @@ def bce_criterion(label_smoothing: float = 0.0) -> Any:
     return bce
 
 
-def loss_plan(recipe: Any) -> dict[str, Any]:
+def loss_plan(label_smoothing: float, threshold: float) -> dict[str, Any]:
     """What plan.json records of a multi-label run's loss."""
-    return {"name": "bce", "label_smoothing": recipe.loss.label_smoothing, "focal_gamma": None,
+    return {"name": "bce", "label_smoothing": label_smoothing, "focal_gamma": None,
             "class_weights": None, "class_weights_from": None,
-            "targets": "multi-hot; smoothed to t (1 - eps) + eps / 2" if recipe.loss.label_smoothing else "multi-hot",
-            "validation": "plain binary cross-entropy", "threshold": recipe.multilabel.threshold}
+            "targets": "multi-hot; smoothed to t (1 - eps) + eps / 2" if label_smoothing else "multi-hot",
+            "validation": "plain binary cross-entropy", "threshold": threshold}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -133,8 +132,6 @@ def multilabel_metrics(logits: torch.Tensor, target: torch.Tensor, classes: Sequ
 
 @torch.no_grad()
 def _outputs(model: nn.Module, loader: Any, device: torch.device, amp: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from recipec.train.loop import autocast_for
-
     model.eval()
     logits, targets = [], []
     for x, y in loader:
@@ -189,17 +186,15 @@ def tuned_thresholds(logits: torch.Tensor, target: torch.Tensor, classes: Sequen
     return chosen
 
 
-def threshold_provenance(recipe: Any, model: nn.Module, data: Any, device: torch.device) -> dict[str, Any]:
-    """What the exports record of a multi-label run's thresholds (``provenance["multilabel"]``): the recipe's
-    ``threshold`` and, with ``multilabel.tune_thresholds`` and a val split, each class's tuned one
-    (:func:`tuned_thresholds` on ``model``'s val outputs). {} for a multiclass run."""
-    if getattr(recipe, "task", "multiclass") != "multilabel":
-        return {}
-    spec = recipe.multilabel
-    entry: dict[str, Any] = {"threshold": spec.threshold, "thresholds": None}
-    if spec.tune_thresholds and data.val is not None:
-        logits, target = _outputs(model, data.val, device, recipe.train.amp)
-        entry |= {"thresholds": tuned_thresholds(logits, target, data.classes, spec.threshold),
+def threshold_provenance(model: nn.Module, data: Any, device: torch.device, *, threshold: float, tune: bool,
+                         amp: str = "none") -> dict[str, Any]:
+    """What the exports record of a multi-label run's thresholds (``provenance["multilabel"]``): ``threshold``
+    and, with ``tune`` (``multilabel.tune_thresholds``) and a val split, each class's tuned one
+    (:func:`tuned_thresholds` on ``model``'s val outputs, under ``amp``)."""
+    entry: dict[str, Any] = {"threshold": threshold, "thresholds": None}
+    if tune and data.val is not None:
+        logits, target = _outputs(model, data.val, device, amp)
+        entry |= {"thresholds": tuned_thresholds(logits, target, data.classes, threshold),
                   "tuned_on": f"val ({len(target)} images): per class the score maximising its F1"}
     return {"multilabel": entry}
 

@@ -5,9 +5,8 @@ changes the optimizer's structure and the scheduler sees every group (Lightning 
 at unfreeze time, which its schedulers then miss). Each layer group becomes up to two torch
 param groups: parameters with weight decay and parameters without.
 
-The learning-rate schedule (``lr_factor``, ``scheduler_kwargs``, ``build_scheduler``,
-``lr_table``) lives in :mod:`recipec.train.schedule` and is re-exported here: it scales every
-param group from its own initial lr, so the ratios between layer groups hold at every step.
+The learning-rate schedule (``lr_factor``, ``build_scheduler``, ``lr_table``) is :mod:`recipec.train.schedule`:
+it scales every param group from its own initial lr, so the ratios between layer groups hold at every step.
 """
 
 from __future__ import annotations
@@ -25,12 +24,8 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from recipec.errors import GroupError, RecipeError
 from recipec.model.groups import LayerGroup
-from recipec.train.schedule import build_scheduler, lr_factor, lr_table, scheduler_kwargs
 
-__all__ = [
-    "build_optimizer", "build_param_groups", "build_scheduler", "group_learning_rates", "lr_factor", "lr_table",
-    "scheduler_kwargs", "tiny_learning_rates",
-]
+__all__ = ["build_optimizer", "build_param_groups", "group_learning_rates", "tiny_learning_rates"]
 
 _NO_OVERRIDES: Mapping[str, float] = MappingProxyType({})
 # a group whose lr is below optimizer.lr times this moves so little it is frozen in all but name (the plan notes it)
@@ -59,7 +54,7 @@ def group_learning_rates(
         group name -> learning rate, in group order.
 
     Raises:
-        GroupError: ``group_lr`` names an unknown group (at ``optimizer.group_lr.<name>``).
+        GroupError: ``group_lr`` names an unknown group (at the field ``("group_lr", name)``).
 
     Example:
         >>> group_learning_rates(["body", "head"], lr=1e-3, lr_decay=10)
@@ -67,7 +62,7 @@ def group_learning_rates(
     """
     unknown = [name for name in group_lr if name not in groups]
     if unknown:
-        raise GroupError([(("optimizer", "group_lr", name), f"unknown group {name!r} (groups are {', '.join(groups)})")
+        raise GroupError([(("group_lr", name), f"unknown group {name!r} (groups are {', '.join(groups)})")
                           for name in unknown])
     n = len(groups)
     return {name: group_lr[name] if name in group_lr else _decayed(lr, lr_decay, n - 1 - i)
@@ -144,7 +139,7 @@ def _no_decay_names(model: nn.Module, rules: Sequence[str]) -> set[str]:
             try:
                 regexes.append(re.compile(rule))
             except re.error as exc:
-                problems.append((("optimizer", "no_weight_decay", i), f"{rule!r} is not a valid regular expression: {exc}"))
+                problems.append((("no_weight_decay", i), f"{rule!r} is not a valid regular expression: {exc}"))
     if problems:
         raise GroupError(problems)
     exempt: set[str] = set()
@@ -189,6 +184,6 @@ def build_optimizer(
         return torch.optim.Adam(param_groups, lr=lr, betas=betas, weight_decay=0.0)
     if name == "sgd":
         if nesterov and momentum <= 0:
-            raise RecipeError((("optimizer", "nesterov"), "needs momentum > 0; set optimizer.momentum, e.g. 0.9"))
+            raise RecipeError((("nesterov",), "needs momentum > 0; set optimizer.momentum, e.g. 0.9"))
         return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0)
-    raise RecipeError((("optimizer", "name"), f"unknown optimizer {name!r}; use adamw, adam or sgd"))
+    raise RecipeError((("name",), f"unknown optimizer {name!r}; use adamw, adam or sgd"))

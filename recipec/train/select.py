@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,36 @@ import torch
 from torch import nn
 
 from recipec._atomic import atomic_path
-from recipec.errors import CheckpointError
+from recipec.errors import CheckpointError, RecipecError
+from recipec.train.ema import Ema
+from recipec.train.losses import LossConfig
+from recipec.train.state_checks import verify_archive
+from recipec.train.tasks import Task
+from recipec.weights._pickle import load_torch
 
-__all__ = ["BEST", "Selection", "craft_lines", "craft_plan", "export_state", "load_best", "reconcile_best", "save_best", "select_plan",
-           "start_training"]
+__all__ = ["BEST", "EmaConfig", "SelectConfig", "Selection", "craft_lines", "craft_plan", "export_state", "load_best",
+           "reconcile_best", "restore_ema", "save_best", "select_plan"]
 
 BEST = "best.pt"
 _FORMAT = "recipec-best-weights"
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """``train.select`` and ``export.weights`` as plain values."""
+
+    metric: str = "val_acc"
+    mode: str = "max"
+    export_weights: str = "model"
+
+
+@dataclass(frozen=True)
+class EmaConfig:
+    """``train.ema`` as plain values (see :class:`recipec.train.ema.Ema`)."""
+
+    decay: float
+    warmup: bool = False
+    every: int = 1
 
 
 class Selection:
@@ -43,13 +67,11 @@ class Selection:
         self.epoch: int | None = None
         self.value: float | None = None
 
-    @classmethod
-    def of(cls, recipe: Any, history: Sequence[Mapping[str, Any]] = ()) -> Selection:
-        """The rule of ``recipe.train.select``, with ``history`` replayed."""
-        rule = cls(recipe.train.select.metric, recipe.train.select.direction)
+    def replay(self, history: Sequence[Mapping[str, Any]]) -> Selection:
+        """Take every epoch of ``history`` (a resumed run's); return self."""
         for metrics in history:
-            rule.update(metrics)
-        return rule
+            self.update(metrics)
+        return self
 
     def update(self, metrics: Mapping[str, Any]) -> bool:
         """Take one epoch's metrics; True when it is the new best."""
@@ -80,10 +102,6 @@ def save_best(folder: Path, state: Mapping[str, torch.Tensor], selection: Select
 
 def load_best(folder: Path) -> dict[str, Any] | None:
     """``checkpoints/best.pt`` read back (weights only, CRC-checked), or None when it is absent or damaged."""
-    from recipec.errors import RecipecError
-    from recipec.train._state_checks import verify_archive
-    from recipec.weights._pickle import load_torch
-
     path = Path(folder) / BEST
     if not path.is_file():
         return None
@@ -152,57 +170,45 @@ def export_state(choice: str, *, folder: Path, selection: Selection, history: Se
     return model.state_dict(), entry | {"epoch": last.get("epoch"), "value": last.get(selection.metric)}
 
 
-def select_plan(recipe: Any) -> dict[str, Any]:
+def select_plan(select: SelectConfig, ema: EmaConfig | None) -> dict[str, Any]:
     """What plan.json records of EMA, the selection rule and the exported weights."""
-    ema = recipe.train.ema
     return {
         "ema": None if ema is None else {"decay": ema.decay, "warmup": ema.warmup, "every": ema.every},
-        "select": {"metric": recipe.train.select.metric, "mode": recipe.train.select.direction},
-        "export_weights": recipe.export.weights,
+        "select": {"metric": select.metric, "mode": select.mode},
+        "export_weights": select.export_weights,
     }
 
 
-def craft_plan(recipe: Any, data: Any) -> dict[str, Any]:
+def craft_plan(task: Task, loss: LossConfig, select: SelectConfig, ema: EmaConfig | None,
+               data: Any) -> dict[str, Any]:
     """plan.json's ``loss`` (class weights resolved against the data), ``ema``, ``select`` and ``export_weights``.
 
     Raises:
-        RecipeError: ``loss.class_weights`` does not fit the data (at ``loss.class_weights``).
+        RecipeError: the class weights do not fit the data (at the field ``class_weights``).
     """
-    from recipec.train.losses import loss_plan
+    return ({"loss": task.loss_plan(loss, list(data.classes), data.info.get("train_per_class"))}
+            | select_plan(select, ema))
 
-    return {"loss": loss_plan(recipe, list(data.classes), data.info.get("train_per_class"))} | select_plan(recipe)
 
-
-def start_training(recipe: Any, compiled: Any, state: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]],
-                   folder: Path, say: Callable[[str], None], *, main: bool = True) -> tuple[Any, Any, Selection]:
-    """The criterion, the EMA (restored on a resume) and the selection (history replayed, best.pt reconciled).
-
-    Call after ``compiled.plan.data`` holds :func:`craft_plan` and a resumed state is restored.
+def restore_ema(model: nn.Module, config: EmaConfig | None, state: Mapping[str, Any] | None) -> Ema | None:
+    """The EMA of ``model`` (None without ``config``), restored from a resumed training ``state``.
 
     Raises:
         CheckpointError: the resumed training state's EMA is missing or does not fit the model.
     """
-    from recipec.train.ema import Ema
-    from recipec.train.losses import criterion_of
-
-    criterion = criterion_of(recipe, compiled.plan.data, compiled.device)
-    ema = None
-    if recipe.train.ema is not None:
-        spec = recipe.train.ema
-        ema = Ema(compiled.model, decay=spec.decay, warmup=spec.warmup, every=spec.every)
-        if state is not None:
-            saved = (state.get("extra") or {}).get("ema")
-            try:
-                if not isinstance(saved, Mapping):
-                    raise ValueError("it holds no EMA")
-                ema.load_state_dict(saved)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"training state: field 'extra.ema' cannot be restored ({exc}); resume from "
-                                      "an older checkpoint or start a new run") from exc
-    selection = Selection.of(recipe, history)
-    if state is not None and main:
-        reconcile_best(folder, selection, done=int(state["epoch"]), model=compiled.model, ema=ema, say=say)
-    return criterion, ema, selection
+    if config is None:
+        return None
+    ema = Ema(model, decay=config.decay, warmup=config.warmup, every=config.every)
+    if state is not None:
+        saved = (state.get("extra") or {}).get("ema")
+        try:
+            if not isinstance(saved, Mapping):
+                raise ValueError("it holds no EMA")
+            ema.load_state_dict(saved)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"training state: field 'extra.ema' cannot be restored ({exc}); resume from "
+                                  "an older checkpoint or start a new run") from exc
+    return ema
 
 
 def craft_lines(plan: Mapping[str, Any]) -> list[str]:

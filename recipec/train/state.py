@@ -26,6 +26,7 @@ import random
 import shutil
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from recipec._atomic import atomic_path
 from recipec.provenance import now_utc, versions
 from recipec.errors import CheckpointError
 from recipec.train.checkpoints import (
-    _EPOCH_FILE,
+    EPOCH_FILE,
     FORMAT,
     LAST,
     VERSION,
@@ -48,12 +49,31 @@ from recipec.train.checkpoints import (
     rotate_checkpoints,
 )
 
-__all__ = ["FORMAT", "VERSION", "checkpoint_files", "checkpoint_paths", "latest_state", "load_state",
+__all__ = ["FORMAT", "VERSION", "RunPoint", "checkpoint_files", "checkpoint_paths", "latest_state", "load_state",
            "newest_checkpoint", "restore_state", "rotate_checkpoints", "save_state"]
 
 # Exactly what torch's weights-only unpickler accepts (subclasses such as IntEnum or numpy floats are not).
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
 _CONTAINERS = (list, tuple, set)
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    """Where a run stands when its training state is saved.
+
+    Attributes:
+        epoch: number of *completed* epochs; resuming starts at this epoch index.
+        step: optimizer steps taken so far.
+        trainable_groups: the layer groups trainable at this point.
+        history: one metrics dict per completed epoch.
+        best: the best result so far (e.g. ``{"epoch": 2, "val_acc": 0.91}``), if tracked.
+    """
+
+    epoch: int
+    step: int
+    trainable_groups: Sequence[str]
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None = None
 
 
 def save_state(
@@ -62,12 +82,8 @@ def save_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    epoch: int,
-    step: int,
+    point: RunPoint,
     recipe_yaml: str,
-    trainable_groups: Sequence[str],
-    history: list[dict[str, Any]],
-    best: dict[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a complete training state atomically.
@@ -82,12 +98,8 @@ def save_state(
         model: its ``state_dict()`` is saved (buffers included: BatchNorm statistics).
         optimizer: its ``state_dict()`` is saved.
         scheduler: an lr scheduler; its ``state_dict()`` is saved.
-        epoch: number of *completed* epochs; resuming starts at this epoch index.
-        step: optimizer steps taken so far.
+        point: the epoch, step, trainable groups, history and best result (:class:`RunPoint`).
         recipe_yaml: the resolved recipe, so a resume can check it is the same run.
-        trainable_groups: the layer groups trainable at this point.
-        history: one metrics dict per completed epoch.
-        best: the best result so far (e.g. ``{"epoch": 2, "val_acc": 0.91}``), if tracked.
         extra: any other plain data the loop needs back (e.g. a ``GradScaler`` state dict).
 
     Returns:
@@ -104,12 +116,12 @@ def save_state(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "epoch": int(epoch),
-        "step": int(step),
+        "epoch": int(point.epoch),
+        "step": int(point.step),
         "recipe": recipe_yaml,
-        "trainable_groups": list(trainable_groups),
-        "history": list(history),
-        "best": best,
+        "trainable_groups": list(point.trainable_groups),
+        "history": list(point.history),
+        "best": point.best,
         "rng": _rng_state(),
         "versions": versions(),
         "time": now_utc(),
@@ -121,7 +133,7 @@ def save_state(
     with atomic_path(target) as tmp:
         torch.save(state, tmp)
         _fsync(tmp)
-    if _EPOCH_FILE.match(target.name):
+    if EPOCH_FILE.match(target.name):
         _refresh_last(target, target.parent / LAST)
     return target
 
@@ -196,7 +208,7 @@ def _rng_state() -> dict[str, Any]:
         "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
     }
     with contextlib.suppress(ImportError):
-        import numpy as np
+        import numpy as np  # noqa: PLC0415 (numpy is optional: its RNG is saved where it is installed)
 
         kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
         rng["numpy"] = {"kind": str(kind), "keys": np.asarray(keys).tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
@@ -214,7 +226,7 @@ def _set_rng_state(rng: Mapping[str, Any]) -> None:
     random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
     if "numpy" in rng:
         with contextlib.suppress(ImportError):
-            import numpy as np
+            import numpy as np  # noqa: PLC0415 (numpy is optional: its RNG is restored where it is installed)
 
             n = rng["numpy"]
             np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],

@@ -205,7 +205,7 @@ def _sample(keys: Sequence[str]) -> str:
     return ", ".join(keys[:_SAMPLE]) + (", ..." if len(keys) > _SAMPLE else "") if keys else "(no keys at all)"
 
 
-def _dead(path: RecipePath, pattern: str, what: str, keys: Sequence[str], later: bool = False) -> Problem:
+def dead_pattern(path: RecipePath, pattern: str, what: str, keys: Sequence[str], later: bool = False) -> Problem:
     if later:  # a rename rule after others sees the keys as those left them
         return path, (f"pattern '{pattern}' matched no {what} after the rename rules before it; "
                       f"at that point {what}s look like: {_sample(keys)}")
@@ -267,7 +267,7 @@ def map_keys(
             sample = keys[:_SAMPLE]
             for earlier, earlier_replacement in zip(patterns[:i], replacements[:i]):
                 sample = [earlier.sub(earlier_replacement, k) for k in sample]
-            problems.append(_dead(("source", "rename", i), pattern.pattern, "source key",
+            problems.append(dead_pattern(("source", "rename", i), pattern.pattern, "source key",
                                   sample + keys[_SAMPLE:_SAMPLE + 1], later=i > 0))
 
     dropped: dict[int, tuple[str, str | None]] = {}
@@ -277,7 +277,7 @@ def map_keys(
             hits = names.hits(pattern)
             if not hits:
                 unmatched.append((field, i, pattern.pattern))
-                problems.append(_dead(("source", field, i), pattern.pattern, "renamed key", names.names))
+                problems.append(dead_pattern(("source", field, i), pattern.pattern, "renamed key", names.names))
             if field == "exclude":
                 for j in hits:
                     dropped.setdefault(j, ("exclude", pattern.pattern))

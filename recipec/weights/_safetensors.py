@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import _TYPES, save_file
+from safetensors.torch import _TYPES as SAFETENSORS_DTYPES  # the dtypes the format has a name for
+from safetensors.torch import save_file
 
 from recipec._atomic import atomic_path
 from recipec._files import check_regular, read_regular
@@ -31,7 +32,7 @@ MAX_INDEX_BYTES = 64 << 20  # an index maps names to shard files: a few MB for t
 
 
 @contextlib.contextmanager
-def _safetensors_reader(file: Path) -> Iterator[Any]:
+def safetensors_reader(file: Path) -> Iterator[Any]:
     """``safe_open`` whose failures, while opening or reading, become CheckpointErrors."""
     try:
         with safe_open(str(file), framework="pt", device="cpu") as reader:
@@ -46,7 +47,7 @@ def _short(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
-def _sharded_layout(index: Path) -> tuple[dict[Path, list[str]], dict[str, str]]:
+def sharded_layout(index: Path) -> tuple[dict[Path, list[str]], dict[str, str]]:
     """Check a sharded checkpoint's index against its shards' headers; return shard -> names, metadata."""
     raw = read_regular(index, what="sharded index", max_bytes=MAX_INDEX_BYTES)
     try:
@@ -76,7 +77,7 @@ def _sharded_layout(index: Path) -> tuple[dict[Path, list[str]], dict[str, str]]
     problems: list[str] = []
     metadata: dict[str, str] = {}
     for shard, names in shards.items():
-        with _safetensors_reader(shard) as reader:
+        with safetensors_reader(shard) as reader:
             present = set(reader.keys())
             metadata.update(reader.metadata() or {})
         if absent := [n for n in names if n not in present]:
@@ -95,13 +96,13 @@ def _preview(names: Sequence[str], limit: int = 10) -> str:
     return ", ".join(repr(n) for n in names[:limit]) + more
 
 
-def _check_shard_size(shard_size: int | None) -> int:
+def check_shard_size(shard_size: int | None) -> int:
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size <= 0:
         raise CheckpointError(f"shard_size: must be a positive number of bytes, got {shard_size!r}")
     return shard_size
 
 
-def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Store each tensor once: identical views become aliases (dropped name -> kept name).
 
     The first name in state-dict order is kept: it is the module that owns the parameter
@@ -146,7 +147,7 @@ class LateValue:
 
 
 Metadata = Mapping[str, "str | LateValue"]
-_NAMES = {dtype: name for name, dtype in _TYPES.items()}
+_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 # The order safetensors (0.8) writes dtypes in (its Rust enum, descending), then names: the same bytes as save_file.
 _ORDER = {name: rank for rank, name in enumerate((
     "U64", "I64", "F64", "C64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16",
@@ -236,14 +237,14 @@ def _stem(target: Path) -> str:
     return name[: -len(INDEX_SUFFIX)] if name.endswith(INDEX_SUFFIX) else name[: -len(".safetensors")]
 
 
-def _save_single(stored: dict[str, torch.Tensor], target: Path, meta: Metadata) -> list[Path]:
+def save_single(stored: dict[str, torch.Tensor], target: Path, meta: Metadata) -> list[Path]:
     with atomic_path(target) as tmp:
         _write_safetensors(stored, tmp, {**meta, "format": "pt"})
     _remove_stale_shards(target.parent, _stem(target), keep=set())
     return [target]
 
 
-def _save_sharded(stored: dict[str, torch.Tensor], target: Path, meta: Metadata, shard_size: int) -> list[Path]:
+def save_sharded(stored: dict[str, torch.Tensor], target: Path, meta: Metadata, shard_size: int) -> list[Path]:
     shards: list[dict[str, torch.Tensor]] = [{}]
     filled = 0
     for name, tensor in stored.items():
@@ -256,7 +257,7 @@ def _save_sharded(stored: dict[str, torch.Tensor], target: Path, meta: Metadata,
     # shards go beside the path given, as readers look for them (a symlinked index, as in the Hugging Face cache)
     stem, directory = _stem(target), target.parent
     if len(shards) == 1:
-        return _save_single(stored, directory / f"{stem}.safetensors", meta)
+        return save_single(stored, directory / f"{stem}.safetensors", meta)
     names = [f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
     index_path = directory / f"{stem}{INDEX_SUFFIX}"
     total_size = sum(t.numel() * t.element_size() for t in stored.values())

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from recipec.errors import TransferError
 
@@ -152,8 +153,6 @@ def resample_pos_embed(posemb: torch.Tensor, new_grid: int, *, prefix_tokens: in
     image with ``dim`` channels. Works for timm ViTs (``pos_embed``) and torchvision's
     (``encoder.pos_embedding``), so a ViT can be fine-tuned at another resolution.
     """
-    import torch.nn.functional as F
-
     dim = posemb.shape[-1]
     prefix, grid = posemb[:, :prefix_tokens], posemb[:, prefix_tokens:]
     side = math.isqrt(grid.shape[1])

@@ -27,14 +27,15 @@ from recipec._files import check_regular, open_regular, require_path
 from recipec.errors import CheckpointError
 from recipec.weights._pickle import TORCH_METADATA_KEY, find_state_dict, load_torch, plain_metadata
 from recipec.weights._safetensors import (
+    SAFETENSORS_DTYPES,
     INDEX_SUFFIX,
     LateValue,
-    _check_shard_size,
-    _dedupe,
-    _safetensors_reader,
-    _save_sharded,
-    _save_single,
-    _sharded_layout,
+    check_shard_size,
+    dedupe,
+    safetensors_reader,
+    save_sharded,
+    save_single,
+    sharded_layout,
     resolve_metadata,
 )
 
@@ -75,7 +76,7 @@ def detect_format(path: PathType) -> str:
     Raises:
         CheckpointError: missing, empty, or not a checkpoint at all.
     """
-    return _sniff(_resolve(path))
+    return sniff_format(resolve_file(path))
 
 
 def load(
@@ -113,8 +114,8 @@ def load(
         >>> ckpt.key, len(ckpt.state_dict)
         ('state_dict', 122)
     """
-    file = _resolve(path)
-    fmt = _sniff(file)
+    file = resolve_file(path)
+    fmt = sniff_format(file)
     if fmt in ("safetensors", "safetensors-sharded"):
         if state_dict_key not in ("auto", ""):
             raise CheckpointError(
@@ -123,15 +124,15 @@ def load(
             )
         if fmt == "safetensors":
             files = [file]
-            with _safetensors_reader(file) as reader:
+            with safetensors_reader(file) as reader:
                 metadata = dict(reader.metadata() or {})
                 state_dict = {name: reader.get_tensor(name) for name in reader.keys()}  # noqa: SIM118 - safe_open is not iterable
         else:
-            shards, metadata = _sharded_layout(file)
+            shards, metadata = sharded_layout(file)
             files = [file, *shards]
             state_dict = {}
             for shard, names in shards.items():
-                with _safetensors_reader(shard) as reader:
+                with safetensors_reader(shard) as reader:
                     state_dict.update((name, reader.get_tensor(name)) for name in names)
         for alias, kept in metadata.items():
             if alias not in state_dict and kept in state_dict:
@@ -170,13 +171,13 @@ def read_metadata(path: PathType) -> dict[str, str]:
     headers, then the index's ``metadata`` over them, without ``total_size``). A torch file has
     no header, so it is loaded (memory-mapped) and its plain metadata JSON-encoded to strings.
     """
-    file = _resolve(path)
-    fmt = _sniff(file)
+    file = resolve_file(path)
+    fmt = sniff_format(file)
     if fmt == "safetensors":
-        with _safetensors_reader(file) as reader:
+        with safetensors_reader(file) as reader:
             return dict(reader.metadata() or {})
     if fmt == "safetensors-sharded":
-        return _sharded_layout(file)[1]
+        return sharded_layout(file)[1]
     return {k: v if isinstance(v, str) else clean_json.dumps(v, default=str) for k, v in load(file).metadata.items()}
 
 
@@ -189,7 +190,7 @@ def sha256(path: PathType, *, stop: threading.Event | None = None) -> str:
     """
     digest = hashlib.sha256()
     buffer = memoryview(bytearray(1 << 20))
-    with open_regular(_resolve(path), what="checkpoint") as f:
+    with open_regular(resolve_file(path), what="checkpoint") as f:
         with contextlib.suppress(AttributeError, OSError):  # a hint only: read ahead of us
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         while n := cast(io.BufferedIOBase, f).readinto(buffer):  # hashlib and reads release the GIL
@@ -237,12 +238,12 @@ def save(
     meta = _check_metadata({**(metadata or {}), **{k: v.placeholder for k, v in (late or {}).items()}}, tensors)
     if target.name.endswith((".safetensors", INDEX_SUFFIX)):
         _check_safetensors_dtypes(tensors, target)
-        stored, aliases = _dedupe(tensors)
+        stored, aliases = dedupe(tensors)
         # Tensor data streams from each tensor's memory into the file (see _safetensors._write_safetensors).
         header: dict[str, str | LateValue] = {**meta, **(late or {}), **aliases}
         if shard_size is None and target.name.endswith(".safetensors"):
-            return _save_single(stored, target, header)
-        return _save_sharded(stored, target, header, _check_shard_size(shard_size))
+            return save_single(stored, target, header)
+        return save_sharded(stored, target, header, check_shard_size(shard_size))
     if shard_size is not None:
         raise CheckpointError(f"{target}: shard_size needs a .safetensors path")
     if target.suffix not in TORCH_SUFFIXES:
@@ -255,7 +256,7 @@ def save(
     return [target]
 
 
-def _resolve(path: PathType) -> Path:
+def resolve_file(path: PathType) -> Path:
     """The checkpoint file ``path`` names (a directory: the one checkpoint in it), checked to be a regular file."""
     file = _locate(require_path(path, what="checkpoint", error=CheckpointError))
     check_regular(file, what="checkpoint")  # a FIFO or /dev/zero must not hang or fill memory
@@ -285,7 +286,7 @@ def _locate(file: Path) -> Path:
     )
 
 
-def _sniff(file: Path) -> str:
+def sniff_format(file: Path) -> str:
     if file.name.endswith(".json"):
         return "safetensors-sharded"
     try:
@@ -325,9 +326,7 @@ def _check_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _check_safetensors_dtypes(tensors: Mapping[str, torch.Tensor], target: Path) -> None:
-    from safetensors.torch import _TYPES  # the dtypes the format has a name for
-
-    known = set(_TYPES.values())
+    known = set(SAFETENSORS_DTYPES.values())  # the dtypes the format has a name for
     problems = [f"{target}: tensor {key!r} is {str(t.dtype).removeprefix('torch.')}, which safetensors cannot store "
                 f"(it has complex64 but no complex128 or complex32); cast it (e.g. to complex64) or write a torch file "
                 f"({', '.join(TORCH_SUFFIXES)})" for key, t in tensors.items() if t.dtype not in known]

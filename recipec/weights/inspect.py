@@ -15,7 +15,11 @@ from typing import Any
 import torch
 
 from recipec._terminal import escape
-from recipec.weights.formats import _resolve, _safetensors_reader, _sharded_layout, _sniff, load
+from recipec.errors import CheckpointError
+from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
+from recipec.weights._safetensors import safetensors_reader, sharded_layout
+from recipec.weights.formats import load, resolve_file, sniff_format
+from recipec.weights.onnx import describe_onnx
 
 __all__ = ["export_summary", "format_inspect", "inspect_checkpoint"]
 
@@ -52,12 +56,10 @@ def inspect_checkpoint(path: str | PathLike[str], *, allow_globals: Sequence[str
         >>> print(format_inspect(report))
     """
     if Path(path).suffix == ".onnx" and not Path(path).is_dir():
-        from recipec.weights.onnx import describe_onnx
-
         report = describe_onnx(path)
         return report | {"recipec": export_summary(report["metadata"])}
-    file = _resolve(path)
-    fmt = _sniff(file)
+    file = resolve_file(path)
+    fmt = sniff_format(file)
     if fmt.startswith("safetensors"):
         entries, metadata, files = _safetensors_entries(file, sharded=fmt == "safetensors-sharded")
         key = ""
@@ -93,9 +95,6 @@ def export_summary(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
         epoch's weights were exported and why, when recorded), ``time``, ``versions``; or ``error``
         when the recipec metadata is damaged.
     """
-    from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
-    from recipec.errors import CheckpointError
-
     if RECIPE_KEY not in metadata and PROVENANCE_KEY not in metadata:
         return None
     try:
@@ -132,11 +131,11 @@ def _safetensors_entries(file: Path, *, sharded: bool) -> tuple[list[dict[str, A
     shards: dict[Path, list[str] | None] = {file: None}
     metadata: dict[str, str] = {}
     if sharded:
-        layout, metadata = _sharded_layout(file)
+        layout, metadata = sharded_layout(file)
         shards = dict(layout)
     entries: dict[str, dict[str, Any]] = {}
     for shard, names in shards.items():
-        with _safetensors_reader(shard) as reader:
+        with safetensors_reader(shard) as reader:
             if not sharded:
                 metadata = dict(reader.metadata() or {})
             for name in names if names is not None else reader.keys():
@@ -219,8 +218,6 @@ def format_inspect(report: dict[str, Any]) -> str:
 
 def _metadata_lines(metadata: Mapping[str, Any], *, recipec: bool) -> list[str]:
     """Metadata entries, one line each (80 characters); recipec's own are shown digested above, named here."""
-    from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY
-
     shown = {k: v for k, v in metadata.items() if not (recipec and k in (RECIPE_KEY, PROVENANCE_KEY))}
     lines = ["metadata:"] if shown or recipec else []
     for name, value in shown.items():

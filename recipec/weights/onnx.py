@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from recipec._atomic import atomic_path
-from recipec._files import check_regular
+from recipec._files import check_regular, read_regular
 from recipec.errors import CheckpointError, ExportError
 
-__all__ = ["describe_onnx", "export_onnx", "onnx_session", "read_onnx", "read_onnx_export", "verify_onnx"]
+__all__ = ["describe_onnx", "export_onnx", "onnx_session", "read_onnx", "verify_onnx"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -72,7 +72,7 @@ def export_onnx(
         >>> export_onnx(model, "run/model.onnx", input_shape=(1, 3, 224, 224), metadata=meta)
         PosixPath('run/model.onnx')
     """
-    import onnx
+    import onnx  # noqa: PLC0415 (onnx: only when an ONNX file is written or read)
 
     target = Path(path)
     name = arch or type(model).__name__
@@ -132,8 +132,8 @@ def verify_onnx(
         ExportError: onnxruntime cannot load or run the file, an output has another shape, or
             the outputs differ by more than ``atol`` (NaN where torch has a number counts as beyond).
     """
-    import numpy as np
-    import onnxruntime as ort
+    import numpy as np  # noqa: PLC0415 (with onnxruntime)
+    import onnxruntime as ort  # noqa: PLC0415 (onnxruntime: only when an ONNX model runs)
 
     shape = _check_shape(input_shape)
     check_regular(path, what="ONNX file")  # onnxruntime would block on a FIFO
@@ -208,7 +208,7 @@ def _run_exporter(model: nn.Module, shape: tuple[int, ...], *, opset: int, dynam
 
 def _at_opset(proto: Any, opset: int, name: str) -> Any:
     """The graph at the requested opset: below 18 the exporter may silently keep 18."""
-    import onnx
+    import onnx  # noqa: PLC0415 (onnx: only when an ONNX file is written or read)
 
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     if written == opset:
@@ -268,9 +268,7 @@ def read_onnx(path: str | os.PathLike[str]) -> Any:
     Raises:
         CheckpointError: not a regular file, not ONNX, or with external data.
     """
-    import onnx
-
-    from recipec._files import read_regular
+    import onnx  # noqa: PLC0415 (onnx: only when an ONNX file is written or read)
 
     raw = read_regular(path, what="ONNX file", max_bytes=_MAX_BYTES + (64 << 20))
     try:
@@ -292,7 +290,7 @@ def onnx_session(path: str | os.PathLike[str]) -> Any:
     Raises:
         CheckpointError: the file is refused by :func:`read_onnx` or onnxruntime cannot load it.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 (onnxruntime: only when an ONNX model runs)
 
     proto = read_onnx(path)
     options = ort.SessionOptions()
@@ -301,18 +299,6 @@ def onnx_session(path: str | os.PathLike[str]) -> Any:
         return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise CheckpointError(f"{path}: onnxruntime cannot load it: {_first_lines(exc)}") from exc
-
-
-def read_onnx_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
-    """The recipe and provenance a recipec ONNX export carries in its ``metadata_props``.
-
-    Raises:
-        CheckpointError: not ONNX, or no recipec recipe in its metadata.
-    """
-    from recipec.inference.restore import recipe_from_metadata
-
-    proto = read_onnx(path)
-    return recipe_from_metadata({p.key: p.value for p in proto.metadata_props}, path)
 
 
 def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -324,7 +310,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
         (each ``{name, dtype, shape}``, a symbolic dimension as its name, an unknown one as None),
         ``initializers``, ``parameters`` (their elements), ``total_bytes``, ``nodes`` and ``metadata``.
     """
-    import onnx
+    import onnx  # noqa: PLC0415 (onnx: only when an ONNX file is written or read)
 
     proto = read_onnx(path)
     graph = proto.graph

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from recipec.errors import Problem, TransferError
-from recipec.weights._keys import KeyMapping, _dead, map_keys
+from recipec.weights._keys import KeyMapping, dead_pattern, map_keys
 from recipec.weights._report import LoadReport, format_shape
 from recipec.weights.adapt import RULES, apply_rule, pos_embed_grids
 
@@ -104,7 +104,7 @@ def apply_transfer(
     names = list(mapping.renamed.values())
     for i, (pattern, _, _) in enumerate(adapt_rules):
         if not any(pattern.search(name) for name in names):
-            problems.append(_dead(("source", "adapt", i), pattern.pattern, "renamed key", names))
+            problems.append(dead_pattern(("source", "adapt", i), pattern.pattern, "renamed key", names))
     if problems:
         raise TransferError(problems)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from recipec.model import heads, zoo
+from recipec.model import families, zoo
 
 # Smallest input side each model accepts here (and the kwargs that make it that small).
 # 28: stride-32 nets pool a 1x1 map. vit: image_size shrinks the position embedding, patches
@@ -76,8 +76,8 @@ def test_the_table_covers_every_architecture() -> None:
 def test_new_head_classifies(arch: str) -> None:
     torch.manual_seed(0)
     size = _SIZES[arch]
-    model = zoo.build_architecture(arch, _kwargs(arch, size))
-    info = heads.replace_head(model, arch, num_classes=7)
+    model = families.build_architecture(arch, _kwargs(arch, size))
+    info = families.replace_head(model, arch, num_classes=7)
     model.eval()
 
     seen: list[nn.Module] = []

@@ -12,7 +12,8 @@ import torchvision
 from torch import nn
 
 from recipec.errors import GroupError
-from recipec.model.groups import LayerGroup, assign_groups, param_to_group, preset_groups
+from recipec.model.families import preset_groups
+from recipec.model.groups import LayerGroup, assign_groups, param_to_group
 
 # torchvision's own classifier of each family (the new head replaces it at the same path)
 _HEADS = {

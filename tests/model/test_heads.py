@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from recipec.errors import ModelError
-from recipec.model import heads, zoo
+from recipec.model import families, heads
 
 
 class TwoLinears(nn.Module):
@@ -116,14 +116,14 @@ def test_set_module_through_sequential_indices() -> None:
     ("inception_v3", {}, "fc"), ("shufflenet_v2_x0_5", {}, "fc"),
 ])
 def test_default_head_path(arch: str, kwargs: dict[str, Any], path: str) -> None:
-    assert heads.default_head_path(zoo.build_architecture(arch, kwargs), arch) == path
+    assert families.default_head_path(families.build_architecture(arch, kwargs), arch) == path
 
 
 def test_default_head_path_of_custom_and_unknown_families() -> None:
-    assert heads.default_head_path(TwoLinears(), "tests.model.test_heads:TwoLinears") == "out"
-    assert heads.default_head_path(TwoLinears(), "futurenet_b0") == "out"
+    assert families.default_head_path(TwoLinears(), "tests.model.test_heads:TwoLinears") == "out"
+    assert families.default_head_path(TwoLinears(), "futurenet_b0") == "out"
     with pytest.raises(ModelError, match="has no nn.Linear to replace; set model.head.at") as exc:
-        heads.default_head_path(NoLinear(), "tests.model.test_heads:NoLinear")
+        families.default_head_path(NoLinear(), "tests.model.test_heads:NoLinear")
     assert exc.value.paths == [("model", "head")]
 
 
@@ -140,7 +140,7 @@ def test_in_features_of() -> None:
 
 def test_replace_linear_head() -> None:
     model = torchvision.models.resnet18()
-    info = heads.replace_head(model, "resnet18", num_classes=5)
+    info = families.replace_head(model, "resnet18", num_classes=5)
     assert info == heads.HeadInfo(path="fc", in_features=512, old="Linear(512 -> 1000)", new="Linear(512 -> 5)",
                                   param_prefix="fc.", num_params=512 * 5 + 5)
     assert [k for k in model.state_dict() if k.startswith(info.param_prefix)] == ["fc.weight", "fc.bias"]
@@ -149,7 +149,7 @@ def test_replace_linear_head() -> None:
 
 def test_replace_last_of_sequential() -> None:
     model = torchvision.models.vgg11()
-    info = heads.replace_head(model, "vgg11", num_classes=4, dropout=0.2)
+    info = families.replace_head(model, "vgg11", num_classes=4, dropout=0.2)
     assert (info.path, info.in_features, info.param_prefix) == ("classifier.6", 4096, "classifier.6.")
     assert info.new == "Sequential[Dropout(0.2), Linear(4096 -> 4)]"
     assert _types(model.classifier)[:6] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout]
@@ -159,7 +159,7 @@ def test_replace_last_of_sequential() -> None:
 
 def test_replace_with_mlp() -> None:
     model = torchvision.models.resnet18()
-    info = heads.replace_head(model, "resnet18", num_classes=3, type="mlp", hidden=[64], dropout=0.5,
+    info = families.replace_head(model, "resnet18", num_classes=3, type="mlp", hidden=[64], dropout=0.5,
                               activation="gelu")
     assert _types(model.fc) == [nn.Linear, nn.GELU, nn.Dropout, nn.Linear]
     assert info.new == "Sequential[Linear(512 -> 64), GELU, Dropout(0.5), Linear(64 -> 3)]"
@@ -169,21 +169,21 @@ def test_replace_with_mlp() -> None:
 
 def test_at_overrides_the_default() -> None:
     model = torchvision.models.mobilenet_v3_small().eval()
-    info = heads.replace_head(model, "mobilenet_v3_small", num_classes=6, at="classifier")
+    info = families.replace_head(model, "mobilenet_v3_small", num_classes=6, at="classifier")
     assert (info.path, info.in_features, info.param_prefix) == ("classifier", 576, "classifier.")
     assert info.old.startswith("Sequential[Linear(576 -> 1024), Hardswish, Dropout(0.2), Linear(1024 -> 1000)")
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 6)
 
     model = torchvision.models.alexnet()
-    assert heads.replace_head(model, "alexnet", num_classes=2, at="classifier.-1").path == "classifier.6"
+    assert families.replace_head(model, "alexnet", num_classes=2, at="classifier.-1").path == "classifier.6"
     with pytest.raises(ModelError, match="did you mean 'classifier.6'") as exc:
-        heads.replace_head(model, "alexnet", num_classes=2, at="clasifier.6")
+        families.replace_head(model, "alexnet", num_classes=2, at="clasifier.6")
     assert exc.value.paths == [("model", "head", "at")]
 
 
 def test_squeezenet_keeps_relu_and_pool() -> None:
     model = torchvision.models.squeezenet1_1().eval()
-    info = heads.replace_head(model, "squeezenet1_1", num_classes=7, type="mlp", hidden=[32])
+    info = families.replace_head(model, "squeezenet1_1", num_classes=7, type="mlp", hidden=[32])
     assert (info.path, info.old) == ("classifier.1", "Conv2d(512 -> 1000, 1x1)")
     assert info.new == "Sequential[Conv2d(512 -> 32, 1x1), ReLU, Conv2d(32 -> 7, 1x1)]"
     assert _types(model.classifier) == [nn.Dropout, nn.Sequential, nn.ReLU, nn.AdaptiveAvgPool2d]
@@ -192,45 +192,45 @@ def test_squeezenet_keeps_relu_and_pool() -> None:
 
 
 def test_bookkeeping_num_classes() -> None:
-    model = zoo.build_architecture("vit_b_32", {"image_size": 32})
-    heads.replace_head(model, "vit_b_32", num_classes=9)
+    model = families.build_architecture("vit_b_32", {"image_size": 32})
+    families.replace_head(model, "vit_b_32", num_classes=9)
     assert model.num_classes == 9
 
 
 def test_googlenet_aux_heads_get_the_new_class_count() -> None:
-    model = zoo.build_architecture("googlenet", {"aux_logits": True})
-    info = heads.replace_head(model, "googlenet", num_classes=4)
+    model = families.build_architecture("googlenet", {"aux_logits": True})
+    info = families.replace_head(model, "googlenet", num_classes=4)
     assert info.notes == tuple(
         f"auxiliary classifier {name}.fc2: Linear(1024 -> 1000)  ->  Linear(1024 -> 4)" for name in ("aux1", "aux2"))
     assert info.aux_prefixes == ("aux1.fc2.", "aux2.fc2.")
     assert model.aux1.fc2.out_features == model.aux2.fc2.out_features == 4
-    inception = zoo.build_architecture("inception_v3", {"aux_logits": True})
-    assert heads.replace_head(inception, "inception_v3", num_classes=4).aux_prefixes == ("AuxLogits.fc.",)
+    inception = families.build_architecture("inception_v3", {"aux_logits": True})
+    assert families.replace_head(inception, "inception_v3", num_classes=4).aux_prefixes == ("AuxLogits.fc.",)
     assert inception.AuxLogits.fc.out_features == 4
-    assert heads.replace_head(zoo.build_architecture("googlenet"), "googlenet", num_classes=4).notes == ()
+    assert families.replace_head(families.build_architecture("googlenet"), "googlenet", num_classes=4).notes == ()
 
 
 def test_custom_model_last_linear() -> None:
     model = TwoLinears()
-    info = heads.replace_head(model, "tests.model.test_heads:TwoLinears", num_classes=2)
+    info = families.replace_head(model, "tests.model.test_heads:TwoLinears", num_classes=2)
     assert (info.path, info.old, info.new) == ("out", "Linear(6 -> 4)", "Linear(6 -> 2)")
 
 
 def test_dtype_preserved() -> None:
     model = torchvision.models.resnet18().to(torch.float64)
-    heads.replace_head(model, "resnet18", num_classes=3, type="mlp")
+    families.replace_head(model, "resnet18", num_classes=3, type="mlp")
     assert {p.dtype for p in model.fc.parameters()} == {torch.float64}
 
 
 def test_device_preserved() -> None:
     with torch.device("meta"):
         model = TwoLinears()
-    heads.replace_head(model, "custom:x", num_classes=2, dropout=0.1)
+    families.replace_head(model, "custom:x", num_classes=2, dropout=0.1)
     assert {p.device.type for p in model.out.parameters()} == {"meta"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_preserved_cuda() -> None:
     model = torchvision.models.resnet18().cuda().half()
-    heads.replace_head(model, "resnet18", num_classes=3)
+    families.replace_head(model, "resnet18", num_classes=3)
     assert (model.fc.weight.device.type, model.fc.weight.dtype) == ("cuda", torch.float16)

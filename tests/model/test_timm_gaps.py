@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from recipec.compiler.compile import compile_recipe, data_kwargs, resolve_preprocessing
+from recipec.compiler.compile import compile_recipe, resolve_preprocessing
+from recipec.compiler.data_config import data_kwargs
 from recipec.recipe.load import load_recipe
 from tests.model.timmhub import stand_in
 
@@ -97,8 +98,9 @@ def _folder(root: Path) -> list[Path]:
 
 
 def test_border_weights_preprocess_data_and_predictor_as_timm(tmp_path, offline, monkeypatch):
-    from recipec.data.loaders import build_data, build_split
-    from recipec.inference.predictor import describe_preprocessing, image_transform, preprocessing_of
+    from recipec.compiler.data_config import build_data, build_split
+    from recipec.inference.predictor import image_transform
+    from recipec.inference.preprocessing import describe_preprocessing, preprocessing_of
 
     home, attempts = offline
     _border_cfg(monkeypatch)
@@ -133,7 +135,7 @@ def test_border_weights_preprocess_data_and_predictor_as_timm(tmp_path, offline,
     # the predictor reads the same rule back from an export's provenance
     provenance = {"data": {"resize": data.info["resize"], "in_channels": 3},
                   "normalization": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}
-    prep = preprocessing_of(None, json.loads(json.dumps(provenance)))
+    prep = preprocessing_of(json.loads(json.dumps(provenance)))
     transform = image_transform(prep)
     for p in files:
         torch.testing.assert_close(transform(Image.open(p)), theirs(Image.open(p).convert("RGB")), rtol=0, atol=1e-5)

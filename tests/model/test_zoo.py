@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from recipec.errors import ModelError, WeightsUnavailableError
-from recipec.model import pretrained, zoo
+from recipec.model import families, pretrained, zoo
 from recipec.weights.adapt import adapt_input_channels
 
 RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
@@ -85,32 +85,32 @@ def test_family_of(arch: str, family: str) -> None:
                                                    ("vit_b16", "vit_b_16")])
 def test_unknown_architecture_suggests(arch: str, suggestion: str) -> None:
     with pytest.raises(ModelError, match=f"unknown architecture '{arch}'; did you mean '{suggestion}'") as exc:
-        zoo.build_architecture(arch)
+        families.build_architecture(arch)
     assert exc.value.paths == [("model", "arch")]
 
 
 def test_builds_random_and_passes_kwargs() -> None:
-    model = zoo.build_architecture("resnet18", {"num_classes": 3})
+    model = families.build_architecture("resnet18", {"num_classes": 3})
     assert isinstance(model, torchvision.models.ResNet) and model.fc.out_features == 3
 
 
 def test_bad_torchvision_kwargs() -> None:
     with pytest.raises(ModelError, match="unexpected keyword argument 'nope'") as exc:
-        zoo.build_architecture("resnet18", {"nope": 1})
+        families.build_architecture("resnet18", {"nope": 1})
     assert exc.value.paths == [("model", "kwargs")]
     with pytest.raises(ModelError, match="model.weights") as exc:
-        zoo.build_architecture("resnet18", {"weights": "IMAGENET1K_V1"})
+        families.build_architecture("resnet18", {"weights": "IMAGENET1K_V1"})
     assert exc.value.paths == [("model", "kwargs", "weights")]
     with pytest.raises(ModelError, match="indivisible by patch size"):
-        zoo.build_architecture("vit_b_16", {"image_size": 30})
+        families.build_architecture("vit_b_16", {"image_size": 30})
 
 
 def test_googlenet_and_inception_defaults() -> None:
-    plain = zoo.build_architecture("googlenet")
+    plain = families.build_architecture("googlenet")
     assert plain.aux_logits is False and plain.aux1 is None and plain.transform_input is False
-    assert zoo.build_architecture("googlenet", {"aux_logits": True}).aux1 is not None
-    assert zoo.build_architecture("googlenet", pretrained=True).transform_input is True
-    inception = zoo.build_architecture("inception_v3")
+    assert families.build_architecture("googlenet", {"aux_logits": True}).aux1 is not None
+    assert families.build_architecture("googlenet", pretrained=True).transform_input is True
+    inception = families.build_architecture("inception_v3")
     assert inception.aux_logits is False and inception.AuxLogits is None
 
 
@@ -118,14 +118,14 @@ def test_googlenet_and_inception_defaults() -> None:
 
 
 def test_custom_factory_with_kwargs() -> None:
-    model = zoo.build_architecture("tests.model.test_zoo:make_tiny", {"num_classes": 3, "width": 4})
+    model = families.build_architecture("tests.model.test_zoo:make_tiny", {"num_classes": 3, "width": 4})
     assert isinstance(model, TinyNet) and model.fc.out_features == 3 and model.conv.out_channels == 4
-    assert isinstance(zoo.build_architecture("tests.model.test_zoo:Factories.tiny"), TinyNet)
+    assert isinstance(families.build_architecture("tests.model.test_zoo:Factories.tiny"), TinyNet)
 
 
 def test_custom_factory_module_missing() -> None:
     with pytest.raises(ModelError, match="cannot import module 'tests.model.no_such_module'.*No module named") as exc:
-        zoo.build_architecture("tests.model.no_such_module:make")
+        families.build_architecture("tests.model.no_such_module:make")
     assert exc.value.paths == [("model", "arch")]
 
 
@@ -137,7 +137,7 @@ def test_custom_factory_module_that_fails_to_import(tmp_path: Path, monkeypatch:
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModelError, match="cannot import module 'broken_nets'.*recipec_missing_dependency"):
-        zoo.build_architecture("broken_nets:make")
+        families.build_architecture("broken_nets:make")
 
 
 @pytest.mark.parametrize(("arch", "message"), [
@@ -148,13 +148,13 @@ def test_custom_factory_module_that_fails_to_import(tmp_path: Path, monkeypatch:
 ])
 def test_custom_factory_errors(arch: str, message: str) -> None:
     with pytest.raises(ModelError, match=message) as exc:
-        zoo.build_architecture(arch)
+        families.build_architecture(arch)
     assert exc.value.paths == [("model", "arch")]
 
 
 def test_custom_factory_bad_kwargs() -> None:
     with pytest.raises(ModelError, match="rejected its arguments.*unexpected keyword argument 'depth'") as exc:
-        zoo.build_architecture("tests.model.test_zoo:make_tiny", {"depth": 3})
+        families.build_architecture("tests.model.test_zoo:make_tiny", {"depth": 3})
     assert exc.value.paths == [("model", "kwargs")]
 
 
@@ -311,7 +311,7 @@ def test_module_versions_survive_for_mnasnet(torch_home: Path) -> None:
 ])
 def test_first_conv_path(arch: str, kwargs: dict[str, Any], path: str) -> None:
     # test_all_models checks, for every model, that this is the first conv the forward pass calls
-    assert zoo.first_conv_path(zoo.build_architecture(arch, kwargs)) == path
+    assert zoo.first_conv_path(families.build_architecture(arch, kwargs)) == path
 
 
 def test_first_conv_path_needs_a_conv() -> None:
@@ -338,7 +338,7 @@ def test_set_input_channels(channels: int) -> None:
 
 
 def test_set_input_channels_keeps_dtype_and_skips_no_change() -> None:
-    model = zoo.build_architecture("tests.model.test_zoo:make_tiny").double()
+    model = families.build_architecture("tests.model.test_zoo:make_tiny").double()
     assert zoo.set_input_channels(model, 3) == ("conv", False)
     zoo.set_input_channels(model, 1)
     assert model.conv.weight.dtype == torch.float64 and model.conv.bias is not None
@@ -347,4 +347,4 @@ def test_set_input_channels_keeps_dtype_and_skips_no_change() -> None:
 
 def test_set_input_channels_refuses_rgb_transform() -> None:
     with pytest.raises(ModelError, match="transform_input=True"):
-        zoo.set_input_channels(zoo.build_architecture("googlenet", {"transform_input": True}), 1)
+        zoo.set_input_channels(families.build_architecture("googlenet", {"transform_input": True}), 1)

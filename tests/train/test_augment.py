@@ -11,12 +11,13 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from recipec.pipeline.build import build, plan_recipe
+from recipec.pipeline.build import build
+from recipec.pipeline.planning import plan_recipe
 from recipec.errors import DatasetError, RecipeError
 from recipec.recipe.spec_augment import AUGMENT_NAMES
 from recipec.data.augment import AUGMENTS, BatchMix, batch_mix, build_augmentations
 from recipec.train.cache import cache_refusal
-from recipec.data.loaders import build_data
+from recipec.compiler.data_config import build_data
 from recipec.train.state import load_state
 from tests.tinyrecipes import killed_build, load_tiny, tiny_yaml
 
@@ -185,7 +186,7 @@ def test_both_pick_one_per_batch() -> None:
 def test_mixing_keeps_the_feature_cache_off_and_says_why(tmp_path: Path) -> None:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     group = type("G", (), {"name": "head", "params": ["1.weight", "1.bias"]})()
-    assert cache_refusal(model, head_path="1", head_group="head", groups=[group], augment=[], batchnorm="frozen",
+    assert cache_refusal(model, head_path="1", groups=[group], augment=[], batchnorm="frozen",
                          distributed=False, mix=True) == "mixup/cutmix mix the examples of every batch"
     run = build(_recipe(tmp_path, "data.mixup={alpha: 0.2}", "train.epochs=1", "freeze.unfreeze={}"), out=tmp_path / "run")
     metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])

@@ -9,7 +9,10 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from recipec.errors import DatasetError
-from recipec.data.loaders import IMAGENET, Data, _Channels, build_data, set_epoch
+from recipec.compiler.data_config import build_data
+from recipec.data.loaders import Data, set_epoch
+from recipec.data.transforms import IMAGENET
+from recipec.data.transforms import Channels as _Channels
 
 DIGITS = load_digits()
 DIGIT_IMAGES = torch.as_tensor(DIGITS.images, dtype=torch.float32).unsqueeze(1) / 16  # (1797, 1, 8, 8)

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from recipec.cli import main
-from recipec.compiler.compile import data_kwargs
+from recipec.compiler.data_config import data_kwargs
 from recipec.errors import DatasetError
 from recipec.recipe.load import load_recipe
-from recipec.data.loaders import build_data, build_split
-from recipec.data.datasets import ManifestRow, read_manifest
+from recipec.compiler.data_config import build_data, build_split
+from recipec.data.manifest import ManifestRow, read_manifest
 from tests.imagedata import make_imagefolder, make_manifest
 
 CLASSES = ["cat", "dog", "owl"]
@@ -160,7 +160,7 @@ def test_bad_manifest_lines_are_located_all_at_once(tmp_path) -> None:
     with pytest.raises(DatasetError) as e:
         read_manifest(manifest)
     text = str(e.value)
-    assert e.value.paths == [("data", "root")] * 6, text
+    assert e.value.paths == [("root",)] * 6, text  # the data layer names its field; the compiler relabels it
     assert [p.split(":")[1] for p in e.value.problems] == [f" manifest.csv line {n}" for n in (3, 4, 5, 6, 6, 7)]
     assert "manifest.csv line 3: empty path" in text
     assert "manifest.csv line 4: missing.png: no such file" in text and "relative to the manifest's directory" in text
@@ -331,7 +331,7 @@ def test_a_manifest_is_read_bounded_and_only_from_a_regular_file(tmp_path, monke
     monkeypatch.setattr(manifest_module, "MANIFEST_MAX_BYTES", 16)
     with pytest.raises(DatasetError, match="more than a manifest may be") as e:
         read_manifest(manifest)
-    assert e.value.paths == [("data", "root")]
+    assert e.value.paths == [("root",)]
     fifo = tmp_path / "fifo.csv"
     os.mkfifo(fifo)
     with pytest.raises(DatasetError, match="FIFO"):
@@ -340,8 +340,6 @@ def test_a_manifest_is_read_bounded_and_only_from_a_regular_file(tmp_path, monke
 
 def test_features_eval_and_predict_use_no_private_helper_of_build() -> None:
     package = Path(__file__).resolve().parents[2] / "recipec"
-    for module in ("train/features.py", "evaluate.py", "predict.py", "usage.py"):
-        path = package / module
-        if path.exists():
-            text = path.read_text()
-            assert "from recipec.pipeline.build import" not in text and "build._" not in text, module
+    for module in ("pipeline/features.py", "pipeline/evaluate.py", "inference/predict.py", "inference/predictor.py"):
+        text = (package / module).read_text()
+        assert "from recipec.pipeline.build import" not in text and "build._" not in text, module

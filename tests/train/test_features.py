@@ -15,10 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import recipec
 from recipec.pipeline.build import build
-from recipec.compiler.compile import data_kwargs
+from recipec.compiler.data_config import build_data, data_kwargs
 from recipec.errors import CheckpointError, DatasetError, ModelError, RecipecError, RecipeError
 from recipec.recipe.load import load_recipe
-from recipec.data.loaders import build_data
 from recipec.pipeline.features import extract_features, features, layer_names
 from tests.tinynets import tiny_cnn
 

@@ -71,19 +71,19 @@ def test_to_dict() -> None:
     assert schedule == FreezeSchedule(("body", "head"), 3, ((False, True), (False, True), (True, True)))
 
 
-def test_schedule_errors_carry_recipe_paths() -> None:
+def test_schedule_errors_carry_the_argument_names() -> None:
     with pytest.raises(GroupError) as info:
         compile_schedule(RESNET, epochs=10, trainable=["haed"], unfreeze={3: ["layer4", "layer5"], 10: ["layer3"]},
                          gradual_every=2, gradual_start=12)
-    assert info.value.paths == [("freeze", "trainable", 0), ("freeze", "unfreeze", 3, 1), ("freeze", "unfreeze", 10),
-                                ("freeze", "gradual", "start")]
-    assert info.value.problems[0] == ("freeze.trainable.0: unknown group 'haed' "
+    # the compiler relabels them freeze.trainable.0, freeze.unfreeze.3.1, ... (tests/test_compiler.py)
+    assert info.value.paths == [("trainable", 0), ("unfreeze", 3, 1), ("unfreeze", 10), ("gradual_start",)]
+    assert info.value.problems[0] == ("trainable.0: unknown group 'haed' "
                                       "(groups are stem, layer1, layer2, layer3, layer4, head)")
     assert "epoch 10 never starts (train.epochs is 10; epochs count from 0)" in info.value.problems[2]
 
 
 def test_unfreezing_with_everything_trainable_is_an_error() -> None:
-    with pytest.raises(GroupError, match=r"freeze.trainable: is null, so every group trains"):
+    with pytest.raises(GroupError, match=r"^trainable: is null, so every group trains"):
         compile_schedule(RESNET, epochs=10, trainable=None, unfreeze={5: ["layer4"]})
 
 
@@ -158,3 +158,22 @@ def test_batchnorm_train_updates_statistics_of_frozen_groups_only() -> None:
     assert not torch.equal(before["stem.1.running_mean"], after["stem.1.running_mean"])
     assert torch.equal(before["stem.1.weight"], after["stem.1.weight"])
     assert model.stem[0].weight.grad is None
+
+
+def test_the_compiler_puts_the_recipe_paths_on_schedule_and_optimizer_errors(tmp_path) -> None:
+    """compile_schedule and the optimizer name their own arguments; compile_recipe says where in the recipe."""
+    from recipec.compiler.compile import compile_recipe
+    from tests.tinyrecipes import load_tiny, tiny_yaml
+
+    model = "{arch: resnet18, head: {num_classes: 10}}"  # preset groups: the recipe cannot check the names
+    groups = "(groups are stem, layer1, layer2, layer3, layer4, head)"
+    body = tiny_yaml(model=model, groups=None, freeze="{trainable: [haed], unfreeze: {1: [layer4, layer5]}}")
+    with pytest.raises(GroupError) as info:
+        compile_recipe(load_tiny(tmp_path, body=body))
+    assert info.value.problems == [f"freeze.trainable.0: unknown group 'haed' {groups}",
+                                   f"freeze.unfreeze.1.1: unknown group 'layer5' {groups}"]
+    body = tiny_yaml(model=model, groups=None, freeze="{trainable: [head]}",
+                     optimizer="{name: adamw, lr: 1.0e-2, group_lr: {haed: 0.1}}")
+    with pytest.raises(GroupError) as info:
+        compile_recipe(load_tiny(tmp_path, body=body))
+    assert info.value.problems == [f"optimizer.group_lr.haed: unknown group 'haed' {groups}"]

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recipec.pipeline.build import build, plan_recipe
+from recipec.pipeline.build import build
+from recipec.pipeline.planning import plan_recipe
 from recipec.cli import main
 from recipec.errors import RecipeError
 from recipec.train.losses import build_criterion, focal_loss, resolve_class_weights
@@ -89,7 +90,7 @@ def test_class_weights_mapping_and_its_errors():
     assert resolve_class_weights({"b": 4.0}, ["a", "b"], None) == [1.0, 4.0]
     with pytest.raises(RecipeError) as info:
         resolve_class_weights({"cat": 2.0, "dgo": 1.0}, ["cat", "dog"], None)
-    assert info.value.paths == [("loss", "class_weights", "dgo")] and "unknown class 'dgo'" in str(info.value)
+    assert info.value.paths == [("class_weights", "dgo")] and "unknown class 'dgo'" in str(info.value)
     with pytest.raises(RecipeError, match="'b' has no training examples"):
         resolve_class_weights("auto", ["a", "b"], {"a": 3, "b": 0})
 
@@ -127,7 +128,7 @@ def test_the_fit_loop_trains_with_the_recipes_criterion(tmp_path, monkeypatch):
     real = loop.fit
 
     def spy(**kwargs: Any) -> Any:
-        seen["criterion"] = kwargs["criterion"]
+        seen["criterion"] = kwargs["training"].criterion
         return real(**kwargs)
 
     monkeypatch.setattr(loop, "fit", spy)

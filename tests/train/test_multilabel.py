@@ -24,7 +24,7 @@ from recipec.pipeline.build import build
 from recipec.cli import main
 from recipec.errors import DatasetError, ModelError, RecipeError
 from recipec.recipe.load import load_recipe
-from recipec.data.loaders import build_data
+from recipec.compiler.data_config import build_data
 from recipec.train.multilabel import (
     average_precision,
     baseline_map,

@@ -21,7 +21,7 @@ import torchvision
 
 from recipec.cli import main
 from recipec.errors import DatasetError
-from recipec.data.loaders import build_data, build_split
+from recipec.compiler.data_config import build_data, build_split
 
 TRAIN_PER_CLASS, TEST_PER_CLASS, SIDE = 3, 2, 8
 KW = {"image_size": SIDE, "normalize": "none", "batch_size": 64, "val_fraction": 0.34}

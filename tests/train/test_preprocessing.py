@@ -15,11 +15,12 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import recipec
-from recipec.compiler.compile import data_kwargs
+from recipec.compiler.data_config import data_kwargs
 from recipec.compiler.compile import compile_recipe, resolve_preprocessing
 from recipec.errors import DatasetError
 from recipec.recipe.load import load_recipe
-from recipec.data.loaders import build_data, resize_rule
+from recipec.compiler.data_config import build_data
+from recipec.data.transforms import resize_rule
 from tests.model.timmhub import stand_in  # a timm model saved in the exact hub cache layout
 
 SIZES = [(50, 37), (37, 61), (40, 40)]  # landscape, portrait, square: the crop must follow the shorter side

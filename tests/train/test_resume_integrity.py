@@ -26,8 +26,8 @@ import recipec.train.loop as loop
 import recipec.train.state as state_module
 from recipec.pipeline.build import build
 from recipec.errors import BuildInterrupted, CheckpointError, RunDirectoryError
-from recipec.train.schedule import build_scheduler
-from recipec.train.state import checkpoint_paths, latest_state, load_state, restore_state, save_state
+from recipec.train.schedule import LrShape, build_scheduler
+from recipec.train.state import RunPoint, checkpoint_paths, latest_state, load_state, restore_state, save_state
 from tests.tinyrecipes import load_tiny, run_cli, same_weights, write_chain, write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,14 +103,15 @@ def _parts() -> tuple[nn.Module, torch.optim.Optimizer, Any]:
     torch.manual_seed(0)
     model = TinyModel()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    return model, optimizer, build_scheduler(optimizer, total_steps=10, scheduler="cosine")
+    return model, optimizer, build_scheduler(optimizer, LrShape(scheduler="cosine"), total_steps=10)
 
 
 def _save(path: Path, epoch: int, **kwargs: Any) -> Path:
     model, optimizer, scheduler = _parts()
-    return save_state(path, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, step=epoch * 5,
-                      recipe_yaml="name: tiny\n", trainable_groups=["head"],
-                      history=[{"epoch": e, "val_acc": 0.5} for e in range(epoch)], **kwargs)
+    point = RunPoint(epoch=epoch, step=epoch * 5, trainable_groups=["head"],
+                     history=[{"epoch": e, "val_acc": 0.5} for e in range(epoch)])
+    return save_state(path, model=model, optimizer=optimizer, scheduler=scheduler, point=point,
+                      recipe_yaml="name: tiny\n", **kwargs)
 
 
 def _states(tmp_path: Path, epochs: int = 3) -> Path:
@@ -379,8 +380,7 @@ def test_unchanged_data_keeps_its_fingerprint(tmp_path: Path) -> None:
     for c, name in enumerate(("cat", "dog")):
         for i in range(6):
             _image(tmp_path / "images" / name / f"{i}.png", 30 * i + 100 * c)
-    from recipec.compiler.compile import data_kwargs
-    from recipec.data.loaders import build_data
+    from recipec.compiler.data_config import build_data, data_kwargs
 
     recipe = load_tiny(tmp_path, body=IMAGES)
     first, second = build_data(**data_kwargs(recipe)), build_data(**data_kwargs(recipe))

@@ -12,9 +12,10 @@ import torch
 
 from recipec.pipeline.build import build
 from recipec.errors import DatasetError, RecipeError
-from recipec.data.loaders import build_data, set_epoch
+from recipec.compiler.data_config import build_data, check_sampler
+from recipec.data.loaders import set_epoch
 from recipec.train.loop import evaluate
-from recipec.data.sampler import balanced_sampler, balanced_weights, check_sampler
+from recipec.data.sampler import balanced_sampler, balanced_weights
 from tests.tinyrecipes import load_tiny, read_metrics, same_weights, tiny_yaml
 
 TINY = tiny_yaml(optimizer="{name: adamw, lr: 1.0e-2, scheduler: {name: cosine}}",

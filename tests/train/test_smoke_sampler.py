@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from recipec.pipeline.smoke import smoke_data
-from recipec.data.loaders import build_data, set_epoch
+from recipec.compiler.data_config import build_data
+from recipec.data.loaders import set_epoch
 from recipec.data.sampler import BalancedSampler
 from recipec.data.splits import EPOCH_STRIDE
 from tests.imagedata import make_imagefolder

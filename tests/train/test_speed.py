@@ -16,7 +16,8 @@ import recipec.train.loop as loop
 import recipec.data.speed as speed
 from recipec.pipeline.build import build
 from recipec.errors import RunError
-from recipec.data.loaders import build_data, set_epoch
+from recipec.compiler.data_config import build_data
+from recipec.data.loaders import set_epoch
 from recipec.train.state import load_state
 from tests.tinyrecipes import load_tiny, read_metrics, same_weights, tiny_yaml
 
@@ -41,14 +42,15 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_loss_is_the_per_batch_item_sum(tmp_path: Path) -> None:
     """Summed on the device, read once: still exactly sum(loss.item() * len(y)) / seen in batch order."""
     recipe = _recipe(tmp_path)
-    from recipec.compiler.compile import compile_recipe, data_kwargs
+    from recipec.compiler.compile import compile_recipe
+    from recipec.compiler.data_config import data_kwargs
+    from recipec.compiler.fit_config import training_of
 
     data = build_data(**data_kwargs(recipe))
     compiled = compile_recipe(recipe, steps_per_epoch=len(data.train))
     seen: list[float] = []
-    history = loop.fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
-                       groups=compiled.groups, schedule=compiled.schedule, data=data, device=compiled.device,
-                       epochs=2, on_batch=lambda i, n, loss: seen.append(loss.item()))
+    history = loop.fit(training_of(compiled), data, loop.FitConfig(epochs=2),
+                       on_batch=lambda i, n, loss: seen.append(loss.item()))
     sizes = []
     for epoch in range(2):
         set_epoch(data, epoch)
@@ -135,7 +137,7 @@ def test_loaders_for_cuda_pin_memory() -> None:
 
 
 def test_the_plan_records_workers_compile_and_channels_last(tmp_path: Path, plain: Path) -> None:
-    from recipec.pipeline.build import plan_recipe
+    from recipec.pipeline.planning import plan_recipe
 
     planned = json.loads((plain / "plan.json").read_text())
     assert planned["data"]["num_workers"] == 0 and planned["speed"]["compile"] is None

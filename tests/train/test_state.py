@@ -17,8 +17,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from recipec.errors import CheckpointError, RecipeError
-from recipec.train.schedule import build_scheduler
-from recipec.train.state import checkpoint_paths, load_state, restore_state, rotate_checkpoints, save_state
+from recipec.train.schedule import LrShape, build_scheduler
+from recipec.train.state import RunPoint, checkpoint_paths, load_state, restore_state, rotate_checkpoints, save_state
 from recipec.weights import formats
 
 STEPS = 12
@@ -66,7 +66,7 @@ def _make(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, LambdaLR]:
         [{"params": model.body.parameters(), "lr": 1e-3}, {"params": model.head.parameters(), "lr": 1e-2}],
         weight_decay=0.1,
     )
-    scheduler = build_scheduler(optimizer, total_steps=STEPS, scheduler="cosine", warmup=0.25)
+    scheduler = build_scheduler(optimizer, LrShape(scheduler="cosine", warmup=0.25), total_steps=STEPS)
     return model, optimizer, scheduler
 
 
@@ -91,10 +91,11 @@ def _seed(seed: int) -> None:
 
 
 def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int = 1,
-          **kwargs: Any) -> Path:
-    return save_state(path, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, step=epoch * 5,
-                      recipe_yaml=RECIPE, trainable_groups=["head"], history=[{"epoch": 0, "val_acc": 0.5}],
-                      **kwargs)
+          best: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    point = RunPoint(epoch=epoch, step=epoch * 5, trainable_groups=["head"], history=[{"epoch": 0, "val_acc": 0.5}],
+                     best=best)
+    return save_state(path, model=model, optimizer=optimizer, scheduler=scheduler, point=point, recipe_yaml=RECIPE,
+                      extra=extra)
 
 
 def _assert_same(a: Any, b: Any, where: str = "") -> None:
@@ -269,7 +270,7 @@ def test_rotation_keeps_the_newest_epoch_files_and_last(tmp_path: Path) -> None:
     assert [p.name for p in rotate_checkpoints(tmp_path, keep_last=0)] == ["epoch-9999.pt", "epoch-10000.pt"]
     assert (tmp_path / "last.pt").exists()
     assert rotate_checkpoints(tmp_path / "absent", keep_last=1) == []
-    with pytest.raises(RecipeError, match=r"train\.keep_last: must be >= 0, got -1"):
+    with pytest.raises(RecipeError, match=r"^keep_last: must be >= 0, got -1"):
         rotate_checkpoints(tmp_path, keep_last=-1)
 
 

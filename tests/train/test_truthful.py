@@ -13,16 +13,18 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 
 from recipec.pipeline.build import _epoch_line
-from recipec.train.cache import head_cache, head_only_epochs
-from recipec.compiler.compile import data_kwargs
+from recipec.compiler.fit_config import head_cache, training_of
+from recipec.train.cache import head_only_epochs
+from recipec.compiler.data_config import data_kwargs
 from recipec.compiler.compile import compile_recipe
 from recipec.errors import RecipecError
 from recipec.recipe.load import load_recipe
-from recipec.data.loaders import LAST_BATCH_POLICY, build_data, set_epoch
+from recipec.compiler.data_config import build_data
+from recipec.data.loaders import LAST_BATCH_POLICY, set_epoch
 from recipec.train.freezing import set_train_mode
-from recipec.train.loop import evaluate, fit
+from recipec.train.loop import FitConfig, evaluate, fit
 from recipec.train.modes import differs_in_training
-from recipec.train.schedule import build_scheduler, lr_factor, lr_table
+from recipec.train.schedule import LrShape, build_scheduler, lr_factor, lr_table
 
 
 # --------------------------------------------------------------------------- helpers: tiny architectures
@@ -95,11 +97,10 @@ def _train(recipe: Any) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], 
     compiled = compile_recipe(recipe, steps_per_epoch=math.ceil(len(data.train) / recipe.train.accumulate))
     cache = head_cache(recipe, compiled, data.train,
                        head_only_epochs(compiled.schedule, compiled.groups[-1].name, recipe.train.epochs))
-    t = recipe.train
-    history = fit(model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
-                  groups=compiled.groups, schedule=compiled.schedule, data=data, device=compiled.device,
-                  epochs=t.epochs, batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout, amp=t.amp,
-                  accumulate=t.accumulate, aux_loss_weight=recipe.model.aux_loss_weight, cache=cache)
+    t, freeze = recipe.train, recipe.freeze
+    history = fit(training_of(compiled, cache=cache), data,
+                  FitConfig(epochs=t.epochs, batchnorm=freeze.batchnorm, dropout=freeze.dropout, amp=t.amp,
+                            accumulate=t.accumulate, aux_loss_weight=recipe.model.aux_loss_weight))
     return {k: v.detach().clone() for k, v in compiled.model.state_dict().items()}, history, compiled
 
 
@@ -127,8 +128,8 @@ def test_onecycle_matches_torch_step_for_step(total, pct_start, div_factor, fina
     # recipec scales every group from its own lr with LambdaLR factors; two groups keep their ratio
     ours_opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr": 0.1},
                                 {"params": [nn.Parameter(torch.zeros(1))], "lr": 0.01}], lr=0.1)
-    ours = build_scheduler(ours_opt, total_steps=total, scheduler="onecycle", pct_start=pct_start,
-                           div_factor=div_factor, final_div_factor=final_div_factor)
+    ours = build_scheduler(ours_opt, LrShape(scheduler="onecycle", pct_start=pct_start, div_factor=div_factor,
+                                             final_div_factor=final_div_factor), total_steps=total)
     for _ in range(total):
         theirs_lr = theirs_opt.param_groups[0]["lr"]
         assert ours_opt.param_groups[0]["lr"] == pytest.approx(theirs_lr, rel=1e-12)
@@ -141,10 +142,11 @@ def test_onecycle_matches_torch_step_for_step(total, pct_start, div_factor, fina
 
 
 def test_onecycle_plan_table_is_the_scheduler_at_each_epoch_start() -> None:
-    kwargs = {"scheduler": "onecycle", "pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4}
     epochs, steps = 4, 5
-    table = lr_table(["head"], {"head": 1.0}, epochs=epochs, total_steps=epochs * steps, **kwargs)[0]
-    assert table == [lr_factor(e * steps / (epochs * steps), total_steps=epochs * steps, **kwargs) for e in range(epochs)]
+    shape = LrShape(scheduler="onecycle", pct_start=0.3, div_factor=25.0, final_div_factor=1e4,
+                    total_steps=epochs * steps)
+    table = lr_table(["head"], {"head": 1.0}, epochs=epochs, shape=shape)[0]
+    assert table == [lr_factor(e * steps / (epochs * steps), shape) for e in range(epochs)]
     assert table[0] == pytest.approx(1 / 25, rel=1e-12)
 
 

@@ -36,7 +36,7 @@ EXPECTED_KEYS = {
 @pytest.fixture
 def header_only(monkeypatch):
     """Fail the test if tensor data is read from a safetensors file."""
-    real = inspect_module._safetensors_reader
+    real = inspect_module.safetensors_reader
 
     class NoData:
         def __init__(self, reader) -> None:
@@ -53,7 +53,7 @@ def header_only(monkeypatch):
         with real(path) as handle:
             yield NoData(handle)
 
-    monkeypatch.setattr(inspect_module, "_safetensors_reader", reader)
+    monkeypatch.setattr(inspect_module, "safetensors_reader", reader)
     monkeypatch.setattr(inspect_module, "load", lambda *a, **k: pytest.fail("safetensors must not be loaded"))
 
 
