@@ -54,10 +54,12 @@ LAZY_ALLOWED = ("recipec", "recipec.cli", "recipec.commands", "recipec.recipe", 
 # and these imports inside functions, each for a start-up cost users feel (measured whole-process)
 LAZY_EDGES = {
     ("recipec.convert.checkpoint", "recipec.convert.onnx"): "torchvision (~1.2 s): only when an architecture is rebuilt",
-    ("recipec.convert.checkpoint", "recipec.model.zoo"): "torchvision (~1.2 s): only for --trust-factory names",
+    ("recipec.convert.checkpoint", "recipec.model.factory"): "torchvision (~1.2 s): only for --trust-factory names",
 }
 MAX_ROOT_MODULES = 12
 MAX_PARAMETERS = 8
+# public functions whose keyword arguments are a command's flags, one for one (the click commands are exempt alike)
+MANY_FLAGS = {"recipec.pipeline.features.features": "recipec features: one keyword per flag"}
 
 
 def _modules() -> dict[str, Path]:
@@ -219,7 +221,8 @@ def test_no_module_imports_another_modules_private_name() -> None:
 
 
 def test_the_package_root_holds_few_public_modules() -> None:
-    root = [m for m, p in MODULES.items() if m.count(".") == 1 and not m.rsplit(".", 1)[1].startswith("_")]
+    root = [m for m, p in MODULES.items() if m.count(".") == 1 and p.name != "__init__.py"
+            and not m.rsplit(".", 1)[1].startswith("_")]  # files; the packages are the layers
     assert len(root) <= MAX_ROOT_MODULES, root
 
 
@@ -245,6 +248,6 @@ def test_no_function_takes_more_than_eight_parameters(module: str) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             params = [a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
                       if a.arg not in ("self", "cls")]
-            if len(params) > MAX_PARAMETERS:
+            if len(params) > MAX_PARAMETERS and f"{module}.{node.name}" not in MANY_FLAGS:
                 wrong.append(f"{node.name}: {len(params)} parameters")
     assert wrong == []

@@ -20,6 +20,7 @@ import yaml
 from recipec._files import expand_inputs
 from recipec.errors import CheckpointError, RunDirectoryError
 from recipec.inference.preprocessing import describe_preprocessing, preprocessing_of
+from recipec.recipe.archs import family_name
 from recipec.provenance import file_digest, read_export_metadata
 from recipec.recipe._yaml import read_embedded
 
@@ -146,7 +147,7 @@ def _usage(recipe: dict[str, Any], provenance: dict[str, Any], present: list[str
     except (CheckpointError, KeyError, TypeError, ValueError):  # an export that records no preprocessing
         words = None
     return {"file": next((n for n in present if n != "model.onnx"), None) or (present[0] if present else None),
-            "onnx": "model.onnx" in present, "factory": arch if ":" in arch else None, "preprocessing": words}
+            "onnx": "model.onnx" in present, "factory": arch if family_name(arch) == "factory" else None, "preprocessing": words}
 
 
 def _export_provenance(run: Path, exports: list[str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,13 +21,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from recipec.errors import CheckpointError, Problem, RecipecError, TransferError, relabeled
 from recipec.compiler.fit_config import FREEZE_FIELDS, lr_shape
-from recipec.compiler.plan import Plan, build_plan
+from recipec.compiler.plan import Plan, Planned, build_plan
+from recipec.data.transforms import resize_rule
+from recipec.device import resolve_device
+from recipec.errors import CheckpointError, ModelError, Problem, RecipecError, TransferError, relabeled
+from recipec.model import families, heads, pretrained, zoo
+from recipec.model.families import weights_normalization
+from recipec.model.groups import LayerGroup, assign_groups
+from recipec.model.heads import HeadInfo
+from recipec.model.pretrained import WeightsInfo
+from recipec.model.timm_weights import timm_filtered
+from recipec.provenance import read_export_metadata
 from recipec.recipe.spec import Recipe
-from recipec.train.freezing import apply_trainable, compile_schedule, fixed_parameters, keep_fixed
+from recipec.train.freezing import FreezeSchedule, apply_trainable, compile_schedule, fixed_parameters, keep_fixed
 from recipec.train.optim import build_optimizer, build_param_groups
 from recipec.train.schedule import build_scheduler
+from recipec.weights import formats
+from recipec.weights.transfer import LoadReport, TransferRules, apply_transfer
 
 __all__ = ["Compiled", "compile_recipe", "resolve_normalization", "resolve_preprocessing"]
 
@@ -38,16 +50,16 @@ class Compiled:
     recipe: Recipe
     model: nn.Module
     device: torch.device
-    groups: list[Any]            # list[LayerGroup], earliest first, head last
-    schedule: Any                # FreezeSchedule
+    groups: list[LayerGroup]     # earliest first, head last
+    schedule: FreezeSchedule
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     plan: Plan
-    reports: dict[str, Any] = field(default_factory=dict)   # stage ("model.weights", "source") -> LoadReport
-    head: Any = None             # HeadInfo of the new head, or None when the architecture's own is kept
+    reports: dict[str, LoadReport] = field(default_factory=dict)   # stage ("model.weights", "source") -> its report
+    head: HeadInfo | None = None   # the new head, or None when the architecture's own is kept
     head_prefix: str = ""        # state-dict prefix of the head ("fc.")
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None   # mean/std of the pretraining
-    weights_info: Any = None     # WeightsInfo of model.weights, or None
+    weights_info: WeightsInfo | None = None   # model.weights, or None
 
     @property
     def load_report(self) -> Any:
@@ -75,10 +87,6 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
         >>> compiled = compile_recipe(load_recipe("recipes/quickstart.yaml"))
         >>> print(compiled.plan.text())
     """
-    from recipec.device import resolve_device
-    from recipec.model import families, heads, pretrained, zoo
-    from recipec.model.groups import assign_groups
-
     spec = recipe.model
     target = resolve_device(device or recipe.device)
     torch.manual_seed(recipe.seed)
@@ -99,8 +107,6 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     # a non-default value, not merely a written one: a dumped recipe.yaml writes every field, defaults included
     default_aux = type(spec).model_fields["aux_loss_weight"].default
     if spec.aux_loss_weight != default_aux and not heads.aux_classifiers(model):
-        from recipec.errors import ModelError
-
         raise ModelError((("model", "aux_loss_weight"), (
             f"{spec.arch} has no auxiliary classifiers; it applies to googlenet and inception_v3 built with "
             "model.kwargs.aux_logits: true (remove it, or set aux_logits)")))
@@ -109,16 +115,14 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     weights_info = None
     normalization = None
     if spec.weights is not None:
-        from recipec.weights.transfer import apply_transfer
-
         state_dict, weights_info = families.load_pretrained_weights(spec.arch, spec.weights)
         # the replaced head, and the replaced layers of auxiliary classifiers the weights hold
         exclude = [f"^{_escape(prefix)}" for i, prefix in enumerate(new_prefixes)
                    if i == 0 or any(key.startswith(prefix) for key in state_dict)]
         reports["model.weights"] = _transfer(
-            apply_transfer, ("model", "weights"), model, state_dict, exclude=exclude,
-            new_keys_prefixes=new_prefixes, source=weights_info.name,
-            adapt=pretrained.position_embedding_adapts(model, state_dict))  # a ViT at another image size
+            apply_transfer, ("model", "weights"), model, state_dict, TransferRules(
+                exclude=exclude, adapt=pretrained.position_embedding_adapts(model, state_dict)),  # a ViT at another image size
+            new_keys_prefixes=new_prefixes, source=weights_info.name)
         normalization = weights_info.normalization
     if spec.in_channels != 3:
         conv = zoo.first_conv_path(model)
@@ -157,10 +161,10 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     shape = lr_shape(opt.scheduler, recipe.train.epochs, steps_per_epoch=max(1, steps_per_epoch))
     scheduler = build_scheduler(optimizer, shape, total_steps=recipe.train.epochs * max(1, steps_per_epoch))
 
-    plan = build_plan(recipe, model=model, device=target, groups=groups, schedule=schedule, reports=reports,
-                      optimizer=optimizer,
-                      head=head_info, head_prefix=head_prefix, lr_shape=shape,
-                      weights_info=weights_info, normalization=normalization, fixed=fixed_parameters(model))
+    plan = build_plan(recipe, Planned(model=model, device=target, groups=groups, schedule=schedule, optimizer=optimizer,
+                                      reports=reports, head=head_info, head_prefix=head_prefix, lr_shape=shape,
+                                      weights_info=weights_info, normalization=normalization,
+                                      fixed=fixed_parameters(model)))
     stats, origin = resolve_normalization(recipe)
     plan.data["data_preprocessing"] = resolve_preprocessing(recipe)  # the resize the data will get
     plan.data["data_normalization"] = {"mean": None if stats is None else list(stats[0]),
@@ -190,9 +194,6 @@ def resolve_normalization(recipe: Recipe) -> tuple[tuple[tuple[float, ...], tupl
         return None, "none (data.normalize: none)"
     source = recipe.source.checkpoint if recipe.source is not None else None
     if source:
-        from recipec.provenance import read_export_metadata
-        from recipec.weights import formats
-
         try:
             _, provenance = read_export_metadata(formats.read_metadata(source))
         except (RecipecError, OSError):
@@ -204,8 +205,6 @@ def resolve_normalization(recipe: Recipe) -> tuple[tuple[tuple[float, ...], tupl
                         f"the metadata of source.checkpoint {source} (data.normalize: from_weights)")
             return None, f"none: source.checkpoint {source} was trained without normalisation (its metadata says so)"
     if recipe.model.weights is not None:
-        from recipec.model.families import weights_normalization
-
         stats = weights_normalization(recipe.model.arch, recipe.model.weights)
         if stats is not None:
             return stats, f"the transforms of {recipe.model.weights} (data.normalize: from_weights)"
@@ -223,9 +222,6 @@ def resolve_preprocessing(recipe: Recipe) -> dict[str, Any]:
     Raises:
         DatasetError: ``data.image_size: from_weights`` without such weights.
     """
-    from recipec.model import families
-    from recipec.data.transforms import resize_rule
-
     spec = recipe.model
     preprocessing = None
     if spec.weights is not None:  # None for a custom factory: its family has no pretrained weights
@@ -255,8 +251,6 @@ def _weight(model: nn.Module, path: str) -> torch.Tensor:
 
 
 def _escape(prefix: str) -> str:
-    import re
-
     return re.escape(prefix)
 
 
@@ -269,16 +263,14 @@ def _attributed(exc: RecipecError, at: tuple[str, ...]) -> RecipecError:
 
 
 def _transfer(fn: Any, at: tuple[str, ...], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; a TransferError's rule fields become ``source.*``, path-less problems ``at``."""
     try:
         return fn(*args, **kwargs)
     except TransferError as exc:
-        raise _attributed(exc, at) from exc
+        raise exc.relabeled(prefix=("source",), default=at) from exc
 
 
 def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> Any:
-    from recipec.weights import formats
-    from recipec.weights.transfer import apply_transfer
-
     source = recipe.source
     assert source is not None
     if source.recipe is not None:
@@ -297,14 +289,12 @@ def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> 
         raise _attributed(exc, ("source", "checkpoint")) from exc
     state, ran = checkpoint.state_dict, ""
     if source.timm_filter:  # timm's own checkpoint_filter_fn of model.arch converts an official layout first
-        from recipec.model.timm_weights import timm_filtered
-
         state, ran = timm_filtered(recipe.model.arch, model, dict(state))
     report = _transfer(
-        apply_transfer, ("source",), model, state,
-        rename=[tuple(r) for r in source.rename], include=source.include, exclude=source.exclude,
-        adapt=[a.model_dump() for a in source.adapt], on_mismatch=source.on_mismatch,
-        require_all=source.require_all, new_keys_prefixes=new_prefixes, source=str(path),
+        apply_transfer, ("source",), model, state, TransferRules(
+            rename=[tuple(r) for r in source.rename], include=source.include, exclude=source.exclude,
+            adapt=[a.model_dump() for a in source.adapt], on_mismatch=source.on_mismatch,
+            require_all=source.require_all), new_keys_prefixes=new_prefixes, source=str(path),
         state_dict_key=checkpoint.key)
     report.filter = ran
     return report

@@ -12,9 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from recipec.model.families import family_of
+import torch
+from torch import nn
 
-__all__ = ["Plan", "build_plan", "data_lines"]
+from recipec.data.loaders import LAST_BATCH_POLICY
+from recipec.model.groups import LayerGroup
+from recipec.model.heads import HeadInfo
+from recipec.model.pretrained import Normalization, WeightsInfo
+from recipec.recipe.spec import Recipe
+from recipec.model.families import family_of
+from recipec.train.freezing import FreezeSchedule, batchnorm_modes
+from recipec.train.modes import random_layer_modes
+from recipec.train.optim import TINY_LR_RATIO, group_learning_rates, tiny_learning_rates
+from recipec.train.schedule import LrShape, lr_table
+from recipec.weights.transfer import LoadReport
+from recipec.train.select import craft_lines
+
+__all__ = ["Plan", "Planned", "build_plan", "data_lines"]
 
 
 @dataclass
@@ -32,21 +46,30 @@ class Plan:
         return _render(self.data)
 
 
-def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], schedule: Any, reports: dict[str, Any],
-               optimizer: Any,
-               head: Any, head_prefix: str, lr_shape: Any, weights_info: Any,
-               normalization: Any, fixed: Sequence[str] = ()) -> Plan:
-    """Collect the plan of a compiled recipe (see :func:`recipec.compile_recipe`).
+@dataclass(frozen=True)
+class Planned:
+    """What a plan describes: the parts :func:`recipec.compile_recipe` built, before any training."""
 
-    ``fixed``: parameters the architecture keeps frozen itself; they never train, whatever their group.
-    """
-    from recipec.data.loaders import LAST_BATCH_POLICY
-    from recipec.train.freezing import batchnorm_modes
-    from recipec.train.modes import random_layer_modes
-    from recipec.train.optim import TINY_LR_RATIO, group_learning_rates, tiny_learning_rates
-    from recipec.train.schedule import lr_table
-    from recipec.data.speed import speed_plan
+    model: nn.Module
+    device: torch.device
+    groups: list[LayerGroup]              # earliest first, head last
+    schedule: FreezeSchedule
+    optimizer: torch.optim.Optimizer | None
+    reports: dict[str, LoadReport]        # stage ("model.weights", "source") -> its load report
+    head: HeadInfo | None                 # the new head, or None when the architecture's own is kept
+    head_prefix: str                      # state-dict prefix of the head ("fc.")
+    lr_shape: LrShape                     # the scheduler's shape over the epochs
+    weights_info: WeightsInfo | None      # model.weights, or None
+    normalization: Normalization | None   # mean/std of the pretraining
+    fixed: Sequence[str] = ()             # parameters the architecture keeps frozen itself: they never train
 
+
+def build_plan(recipe: Recipe, parts: Planned) -> Plan:
+    """Collect the plan of a compiled recipe (see :func:`recipec.compile_recipe`)."""
+    model, device, groups, schedule, reports, optimizer = (parts.model, parts.device, parts.groups, parts.schedule,
+                                                           parts.reports, parts.optimizer)
+    head, head_prefix, lr_shape, weights_info, normalization, fixed = (
+        parts.head, parts.head_prefix, parts.lr_shape, parts.weights_info, parts.normalization, parts.fixed)
     opt = recipe.optimizer
     names = [g.name for g in groups]
     epochs = recipe.train.epochs
@@ -60,7 +83,7 @@ def build_plan(recipe: Any, *, model: Any, device: Any, groups: list[Any], sched
     for pg in optimizer.param_groups if optimizer is not None else []:
         if pg.get("no_decay"):
             no_decay[pg["name"]] = no_decay.get(pg["name"], 0) + sum(p.numel() for p in pg["params"])
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, group in enumerate(groups):
         rows.append({
             "name": group.name,
@@ -205,8 +228,6 @@ def _render(d: dict[str, Any]) -> str:
         lines.append(f"batches   {d['batches']['batch_size']}{per_step}; {d['batches']['last_batch']}")
     if d.get("speed") and (d["speed"]["compile"] or d["speed"]["channels_last"]):
         lines.append(f"speed     {d['speed']['summary']}")
-    from recipec.train.select import craft_lines
-
     lines += craft_lines(d)  # loss, EMA, best-epoch selection (when the plan has data: plan_recipe, build)
     fixed = d.get("fixed_parameters") or {"tensors": []}
     if fixed["tensors"]:
@@ -283,3 +304,22 @@ def data_lines(info: dict[str, Any], steps_per_epoch: int) -> list[str]:
     lines += [f"  {split:<5} {sizes.get(split, 0):>8,}  {origins[split]}" for split in ("train", "val", "test")
               if split in origins]
     return lines
+
+
+def speed_plan(train: Any, data: Any, phases: int) -> dict[str, Any]:
+    """The plan's ``speed`` entry: ``train.compile``/``channels_last``, ``data.num_workers`` as written, and a summary.
+
+    ``phases``: distinct sets of trainable groups over the epochs; torch.compile compiles once for each.
+    """
+    mode = train.compile
+    compiled = None if mode is False else ("default" if mode is True else mode)
+    parts = [f"num_workers {data.num_workers}"]
+    if compiled:
+        parts.append(f"torch.compile mode {compiled}: compiles once per phase of the freezing schedule, "
+                     f"{phases} phase{'s' if phases != 1 else ''} (counted per epoch in metrics.jsonl: compiles)")
+    if train.channels_last:
+        parts.append("channels_last")
+    if train.amp != "none":
+        parts.append(f"amp {train.amp}")
+    return {"compile": compiled, "compile_phases": phases if compiled else 0, "channels_last": train.channels_last,
+            "num_workers": data.num_workers, "summary": "; ".join(parts)}

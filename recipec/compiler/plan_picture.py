@@ -18,6 +18,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from recipec._atomic import atomic_path
+
 __all__ = ["PlanPicture", "plot_plan"]
 
 _FATES = ("loaded", "adapted", "excluded", "mismatched", "missing", "unexpected", "new", "defaulted")
@@ -67,13 +71,12 @@ def plot_plan(plan: dict[str, Any], path: str | os.PathLike[str] | None = None) 
         >>> plot_plan(plan, "plan.png").groups
         ['stem', 'layer1', 'layer2', 'layer3', 'layer4', 'head']
     """
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib import colors, ticker
-    from matplotlib.patches import Rectangle
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
+    from matplotlib import colors, ticker  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
+    from matplotlib.patches import Rectangle  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
 
     rows = plan["groups"]
     epochs = int(plan["epochs"])
@@ -141,8 +144,6 @@ def plot_plan(plan: dict[str, Any], path: str | os.PathLike[str] | None = None) 
         text_ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8,
                      transform=text_ax.transAxes, bbox={"boxstyle": "round", "facecolor": "0.96", "edgecolor": "0.7"})
         if path is not None:
-            from recipec._atomic import atomic_path
-
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format="png", dpi=100)
         return _read_back(fig, ax, mesh, text_ax, names, epochs, counts)
@@ -200,8 +201,6 @@ def _params_line(plan: dict[str, Any]) -> str:
 def _read_back(fig: Any, ax: Any, mesh: Any, text_ax: Any, names: list[str], epochs: int,
                counts: dict[str, dict[str, int]]) -> PlanPicture:
     """What the figure's artists hold: row labels, hatched spans, cell colours and the text box."""
-    import numpy as np
-
     groups = [label.get_text() for label in ax.get_yticklabels()]
     frozen: dict[str, list[int]] = {name: [] for name in groups}
     for patch in ax.patches:

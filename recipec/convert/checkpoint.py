@@ -17,7 +17,7 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -115,15 +115,24 @@ def convert(
     # The source's SHA-256 is computed in a thread while the tensors are written: the hash and
     # the copy each take about as long, and the header is rewritten with the digest at the end.
     with _Sha256InBackground(checkpoint.files[0]) as source_sha256:
-        return _convert_loaded(checkpoint, source, target, fmt, cast, shard, spec, recipe is not None, trusted,
+        # --recipe is the user's own: its factory is trusted; the checkpoint's only as far as they say
+        trust: bool | tuple[str, ...] = True if recipe is not None else trusted
+        return _convert_loaded(checkpoint, source, _Output(target, fmt, cast, shard), spec, trust,
                                converted_from=formats.LateValue(
                                    placeholder=_converted_from(checkpoint, "0" * 64),
                                    resolve=lambda: _converted_from(checkpoint, source_sha256.result())))
 
 
-def _convert_loaded(checkpoint: formats.Checkpoint, source: Path, target: Path, fmt: str, cast: torch.dtype | None,
-                    shard: int | None, spec: Recipe | None, own_recipe: bool, trusted: tuple[str, ...], *,
-                    converted_from: formats.LateValue) -> list[Path]:
+class _Output(NamedTuple):
+    path: Path
+    format: str
+    dtype: torch.dtype | None   # floating tensors cast to it
+    shard: int | None           # bytes per shard
+
+
+def _convert_loaded(checkpoint: formats.Checkpoint, source: Path, output: _Output, spec: Recipe | None,
+                    trust: bool | tuple[str, ...], *, converted_from: formats.LateValue) -> list[Path]:
+    target, fmt, cast, shard = output
     metadata = _carried_metadata(checkpoint)
     state = _cast(checkpoint.state_dict, cast)
     if spec is not None:
@@ -138,8 +147,7 @@ def _convert_loaded(checkpoint: formats.Checkpoint, source: Path, target: Path, 
 
         if spec is None:
             spec = onnx.embedded_recipe(metadata, source)
-        # --recipe is the user's own: its factory is trusted; the checkpoint's only as far as they say
-        model = onnx.rebuild(spec, state, source, True if own_recipe else trusted)
+        model = onnx.rebuild(spec, state, source, trust)
         if fmt == "onnx":
             return [onnx.to_onnx(model, spec, target, {**metadata, CONVERTED_FROM_KEY: converted_from.resolve()})]
     return _save(state, target, fmt, metadata, shard, {CONVERTED_FROM_KEY: converted_from})

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from recipec.errors import ModelError, UntrustedFactoryError
-from recipec.model.names import family_name
+from recipec.recipe.archs import family_name
 from recipec.model.offline import downloads_blocked
 
 __all__ = ["build_factory", "check_factory_trust", "factory_names"]

@@ -5,7 +5,7 @@ name, where its classifier is and how to replace it, its default layer groups, a
 pretrained weights with the preprocessing they expect. :func:`family_of` is the one way from a
 ``model.arch`` to its record; the functions below it are the public verbs, each asking the
 family of its ``arch``. A new family (Hugging Face ``hf/<name>``, say) is one more class here
-and one more name in :mod:`recipec.model.names`.
+and one more name in :mod:`recipec.recipe.archs`.
 
 Example:
     >>> family_of("timm/convnext_tiny").name
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from recipec.model.factory import build_factory
 from recipec.model.heads import HeadInfo, last_linear_path, replace_module, resolve_path
-from recipec.model.names import FamilyName, family_name
+from recipec.recipe.archs import FamilyName, family_name
 from recipec.model.presets import body_and_head, checked_head_prefix, zoo_groups
 from recipec.model.pretrained import (
     Normalization,

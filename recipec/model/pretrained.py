@@ -22,7 +22,7 @@ from torch import Tensor
 from torchvision.models import WeightsEnum
 
 from recipec.errors import ModelError, WeightsUnavailableError
-from recipec.model.names import family_name
+from recipec.recipe.archs import family_name
 from recipec.model.zoo import family_of, is_architecture, unknown_architecture
 
 __all__ = ["Normalization", "WeightsInfo", "load_pretrained_state_dict", "no_weights_error", "normalization_of",

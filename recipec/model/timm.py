@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from recipec.errors import ModelError
-from recipec.model.names import TIMM_PREFIX, timm_name
+from recipec.recipe.archs import TIMM_PREFIX, timm_name
 from recipec.model.offline import downloads_blocked
 
 __all__ = ["INSTALL", "build_timm", "import_timm", "model_name", "pretrained_cfg", "resolve_tag"]

@@ -19,7 +19,7 @@ import torch.hub
 from torch import Tensor, nn
 
 from recipec.errors import CheckpointError, ModelError, WeightsUnavailableError
-from recipec.model.names import TIMM_PREFIX, family_name
+from recipec.recipe.archs import TIMM_PREFIX, family_name
 from recipec.model.pretrained import Normalization, WeightsInfo
 from recipec.model.timm import import_timm, model_name, pretrained_cfg
 from recipec.weights import formats

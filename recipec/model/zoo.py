@@ -18,7 +18,7 @@ from torch import nn
 
 from recipec.errors import ModelError
 from recipec.model.heads import resolve_path
-from recipec.model.names import family_name
+from recipec.recipe.archs import family_name
 from recipec.weights.adapt import adapt_input_channels
 
 __all__ = ["build_torchvision", "family_of", "first_conv_path", "head_path", "is_architecture",

@@ -21,6 +21,7 @@ left, whether ``--resume`` may continue) and :mod:`recipec.pipeline.upstream` (`
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +29,46 @@ import torch
 
 from recipec import _json as clean_json
 from recipec._atomic import atomic_write_text
+from recipec.card.render import write_card
+from recipec.compiler.compile import compile_recipe
+from recipec.compiler.data_config import build_data, check_sampler, data_config, data_plan
+from recipec.compiler.fit_config import (
+    craft_plan,
+    fit_config,
+    head_cache,
+    start_training,
+    task_of_recipe,
+    threshold_provenance,
+    training_of,
+)
+from recipec.compiler.plan_picture import plot_plan
+from recipec.data.augment import batch_mix
+from recipec.device import resolve_device
 from recipec.errors import BuildInterrupted, RunDirectoryError
-from recipec.recipe.load import dump_recipe
-from recipec.recipe.spec import Recipe
+from recipec.pipeline.checks import check_inputs
+from recipec.pipeline.outputs import export_model, plot_curves, provenance_of
 from recipec.pipeline.planning import check_classes, note_data, steps_per_epoch
+from recipec.pipeline.resume import check_same_run, continue_schedule, resume_state, run_identity, saved_epochs
 from recipec.pipeline.rundir import claim_run_directory
 from recipec.pipeline.runs import check_resumable, remove_temporaries, run_directory
+from recipec.pipeline import smoke as smoke_runs  # smoke_runs.smoke_data: looked up when called (tests replace it)
 from recipec.pipeline.upstream import resolve_upstream
+from recipec.recipe.load import dump_recipe
+from recipec.recipe.spec import Recipe
+from recipec.tracking.tracker import open_tracking
+from recipec.train import select
+from recipec.train.cache import head_only_epochs
+from recipec.train.distributed import setup, shard_loader, teardown
+from recipec.train import loop  # loop.fit and loop.grad_scaler, looked up when called (tests replace them)
+from recipec.train.state import (
+    RunPoint,
+    checkpoint_files,
+    checkpoint_paths,
+    newest_checkpoint,
+    restore_state,
+    rotate_checkpoints,
+    save_state,
+)
 
 if TYPE_CHECKING:
     from recipec.progress import Progress
@@ -72,21 +106,16 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
         >>> (run / "model.safetensors").exists()
         True
     """
-    from recipec.device import resolve_device
-    from recipec.train.distributed import setup, teardown
-
     world, target = setup(resolve_device(device or recipe.device))
     try:
         # one build at a time, only in a directory recipec made, never over its own inputs (recipec.pipeline.rundir)
         inputs = (recipe.source.checkpoint if recipe.source else None, recipe.card.template)
         with claim_run_directory(run_directory(recipe, out), world=world, inputs=inputs):
-            return _build(recipe, out=out, resume=resume, device=target, world=world, log=log, smoke=smoke,
-                          _chain=_chain, progress=progress)
+            return _build(recipe, _Asked(out, resume, smoke, _chain), device=target, world=world, log=log,
+                          progress=progress)
     except BuildInterrupted:
         raise  # an upstream build's (source.recipe): it names its own run
     except KeyboardInterrupt as exc:
-        from recipec.train.state import newest_checkpoint
-
         run = run_directory(recipe, out)
         kept = newest_checkpoint(run / "checkpoints")
         raise BuildInterrupted(str(run), str(kept[0]) if kept else None, kept[1] if kept else None) from exc
@@ -94,37 +123,29 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
         teardown(world)
 
 
-def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torch.device, world: Any,
-           log: Callable[[str], None] | None, smoke: int | None, _chain: tuple[str, ...],
-           progress: Progress | None = None) -> Path:
-    from recipec.compiler.compile import compile_recipe
-    from recipec.pipeline.outputs import export_model, plot_curves, provenance_of
-    from recipec.compiler.data_config import build_data, check_sampler, data_config, data_plan
-    from recipec.train.distributed import shard_loader
-    from recipec.compiler.fit_config import (craft_plan, fit_config, head_cache, start_training, task_of_recipe,
-                                             training_of)
-    from recipec.train.loop import fit, grad_scaler
-    from recipec.data.augment import batch_mix
-    from recipec.pipeline.resume import check_same_run, continue_schedule, resume_state, run_identity, saved_epochs
-    from recipec.train.state import (RunPoint, checkpoint_files, checkpoint_paths, restore_state, rotate_checkpoints,
-                                     save_state)
+@dataclass(frozen=True)
+class _Asked:
+    """What the caller of :func:`build` asked for, handed on as one."""
 
+    out: str | Path | None
+    resume: bool
+    smoke: int | None
+    chain: tuple[str, ...]   # the upstream recipes being built, outermost first (source.recipe)
+
+
+def _build(recipe: Recipe, asked: _Asked, *, device: torch.device, world: Any, log: Callable[[str], None] | None,
+           progress: Progress | None = None) -> Path:
+    out, resume, smoke, _chain = asked.out, asked.resume, asked.smoke, asked.chain
     say = log if log is not None and world.main else (lambda line: None)
     status = progress.status if progress is not None and world.main else (lambda text: None)
     # several ranks must not race to build an upstream run: under --nproc it must exist already
-    from recipec.pipeline.checks import check_inputs
-
     check_inputs(recipe)  # every missing path and data problem at once, before anything is written
     recipe = resolve_upstream(recipe, build_missing=not world.distributed, build=build, log=say, _chain=_chain,
                               smoke_into=Path(out or run_directory(recipe)).parent if smoke else None)
     if smoke:
-        from recipec.pipeline.smoke import smoke_recipe
-
-        recipe = smoke_recipe(recipe)
+        recipe = smoke_runs.smoke_recipe(recipe)
         say(f"smoke run: {recipe.train.epochs} epoch(s), one per phase of the schedule, {smoke} batch(es) each")
     run = run_directory(recipe, out)
-    from recipec.tracking.tracker import open_tracking
-
     tracking = open_tracking(recipe, run, main=world.main, smoke=bool(smoke), resume=resume)  # exit 2 now if missing
     state = None
     if resume:
@@ -139,9 +160,7 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     data = build_data(data_config(recipe, device=device.type))
     note_data(recipe, data, say)
     if smoke:
-        from recipec.pipeline.smoke import smoke_data
-
-        data = smoke_data(data, smoke)
+        data = smoke_runs.smoke_data(data, smoke)
     check_sampler(recipe.data.sampler, distributed=world.distributed)  # before anything is written
     if world.distributed:
         data.train = shard_loader(data.train, world, recipe.seed)
@@ -153,8 +172,6 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
     status(f"compiling {recipe.model.arch} and loading weights")
     compiled = compile_recipe(recipe, device=str(device), steps_per_epoch=steps)
     recipe_yaml = dump_recipe(recipe, relative_to=run)  # paths in the run's tree relative: it can move
-    from recipec.train import select
-
     compiled.plan.data.update(craft_plan(recipe, data))  # loss (class weights resolved), ema, select
     compiled.plan.data.update(data_plan(recipe, data))  # transforms in order, mixup/cutmix, sampler
 
@@ -164,15 +181,13 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         atomic_write_text(run / "recipe.yaml", recipe_yaml)
         plan = compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": world.size}
         atomic_write_text(run / "plan.json", clean_json.dumps(plan, indent=2) + "\n")
-        from recipec.compiler.plan_picture import plot_plan
-
         plot_plan(plan, run / "plan.png")  # the same plan as a picture (recipec plan --png), shown in the card
         if data.info.get("skipped_images"):
             atomic_write_text(run / "skipped_images.txt", "".join(f"{p}\n" for p in data.info["skipped_images"]))
 
     history: list[dict[str, Any]] = []
     start = 0
-    scaler = grad_scaler(recipe.train.amp, compiled.device)
+    scaler = loop.grad_scaler(recipe.train.amp, compiled.device)
     if state is not None:
         restore_state(state, model=compiled.model, optimizer=compiled.optimizer, scheduler=compiled.scheduler,
                       scaler=scaler)
@@ -208,7 +223,6 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
                              selection)
         say(_epoch_line(metrics, train.epochs))
 
-    from recipec.train.cache import head_only_epochs
 
     cache = head_cache(recipe, compiled, data.train, head_only_epochs(compiled.schedule, compiled.groups[-1].name,
                                                                       recipe.train.epochs),
@@ -221,7 +235,7 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
         status("filling the feature cache" if cache is not None and start in cache.epochs else f"epoch {start}")
     training = training_of(compiled, task_of_recipe(recipe), criterion=criterion, ema=ema, scaler=scaler, cache=cache,
                            mix=batch_mix(len(data.classes), recipe.data.mixup, recipe.data.cutmix))
-    fit(training=training, data=data, config=fit_config(recipe), start_epoch=start, history=list(history),
+    loop.fit(training=training, data=data, config=fit_config(recipe), start_epoch=start, history=list(history),
         world=world, on_epoch_end=on_epoch_end,
         on_batch=progress.on_batch if progress is not None and world.main else None)
     if not world.main:
@@ -231,15 +245,11 @@ def _build(recipe: Recipe, *, out: str | Path | None, resume: bool, device: torc
                                            history=history, model=compiled.model, ema=ema)
     compiled.model.load_state_dict(chosen)  # training is over: the model is now what export.weights names
     provenance = provenance_of(recipe, compiled, data, history, selection=selected)
-    from recipec.compiler.fit_config import threshold_provenance
-
     provenance |= threshold_provenance(recipe, compiled.model, data, compiled.device)  # multilabel.tune_thresholds
     status("exporting")
     for path in export_model(recipe, compiled.model, run, recipe_yaml, provenance):
         say(f"wrote {path}")
     plot_curves(history, run / "curves.png")
-    from recipec.card.render import write_card
-
     status("writing the model card")
     say(f"wrote {write_card(run)}")
     if tracking is not None:

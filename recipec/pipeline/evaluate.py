@@ -25,12 +25,22 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from recipec import _json as clean_json
+from recipec._atomic import atomic_path, atomic_write_text
+from recipec._files import check_output
+from recipec.card.render import write_card
+from recipec.compiler.data_config import build_split, data_config
 from recipec.errors import DatasetError, RunDirectoryError
+from recipec.inference.predictor import load_predictor
+from recipec.pipeline.rundir import MARKER
+from recipec.train.multilabel import eval_results, format_eval
 
 __all__ = ["classification_metrics", "evaluate", "format_results", "plot_confusion", "resolve_target"]
 
@@ -57,8 +67,6 @@ def resolve_target(target: str | os.PathLike[str]) -> tuple[Path | None, Path]:
 
 
 def _is_run(directory: Path) -> bool:
-    from recipec.pipeline.rundir import MARKER
-
     return (directory / MARKER).is_file() or all((directory / n).is_file() for n in ("recipe.yaml", "metrics.jsonl"))
 
 
@@ -74,8 +82,6 @@ def classification_metrics(logits: Any, labels: Any, classes: Sequence[str]) -> 
         ``n``, ``loss``, ``accuracy``, ``top5`` (more than 5 classes only), ``per_class``, ``macro``,
         ``weighted``, ``classes``, ``confusion`` (see the module docstring).
     """
-    import torch
-
     logits = logits.double()
     n, k = logits.shape[0], len(classes)
     if n == 0:
@@ -136,16 +142,9 @@ def evaluate(target: str | os.PathLike[str], *, split: str | None = None, data: 
         >>> results, written = evaluate("runs/quickstart", split="val")
         >>> results["accuracy"], results["macro"]["f1"]
     """
-    import torch
-
-    from recipec.compiler.data_config import build_split, data_config
-    from recipec.inference.predictor import load_predictor
-
     run, export = resolve_target(target)
     target_out = None
     if out is not None:
-        from recipec._files import check_output
-
         target_out = check_output(out, what="the evaluation", inputs=[export])
     predictor = load_predictor(export, trust_factories=trust_factories, device=device)
     recipe = predictor.recipe
@@ -166,8 +165,6 @@ def evaluate(target: str | os.PathLike[str], *, split: str | None = None, data: 
     if not logits:
         raise DatasetError(f"the {chosen} split holds no images to evaluate" + (f" ({data})" if data else ""))
     if predictor.task == "multilabel":  # mAP, F1 at the threshold, exact match (recipec.train.multilabel)
-        from recipec.train.multilabel import eval_results
-
         metrics = eval_results(torch.cat(logits), torch.cat(labels), predictor.classes,
                                predictor.thresholds or predictor.threshold)  # tuned per class, or the recipe's
     else:
@@ -179,8 +176,6 @@ def evaluate(target: str | os.PathLike[str], *, split: str | None = None, data: 
         stem = chosen if data is None else f"{chosen}-{re.sub(r'[^A-Za-z0-9._-]', '_', Path(data).stem or 'data')}"
         written += _write(results, run / "eval" / f"{stem}.json", run / "eval" / f"{stem}-confusion.png")
         if (run / "recipe.yaml").is_file() and (run / "metrics.jsonl").is_file():
-            from recipec.card.render import write_card
-
             written.append(write_card(run))
     if target_out is not None:
         written += _write(results, target_out, target_out.with_name(f"{target_out.stem}-confusion.png"))
@@ -190,8 +185,6 @@ def evaluate(target: str | os.PathLike[str], *, split: str | None = None, data: 
 def format_results(results: dict[str, Any], *, rows: int = 50) -> str:
     """The results as text: the summary, then one row per class (the first ``rows``)."""
     if results.get("task") == "multilabel":
-        from recipec.train.multilabel import format_eval
-
         return format_eval(results, rows=rows)
     top5 = f", top-5 {results['top5']:.4f}" if "top5" in results else ""
     lines = [f"{results['split']}: {results['n']:,} images, loss {results['loss']:.4f}, accuracy "
@@ -214,7 +207,7 @@ def _no_such_split(exc: DatasetError) -> bool:
     return any("has no test split" in str(p) for p in exc.problems)
 
 
-def _recorded_preprocessing(prep: dict[str, Any]) -> dict[str, Any]:
+def _recorded_preprocessing(prep: Mapping[str, Any]) -> dict[str, Any]:
     """The export's recorded resize and normalisation, over what the recipe would resolve to today
     (a source checkpoint's recorded normalisation may not be on this machine)."""
     norm = prep["normalization"]
@@ -235,8 +228,6 @@ def _described(data: str | None, held_out: Any, recipe: Any) -> dict[str, Any]:
 
 
 def _write(results: dict[str, Any], json_path: Path, png_path: Path) -> list[Path]:
-    from recipec._atomic import atomic_write_text
-
     json_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json_path, clean_json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     if "confusion" not in results:  # multilabel: no confusion matrix
@@ -249,13 +240,10 @@ def _write(results: dict[str, Any], json_path: Path, png_path: Path) -> list[Pat
 def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: Path, *, title: str = "") -> None:
     """The confusion matrix as a PNG (atomic): colours row-normalised (recall per true class), counts in the cells
     up to 20 classes, class names on both axes (readable up to ~50 classes)."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from recipec._atomic import atomic_path
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
 
     counts = np.asarray(confusion, dtype=np.int64)
     k = len(classes)

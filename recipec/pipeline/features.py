@@ -20,7 +20,14 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from recipec._files import check_output, require_path
+from recipec.compiler.compile import compile_recipe
+from recipec.compiler.data_config import build_data, data_config
+from recipec.device import resolve_device
 from recipec.errors import CheckpointError, DatasetError, ModelError
+from recipec.inference.restore import model_from, read_export
+from recipec.provenance import RECIPE_KEY
+from recipec.recipe.load import dump_recipe, load_recipe
+from recipec.weights import formats
 
 __all__ = ["POOLS", "SPLITS", "extract_features", "features", "layer_names"]
 
@@ -145,11 +152,6 @@ def features(target: str | os.PathLike[str], *, layers: Sequence[str], out: str 
         >>> features("runs/qs/model.safetensors", layers=["layer4", "fc"], out="feats.safetensors")
         >>> feats = safetensors.torch.load_file("feats.safetensors")   # {"layer4": (N, 512), ...}
     """
-    from recipec.compiler.data_config import build_data, data_config
-    from recipec.provenance import RECIPE_KEY
-    from recipec.recipe.load import dump_recipe
-    from recipec.weights import formats
-
     if split not in SPLITS:
         raise DatasetError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
     if pool not in POOLS:
@@ -196,9 +198,6 @@ def _model_and_recipe(target: Path, overrides: Sequence[str], device: str | None
     """(recipe, model on its device, that device, the export's own recipe YAML or None)."""
     name = target.name.lower()
     if name.endswith(_RECIPE_SUFFIXES) and not name.endswith(".index.json"):
-        from recipec.compiler.compile import compile_recipe
-        from recipec.recipe.load import load_recipe
-
         compiled = compile_recipe(load_recipe(target, overrides), device=device)
         return compiled.recipe, compiled.model, compiled.device, None
     if not (name.endswith(_EXPORT_SUFFIXES) or name.endswith(".index.json") or target.is_dir()):
@@ -209,10 +208,6 @@ def _model_and_recipe(target: Path, overrides: Sequence[str], device: str | None
     if overrides:
         raise CheckpointError(f"{target}: overrides apply to recipes, and this is an export; pass the "
                               "recipe instead, or drop the overrides")
-    from recipec.provenance import RECIPE_KEY
-    from recipec.device import resolve_device
-    from recipec.inference.restore import model_from, read_export
-
     recipe, _, checkpoint = read_export(target)
     run_on = resolve_device(device or recipe.device)
     # one read of the file: the recipe, the metadata and the weights all come from `checkpoint`

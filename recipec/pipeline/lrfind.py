@@ -28,7 +28,20 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
+
+from recipec.compiler.compile import compile_recipe
+from recipec.compiler.data_config import build_data, data_config
+from recipec.compiler.fit_config import head_cache, training_criterion
+from recipec.data.augment import batch_mix
+from recipec.data.loaders import set_epoch
+from recipec.device import resolve_device
+from recipec.errors import DatasetError, RecipeError
+from recipec.train.cache import head_only_epochs
+from recipec.train.freezing import apply_trainable, set_train_mode
+from recipec.train.loop import autocast_for, aux_trains, grad_scaler, training_loss
 from recipec.train.lrcurve import BETA, METHODS, LRFind, format_lr_find, plot_lr_find, suggest_lr
+from recipec.train.optim import group_learning_rates
 
 __all__ = ["METHODS", "LRFind", "find_lr", "format_lr_find", "plot_lr_find", "suggest_lr"]
 
@@ -59,9 +72,6 @@ def find_lr(recipe: Any, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps:
         >>> result = find_lr(load_recipe("recipes/quickstart.yaml"), steps=50)
         >>> result.suggested_lr
     """
-    import torch
-
-    from recipec.errors import RecipeError
 
     problems = []
     if not (0 < start_lr < end_lr) or not math.isfinite(end_lr):
@@ -72,8 +82,6 @@ def find_lr(recipe: Any, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps:
         problems.append(f"lr-find: method must be one of {', '.join(METHODS)}, got {method!r}")
     if problems:
         raise RecipeError(problems)
-    from recipec.device import resolve_device
-
     target = resolve_device(device or recipe.device)
     rng_devices = [target.index if target.index is not None else torch.cuda.current_device()] \
         if target.type == "cuda" else []
@@ -88,18 +96,6 @@ def find_lr(recipe: Any, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps:
 
 def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, steps: int, method: str,
                 log: Callable[[str], None]) -> LRFind:
-    import torch
-
-    from recipec.compiler.compile import compile_recipe
-    from recipec.compiler.data_config import build_data, data_config
-    from recipec.errors import DatasetError
-    from recipec.data.augment import batch_mix
-    from recipec.data.loaders import set_epoch
-    from recipec.train.freezing import apply_trainable, set_train_mode
-    from recipec.train.loop import autocast_for, aux_trains, grad_scaler, training_loss
-    from recipec.compiler.fit_config import head_cache, training_criterion
-    from recipec.train.optim import group_learning_rates
-
     data = build_data(data_config(recipe))
     if len(data.train) == 0:
         raise DatasetError([(("data",), "the training split has no batches; lr-find needs training data")])
@@ -114,8 +110,6 @@ def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, ste
     # the build's training loss (loss:) and MixUp/CutMix (data.mixup, data.cutmix)
     criterion = training_criterion(recipe, data, compiled.device)
     mix = batch_mix(len(data.classes), recipe.data.mixup, recipe.data.cutmix)
-    from recipec.train.cache import head_only_epochs
-
     # the build's head-input cache for epoch 0, when it would use one: the same numbers as full passes
     cache = head_cache(recipe, compiled, data.train, head_only_epochs(compiled.schedule, compiled.groups[-1].name, 1))
     cached = cache is not None and cache.fill(compiled.device, train.amp)

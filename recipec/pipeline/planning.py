@@ -6,6 +6,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from recipec.compiler.compile import NOT_NORMALISED, compile_recipe, resolve_normalization, resolve_preprocessing
+from recipec.compiler.data_config import build_data, data_config, data_plan
+from recipec.compiler.fit_config import craft_plan
 from recipec.errors import RecipeError
 from recipec.recipe.spec import Recipe
 
@@ -22,16 +25,11 @@ def plan_recipe(recipe: Recipe, *, device: str | None = None) -> tuple[Any, dict
     Raises:
         RecipecError: the data does not fit the recipe, or the recipe does not compile.
     """
-    from recipec.compiler.compile import compile_recipe
-    from recipec.compiler.data_config import build_data, data_config, data_plan
-
     data = build_data(data_config(recipe))
     note_data(recipe, data, lambda line: None)
     check_classes(recipe, data)
     steps = steps_per_epoch(recipe, data)
     compiled = compile_recipe(recipe, device=device, steps_per_epoch=steps)
-    from recipec.compiler.fit_config import craft_plan
-
     compiled.plan.data.update(craft_plan(recipe, data))  # loss (class weights resolved), ema, select
     compiled.plan.data.update(data_plan(recipe, data))  # transforms in order, mixup/cutmix, sampler
     return compiled, compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": 1}
@@ -52,8 +50,6 @@ def steps_per_epoch(recipe: Recipe, data: Any) -> int:
 
 def note_data(recipe: Recipe, data: Any, say: Callable[[str], None]) -> None:
     """Record where the normalisation came from; say what the user must not miss (no normalisation, skipped files)."""
-    from recipec.compiler.compile import NOT_NORMALISED, resolve_normalization, resolve_preprocessing
-
     stats, origin = resolve_normalization(recipe)
     data.info["normalize"] = {**data.info.get("normalize", {}), "from": origin}
     if "resize" in data.info:  # what was applied, with the weights' crop_pct and where the rule came from

@@ -37,7 +37,7 @@ from typing import Any
 
 from recipec._files import check_output
 from recipec.errors import RunDirectoryError
-from recipec.train.distributed import all_sum
+from recipec.train import distributed
 
 __all__ = ["MARKER", "claim_run_directory", "run_directory_problem"]
 
@@ -97,7 +97,7 @@ def claim_run_directory(run: Path, *, world: Any = None, inputs: Iterable[str | 
         except RunDirectoryError as exc:
             error = exc
     # every rank takes part in the sum (a collective), so it comes before the test of this rank's error
-    if world is not None and world.distributed and all_sum([0.0 if error is None else 1.0], world)[0] and error is None:
+    if world is not None and world.distributed and distributed.all_sum([0.0 if error is None else 1.0], world)[0] and error is None:
         error = RunDirectoryError(f"{run}: rank 0 could not claim the run directory (see its error)")
     try:
         if error is not None:

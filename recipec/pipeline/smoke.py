@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch.utils.data import DataLoader, Subset
+
+from recipec.data.loaders import drops_single_last
+from recipec.data.sampler import BalancedSampler, Repeats
+from recipec.data.speed import EpochSeeded
 from recipec.recipe.spec import GradualSpec, Recipe
 
 __all__ = ["smoke_data", "smoke_recipe"]
@@ -66,12 +71,6 @@ def smoke_data(data: Any, batches: int) -> Any:
     :class:`~recipec.data.sampler.BalancedSampler` of their labels); either way the order is
     still a function of (seed, epoch), from the loader's own generator.
     """
-    from torch.utils.data import DataLoader, Subset
-
-    from recipec.data.loaders import drops_single_last
-    from recipec.data.sampler import BalancedSampler, Repeats
-    from recipec.data.speed import EpochSeeded
-
     def cut(loader: DataLoader | None, shuffle: bool) -> DataLoader | None:
         if loader is None:
             return None

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from recipec.recipe.archs import family_name
 from recipec.recipe._fields import MAX_CLASSES, FieldProblems, Regex, BaseSpec
 
 __all__ = ["AdaptSpec", "HeadSpec", "ModelSpec", "SourceSpec"]
@@ -85,9 +86,9 @@ class ModelSpec(BaseSpec):
         import importlib.util
 
         # a non-default value, not merely a written one: a dumped recipe.yaml writes every field, defaults included
-        if self.group_matcher != type(self).model_fields["group_matcher"].default and not self.arch.startswith("timm/"):
+        if self.group_matcher != type(self).model_fields["group_matcher"].default and family_name(self.arch) != "timm":
             raise FieldProblems([(("group_matcher",), f"only applies to timm/<name> architectures, not {self.arch!r}; remove it")])
-        if self.arch.startswith("timm/") and importlib.util.find_spec("timm") is None:
+        if family_name(self.arch) == "timm" and importlib.util.find_spec("timm") is None:
             raise FieldProblems([(("arch",), f"{self.arch!r} needs the timm extra, which is not installed: "
                                              "pip install 'recipec[timm]'")])
         return self

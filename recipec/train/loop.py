@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recipec.data.loaders import Data, set_epoch
-from recipec.data.speed import compile_forward, compiles_so_far, to_channels_last
+from recipec.train.speed import compile_forward, compiles_so_far, to_channels_last
 from recipec.errors import RunError
 from recipec.model.groups import LayerGroup
 from recipec.model.heads import aux_classifiers
@@ -61,7 +61,7 @@ class FitConfig:
         aux_loss_weight: auxiliary classifiers (googlenet, inception_v3) add this x their loss while they train.
         compile_mode: torch.compile the training forward (True or a mode name), counting each epoch's
             (re)compiles in its metrics (``compiles``).
-        channels_last: model and 4-d inputs in NHWC (:mod:`recipec.data.speed`).
+        channels_last: model and 4-d inputs in NHWC (:mod:`recipec.train.speed`).
         early_stopping: the rule, or None.
     """
 

@@ -3,11 +3,12 @@
 from recipec.weights.adapt import adapt_input_channels, apply_rule
 from recipec.weights.formats import Checkpoint, detect_format, load, load_state_dict, read_metadata, save, sha256
 from recipec.weights.inspect import format_inspect, inspect_checkpoint
-from recipec.weights.transfer import LoadReport, apply_transfer, map_keys
+from recipec.weights.transfer import LoadReport, TransferRules, apply_transfer, map_keys
 
 __all__ = [
     "Checkpoint",
     "LoadReport",
+    "TransferRules",
     "adapt_input_channels",
     "apply_rule",
     "apply_transfer",

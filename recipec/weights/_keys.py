@@ -55,7 +55,7 @@ def _compile(patterns: Iterable[str], field: str, problems: list[Problem]) -> li
         try:
             compiled.append(re.compile(pattern))
         except (re.error, TypeError) as exc:
-            problems.append((("source", field, i), f"{pattern!r} is not a valid regular expression: {exc}"))
+            problems.append(((field, i), f"{pattern!r} is not a valid regular expression: {exc}"))
             compiled.append(re.compile(r"(?!)"))
     return compiled
 
@@ -244,7 +244,7 @@ def map_keys(
     rules = [tuple(rule) for rule in rename]
     for i, rule in enumerate(rules):
         if len(rule) != 2:
-            problems.append((("source", "rename", i), f"a rename rule is [pattern, replacement], got {list(rule)!r}"))
+            problems.append((("rename", i), f"a rename rule is [pattern, replacement], got {list(rule)!r}"))
     rules = [rule if len(rule) == 2 else ("(?!)", "") for rule in rules]
     patterns = _compile([p for p, _ in rules], "rename", problems)
     excludes, includes = _compile(exclude, "exclude", problems), _compile(include, "include", problems)
@@ -253,7 +253,7 @@ def map_keys(
         try:
             pattern.sub(replacement, "")  # parses the template even without a match
         except (re.error, IndexError, TypeError) as exc:
-            problems.append((("source", "rename", i), f"replacement {replacement!r} is not valid for '{pattern.pattern}': {exc}"))
+            problems.append((("rename", i), f"replacement {replacement!r} is not valid for '{pattern.pattern}': {exc}"))
     if problems:
         raise TransferError(problems)
 
@@ -267,7 +267,7 @@ def map_keys(
             sample = keys[:_SAMPLE]
             for earlier, earlier_replacement in zip(patterns[:i], replacements[:i]):
                 sample = [earlier.sub(earlier_replacement, k) for k in sample]
-            problems.append(dead_pattern(("source", "rename", i), pattern.pattern, "source key",
+            problems.append(dead_pattern(("rename", i), pattern.pattern, "source key",
                                   sample + keys[_SAMPLE:_SAMPLE + 1], later=i > 0))
 
     dropped: dict[int, tuple[str, str | None]] = {}
@@ -277,7 +277,7 @@ def map_keys(
             hits = names.hits(pattern)
             if not hits:
                 unmatched.append((field, i, pattern.pattern))
-                problems.append(dead_pattern(("source", field, i), pattern.pattern, "renamed key", names.names))
+                problems.append(dead_pattern((field, i), pattern.pattern, "renamed key", names.names))
             if field == "exclude":
                 for j in hits:
                     dropped.setdefault(j, ("exclude", pattern.pattern))
@@ -304,6 +304,6 @@ def map_keys(
         kept = {name: keys_[0] for name, keys_ in groups.items()}
     for name, keys_ in sorted(collisions.items()):
         both = " and ".join(f"'{k}'" for k in keys_)
-        problems.append((("source", "rename"), (f"source keys {both} are all renamed to '{name}'; "
+        problems.append((("rename",), (f"source keys {both} are all renamed to '{name}'; "
                                                "change the rename rules or exclude all but one")))
     return KeyMapping(renamed, excluded, kept, collisions, unmatched, problems)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,9 +20,38 @@ from recipec.weights._keys import KeyMapping, dead_pattern, map_keys
 from recipec.weights._report import LoadReport, format_shape
 from recipec.weights.adapt import RULES, apply_rule, pos_embed_grids
 
-__all__ = ["KeyMapping", "LoadReport", "apply_transfer", "map_keys"]
+__all__ = ["KeyMapping", "LoadReport", "TransferRules", "apply_transfer", "map_keys"]
 
 _MISSING_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class TransferRules:
+    """How source keys map onto the model: what a recipe's ``source:`` section says.
+
+    Errors about a rule name its field here (``("exclude", 0)``, ``("on_mismatch",)``); the
+    compiler, which builds the rules from the recipe, relabels them as ``source.*``.
+
+    Attributes:
+        rename: ordered ``(pattern, replacement)`` pairs applied with ``re.sub``.
+        include: regexes on the renamed key; only matching keys load. Empty: every key.
+        exclude: regexes on the renamed key; matching keys do not load.
+        adapt: ``AdaptSpec`` objects or dicts (``match``, ``rule``, ``indices``); the first whose
+            ``match`` is found in a key adapts its tensor when the shapes differ.
+        on_mismatch: ``"error"`` or ``"skip"`` for a shape mismatch no adapt rule covers.
+        require_all: fail when a model tensor outside ``new_keys_prefixes`` gets no weights.
+            ``num_batches_tracked`` buffers the source lacks are ``defaulted``, never missing.
+    """
+
+    rename: Sequence[Sequence[str]] = ()
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    adapt: Sequence[Any] = ()
+    on_mismatch: str = "error"
+    require_all: bool = True
+
+
+_NO_RULES = TransferRules()
 
 
 def _adapt_rules(adapt: Sequence[Any], problems: list[Problem]) -> list[tuple[re.Pattern[str], str, Any]]:
@@ -33,11 +63,11 @@ def _adapt_rules(adapt: Sequence[Any], problems: list[Problem]) -> list[tuple[re
         match: Any = fields.get("match")
         rule, indices = fields.get("rule"), fields.get("indices")
         if rule not in RULES:
-            problems.append((("source", "adapt", i), f"unknown rule {rule!r}; choose one of: {', '.join(RULES)}"))
+            problems.append((("adapt", i), f"unknown rule {rule!r}; choose one of: {', '.join(RULES)}"))
         try:
             rules.append((re.compile(match), str(rule), indices))
         except (re.error, TypeError) as exc:
-            problems.append((("source", "adapt", i), f"match {match!r} is not a valid regular expression: {exc}"))
+            problems.append((("adapt", i), f"match {match!r} is not a valid regular expression: {exc}"))
             rules.append((re.compile(r"(?!)"), str(rule), indices))
     return rules
 
@@ -45,13 +75,8 @@ def _adapt_rules(adapt: Sequence[Any], problems: list[Problem]) -> list[tuple[re
 def apply_transfer(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
+    rules: TransferRules = _NO_RULES,
     *,
-    rename: Sequence[Sequence[str]] = (),
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    adapt: Sequence[Any] = (),
-    on_mismatch: str = "error",
-    require_all: bool = True,
     new_keys_prefixes: Sequence[str] = (),
     source: str = "",
     state_dict_key: str = "",
@@ -66,14 +91,7 @@ def apply_transfer(
     Args:
         model: the model to load into.
         state_dict: source tensors by key.
-        rename: ordered ``(pattern, replacement)`` pairs applied with ``re.sub``.
-        include: regexes on the renamed key; only matching keys load. Empty: every key.
-        exclude: regexes on the renamed key; matching keys do not load.
-        adapt: ``AdaptSpec`` objects or dicts (``match``, ``rule``, ``indices``); the first whose
-            ``match`` is found in a key adapts its tensor when the shapes differ.
-        on_mismatch: ``"error"`` or ``"skip"`` for a shape mismatch no adapt rule covers.
-        require_all: fail when a model tensor outside ``new_keys_prefixes`` gets no weights.
-            ``num_batches_tracked`` buffers the source lacks are ``defaulted``, never missing.
+        rules: rename, include, exclude, adapt, on_mismatch and require_all (:class:`TransferRules`).
         new_keys_prefixes: prefixes of model keys initialised fresh on purpose (the new head).
         source: where the weights came from, recorded in the report.
         state_dict_key: where the state dict sat in its file, recorded in the report.
@@ -85,26 +103,28 @@ def apply_transfer(
     Raises:
         TransferError: every problem at once: patterns that match nothing, keys renamed onto one
             name, shape mismatches, adapt rules that cannot produce the model's shape, missing keys.
+            A problem with a rule is located at the rule's field (``("exclude", 0)``), not at a recipe path.
 
     Example:
         >>> model = torchvision.models.resnet18(weights=None, num_classes=5)
-        >>> report = apply_transfer(model, load_state_dict("ddp.pt"), rename=[(r"^module\\.", "")],
-        ...                         exclude=[r"^fc\\."], new_keys_prefixes=["fc."])
+        >>> rules = TransferRules(rename=[(r"^module\\.", "")], exclude=[r"^fc\\."])
+        >>> report = apply_transfer(model, load_state_dict("ddp.pt"), rules, new_keys_prefixes=["fc."])
         >>> report.summary()
         '120 of 122 model tensors loaded (0 adapted, 120 renamed); 2 new, 0 defaulted, 0 mismatched, ...'
     """
+    on_mismatch = rules.on_mismatch
     problems: list[Problem] = []
     if on_mismatch not in ("error", "skip"):
-        problems.append((("source", "on_mismatch"), f"must be error or skip, got {on_mismatch!r}"))
-    adapt_rules = _adapt_rules(adapt, problems)
+        problems.append((("on_mismatch",), f"must be error or skip, got {on_mismatch!r}"))
+    adapt_rules = _adapt_rules(rules.adapt, problems)
     if problems:
         raise TransferError(problems)
-    mapping = map_keys(state_dict.keys(), rename=rename, include=include, exclude=exclude)
+    mapping = map_keys(state_dict.keys(), rename=rules.rename, include=rules.include, exclude=rules.exclude)
     problems = list(mapping.problems)
     names = list(mapping.renamed.values())
     for i, (pattern, _, _) in enumerate(adapt_rules):
         if not any(pattern.search(name) for name in names):
-            problems.append(dead_pattern(("source", "adapt", i), pattern.pattern, "renamed key", names))
+            problems.append(dead_pattern(("adapt", i), pattern.pattern, "renamed key", names))
     if problems:
         raise TransferError(problems)
 
@@ -141,7 +161,7 @@ def apply_transfer(
                     value = apply_rule(rule, value, target.shape, indices=indices)
                 except TransferError as exc:
                     failed.add(name)
-                    problems.append((("source", "adapt", index), f"'{name}': {exc}"))
+                    problems.append((("adapt", index), f"'{name}': {exc}"))
                     continue
                 report.adapted.append({"key": name, "rule": rule, "source_shape": have, "model_shape": want})
                 if rule == "pos_embed":  # what was resampled: "14x14 -> 4x4 (+1 prefix token)"
@@ -169,12 +189,12 @@ def apply_transfer(
             report.defaulted.append(name)
         else:
             report.missing.append(name)
-    if require_all and report.missing:
+    if rules.require_all and report.missing:
         why = {mapping.renamed[k]: f" (source '{k}' " + (f"excluded by '{p}')" if by == "exclude" else "matches no include)")
                for k, (by, p) in mapping.excluded.items()}
         shown = [name + why.get(name, "") for name in report.missing[:_MISSING_SHOWN]]
         more = f", ... and {len(report.missing) - len(shown)} more" if len(report.missing) > len(shown) else ""
-        problems.append((("source", "require_all"),
+        problems.append((("require_all",),
                          (f"{len(report.missing)} model tensors get no weights from the source: {', '.join(shown)}{more}; "
                           "rename source keys onto them (source.rename) or set source.require_all: false")))
     if problems:

@@ -292,7 +292,7 @@ def test_torchvision_vit_pos_embedding_is_resampled():
     from torchvision.models.vision_transformer import VisionTransformer
 
     from recipec.model.pretrained import position_embedding_adapts
-    from recipec.weights.transfer import apply_transfer
+    from recipec.weights.transfer import TransferRules, apply_transfer
 
     def vit(size: int) -> VisionTransformer:
         return VisionTransformer(image_size=size, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
@@ -300,7 +300,7 @@ def test_torchvision_vit_pos_embedding_is_resampled():
     source, model = vit(224).state_dict(), vit(64)
     adapt = position_embedding_adapts(model, source)
     assert adapt == [{"match": r"^encoder\.pos_embedding$", "rule": "pos_embed"}]
-    report = apply_transfer(model, source, adapt=adapt)
+    report = apply_transfer(model, source, TransferRules(adapt=adapt))
     assert report.adapted == [{"key": "encoder.pos_embedding", "rule": "pos_embed", "source_shape": [1, 197, 16],
                                "model_shape": [1, 17, 16], "grid": "14x14 -> 4x4 (+1 prefix token)"}]
     assert torch.equal(model.encoder.pos_embedding,

@@ -14,7 +14,7 @@ from torch import nn
 
 from recipec.errors import TransferError
 from recipec.recipe.spec import AdaptSpec
-from recipec.weights.transfer import LoadReport, apply_transfer, map_keys
+from recipec.weights.transfer import LoadReport, TransferRules, apply_transfer, map_keys
 
 
 class ConvBNHead(nn.Module):
@@ -114,9 +114,11 @@ def every_fate() -> tuple[ConvBNHead, dict[str, torch.Tensor], LoadReport]:
     source["module.aux.weight"] = torch.ones(3)
     source["module.fc.bias"] = torch.ones(4)
     report = apply_transfer(
-        model, source, rename=[(r"^module\.", "")], exclude=[r"^fc\.bias$"],
-        adapt=[{"match": r"^conv1\.", "rule": "input_channels"}, {"match": r"^fc\.", "rule": "class_subset", "indices": [3, 1]}],
-        on_mismatch="skip", require_all=False, new_keys_prefixes=["extra."], source="ddp.pt", state_dict_key="state_dict")
+        model, source, TransferRules(
+            rename=[(r"^module\.", "")], exclude=[r"^fc\.bias$"],
+            adapt=[{"match": r"^conv1\.", "rule": "input_channels"}, {"match": r"^fc\.", "rule": "class_subset", "indices": [3, 1]}],
+            on_mismatch="skip", require_all=False),
+        new_keys_prefixes=["extra."], source="ddp.pt", state_dict_key="state_dict")
     return model, source, report
 
 
@@ -158,12 +160,12 @@ def test_fate_gives_one_line_for_any_source_or_model_key(every_fate: tuple[ConvB
 
 def test_fate_of_plain_loads_and_renames() -> None:
     report = apply_transfer(ConvBNHead(), {f"module.{k}": v for k, v in source_of(ConvBNHead()).items()},
-                            rename=[(r"^module\.", "")])
+                            TransferRules(rename=[(r"^module\.", "")]))
     assert report.fate("conv1.weight") == "loaded from 'module.conv1.weight' (renamed)"
     assert report.fate("module.conv1.weight") == "loaded into 'conv1.weight' (renamed)"
     assert apply_transfer(ConvBNHead(), source_of(ConvBNHead())).fate("fc.weight") == "loaded"
     report = apply_transfer(ConvBNHead(), {k: v for k, v in source_of(ConvBNHead()).items() if k != "fc.bias"},
-                            require_all=False)
+                            TransferRules(require_all=False))
     assert report.fate("fc.bias") == "missing: not in source"
 
 
@@ -194,7 +196,7 @@ def test_to_dict_is_json_serialisable_with_the_plan_contract_keys(every_fate: tu
 def test_rename_chain_with_two_capture_groups() -> None:
     model = StagedNet()
     source = {re.sub(r"^layer(\d)\.(\d)\.", r"module.backbone.\1.\2.", k): v for k, v in source_of(StagedNet()).items()}
-    report = apply_transfer(model, source, rename=[(r"^module\.", ""), (r"^backbone\.(\d+)\.(\d+)\.", r"layer\1.\2.")])
+    report = apply_transfer(model, source, TransferRules(rename=[(r"^module\.", ""), (r"^backbone\.(\d+)\.(\d+)\.", r"layer\1.\2.")]))
     assert report.renamed == {k: f"module.backbone.{k[5]}.{k[7]}.{k[9:]}" for k in model.state_dict()}
     assert torch.equal(model.layer2[1].weight, source["module.backbone.2.1.weight"])
 
@@ -207,21 +209,22 @@ def test_wrapper_prefixes_of_ddp_lightning_and_torch_compile(wrap: str) -> None:
     source = wrapped.state_dict()
     assert all(k.startswith(prefix) for k in source)
     model = ConvBNHead()
-    report = apply_transfer(model, source, rename=[(f"^{re.escape(prefix)}", "")])
+    report = apply_transfer(model, source, TransferRules(rename=[(f"^{re.escape(prefix)}", "")]))
     assert report.loaded == sorted(model.state_dict()) and len(report.renamed) == 8
     assert torch.equal(model.fc.weight, inner.fc.weight)
 
 
 def test_include_keeps_only_matching_keys_and_exclude_wins() -> None:
     model = ConvBNHead(num_classes=9)
-    report = apply_transfer(model, source_of(ConvBNHead()), include=[r"^conv1\.", r"^bn1\.", r"^fc\."],
-                            exclude=[r"^fc\.", r"\.bias$"], new_keys_prefixes=["fc."], require_all=False)
+    report = apply_transfer(model, source_of(ConvBNHead()), TransferRules(
+        include=[r"^conv1\.", r"^bn1\.", r"^fc\."], exclude=[r"^fc\.", r"\.bias$"], require_all=False),
+        new_keys_prefixes=["fc."])
     assert report.excluded == [
         {"key": "bn1.bias", "renamed": "bn1.bias", "pattern": r"\.bias$", "by": "exclude"},
         {"key": "fc.bias", "renamed": "fc.bias", "pattern": r"^fc\.", "by": "exclude"},
         {"key": "fc.weight", "renamed": "fc.weight", "pattern": r"^fc\.", "by": "exclude"}]
     assert report.new == ["fc.bias", "fc.weight"] and report.missing == ["bn1.bias"]
-    dropped = apply_transfer(ConvBNHead(), source_of(ConvBNHead()), include=[r"^conv1\.", r"^bn1\."],
+    dropped = apply_transfer(ConvBNHead(), source_of(ConvBNHead()), TransferRules(include=[r"^conv1\.", r"^bn1\."]),
                              new_keys_prefixes=["fc."])
     assert [e["key"] for e in dropped.excluded if e["by"] == "include"] == ["fc.bias", "fc.weight"]
     assert dropped.fate("fc.bias") == "new head: initialised fresh"
@@ -239,22 +242,21 @@ def test_a_pattern_that_matches_nothing_is_an_error_located_in_the_recipe(field:
     before = snapshot(model)
     source = {f"module.{k}": v for k, v in source_of(ConvBNHead()).items()} if field == "rename" else source_of(model)
     with pytest.raises(TransferError, match="matched no") as info:
-        apply_transfer(model, source, require_all=False, **kwargs)
-    assert info.value.paths == [("source", field, 1)]
+        apply_transfer(model, source, TransferRules(require_all=False, **kwargs))
+    assert info.value.paths == [(field, 1)]
     assert "look like: conv1.weight, bn1.weight, bn1.bias, ..." in info.value.problems[0]
     if field == "rename":
         assert info.value.problems[0].startswith(
-            r"source.rename.1: pattern '^modul\.' matched no source key after the rename rules before it; "
+            r"rename.1: pattern '^modul\.' matched no source key after the rename rules before it; "
             "at that point source keys look like: conv1.weight")
     assert_untouched(model, before)
 
 
 def test_every_dead_pattern_is_reported_at_once() -> None:
     with pytest.raises(TransferError) as info:
-        apply_transfer(ConvBNHead(), source_of(ConvBNHead()), rename=[("^x", "")], include=["^y"], exclude=["^z"],
-                       adapt=[AdaptSpec(match="^w", rule="truncate_pad")])
-    assert info.value.paths == [("source", "rename", 0), ("source", "include", 0), ("source", "exclude", 0),
-                                ("source", "adapt", 0)]
+        apply_transfer(ConvBNHead(), source_of(ConvBNHead()), TransferRules(
+            rename=[("^x", "")], include=["^y"], exclude=["^z"], adapt=[AdaptSpec(match="^w", rule="truncate_pad")]))
+    assert info.value.paths == [("rename", 0), ("include", 0), ("exclude", 0), ("adapt", 0)]
     assert "pattern '^x' matched no source key; source keys look like: conv1.weight" in str(info.value)
 
 
@@ -262,13 +264,13 @@ def test_two_source_keys_renamed_onto_one_name_is_an_error_naming_both() -> None
     source = source_of(ConvBNHead())
     source["module.fc.bias"] = source["fc.bias"]
     with pytest.raises(TransferError, match="source keys 'fc.bias' and 'module.fc.bias' are all renamed to 'fc.bias'"):
-        apply_transfer(ConvBNHead(), source, rename=[(r"^module\.", "")])
+        apply_transfer(ConvBNHead(), source, TransferRules(rename=[(r"^module\.", "")]))
 
 
 def test_invalid_regex_and_replacement_are_located() -> None:
     with pytest.raises(TransferError) as info:
         map_keys(["a"], rename=[("(", ""), ("a", r"\2")], exclude=["[z"])
-    assert info.value.paths == [("source", "rename", 0), ("source", "exclude", 0), ("source", "rename", 1)]
+    assert info.value.paths == [("rename", 0), ("exclude", 0), ("rename", 1)]
     assert "invalid group reference" in str(info.value)
 
 
@@ -280,7 +282,7 @@ def test_mismatch_error_lists_every_mismatch_with_both_shapes_and_the_fix() -> N
     before = snapshot(model)
     source = {f"module.{k}": v for k, v in source_of(ConvBNHead(in_channels=1)).items()}
     with pytest.raises(TransferError) as info:
-        apply_transfer(model, source, rename=[(r"^module\.", "")])
+        apply_transfer(model, source, TransferRules(rename=[(r"^module\.", "")]))
     assert info.value.problems == [
         f"'{key}' (source 'module.{key}'): shape mismatch, source {have} vs model {want}; add an adapt rule for it "
         "(source.adapt), exclude it (source.exclude), or set source.on_mismatch: skip"
@@ -292,7 +294,7 @@ def test_mismatch_error_lists_every_mismatch_with_both_shapes_and_the_fix() -> N
 def test_skip_leaves_mismatched_tensors_as_they_were() -> None:
     model = ConvBNHead(num_classes=2)
     head = model.fc.weight.detach().clone()
-    report = apply_transfer(model, source_of(ConvBNHead()), on_mismatch="skip", new_keys_prefixes=["fc."])
+    report = apply_transfer(model, source_of(ConvBNHead()), TransferRules(on_mismatch="skip"), new_keys_prefixes=["fc."])
     assert [m["key"] for m in report.mismatched] == ["fc.bias", "fc.weight"] and not report.missing
     assert torch.equal(model.fc.weight, head)
     assert report.fate("fc.weight") == "shape mismatch: source [4,8] vs model [2,8] (skipped)"
@@ -301,7 +303,7 @@ def test_skip_leaves_mismatched_tensors_as_they_were() -> None:
 @pytest.mark.parametrize("in_channels", [1, 4])
 def test_input_channels_through_apply_transfer(in_channels: int) -> None:
     model, source = ConvBNHead(in_channels=in_channels), source_of(ConvBNHead())
-    report = apply_transfer(model, source, adapt=[AdaptSpec(match=r"^conv1\.weight$", rule="input_channels")])
+    report = apply_transfer(model, source, TransferRules(adapt=[AdaptSpec(match=r"^conv1\.weight$", rule="input_channels")]))
     weight = source["conv1.weight"]
     expected = weight.sum(1, keepdim=True) if in_channels == 1 else torch.cat([weight, weight[:, :1]], 1) * 0.75
     torch.testing.assert_close(model.conv1.weight, expected)
@@ -313,15 +315,15 @@ def test_input_channels_through_apply_transfer(in_channels: int) -> None:
 def test_truncate_pad_and_class_subset_through_apply_transfer() -> None:
     source = source_of(ConvBNHead(num_classes=10))
     padded = ConvBNHead(num_classes=12)
-    apply_transfer(padded, source, adapt=[{"match": r"^fc\.", "rule": "truncate_pad"}])
+    apply_transfer(padded, source, TransferRules(adapt=[{"match": r"^fc\.", "rule": "truncate_pad"}]))
     assert torch.equal(padded.fc.weight[:10], source["fc.weight"]) and padded.fc.weight[10:].abs().sum() == 0
     subset = ConvBNHead(num_classes=3)
-    apply_transfer(subset, source, adapt=[{"match": r"^fc\.", "rule": "class_subset", "indices": [9, 0, 4]}])
+    apply_transfer(subset, source, TransferRules(adapt=[{"match": r"^fc\.", "rule": "class_subset", "indices": [9, 0, 4]}]))
     assert torch.equal(subset.fc.bias, source["fc.bias"][[9, 0, 4]])
 
 
 def test_adapt_rule_is_not_used_when_shapes_already_agree() -> None:
-    report = apply_transfer(ConvBNHead(), source_of(ConvBNHead()), adapt=[{"match": r"^fc\.", "rule": "truncate_pad"}])
+    report = apply_transfer(ConvBNHead(), source_of(ConvBNHead()), TransferRules(adapt=[{"match": r"^fc\.", "rule": "truncate_pad"}]))
     assert report.adapted == [] and report.fate("fc.weight") == "loaded"
 
 
@@ -329,8 +331,9 @@ def test_an_adapt_rule_that_cannot_produce_the_shape_is_located() -> None:
     model = ConvBNHead(num_classes=3)
     before = snapshot(model)
     with pytest.raises(TransferError, match=r"'fc.weight': class_subset keeps 2 classes but the model has 3") as info:
-        apply_transfer(model, source_of(ConvBNHead()), adapt=[{"match": r"^fc\.", "rule": "class_subset", "indices": [0, 1]}])
-    assert info.value.paths == [("source", "adapt", 0), ("source", "adapt", 0)]
+        apply_transfer(model, source_of(ConvBNHead()),
+                       TransferRules(adapt=[{"match": r"^fc\.", "rule": "class_subset", "indices": [0, 1]}]))
+    assert info.value.paths == [("adapt", 0), ("adapt", 0)]
     assert_untouched(model, before)
 
 
@@ -344,7 +347,8 @@ def resnet_source() -> dict[str, torch.Tensor]:
 
 def test_resnet18_from_a_ddp_checkpoint_into_a_new_head(resnet_source: dict[str, torch.Tensor]) -> None:
     model = torchvision.models.resnet18(weights=None, num_classes=5)
-    report = apply_transfer(model, resnet_source, rename=[(r"^module\.", "")], exclude=[r"^fc\."], new_keys_prefixes=["fc."])
+    report = apply_transfer(model, resnet_source, TransferRules(rename=[(r"^module\.", "")], exclude=[r"^fc\."]),
+                            new_keys_prefixes=["fc."])
     assert report.summary().startswith("120 of 122 model tensors loaded (0 adapted, 120 renamed); 2 new")
     assert report.new == ["fc.bias", "fc.weight"]
     assert torch.equal(model.layer4[1].bn2.running_var, resnet_source["module.layer4.1.bn2.running_var"])
@@ -354,10 +358,10 @@ def test_require_all_lists_missing_keys_twenty_at_most(resnet_source: dict[str, 
     model = torchvision.models.resnet18(weights=None)
     before = snapshot(model)
     with pytest.raises(TransferError) as info:
-        apply_transfer(model, resnet_source, rename=[(r"^module\.", "")], exclude=[r"^layer4\."])
+        apply_transfer(model, resnet_source, TransferRules(rename=[(r"^module\.", "")], exclude=[r"^layer4\."]))
     (message,) = info.value.problems
-    assert info.value.paths == [("source", "require_all")]
-    assert message.startswith("source.require_all: 25 model tensors get no weights from the source: "
+    assert info.value.paths == [("require_all",)]
+    assert message.startswith("require_all: 25 model tensors get no weights from the source: "
                               "layer4.0.bn1.bias (source 'module.layer4.0.bn1.bias' excluded by '^layer4\\.'), ")
     assert message.count("excluded by") == 20 and ", ... and 5 more; " in message
     assert message.endswith("rename source keys onto them (source.rename) or set source.require_all: false")
@@ -384,8 +388,28 @@ def test_non_tensor_entries_and_bad_on_mismatch_are_errors() -> None:
     with pytest.raises(TransferError, match="'fc.bias' is a int, not a tensor"):
         apply_transfer(ConvBNHead(), {**source_of(ConvBNHead()), "fc.bias": 3})
     with pytest.raises(TransferError, match="must be error or skip, got 'ignore'") as info:
-        apply_transfer(ConvBNHead(), source_of(ConvBNHead()), on_mismatch="ignore")
-    assert info.value.paths == [("source", "on_mismatch")]
+        apply_transfer(ConvBNHead(), source_of(ConvBNHead()), TransferRules(on_mismatch="ignore"))
+    assert info.value.paths == [("on_mismatch",)]
+
+
+def test_the_compiler_relabels_rule_fields_as_the_recipe_source_section() -> None:
+    from recipec.compiler.compile import _transfer
+
+    with pytest.raises(TransferError) as info:
+        _transfer(apply_transfer, ("source",), ConvBNHead(), source_of(ConvBNHead()), TransferRules(
+            rename=[("^x", "")], include=["^y"], exclude=["^z"], adapt=[AdaptSpec(match="^w", rule="truncate_pad")]))
+    assert info.value.paths == [("source", "rename", 0), ("source", "include", 0), ("source", "exclude", 0),
+                                ("source", "adapt", 0)]
+    assert info.value.problems[2] == ("source.exclude.0: pattern '^z' matched no renamed key; "
+                                      "renamed keys look like: conv1.weight, bn1.weight, bn1.bias, ...")
+    with pytest.raises(TransferError) as info:  # path-less problems go to the stage, rule fields to source.*
+        _transfer(apply_transfer, ("model", "weights"), ConvBNHead(),
+                  {**{k: v for k, v in source_of(ConvBNHead()).items() if k != "fc.weight"}, "fc.bias": 3})
+    assert info.value.paths == [("model", "weights"), ("source", "require_all")]
+    assert info.value.problems == [
+        "model.weights: source entry 'fc.bias' is a int, not a tensor; exclude it",
+        "source.require_all: 1 model tensors get no weights from the source: fc.weight; "
+        "rename source keys onto them (source.rename) or set source.require_all: false"]
 
 
 # --------------------------------------------------------------------------- map_keys against the obvious loop
@@ -437,7 +461,7 @@ def test_map_keys_returns_the_obvious_result_or_a_transfer_error(
     try:
         mapping = map_keys(keys, rename=rename, include=include, exclude=exclude)
     except TransferError as exc:
-        assert all(path is not None and path[:1] == ("source",) for path in exc.paths)
+        assert all(path is not None and path[0] in ("rename", "include", "exclude") for path in exc.paths)
         return
     assert (mapping.renamed, mapping.excluded, mapping.unmatched) == reference(keys, rename, include, exclude)
     assert len(mapping.problems) == len(mapping.unmatched) + len(mapping.collisions)

@@ -3,7 +3,7 @@
 ``timm/<name>`` is a timm model, ``package.module:factory`` your own factory, anything else a
 torchvision classification model (checked against the zoo when it is built). The records that
 know what each family can do are in :mod:`recipec.model.families`; this module only reads names,
-so the modules below the registry can tell the families apart too.
+torch-free, so the recipe language (``validate``), the card and the model families all read them alike.
 """
 
 from __future__ import annotations
