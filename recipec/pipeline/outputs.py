@@ -110,7 +110,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     left.legend()
     right.set_ylim(0, 1)
-    right.legend()
+    if right.get_legend_handles_labels()[0]:  # no validation: nothing to label (matplotlib would warn)
+        right.legend()
     fig.tight_layout()
     try:
         with atomic_path(path) as tmp:
