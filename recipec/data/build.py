@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from recipec.errors import DatasetError
-from recipec.data.augment import build_augmentations, describe, describe_augment
+from recipec.data.augment import build_augmentations
 from recipec.data.config import DataConfig
 from recipec.data.datasets import count_per_class, fingerprint
 from recipec.data.loaders import LAST_BATCH_POLICY, Data, eval_loader, train_loader
@@ -21,7 +21,7 @@ from recipec.data.multilabel import build_multilabel_data
 from recipec.data.sampler import Repeats, balanced_sampler
 from recipec.data.speed import auto_workers
 from recipec.data.splits import EPOCH_STRIDE, partition
-from recipec.data.transforms import ImagePipeline, check_config, resize_info
+from recipec.data.transforms import ImagePipeline, check_config, preprocessing_info
 
 __all__ = ["build_data"]
 
@@ -64,7 +64,7 @@ def build_data(config: DataConfig) -> Data:
     # augment (recipec.data.augment): `before` normalisation in the order given, `after` it random_erasing
     augmentations = build_augmentations(loading.augment, p.image_size, p.in_channels,
                                         p.interpolation if p.resize_size else "bilinear")
-    augs, after, skipped = augmentations.before, augmentations.after, augmentations.skipped
+    augs, after = augmentations.before, augmentations.after
     pipeline = ImagePipeline(p)
 
     def loaded(idx: list[int], extra: list[Any], after: list[Any] | None = None) -> Any:
@@ -83,23 +83,13 @@ def build_data(config: DataConfig) -> Data:
     test = eval_loader(loaded(test_idx, []), loading.batch_size, workers, pin) if test_idx else None
 
     stats = pipeline.stats
-    applied: Any = {"mean": list(stats[0]), "std": list(stats[1])} if stats else "none"
-    if p.normalize == "from_weights" and not p.weights_normalization:
-        applied = "none (no pretrained weights)"
     info = {
         "dataset": reading.dataset, "root": reading.root, "classes": class_names,
         "sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}, "splits": parts.origins,
         "train_per_class": count_per_class(train_idx, labels, class_names),
         "val_per_class": count_per_class(val_idx, labels, class_names),
         "test_per_class": count_per_class(test_idx, labels, class_names),
-        "image_size": p.image_size, "in_channels": p.in_channels,
-        "resize": resize_info(p),
-        "normalize": {"requested": p.normalize, "applied": applied},
-        "augment": [d for d in map(describe_augment, loading.augment) if d not in skipped],
-        "augment_skipped": skipped,
-        "sampler": loading.sampler,
-        "transforms": {"train": describe([pipeline.resize, *augs, *pipeline.norm, *after]),
-                       "eval": describe([pipeline.resize, *pipeline.norm])},
+        **preprocessing_info(p, loading.augment, loading.sampler, pipeline, augmentations),
         "val_fraction": splitting.val_fraction, "per_class": splitting.per_class, "seed": seed,
         "fingerprint": fingerprint(parts.examples, labels, {"train": train_idx, "val": val_idx, "test": test_idx}),
         "on_bad_image": reading.on_bad_image, "skipped_images": parts.bad,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from recipec.errors import DatasetError
-from recipec.data.augment import build_augmentations, describe, describe_augment
+from recipec.data.augment import build_augmentations
 from recipec.data.config import DataConfig
 from recipec.data.datasets import fingerprint
 from recipec.data.examples import SHOWN_PROBLEMS, SPLITS, Examples, FileSamples, listed
@@ -25,7 +25,7 @@ from recipec.data.loaders import LAST_BATCH_POLICY, Data, SplitData, eval_loader
 from recipec.data.manifest import ManifestRow, read_manifest
 from recipec.data.speed import auto_workers
 from recipec.data.splits import EPOCH_STRIDE
-from recipec.data.transforms import ImagePipeline, check_config, resize_info
+from recipec.data.transforms import ImagePipeline, check_config, preprocessing_info
 
 __all__ = ["build_multilabel_data", "build_multilabel_split", "manifest_classes", "multi_hot"]
 
@@ -133,7 +133,7 @@ def build_multilabel_data(config: DataConfig) -> Data:
     examples = _examples(rows, names, root)
     augmentations = build_augmentations(loading.augment, p.image_size, p.in_channels,
                                         p.interpolation if p.resize_size else "bilinear")
-    augs, after, skipped = augmentations.before, augmentations.after, augmentations.skipped
+    augs, after = augmentations.before, augmentations.after
     pipeline = ImagePipeline(p)
     stats = pipeline.stats
     workers = auto_workers(loading.num_workers, "manifest", loading.device)
@@ -156,9 +156,6 @@ def build_multilabel_data(config: DataConfig) -> Data:
                "none (data.val_fraction is 0)",
                "test": f"manifest {root}, split column" if test_idx else "none (data.test_split is false)"
                if not test_split and any(r.split == "test" for r in rows) else "none (the data has no test split)"}
-    applied: Any = {"mean": list(stats[0]), "std": list(stats[1])} if stats else "none"
-    if p.normalize == "from_weights" and not p.weights_normalization:
-        applied = "none (no pretrained weights)"
     label_lists = [sorted(index[label] for label in r.labels if label in index) for r in rows]
     info = {
         "dataset": "manifest", "task": "multilabel", "root": root, "classes": names,
@@ -167,14 +164,7 @@ def build_multilabel_data(config: DataConfig) -> Data:
         "test_per_class": _positives(test_idx, targets, names),
         "per_class_counts": "images that have the class (task: multilabel)",
         "labels_per_image": sum(len(label_lists[i]) for i in train_idx) / max(len(train_idx), 1),
-        "image_size": p.image_size, "in_channels": p.in_channels,
-        "resize": resize_info(p),
-        "normalize": {"requested": p.normalize, "applied": applied},
-        "augment": [x for x in map(describe_augment, loading.augment) if x not in skipped],
-        "augment_skipped": skipped,
-        "sampler": loading.sampler,
-        "transforms": {"train": describe([pipeline.resize, *augs, *pipeline.norm, *after]),
-                       "eval": describe([pipeline.resize, *pipeline.norm])},
+        **preprocessing_info(p, loading.augment, loading.sampler, pipeline, augmentations),
         "val_fraction": val_fraction, "per_class": None, "seed": seed,
         "fingerprint": fingerprint(examples, label_lists, {"train": train_idx, "val": val_idx, "test": test_idx}),
         "on_bad_image": reading.on_bad_image, "skipped_images": bad, "num_workers": workers,

@@ -17,14 +17,23 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from recipec.errors import DatasetError
-from recipec.data.augment import augment_problems
+from recipec.data.augment import Augmentations, augment_problems, describe, describe_augment
 from recipec.data.config import DataConfig, Transforming, Stats
 from recipec.data.crops import CROP_MODES, crop_rule, crop_words, eval_resize
 from recipec.data.examples import Examples, FileImages, TensorImages
 from recipec.recipe.catalog import DATASETS
 
-__all__ = ["IMAGENET", "INTERPOLATIONS", "Channels", "ImagePipeline", "check_config", "normalization_stats",
-           "resize_info", "resize_rule"]
+__all__ = [
+    "IMAGENET",
+    "INTERPOLATIONS",
+    "Channels",
+    "ImagePipeline",
+    "check_config",
+    "normalization_stats",
+    "preprocessing_info",
+    "resize_info",
+    "resize_rule",
+]
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 IMAGENET: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -182,3 +191,24 @@ def check_config(config: DataConfig) -> None:
         problems.append((("image_size",), f"image_size and in_channels must be >= 1, got {p.image_size}, {p.in_channels}"))
     if problems:
         raise DatasetError(problems)
+
+
+def preprocessing_info(p: Transforming, augment: Sequence[Any], sampler: str, pipeline: ImagePipeline,
+                       augmentations: Augmentations) -> dict[str, Any]:
+    """The preprocessing part of ``Data.info`` (multiclass and multilabel alike), in plan.json's key order:
+    size, channels, resize, the normalisation asked for and applied, augmentations, sampler, transforms."""
+    stats = pipeline.stats
+    applied: Any = {"mean": list(stats[0]), "std": list(stats[1])} if stats else "none"
+    if p.normalize == "from_weights" and not p.weights_normalization:
+        applied = "none (no pretrained weights)"
+    augs, after, skipped = augmentations.before, augmentations.after, augmentations.skipped
+    return {
+        "image_size": p.image_size, "in_channels": p.in_channels,
+        "resize": resize_info(p),
+        "normalize": {"requested": p.normalize, "applied": applied},
+        "augment": [d for d in map(describe_augment, augment) if d not in skipped],
+        "augment_skipped": skipped,
+        "sampler": sampler,
+        "transforms": {"train": describe([pipeline.resize, *augs, *pipeline.norm, *after]),
+                       "eval": describe([pipeline.resize, *pipeline.norm])},
+    }
