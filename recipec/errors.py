@@ -8,6 +8,7 @@ input is wrong (the ``ValueError`` family), 1 when the run itself failed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -26,6 +27,7 @@ __all__ = [
     "OutputError",
     "RecipeError",
     "RecipecError",
+    "RecipecWarning",
     "RunDirectoryError",
     "RunError",
     "TrackingError",
@@ -36,6 +38,7 @@ __all__ = [
     "WeightsUnavailableError",
     "format_path",
     "relabeled",
+    "warn",
 ]
 
 
@@ -212,3 +215,17 @@ class BuildInterrupted(KeyboardInterrupt):
     def __init__(self, run: str, checkpoint: str | None, epoch: int | None) -> None:
         self.run, self.checkpoint, self.epoch = run, checkpoint, epoch
         super().__init__(f"interrupted; kept {checkpoint}" if checkpoint else "interrupted before any checkpoint")
+
+
+class RecipecWarning(UserWarning):
+    """Something the user must not miss that does not stop the command (a damaged checkpoint passed over, ...).
+
+    The command line prints it on stderr as ``warning: <text>``, also under ``--quiet`` (which
+    silences progress, not warnings); from Python it is an ordinary warning, which
+    ``warnings.filterwarnings`` can turn into an error or silence.
+    """
+
+
+def warn(text: str) -> None:
+    """Issue ``text`` as a :class:`RecipecWarning` (the CLI prints ``warning: <text>`` on stderr)."""
+    warnings.warn(text, RecipecWarning, stacklevel=2)

@@ -228,9 +228,9 @@ def test_a_source_without_recorded_normalisation_is_said_loudly(tmp_path, capsys
     code, out, err = run(capsys, "plan", str(recipe))
     assert code == 0, err
     assert "normalize inputs are NOT normalised" in out and "data.normalize: imagenet" in out
-    code, out, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "run"))
+    code, out, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "run"), "--quiet")
     assert code == 0, err
-    assert "warning: inputs are NOT normalised" in out
+    assert "warning: inputs are NOT normalised" in err and out == ""  # --quiet silences progress, not warnings
     # a recipec source trained without normalisation: inherited, and said so
     _export(tmp_path / "up.safetensors", None)
     code, out, err = run(capsys, "plan", str(recipe))
@@ -260,10 +260,9 @@ def test_smoke_runs_every_phase_of_the_schedule_on_a_few_batches(tmp_path, capsy
         data: {dataset: digits, image_size: 8, batch_size: 8}
         train: {epochs: 30, early_stopping: {patience: 1}}
     """)
-    code, out, err = run(capsys, "build", str(recipe), "--smoke", "--smoke-batches", "1")
+    where = tmp_path / "kept"  # --out keeps the smoke run (without it: a temporary directory, removed at the end)
+    code, out, err = run(capsys, "build", str(recipe), "--smoke", "--smoke-batches", "1", "--out", str(where))
     assert code == 0, err
-    where = Path(out.splitlines()[0].split("smoke run into ")[1].split(" ")[0])
-    assert where.parent.parent == tmp_path and where.name == "phases"
     metrics = [json.loads(line) for line in (where / "metrics.jsonl").read_text().splitlines()]
     # three phases (head; high, head; low, high, head), one epoch each, every group at its own lr
     assert [m["trainable_groups"] for m in metrics] == [["head"], ["high", "head"], ["low", "high", "head"]]
@@ -276,6 +275,39 @@ def test_smoke_runs_every_phase_of_the_schedule_on_a_few_batches(tmp_path, capsy
     assert not (ROOT / "runs" / "phases").exists()
     code, _, err = run(capsys, "build", str(recipe), "--smoke", "--resume")
     assert code == 2 and "--resume" in err
+
+
+@pytest.mark.parametrize("ending", ["passes", "fails", "interrupted"])
+def test_a_smoke_run_removes_its_temporary_directory_however_it_ends(tmp_path, capsys, monkeypatch, ending):
+    import tempfile
+
+    import recipec.pipeline.build as pipeline_build
+    from recipec.errors import BuildInterrupted, RunError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    seen = {}
+
+    def fake_build(spec, *, out, smoke, **kwargs):  # what a smoke run leaves: 131 MB in the real one
+        seen["out"], seen["smoke"] = Path(out), smoke
+        (Path(out) / "checkpoints").mkdir(parents=True)
+        (Path(out) / "checkpoints" / "last.pt").write_bytes(b"x" * 1000)
+        if ending == "fails":
+            raise RunError("onnx parity beyond tolerance")
+        if ending == "interrupted":
+            raise BuildInterrupted(str(out), None, None)
+        return Path(out)
+
+    monkeypatch.setattr(pipeline_build, "build", fake_build)
+    code, out, err = run(capsys, "build", str(QUICKSTART), "--smoke", "--smoke-batches", "1")
+    assert code == {"passes": 0, "fails": 1, "interrupted": 130}[ending], err
+    assert seen["smoke"] == 1 and seen["out"].parent.parent == tmp_path / "tmp" and seen["out"].name == "quickstart"
+    assert list((tmp_path / "tmp").iterdir()) == []  # the recipec-smoke-* directory is gone
+    assert out.startswith(f"smoke run into {seen['out']} (a temporary directory, removed at the end; ")
+    if ending == "passes":
+        assert out.splitlines()[-1] == "done: the smoke run passed (its temporary directory is removed)"
+    if ending == "interrupted":
+        assert "a smoke run: nothing to resume (its temporary directory is removed)" in err
 
 
 def test_smoke_recipe_compresses_the_schedule():

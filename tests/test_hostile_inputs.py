@@ -11,9 +11,11 @@ import json
 import math
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
+import jinja2.sandbox
 import pytest
 import torch
 from hypothesis import given, settings
@@ -302,6 +304,42 @@ def test_templates_cannot_exhaust_memory_or_time(fake_run: Path, tmp_path: Path,
         render_card(fake_run, template=template)
     assert str(template) in str(info.value) and "card template:" in str(info.value)
     assert problem in str(info.value)
+
+
+# Every method that changes a list, dict or set in place: the issue's ``l.extend(l)`` forty times was
+# killed for memory in 1.7 s. A card never needs to mutate a value; each of these is refused by name.
+MUTATING = [("list", "[1, 2]", method, args) for method, args in (
+    ("append", "(1)"), ("extend", "(l)"), ("insert", "(0, 1)"), ("pop", "()"), ("remove", "(1)"),
+    ("clear", "()"), ("sort", "()"), ("reverse", "()"))] + [("dict", "{'a': 1}", method, args) for method, args in (
+    ("update", "(l)"), ("setdefault", "('b', 2)"), ("pop", "('a')"), ("popitem", "()"), ("clear", "()"))] + [
+    ("set", "s", method, args) for method, args in (
+    ("add", "(3)"), ("update", "([3])"), ("discard", "(1)"), ("remove", "(1)"), ("pop", "()"), ("clear", "()"),
+    ("difference_update", "([1])"), ("intersection_update", "([1])"), ("symmetric_difference_update", "([1])"))]
+
+
+@pytest.mark.parametrize("kind, literal, method, args", MUTATING, ids=[f"{k}.{m}" for k, _, m, _ in MUTATING])
+def test_templates_cannot_change_a_value_in_place(kind: str, literal: str, method: str, args: str) -> None:
+    env = _sandbox.LimitedSandbox()
+    template = env.from_string(f"{{% set l = {literal} %}}{{% set _ = l.{method}{args} %}}{{{{ l }}}}")
+    with pytest.raises(jinja2.sandbox.SecurityError, match=rf"{kind}\.{method}\(\) changes a value in place"):
+        _sandbox.render_limited(template, {"s": {1, 2}})
+
+
+def test_doubling_a_list_in_place_is_refused_at_once(fake_run: Path, tmp_path: Path) -> None:
+    template = tmp_path / "double.md.j2"
+    template.write_text("{% set l = [1] %}{% for i in range(40) %}{% set _ = l.extend(l) %}{% endfor %}{{ l|length }}")
+    start = time.monotonic()
+    with pytest.raises(RecipeError, match=r"double\.md\.j2:1: card template: list\.extend\(\) changes a value"):
+        render_card(fake_run, template=template)
+    assert time.monotonic() - start < 1.0
+
+
+def test_joining_many_references_to_a_long_string_is_bounded() -> None:
+    env = _sandbox.LimitedSandbox()
+    for text in ("{{ ([s] * 1000)|join }}", "{{ ''.join([s] * 1000) }}"):
+        with pytest.raises(_sandbox.TemplateLimit, match=r"join\(\) of 1,000 items would hold 1,000,000,000"):
+            _sandbox.render_limited(env.from_string(text), {"s": "x" * 1_000_000})
+    assert _sandbox.render_limited(env.from_string("{{ ['a', 'b']|join('-') }}"), {}) == "a-b"
 
 
 def test_a_hostile_template_is_exit_2_naming_it(fake_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -1,12 +1,16 @@
 """A Jinja2 sandbox that also bounds what a template may cost: output size, string sizes, loops and time.
 
 Jinja2's ``SandboxedEnvironment`` keeps a template from reaching Python internals, but not from
-asking for ``'x' * 10**10``, ``10 ** 10 ** 10``, nested ``range(100000)`` loops or a macro that
-calls itself. A card is a page of Markdown, so every limit here is far above what a real card
-needs and far below what hurts the machine:
+asking for ``'x' * 10**10``, ``10 ** 10 ** 10``, nested ``range(100000)`` loops, a list that
+doubles itself (``l.extend(l)`` forty times) or a macro that calls itself. A card is a page of
+Markdown, so every limit here is far above what a real card needs and far below what hurts the
+machine:
 
+- no value is changed in place: the sandbox is Jinja2's immutable one, so the mutating methods
+  of lists, dicts and sets (``append``, ``extend``, ``insert``, ``update``, ``setdefault``,
+  ``add``, ...) are refused; a template builds new values (``l + [x]``) and those are bounded;
 - every string, list or number a template builds (``*``, ``**``, ``+``, ``~``, ``%``, a filter
-  or a method whose arguments ask for more) stays under :data:`MAX_CHARS` characters / items;
+  or a method whose arguments ask for more, a ``join`` of many long strings) stays under :data:`MAX_CHARS` characters / items;
 - the ranges a render iterates hold at most :data:`MAX_STEPS` items together;
 - the output stops at :data:`MAX_CHARS` characters, and rendering at :data:`MAX_SECONDS`
   (a timer interrupts it on the main thread; elsewhere each output chunk and operation checks the clock);
@@ -18,6 +22,7 @@ is turned into one by :func:`render_limited`.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import functools
 import math
@@ -69,8 +74,8 @@ class _CodeGenerator(jinja2.compiler.CodeGenerator):
         self.write("))")
 
 
-class LimitedSandbox(jinja2.sandbox.SandboxedEnvironment):
-    """A ``SandboxedEnvironment`` with the limits of this module (autoescape must stay off)."""
+class LimitedSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """An ``ImmutableSandboxedEnvironment`` with the limits of this module (autoescape must stay off)."""
 
     code_generator_class = _CodeGenerator
     intercepted_binops = frozenset(["*", "**", "+", "%", "//"])
@@ -82,6 +87,16 @@ class LimitedSandbox(jinja2.sandbox.SandboxedEnvironment):
         self.filters = {name: _guard_filter(name, f, self) for name, f in self.filters.items()}
         self.steps = 0
         self.deadline = math.inf
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        return super().is_safe_attribute(obj, attr, value) and not _mutates(obj, attr)
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
+        if _mutates(obj, attribute):
+            return self.undefined(f"{type(obj).__name__}.{attribute}() changes a value in place, which a card "
+                                  "template may not do; build a new value instead (e.g. l + [x])",
+                                  name=attribute, obj=obj, exc=jinja2.sandbox.SecurityError)
+        return super().unsafe_undefined(obj, attribute)
 
     def check_time(self) -> None:
         if time.monotonic() > self.deadline:
@@ -127,10 +142,18 @@ class LimitedSandbox(jinja2.sandbox.SandboxedEnvironment):
         return result
 
 
+def _mutates(obj: Any, attribute: str) -> bool:
+    """Whether ``obj.attribute`` changes ``obj`` in place: Jinja2's table, which misses ``set.intersection_update``."""
+    return jinja2.sandbox.modifies_known_mutable(obj, attribute) or (
+        isinstance(obj, collections.abc.MutableSet) and attribute == "intersection_update")
+
+
 def _check_arguments(name: str, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Refuse arguments that ask for a huge result before it is built (widths, counts, replacements)."""
     values = [*args, *kwargs.values()]
     for value in values:
+        if isinstance(value, (list, tuple)) and name == "join":  # [s] * n holds n references, joined n copies
+            _check(sum(_size(item) for item in value), f"{name}() of {len(value):,} items")
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_CHARS:
             raise TemplateLimit(f"{name}(): argument {value:,} is larger than a card may use ({MAX_CHARS:,})")
         if isinstance(value, str) and _BIG_WIDTH.search(value) and name in ("format", "format_map"):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from recipec._terminal import escape
-from recipec.errors import RecipecError
+from recipec.errors import RecipecError, RecipecWarning
 
 if TYPE_CHECKING:
     from recipec.recipe.spec import Recipe
@@ -93,3 +94,35 @@ def print_errors(lines: Sequence[str], code: int = 2, *, unexpected: bool = Fals
         return
     for line in lines:
         click.echo(f"{prefix}error: {escape(line, newlines=False)}", err=True)  # keys quoted from files
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` of the command line: every warning on stderr in recipec's words, never a source line.
+
+    recipec's own (:class:`~recipec.errors.RecipecWarning`) read ``warning: <text>``; a library's
+    read ``warning: <library>: <first line of its text>``, without the path into site-packages
+    and the quoted source line Python adds. A library's DeprecationWarning or FutureWarning
+    concerns recipec's code, not the user's input, and is not shown (the test suite sees them).
+    Ranks above 0 of a distributed run leave recipec's warnings to rank 0 (they read the same files).
+    """
+    text = str(message).strip()
+    if issubclass(category, RecipecWarning):
+        if other_rank() is not None:
+            return
+        shown = f"warning: {text}"
+    else:
+        library = _library(filename)
+        if library and issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
+            return
+        shown = f"warning: {library or category.__name__}: {text.splitlines()[0] if text else category.__name__}"
+    click.echo(escape(shown, newlines=False), err=True)  # text that may quote keys from files
+
+
+def _library(filename: str) -> str:
+    """The installed package a warning came from (``torch``, ``PIL``, ...), or "" for other code."""
+    parts = Path(filename).parts
+    for i, part in enumerate(parts[:-1]):
+        if part in ("site-packages", "dist-packages"):
+            return Path(parts[i + 1]).stem
+    return ""

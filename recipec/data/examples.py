@@ -83,10 +83,13 @@ class FileImages(Dataset):
         index = self.indices[i]
         try:
             image = self.source[index][0]
-        except (OSError, ValueError, SyntaxError) as exc:  # what PIL raises for a file it cannot decode
-            path = self.source.samples[index][0] if hasattr(self.source, "samples") else f"example {index}"
-            raise UnreadableImageError(f"unreadable image {path}: {exc} (fix or remove it, or set data.on_bad_image: "
-                                       "skip; `recipec plan` lists every unreadable image)") from exc
+        except Exception as exc:  # PIL raises many types: OSError, ValueError, SyntaxError, DecompressionBombError...
+            if not isinstance(self.source, FileSamples):  # arrays in memory: not a file's fault
+                raise
+            path = self.source.samples[index][0]
+            raise UnreadableImageError(f"unreadable image {path}: {str(exc) or type(exc).__name__} (fix or remove "
+                                       "it, or set data.on_bad_image: skip; `recipec plan` lists every unreadable "
+                                       "image)") from exc
         return self.transform(image), self.labels[i]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from recipec.compiler.compile import NOT_NORMALISED, compile_recipe, resolve_normalization, resolve_preprocessing
 from recipec.compiler.data_config import build_data, data_config, data_plan
 from recipec.compiler.fit_config import craft_plan
-from recipec.errors import RecipeError
+from recipec.errors import RecipeError, warn
 from recipec.recipe.spec import Recipe
 
 __all__ = ["check_classes", "note_data", "plan_recipe", "steps_per_epoch"]
@@ -26,7 +26,7 @@ def plan_recipe(recipe: Recipe, *, device: str | None = None) -> tuple[Any, dict
         RecipecError: the data does not fit the recipe, or the recipe does not compile.
     """
     data = build_data(data_config(recipe))
-    note_data(recipe, data, lambda line: None)
+    note_data(recipe, data, lambda line: None, lambda text: None)  # the plan itself says it
     check_classes(recipe, data)
     steps = steps_per_epoch(recipe, data)
     compiled = compile_recipe(recipe, device=device, steps_per_epoch=steps)
@@ -48,7 +48,7 @@ def steps_per_epoch(recipe: Recipe, data: Any) -> int:
     return math.ceil(len(data.train) / recipe.train.accumulate)
 
 
-def note_data(recipe: Recipe, data: Any, say: Callable[[str], None]) -> None:
+def note_data(recipe: Recipe, data: Any, say: Callable[[str], None], alert: Callable[[str], None] = warn) -> None:
     """Record where the normalisation came from; say what the user must not miss (no normalisation, skipped files)."""
     stats, origin = resolve_normalization(recipe)
     data.info["normalize"] = {**data.info.get("normalize", {}), "from": origin}
@@ -58,7 +58,7 @@ def note_data(recipe: Recipe, data: Any, say: Callable[[str], None]) -> None:
     if stats is None and recipe.data.normalize == "from_weights":
         data.info["normalize"]["applied"] = f"none ({origin})"
         if origin.startswith(NOT_NORMALISED[:20]):
-            say(f"warning: {origin}")
+            alert(origin)
     skipped = data.info.get("skipped_images") or []
     if skipped:
         say(f"skipped {len(skipped)} unreadable image(s) (data.on_bad_image: skip), listed in skipped_images.txt: "

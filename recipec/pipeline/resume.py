@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from recipec.provenance import file_digest
-from recipec.errors import RecipecError, RunDirectoryError
+from recipec.errors import RecipecError, RunDirectoryError, warn
 from recipec.recipe._yaml import read_embedded
 from recipec.recipe.spec import Recipe
 from recipec.compiler.fit_config import lr_shape
@@ -40,9 +40,9 @@ def resume_state(checkpoints: Path, say: Callable[[str], None]) -> dict[str, Any
     except RunDirectoryError as exc:
         raise RunDirectoryError([f"--resume: {p}" for p in exc.problems]) from exc
     for line in damaged:
-        say(f"warning: damaged checkpoint passed over: {line}")
+        warn(f"damaged checkpoint passed over: {line}")
     if damaged or path.name != "last.pt":
-        say(f"resuming from {path} (epoch {state['epoch']}), the newest intact checkpoint")
+        say(f"resuming from {path} ({_epochs(state['epoch'])} done), the newest intact checkpoint")
     return state
 
 

@@ -1,4 +1,4 @@
-"""Reading torch (pickle) checkpoints safely and finding the state dict inside them.
+"""Reading torch (pickle) checkpoints safely (the state dict in them: ``_state.py``).
 
 Nothing here ever unpickles with ``weights_only=False``: tensors, plain containers and the
 globals the user named in ``source.allow_globals`` are all a checkpoint may contain.
@@ -13,7 +13,7 @@ import pickletools
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,12 +22,7 @@ import torch
 from recipec._files import check_regular
 from recipec.errors import CheckpointError, Problem, UnsafeCheckpointError
 
-__all__ = ["STATE_DICT_KEYS", "TORCH_METADATA_KEY", "find_state_dict", "load_torch", "plain_metadata"]
-
-# timm's order: an EMA of the weights, when present, is what people mean to fine-tune from.
-STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "model_state_dict", "state_dict", "model")
-# save() stores a torch file's metadata under this key; load() lifts it back to the top.
-TORCH_METADATA_KEY = "recipec_metadata"
+__all__ = ["load_torch"]
 
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -89,8 +84,10 @@ def load_torch(path: Path, *, allow_globals: Sequence[str] = (), mmap: bool = Tr
     if not is_zip and _starts_with(path, b"PK\x03\x04"):
         raise CheckpointError(f"{path}: truncated or corrupt torch zip file (no zip central directory)")
     with torch.serialization.safe_globals(trusted), warnings.catch_warnings():
-        # torch's advice for files it is about to refuse would only confuse our own message.
-        warnings.filterwarnings("ignore", message=r".*(pickle protocol|TorchScript archive)", category=UserWarning)
+        # torch's advice for files it is about to refuse would only confuse our own message; its note that
+        # it validates a sparse tensor precedes recipec's refusal of that tensor (formats.load: dense only).
+        warnings.filterwarnings("ignore", message=r".*(pickle protocol|TorchScript archive|Validating sparse tensor)",
+                                category=UserWarning)
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip), is_zip
         except pickle.UnpicklingError as exc:
@@ -203,137 +200,3 @@ def _globals_in_pickle(stream: IO[bytes]) -> set[str]:
 def _py3_name(module: str, name: str) -> str:
     # Protocol-2 pickles written by Python 2 era code say __builtin__; Python 3 reads builtins.
     return f"{'builtins' if module == '__builtin__' else module}.{name}"
-
-
-def find_state_dict(obj: Any, key: str, path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Pick the state dict out of a loaded checkpoint; return it and where it was found.
-
-    ``key`` is ``"auto"`` (see ``STATE_DICT_KEYS``), ``""`` for the top-level mapping, or a
-    dotted path (``"ema.model"``). Non-tensor entries inside the state dict are dropped.
-    """
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a mapping with a state dict")
-    if key != "auto":
-        found = _walk(obj, key.split(".")) if key else obj
-        state_dict = _tensors_of(found) if isinstance(found, Mapping) else {}
-        if not state_dict:
-            what = "no such key" if found is None else f"a {type(found).__name__} without tensors"
-            raise CheckpointError(f"{path}: state_dict_key {key!r}: {what}; top-level keys: {_describe_keys(obj)}")
-        return state_dict, key
-    for candidate in STATE_DICT_KEYS:
-        value = obj.get(candidate)
-        if isinstance(value, Mapping):
-            state_dict = _tensors_of(value)
-            if state_dict:
-                return state_dict, candidate
-    values = [v for k, v in obj.items() if k != "_metadata"]
-    if values and all(isinstance(v, torch.Tensor) for v in values):
-        return _tensors_of(obj), ""
-    raise CheckpointError(
-        f"{path}: found no state dict (looked for {', '.join(STATE_DICT_KEYS)} or a mapping of tensors); "
-        f"top-level keys: {_describe_keys(obj)}. Name the right one with source.state_dict_key "
-        "(dotted for nested keys, e.g. 'ema.model')"
-    )
-
-
-def _walk(obj: Mapping[Any, Any], parts: list[str]) -> Any:
-    # Keys may contain dots themselves ("model.ema"), so try the longest key first.
-    for split in range(len(parts), 0, -1):
-        head = ".".join(parts[:split])
-        if head in obj:
-            value = obj[head]
-            if split == len(parts):
-                return value
-            if isinstance(value, Mapping):
-                found = _walk(value, parts[split:])
-                if found is not None:
-                    return found
-    return None
-
-
-def _tensors_of(mapping: Mapping[Any, Any]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
-def _describe_keys(obj: Mapping[Any, Any], limit: int = 20) -> str:
-    items = [f"{k!r} ({type(v).__name__})" for k, v in list(obj.items())[:limit]]
-    more = f", ... {len(obj) - limit} more" if len(obj) > limit else ""
-    return (", ".join(items) + more) or "none (empty mapping)"
-
-
-def plain_metadata(obj: Any, state_dict_key: str, file: Path | None = None) -> dict[str, Any]:
-    """Top-level entries of plain data (numbers, strings, lists, dicts) beside the state dict.
-
-    Entries of anything else are left out. Plain data that contains itself, is nested deeper than
-    100 levels or holds over 1,000,000 values (shared ones counted each time: a pickle can share
-    a list with itself 2**100 times in a few bytes) is refused: it cannot be written as JSON,
-    and walking it would exhaust the stack or the time.
-
-    Raises:
-        CheckpointError: a cyclic, too deeply nested or too large entry.
-    """
-    if not isinstance(obj, Mapping) or not state_dict_key:
-        return {}
-    top = state_dict_key.split(".")[0]
-    metadata: dict[str, Any] = {}
-    for key, value in obj.items():
-        if key in (top, state_dict_key) or not isinstance(key, str):
-            continue
-        plain = _is_plain(value)
-        if isinstance(plain, str):
-            raise CheckpointError(f"{file or 'checkpoint'}: metadata {key!r} {plain}; a checkpoint's metadata must be "
-                                  "plain data: save the file without it")
-        if not plain:
-            continue
-        if key == TORCH_METADATA_KEY and isinstance(value, Mapping):
-            metadata.update(value)
-        else:
-            metadata[key] = value
-    return metadata
-
-
-_MAX_DEPTH = 100
-_MAX_VALUES = 1_000_000
-_SCALARS = (bool, int, float, str)
-
-
-def _is_plain(value: Any) -> bool | str:
-    """True for plain data, False for anything else, or why plain data cannot be used (cyclic, too deep, too large).
-
-    An iterative depth-first walk, so a hostile nesting cannot exhaust the stack; a list shared
-    many times is walked once, its expanded size (what JSON would write) added up from memo.
-    """
-    if value is None or isinstance(value, _SCALARS):
-        return True
-    size: dict[int, int] = {}  # id -> values below it, shared ones counted each time (finished containers)
-    path: set[int] = set()  # ids of the containers being walked: meeting one again is a cycle
-    stack: list[tuple[Any, bool]] = [(value, False)]
-    while stack:
-        item, finished = stack.pop()
-        key = id(item)
-        if finished:
-            path.discard(key)
-            size[key] = len(item) + sum(size[id(child)] for child in _containers(item))
-            if size[key] > _MAX_VALUES:
-                return f"holds more than {_MAX_VALUES:,} values (shared ones counted each time they appear)"
-            continue
-        if key in size:
-            continue
-        if key in path:
-            return "is cyclic (a list or mapping that contains itself)"
-        if not isinstance(item, (list, tuple, Mapping)):
-            return False
-        if isinstance(item, Mapping) and not all(isinstance(k, _SCALARS) for k in item):
-            return False
-        if len(path) >= _MAX_DEPTH:
-            return f"is nested deeper than {_MAX_DEPTH} levels"
-        path.add(key)
-        stack.append((item, True))
-        stack.extend((child, False) for child in _containers(item))
-    return True
-
-
-def _containers(item: Any) -> list[Any]:
-    """The children of a list, tuple or mapping that are not scalars (containers, or anything else)."""
-    children = item.values() if isinstance(item, Mapping) else item
-    return [c for c in children if c is not None and not isinstance(c, _SCALARS)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import struct
@@ -25,7 +26,7 @@ from torch import nn
 import recipec.train.loop as loop
 import recipec.train.state as state_module
 from recipec.pipeline.build import build
-from recipec.errors import BuildInterrupted, CheckpointError, RunDirectoryError
+from recipec.errors import BuildInterrupted, CheckpointError, RecipecWarning, RunDirectoryError
 from recipec.train.schedule import LrShape, build_scheduler
 from recipec.train.state import RunPoint, checkpoint_paths, latest_state, load_state, restore_state, save_state
 from tests.tinyrecipes import load_tiny, run_cli, same_weights, write_chain, write_recipe
@@ -151,11 +152,11 @@ def test_a_damaged_zip_directory_is_a_checkpoint_error(tmp_path: Path) -> None:
 def test_latest_state_passes_over_damaged_files_to_the_newest_intact(tmp_path: Path) -> None:
     folder = _states(tmp_path)
     last = folder / "last.pt"
-    assert last.samefile(folder / "epoch-0003.pt")  # a hard link: one flipped bit damages both names
+    assert last.samefile(folder / "epoch-0002.pt")  # a hard link: one flipped bit damages both names
     _flip_bit(last, _record_data(last, _largest_record(last)) + 3)
     path, state, damaged = latest_state(folder)
-    assert (path.name, state["epoch"]) == ("epoch-0002.pt", 2)
-    assert [line.split(":")[0] for line in damaged] == [str(last), str(folder / "epoch-0003.pt")]
+    assert (path.name, state["epoch"]) == ("epoch-0001.pt", 2)  # epoch 1 (0-based) done: 2 completed
+    assert [line.split(":")[0] for line in damaged] == [str(last), str(folder / "epoch-0002.pt")]
     assert all("CRC-32" in line for line in damaged)
 
 
@@ -168,18 +169,18 @@ def test_latest_state_uses_an_intact_copy_when_only_last_is_damaged(tmp_path: Pa
     folder = _states(tmp_path)
     (folder / "last.pt").write_bytes((folder / "last.pt").read_bytes()[:1000])  # truncated
     path, state, damaged = latest_state(folder)
-    assert (path.name, state["epoch"]) == ("epoch-0003.pt", 3) and len(damaged) == 1
+    assert (path.name, state["epoch"]) == ("epoch-0002.pt", 3) and len(damaged) == 1
 
 
 def test_nothing_intact_lists_every_damaged_file(tmp_path: Path) -> None:
     folder = _states(tmp_path, epochs=2)
-    for name in ("epoch-0001.pt", "epoch-0002.pt"):
+    for name in ("epoch-0000.pt", "epoch-0001.pt"):
         (folder / name).write_bytes(b"garbage")
     (folder / "last.pt").unlink()
     with pytest.raises(CheckpointError) as info:
         latest_state(folder)
-    assert [p.split(":")[0] for p in info.value.problems[:2]] == [str(folder / "epoch-0002.pt"),
-                                                                  str(folder / "epoch-0001.pt")]
+    assert [p.split(":")[0] for p in info.value.problems[:2]] == [str(folder / "epoch-0001.pt"),
+                                                                  str(folder / "epoch-0000.pt")]
     assert "no intact training state" in info.value.problems[-1]
     with pytest.raises(RunDirectoryError, match="does not exist"):
         latest_state(tmp_path / "empty")
@@ -187,24 +188,24 @@ def test_nothing_intact_lists_every_damaged_file(tmp_path: Path) -> None:
 
 def test_an_epoch_file_that_holds_another_epoch_is_passed_over(tmp_path: Path) -> None:
     folder = _states(tmp_path, epochs=2)
-    os.replace(folder / "epoch-0002.pt", folder / "epoch-0005.pt")
+    os.replace(folder / "epoch-0001.pt", folder / "epoch-0005.pt")
     (folder / "last.pt").unlink()
     path, _, damaged = latest_state(folder)
-    assert path.name == "epoch-0001.pt" and damaged == [f"{folder / 'epoch-0005.pt'}: holds epoch 2, not the 5 its "
-                                                        "name says"]
+    assert path.name == "epoch-0000.pt" and damaged == [f"{folder / 'epoch-0005.pt'}: holds 2 completed epochs, not "
+                                                        "what its name says (epoch 5)"]
 
 
 def test_build_resumes_past_a_corrupted_last_with_the_uninterrupted_result(tmp_path: Path, whole: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     cut = _cut(tmp_path, monkeypatch, epoch=2)
     last = cut / "checkpoints" / "last.pt"
-    _flip_bit(last, _record_data(last, _largest_record(last)) + 5)  # last.pt and epoch-0002.pt
+    _flip_bit(last, _record_data(last, _largest_record(last)) + 5)  # last.pt and epoch-0001.pt
     lines: list[str] = []
-    build(load_tiny(tmp_path), out=cut, resume=True, log=lines.append)
-    assert any(line.startswith(f"warning: damaged checkpoint passed over: {last}: damaged") for line in lines)
-    assert f"resuming from {cut / 'checkpoints' / 'epoch-0001.pt'} (epoch 1), the newest intact checkpoint" in lines
+    with pytest.warns(RecipecWarning, match=rf"^damaged checkpoint passed over: {re.escape(str(last))}: damaged"):
+        build(load_tiny(tmp_path), out=cut, resume=True, log=lines.append)
+    assert f"resuming from {cut / 'checkpoints' / 'epoch-0000.pt'} (1 epoch done), the newest intact checkpoint" in lines
     assert same_weights(whole, cut)
-    assert load_state(cut / "checkpoints" / "epoch-0002.pt")["epoch"] == 2  # rewritten whole
+    assert load_state(cut / "checkpoints" / "epoch-0001.pt")["epoch"] == 2  # rewritten whole
 
 
 # --------------------------------------------------------------------------- 7.6: a kill between the two names
@@ -215,7 +216,7 @@ def test_kill_between_epoch_file_and_last_resumes_from_the_epoch_file(tmp_path: 
     real = state_module._refresh_last
 
     def killed(source: Path, last: Path) -> None:
-        if source.name == "epoch-0002.pt":
+        if source.name == "epoch-0001.pt":  # epoch 1 (0-based): the second
             raise KeyboardInterrupt
         real(source, last)
 
@@ -227,7 +228,7 @@ def test_kill_between_epoch_file_and_last_resumes_from_the_epoch_file(tmp_path: 
     assert load_state(cut / "checkpoints" / "last.pt")["epoch"] == 1
     lines: list[str] = []
     build(load_tiny(tmp_path), out=cut, resume=True, log=lines.append)
-    assert f"resuming from {cut / 'checkpoints' / 'epoch-0002.pt'} (epoch 2), the newest intact checkpoint" in lines
+    assert f"resuming from {cut / 'checkpoints' / 'epoch-0001.pt'} (2 epochs done), the newest intact checkpoint" in lines
     assert f"resumed {cut} at epoch 2" in lines
     assert same_weights(whole, cut)
 
@@ -236,9 +237,9 @@ def test_plain_build_into_a_run_with_only_an_epoch_file_says_resume(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     cut = _cut(tmp_path, monkeypatch, epoch=1)
     (cut / "checkpoints" / "last.pt").unlink()  # a kill after the epoch file, before last.pt ever existed
-    with pytest.raises(RunDirectoryError, match=r"already holds a run \(checkpoints/epoch-0001\.pt\); add --resume"):
+    with pytest.raises(RunDirectoryError, match=r"already holds a run \(checkpoints/epoch-0000\.pt\); add --resume"):
         build(load_tiny(tmp_path), out=cut)
-    assert latest_state(cut / "checkpoints")[0].name == "epoch-0001.pt"  # what --resume continues from
+    assert latest_state(cut / "checkpoints")[0].name == "epoch-0000.pt"  # what --resume continues from
 
 
 # --------------------------------------------------------------------------- 7.7 and 8.5: epochs
@@ -456,7 +457,7 @@ def test_latest_state_passes_over_a_damaged_field(tmp_path: Path) -> None:
     last.unlink()  # break the hard link: only last.pt is damaged
     torch.save(raw | {"epoch": "two"}, last)
     path, state, damaged = latest_state(folder)
-    assert (path.name, state["epoch"]) == ("epoch-0002.pt", 2)
+    assert (path.name, state["epoch"]) == ("epoch-0001.pt", 2)
     assert damaged == [f"{last}: damaged training state: field 'epoch': must be a whole number >= 0, got 'two'; "
                        "resume from an older checkpoint (checkpoints/epoch-*.pt) or start a new run"]
 
@@ -546,7 +547,7 @@ def test_ctrl_c_says_what_was_kept_and_the_exact_resume_command(tmp_path: Path, 
     assert code == 130 and "Traceback" not in err
     lines = err.splitlines()
     assert lines[0] == "error: interrupted"
-    assert lines[1] == f"kept {run / 'checkpoints' / 'epoch-0002.pt'} (2 epochs done); continue with:"
+    assert lines[1] == f"kept {run / 'checkpoints' / 'epoch-0001.pt'} (2 epochs done); continue with:"
     command = shlex.split(lines[2])
     assert command == ["recipec", "build", str(recipe), "--out", str(run), *sets, "--device", "cpu", "--resume"]
     assert _cli(capsys, *command[1:], "--quiet")[0] == 0
@@ -573,7 +574,7 @@ def test_build_interrupted_is_a_keyboard_interrupt_that_names_the_checkpoint(tmp
             build(load_tiny(tmp_path), out=tmp_path / "run")
     assert isinstance(info.value, KeyboardInterrupt)
     assert (info.value.run, info.value.epoch) == (str(tmp_path / "run"), 1)
-    assert info.value.checkpoint == str(tmp_path / "run" / "checkpoints" / "epoch-0001.pt")
+    assert info.value.checkpoint == str(tmp_path / "run" / "checkpoints" / "epoch-0000.pt")
 
 
 SECOND_CTRL_C = """\
@@ -626,7 +627,7 @@ def test_an_interrupted_upstream_build_continues_with_the_same_command(tmp_path:
     assert code == 130
     upstream = Path("runs") / "upstream"
     assert err.splitlines()[1] == (f"interrupted while building the upstream run {upstream} "
-                                   f"(kept {upstream / 'checkpoints' / 'epoch-0001.pt'}); continue with:")
+                                   f"(kept {upstream / 'checkpoints' / 'epoch-0000.pt'}); continue with:")
     assert shlex.split(err.splitlines()[2]) == ["recipec", "build", "down.yaml"]
     code, out, err = _cli(capsys, "build", "down.yaml")
     assert code == 0, err
