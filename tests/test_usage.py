@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -68,13 +69,23 @@ def test_the_preprocessing_in_words() -> None:
         "normalised with mean [0.5, 0.5, 0.5] and std [0.25, 0.25, 0.25]")
 
 
-def test_the_weights_rule_resizes_the_shorter_side_then_crops() -> None:
+@pytest.mark.parametrize(("mean", "std"), [([0.4, 0.5, 0.6], [0.2, 0.25, 0.3]), ([0.45], [0.2])])
+def test_the_weights_rule_resizes_the_shorter_side_then_crops(mean: list[float], std: list[float]) -> None:
+    channels = len(mean)
     prep = {"image_size": 8, "rule": "shorter_side", "resize_size": 10, "interpolation": "bilinear",
-            "crop_mode": "center", "in_channels": 1, "normalization": {"mean": [0.5], "std": [0.5]}}
-    image = Image.new("RGBA", (20, 40), (255, 0, 0, 0))
+            "crop_mode": "center", "in_channels": channels, "normalization": {"mean": mean, "std": std}}
+    # 20x40, no two pixels alike and each channel its own pattern; the alpha is dropped, not blended
+    rows, cols = np.mgrid[0:40, 0:20]
+    rgba = np.stack([rows * 6, cols * 12, (rows * 3 + cols * 5) % 256, np.full_like(rows, 7)], -1).astype(np.uint8)
+    image = Image.fromarray(rgba, "RGBA")
     x = image_transform(prep)(image)
-    assert x.shape == (1, 8, 8)  # 20x40 -> 10x20 -> centre 8x8; luminance of pure red, normalised
-    assert torch.allclose(x, torch.full_like(x, (0.299 - 0.5) / 0.5), atol=1e-2)
+    # 20x40 -> 10x20 (PIL bilinear, on the 8-bit image, as the pretraining transforms) -> centre 8x8: rows 6-13, cols 1-8
+    resized = image.convert("RGB").resize((10, 20), Image.Resampling.BILINEAR)
+    rgb = torch.from_numpy(np.asarray(resized, dtype=np.float32)[6:14, 1:9] / 255).permute(2, 0, 1)  # (3, 8, 8)
+    pixels = rgb if channels == 3 else (rgb * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+    expected = (pixels - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    assert x.shape == (channels, 8, 8)
+    assert torch.allclose(x, expected, rtol=0, atol=1e-5)
 
 
 def test_import_is_torch_free() -> None:

@@ -56,8 +56,10 @@ class FitConfig:
         batchnorm, dropout: ``frozen`` or ``train``: the mode of the frozen groups' BatchNorm and of their
             other train-mode-dependent modules (:func:`recipec.train.freezing.set_train_mode`).
         amp: ``none``, ``bf16`` or ``fp16``.
-        grad_clip: max gradient norm, or None.
-        accumulate: batches per optimizer step.
+        grad_clip: max norm of the gradient each optimizer step takes (fp16: once unscaled), or None.
+        accumulate: batches per optimizer step. A step's gradient is that of the mean loss over its examples,
+            as one batch of ``batch_size x accumulate`` would give; so is the epoch's last step, which may hold
+            fewer batches, the last of them short.
         aux_loss_weight: auxiliary classifiers (googlenet, inception_v3) add this x their loss while they train.
         compile_mode: torch.compile the training forward (True or a mode name), counting each epoch's
             (re)compiles in its metrics (``compiles``).
@@ -160,6 +162,7 @@ def fit(training: Training, data: Data, config: FitConfig, *, start_epoch: int =
         to_channels_last(model)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
     full = data.train.batch_size
+    per_step = (full or 1) * config.accumulate  # examples in a full optimizer step
     compiling = config.compile_mode is not False
     phases = len({schedule.trainable_at(e) for e in range(start_epoch, config.epochs)}) if compiling else 0
     compiled = compile_forward(model, config.compile_mode, phases=phases)
@@ -180,6 +183,7 @@ def fit(training: Training, data: Data, config: FitConfig, *, start_epoch: int =
         partial = cache.head if cached and cache is not None else model
         aux_weight = config.aux_loss_weight if aux_trains(model) else 0.0
         optimizer.zero_grad(set_to_none=True)
+        stepping = 0  # examples in the optimizer step being accumulated
         for i, (x, y) in enumerate(cache.batches() if cached and cache is not None else data.train):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if config.channels_last and x.dim() == 4:
@@ -189,11 +193,15 @@ def fit(training: Training, data: Data, config: FitConfig, *, start_epoch: int =
             with autocast_for(device, amp):
                 loss = training_loss((forward if len(x) == full else partial)(x), y, aux_weight, criterion)
             losses.add(loss, len(y))  # on the device: no host sync per batch
-            scaled = loss / config.accumulate
+            # each batch weighs by its examples; a short last step is scaled up to the mean over its own
+            # examples before clipping (_optimizer_step), so it is the short last batch of the big-batch run
+            scaled = loss * (len(y) / per_step)
+            stepping += len(y)
             (scaler.scale(scaled) if scaler else scaled).backward()
             if (i + 1) % config.accumulate == 0 or i + 1 == batches:
                 average_gradients(model, world)
-                _optimizer_step(model, optimizer, scaler, config.grad_clip)
+                _optimizer_step(model, optimizer, scaler, config.grad_clip, per_step / stepping)
+                stepping = 0
                 training.scheduler.step()
                 if ema is not None:
                     ema.step(model)
@@ -343,11 +351,17 @@ def aux_trains(model: nn.Module) -> bool:
     return bool(aux) and all(p.requires_grad for p in aux)
 
 
-def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, grad_clip: float | None) -> None:
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, grad_clip: float | None,
+                    rescale: float = 1.0) -> None:
+    # the accumulated gradients, unscaled (fp16), times rescale (a short step's), then clipped
     if scaler is not None:
         scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.grad is not None]
+    if rescale != 1.0:
+        for grad in [p.grad for p in params if p.grad is not None]:
+            grad.mul_(rescale)
     if grad_clip is not None:
-        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], grad_clip)
+        nn.utils.clip_grad_norm_(params, grad_clip)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

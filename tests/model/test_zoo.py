@@ -340,8 +340,14 @@ def test_set_input_channels(channels: int) -> None:
 def test_set_input_channels_keeps_dtype_and_skips_no_change() -> None:
     model = families.build_architecture("tests.model.test_zoo:make_tiny").double()
     assert zoo.set_input_channels(model, 3) == ("conv", False)
+    old = model.conv
+    old.bias.requires_grad_(False)  # as a frozen group leaves it
     zoo.set_input_channels(model, 1)
-    assert model.conv.weight.dtype == torch.float64 and model.conv.bias is not None
+    new = model.conv
+    assert new is not old and new.weight.dtype == new.bias.dtype == torch.float64
+    assert torch.equal(new.weight, adapt_input_channels(old.weight.detach(), 1))  # float64 sums, not float32
+    assert torch.equal(new.bias, old.bias)
+    assert (new.weight.requires_grad, new.bias.requires_grad) == (True, False)
     assert model(torch.randn(2, 1, 8, 8, dtype=torch.float64)).shape == (2, 10)
 
 
