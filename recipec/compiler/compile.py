@@ -37,7 +37,7 @@ from recipec.recipe.spec import Recipe
 from recipec.train.freezing import FreezeSchedule, apply_trainable, compile_schedule, fixed_parameters, keep_fixed
 from recipec.train.optim import build_optimizer, build_param_groups
 from recipec.train.schedule import build_scheduler
-from recipec.weights import formats
+from recipec.weights import formats, raw
 from recipec.weights.transfer import LoadReport, TransferRules, apply_transfer
 
 __all__ = ["Compiled", "compile_recipe", "resolve_normalization", "resolve_preprocessing"]
@@ -280,7 +280,7 @@ def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> 
     path = Path(source.checkpoint or "")
     try:
         if source.sha256 is not None:
-            digest = formats.sha256(path)
+            digest = raw.sha256(path)
             if digest.lower() != source.sha256.lower():
                 raise CheckpointError([(("source", "sha256"),
                                         f"{path} has sha256 {digest}, the recipe pins {source.sha256}")])
@@ -288,6 +288,8 @@ def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> 
     except CheckpointError as exc:
         raise _attributed(exc, ("source", "checkpoint")) from exc
     state, ran = checkpoint.state_dict, ""
+    if not source.rename:  # a head of Sequential(Dropout, Linear), as earlier recipec wrote it: fc.1.weight -> fc.weight
+        state = heads.renamed_legacy_heads(state, model)
     if source.timm_filter:  # timm's own checkpoint_filter_fn of model.arch converts an official layout first
         state, ran = timm_filtered(recipe.model.arch, model, dict(state))
     report = _transfer(

@@ -18,6 +18,7 @@ from recipec._atomic import atomic_path
 from recipec.compiler.compile import resolve_preprocessing
 from recipec.errors import CheckpointError, ExportError
 from recipec.inference.restore import build_model
+from recipec.model.heads import renamed_legacy_heads
 from recipec.provenance import read_export_metadata
 from recipec.recipe._yaml import read_embedded
 from recipec.recipe.spec import Recipe
@@ -41,6 +42,7 @@ def rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path,
     """The architecture the recipe describes (as ``recipec.load`` builds it), with ``state`` loaded strictly."""
     spec = recipe.model
     model = build_model(recipe, trust_factories=trust_factories, origin=str(source))
+    state = renamed_legacy_heads(state, model)  # fc.1.weight of earlier recipec versions -> fc.weight
     expected = model.state_dict()
     problems = [f"{source}: lacks {k!r}, which {spec.arch} has" for k in sorted(set(expected) - set(state))[:10]]
     problems += [f"{source}: has {k!r}, which {spec.arch} lacks" for k in sorted(set(state) - set(expected))[:10]]

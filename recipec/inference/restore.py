@@ -22,6 +22,7 @@ from torch import nn
 from recipec.errors import CheckpointError, ModelError, UntrustedFactoryError
 from recipec.model import families, zoo
 from recipec.model.factory import factory_names
+from recipec.model.heads import renamed_legacy_heads
 from recipec.recipe.embedded import recipe_from_metadata
 from recipec.weights import formats
 from recipec.weights.onnx import read_onnx
@@ -115,7 +116,7 @@ def model_from(recipe: Any, checkpoint: Any, path: str | os.PathLike[str], *,
     ``trust_factories`` as for :func:`load`: the export's recipe came from the file.
     """
     model = build_model(recipe, trust_factories=factory_names(trust_factories), origin=str(path))
-    state = checkpoint.state_dict
+    state = renamed_legacy_heads(checkpoint.state_dict, model)  # fc.1.weight of earlier versions -> fc.weight
     try:
         dtype = next(v.dtype for v in state.values() if v.is_floating_point())
         model.to(dtype)

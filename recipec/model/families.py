@@ -293,7 +293,7 @@ def replace_head(
     Example:
         >>> info = replace_head(resnet18(), "resnet18", num_classes=5, dropout=0.2)
         >>> info.path, info.new
-        ('fc', 'Sequential[Dropout(0.2), Linear(512 -> 5)]')
+        ('fc', 'Linear(512 -> 5, dropout 0.2)')
     """
     if at is None:
         return family_of(arch).replace_head(model, arch, num_classes=num_classes, type=type, hidden=hidden,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal, TypedDict, TypeVar
 
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11 on
 
 __all__ = [
+    "DropoutConv2d",
+    "DropoutLinear",
     "FactoryKwargs",
     "HeadInfo",
     "aux_classifiers",
@@ -28,12 +31,14 @@ __all__ = [
     "in_features_of",
     "last_linear_path",
     "placement",
+    "renamed_legacy_heads",
     "replace_module",
     "resolve_path",
     "set_module",
 ]
 
 _AT = ("model", "head", "at")
+T = TypeVar("T")
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 _MAX_HEAD_WEIGHTS = 2**31  # 8 GiB of float32; 1,000,000 classes on 2048 features (resnet50) fit, just
 _AUX_HEADS = ("aux1", "aux2", "AuxLogits")
@@ -69,6 +74,61 @@ class HeadInfo:
     num_params: int
     notes: tuple[str, ...] = ()
     aux_prefixes: tuple[str, ...] = ()
+
+
+class DropoutLinear(nn.Linear):
+    """A ``Linear`` that applies dropout to its input: a linear head with dropout whose tensors keep the
+    classifier's own names (``fc.weight``, ``head.fc.weight``, ``classifier.1.weight``).
+
+    ``Sequential(Dropout, Linear)`` would name them ``fc.1.weight``, which no other library loads
+    (earlier versions of recipec did so; :func:`renamed_legacy_heads` reads their files).
+    """
+
+    def __init__(self, in_features: int, out_features: int, p: float, **factory_kwargs: Unpack[FactoryKwargs]) -> None:
+        super().__init__(in_features, out_features, **factory_kwargs)
+        self.p = p
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.dropout(input, self.p, self.training))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dropout={self.p}"
+
+
+class DropoutConv2d(nn.Conv2d):
+    """A 1x1 ``Conv2d`` head (squeezenet's) that applies dropout to its input, keeping the classifier's key names."""
+
+    def __init__(self, in_channels: int, out_channels: int, p: float, **factory_kwargs: Unpack[FactoryKwargs]) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1, **factory_kwargs)
+        self.p = p
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.dropout(input, self.p, self.training))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dropout={self.p}"
+
+
+def renamed_legacy_heads(state: Mapping[str, T], model: nn.Module) -> dict[str, T]:
+    """``state`` with the tensors of a linear head with dropout as earlier versions wrote them (``fc.1.weight``, a
+    ``Sequential(Dropout, Linear)``) under the names ``model`` gives them now (``fc.weight``).
+
+    Only for the model's :class:`DropoutLinear` / :class:`DropoutConv2d` heads, and only when ``state``
+    lacks the new name: every other key, and every other file, is returned as it is.
+    """
+    moves = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (DropoutLinear, DropoutConv2d)):
+            prefix = f"{name}." if name else ""
+            if f"{prefix}weight" not in state and f"{prefix}1.weight" in state and f"{prefix}0.weight" not in state:
+                moves[f"{prefix}1."] = prefix
+    if not moves:
+        return dict(state)
+    out = {}
+    for key, value in state.items():
+        old = next((o for o in moves if key.startswith(o)), None)
+        out[moves[old] + key[len(old):] if old is not None else key] = value
+    return out
 
 
 def _is_index(segment: str) -> bool:
@@ -168,9 +228,11 @@ def build_head(
 ) -> nn.Module:
     """A new classifier.
 
-    linear: ``[Dropout(p)] + Linear``; a bare ``Linear`` when ``dropout`` is 0, so its tensors
-    are named like torchvision's (``fc.weight``). mlp: ``Linear -> activation -> [Dropout(p)]``
-    for each hidden size, then ``Linear`` to ``num_classes``.
+    linear: a ``Linear`` (a :class:`DropoutLinear` when ``dropout`` > 0, which applies dropout to
+    its input), so its tensors are named like the architecture's own classifier (``fc.weight``)
+    and load into the plain architecture. mlp: ``Linear -> activation -> [Dropout(p)]`` for each
+    hidden size, then ``Linear`` to ``num_classes``: ``fc.0.weight``, ``fc.3.weight``, ... (with
+    dropout: ``fc.0``, ``fc.3``; without: ``fc.0``, ``fc.2``), its own keys.
 
     Args:
         in_features: features (or channels, with ``conv``) entering the head.
@@ -196,7 +258,8 @@ def build_head(
             f"{' -> '.join(map(str, widths))}); at most {_MAX_HEAD_WEIGHTS:,}: lower num_classes or the hidden sizes")))
     if type == "linear":
         if dropout > 0:
-            return nn.Sequential(nn.Dropout(dropout), layer(in_features, num_classes))
+            kind = DropoutConv2d if conv else DropoutLinear
+            return kind(in_features, num_classes, dropout, **factory_kwargs)
         return layer(in_features, num_classes)
     if type != "mlp":
         raise ModelError((("model", "head", "type"), f"unknown head type {type!r}; use linear or mlp"))
@@ -214,12 +277,13 @@ def build_head(
 
 
 def describe_module(module: nn.Module) -> str:
-    """A short description of a head, e.g. ``Sequential[Dropout(0.2), Linear(512 -> 5)]``."""
+    """A short description of a head, e.g. ``Linear(512 -> 5, dropout 0.2)``."""
+    dropout = f", dropout {module.p}" if isinstance(module, (DropoutLinear, DropoutConv2d)) else ""
     if isinstance(module, nn.Linear):
-        return f"Linear({module.in_features} -> {module.out_features})"
+        return f"Linear({module.in_features} -> {module.out_features}{dropout})"
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
-        return f"Conv2d({module.in_channels} -> {module.out_channels}, {kh}x{kw})"
+        return f"Conv2d({module.in_channels} -> {module.out_channels}, {kh}x{kw}{dropout})"
     if isinstance(module, nn.Dropout):
         return f"Dropout({module.p})"
     children = list(module.children())
@@ -268,7 +332,7 @@ def replace_module(
     Example:
         >>> info = replace_module(resnet18(), "fc", num_classes=5, dropout=0.2)
         >>> info.path, info.new
-        ('fc', 'Sequential[Dropout(0.2), Linear(512 -> 5)]')
+        ('fc', 'Linear(512 -> 5, dropout 0.2)')
     """
     old = model.get_submodule(path)
     in_features = in_features_of(old)

@@ -41,10 +41,48 @@ def test_linear_head() -> None:
     assert isinstance(head, nn.Linear) and (head.in_features, head.out_features) == (512, 5)
 
 
-def test_linear_head_with_dropout() -> None:
+def test_linear_head_with_dropout_keeps_the_linears_own_keys() -> None:
     head = heads.build_head(512, num_classes=5, dropout=0.3)
-    assert _types(head) == [nn.Dropout, nn.Linear]
-    assert head[0].p == 0.3 and head[1].out_features == 5
+    assert isinstance(head, nn.Linear) and head.p == 0.3 and head.out_features == 5
+    assert list(head.state_dict()) == ["weight", "bias"]
+    x = torch.randn(64, 512)
+    plain = nn.Linear(512, 5)
+    plain.load_state_dict(head.state_dict())
+    assert torch.equal(head.eval()(x), plain(x))  # eval: exactly the Linear
+    torch.manual_seed(0)
+    dropped = head.train()(x)
+    torch.manual_seed(0)
+    assert torch.equal(dropped, plain(nn.functional.dropout(x, 0.3, True)))  # train: dropout on the input
+    assert not torch.equal(dropped, plain(x))
+
+
+def test_conv_head_with_dropout_keeps_the_convs_own_keys() -> None:
+    head = heads.build_head(512, num_classes=5, dropout=0.5, conv=True)
+    assert isinstance(head, nn.Conv2d) and head.kernel_size == (1, 1) and list(head.state_dict()) == ["weight", "bias"]
+    assert heads.describe_module(head) == "Conv2d(512 -> 5, 1x1, dropout 0.5)"
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0", "mobilenet_v3_small", "squeezenet1_0"])
+def test_a_dropout_head_loads_into_the_plain_torchvision_model(arch: str) -> None:
+    """The issue: fc.1.weight (a Sequential) made every export unloadable by torchvision."""
+    model = getattr(torchvision.models, arch)(num_classes=1000)
+    families.replace_head(model, arch, num_classes=7, dropout=0.2)
+    plain = getattr(torchvision.models, arch)(num_classes=7)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model.eval()(x), plain.eval()(x))
+
+
+def test_heads_written_as_a_sequential_by_earlier_versions_still_load() -> None:
+    model = torchvision.models.resnet18(num_classes=1000)
+    families.replace_head(model, "resnet18", num_classes=3, dropout=0.2)
+    old = {("fc.1." + k[3:] if k.startswith("fc.") else k): v for k, v in model.state_dict().items()}
+    assert "fc.1.weight" in old and "fc.weight" not in old
+    renamed = heads.renamed_legacy_heads(old, model)
+    assert list(renamed) == list(model.state_dict())  # same order, fc.1.* -> fc.*
+    assert heads.renamed_legacy_heads(model.state_dict(), model).keys() == model.state_dict().keys()  # new: as is
+    plain = torchvision.models.resnet18(num_classes=3)  # no dropout head in the model: nothing renamed
+    assert "fc.1.weight" in heads.renamed_legacy_heads(old, plain)
 
 
 def test_mlp_head_defaults() -> None:
@@ -151,10 +189,10 @@ def test_replace_last_of_sequential() -> None:
     model = torchvision.models.vgg11()
     info = families.replace_head(model, "vgg11", num_classes=4, dropout=0.2)
     assert (info.path, info.in_features, info.param_prefix) == ("classifier.6", 4096, "classifier.6.")
-    assert info.new == "Sequential[Dropout(0.2), Linear(4096 -> 4)]"
+    assert info.new == "Linear(4096 -> 4, dropout 0.2)"
     assert _types(model.classifier)[:6] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout]
-    assert {k for k in model.state_dict() if k.startswith("classifier.6.")} == {"classifier.6.1.weight",
-                                                                               "classifier.6.1.bias"}
+    assert {k for k in model.state_dict() if k.startswith("classifier.6.")} == {"classifier.6.weight",
+                                                                               "classifier.6.bias"}
 
 
 def test_replace_with_mlp() -> None:
