@@ -98,3 +98,33 @@ def test_main_restores_the_previous_showwarning() -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     assert warnings.showwarning is before
+
+
+@pytest.mark.slow  # six fresh processes, one of them a build with an ONNX export (~30 s)
+def test_a_whole_session_prints_nothing_but_recipec_lines_on_stderr(tmp_path: Path) -> None:
+    """build (with an ONNX export and its parity check), inspect, eval, predict, convert: every stderr line is
+    recipec's own (``warning: ...``, ``note: ...``), none a library's raw warning, path or C++ log line."""
+    from tests.imagedata import make_imagefolder
+    from tests.tinyrecipes import tiny_yaml
+
+    root = tmp_path / "images"
+    written = make_imagefolder(root, ["a", "b"], {"": 6}, size=8)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(tiny_yaml(
+        model='{arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 2}}',
+        freeze="{trainable: [head]}", optimizer="{name: sgd, lr: 0.01}", train="{epochs: 1}",
+        data=f"{{dataset: imagefolder, root: {root}, image_size: 8, batch_size: 4, num_workers: 1, "
+             "val_fraction: 0.25}", export="{formats: [safetensors, onnx]}"))
+    run = tmp_path / "run"
+    image = str(written[""][0][0])
+    commands = [["build", str(recipe), "--out", str(run), "--quiet"], ["inspect", str(run / "model.onnx")],
+                ["eval", str(run), "--trust-factory", "tests.tinynets:tiny_cnn"],
+                ["predict", str(run / "model.onnx"), image],
+                ["predict", str(run / "model.safetensors"), image, "--trust-factory", "tests.tinynets:tiny_cnn"],
+                ["convert", str(run / "model.safetensors"), str(tmp_path / "copy.pt")]]
+    for command in commands:
+        result = subprocess.run([sys.executable, "-m", "recipec", *command], capture_output=True, text=True,
+                                cwd=ROOT)
+        assert result.returncode == 0, (command, result.stderr)
+        foreign = [line for line in result.stderr.splitlines() if line and not line.startswith(("warning: ", "note: "))]
+        assert not foreign and "site-packages" not in result.stderr, (command, result.stderr)
