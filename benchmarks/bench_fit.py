@@ -10,6 +10,7 @@ machine's noise is visible. ``--lockstep`` adds the finest interleaving: both lo
 taking turns, so drift in the machine's speed cancels within a step pair.
 
     python benchmarks/bench_fit.py [--repeats 5] [--threads 1 --clock cpu] [--lockstep]
+    python benchmarks/bench_fit.py --quick   # 1 repeat, 10 images per class at 16x16: a check that it runs
 """
 
 from __future__ import annotations
@@ -124,7 +125,11 @@ def main() -> None:
                         help="cpu: this process's CPU time, for a machine shared with other work (use --threads 1)")
     parser.add_argument("--lockstep", action="store_true",
                         help="also time both loops step for step, taking turns (the finest interleaving)")
+    parser.add_argument("--quick", action="store_true", help="1 repeat on 100 images at 16x16: a check that it runs")
     args = parser.parse_args()
+    small = {"per_class": 10, "image_size": 16, "batch_size": 32} if args.quick else {}
+    if args.quick:
+        args.repeats = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu":
@@ -134,7 +139,8 @@ def main() -> None:
         path = Path(tmp) / "bench.yaml"
         path.write_text(textwrap.dedent(RECIPE))
         recipe = load_recipe(path)
-    data = build_data(dataset="digits", image_size=32, normalize="imagenet", batch_size=64, val_fraction=0.0)
+    data = build_data(**{"dataset": "digits", "image_size": 32, "normalize": "imagenet", "batch_size": 64,
+                         "val_fraction": 0.0, **small})
     _plain_epoch(recipe, data)  # warm-up: allocator, kernels, page cache
     plain_runs, our_runs = [], []
     for r in range(args.repeats):  # interleaved, in alternating order, so load on the machine hits both alike
@@ -156,8 +162,8 @@ def main() -> None:
     print(f"median training step, paired ratios: median {statistics.median(steps):.3f}, "
           f"range {steps[0]:.3f}-{steps[-1]:.3f}")
     if args.lockstep:
-        plain_data = build_data(dataset="digits", image_size=32, normalize="imagenet", batch_size=64,
-                                val_fraction=0.0)  # its own loader: the two loops iterate at once
+        plain_data = build_data(**{"dataset": "digits", "image_size": 32, "normalize": "imagenet", "batch_size": 64,
+                                   "val_fraction": 0.0, **small})  # its own loader: the two loops iterate at once
         ours_steps, plain_steps = [], []
         for _ in range(args.repeats):
             o, p = _lockstep(recipe, data, plain_data)

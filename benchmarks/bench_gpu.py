@@ -8,6 +8,7 @@ compile; on a CPU, fp32, no compile and a small input, so it runs in a minute.
 
     python benchmarks/bench_gpu.py [--device auto] [--amp bf16] [--channels-last] [--compile]
                                    [--image-size 64] [--batch-size 128] [--epochs 3]
+    python benchmarks/bench_gpu.py --quick   # one timed epoch of 64 images at 16x16, once: a check that it runs
 """
 
 from __future__ import annotations
@@ -102,7 +103,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on CUDA, 64 on a CPU")
     parser.add_argument("--classes", type=int, default=None, help="fake classes of 32 images; default: 100 on CUDA, 10")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs, after one warm-up each")
+    parser.add_argument("--quick", action="store_true", help="2 classes, 16x16, one timed epoch, once")
     args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.classes, args.image_size, args.batch_size = 1, 2, 16, 32
     from recipec.device import resolve_device
 
     device = resolve_device(args.device)
@@ -125,7 +129,7 @@ def main() -> None:
     print(f"device {name}; resnet18 {size}x{size}, batch {batch}, {images} images per epoch; amp {amp}, "
           f"channels_last {channels_last}, compile {compile_on}")
     plains, ours = [], []
-    for r in range(2):  # interleaved, alternating which goes first
+    for r in range(1 if args.quick else 2):  # interleaved, alternating which goes first
         runs = [(_plain, plains), (_recipec, ours)]
         for fn, out in runs if r % 2 == 0 else runs[::-1]:
             out += fn(recipe, data, args.epochs)

@@ -7,6 +7,7 @@ exported) and is scored on the balanced test set by macro F1 (the mean over clas
 2 TP / (2 TP + FP + FN)) and the mean recall of the five minority classes, for three seeds.
 
     python benchmarks/bench_imbalance.py [--epochs 8] [--seeds 0 1 2]
+    python benchmarks/bench_imbalance.py --quick   # 1 epoch, 1 seed: a check that it runs
 """
 
 from __future__ import annotations
@@ -109,7 +110,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="1 epoch, 1 seed: a check that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.seeds = 1, [0]
     sys.path.insert(0, str(ROOT))  # model.arch names this module
     torch.set_num_threads(2)
 
@@ -126,7 +130,7 @@ def main() -> None:
         for n, (config, overrides) in enumerate(CONFIGS.items()):
             for seed in args.seeds:
                 recipe = load_recipe(tmp / "bench.yaml", [*overrides, f"seed={seed}", f"train.epochs={args.epochs}"])
-                run = build(recipe, out=tmp / f"run-{n}-{seed}")
+                run = build(recipe, out=tmp / f"run-{n}-{seed}", log=None)
                 classes = recipe.data.classes or sorted(p.name for p in (tmp / "train").iterdir())
                 model = recipec.load(run / "model.safetensors", trust_factories=["benchmarks.bench_imbalance:small_cnn"])
                 results.setdefault(config, []).append(_scores(model, x, y, classes))

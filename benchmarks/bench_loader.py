@@ -9,6 +9,7 @@ what it would gain; recipec does not use it, because its pixels differ from a fu
 followed by the documented resize.
 
     python benchmarks/bench_loader.py [--images 256] [--side 500] [--image-size 128] [--batch-size 32]
+    python benchmarks/bench_loader.py --quick   # 16 JPEGs 64x48 to 32x32, one step: a check that it runs
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="16 small JPEGs, one step: a check that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.side, args.image_size, args.batch_size, args.steps = 16, 64, 32, 8, 1
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         _folder(root, args.images, args.side)

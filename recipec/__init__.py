@@ -7,7 +7,7 @@ Example:
     >>> recipe = recipec.load_recipe("recipes/quickstart.yaml", ["train.epochs=1"])
     >>> compiled = recipec.compile_recipe(recipe)      # model, optimizer, scheduler, plan
     >>> print(compiled.plan.text())
-    >>> run = recipec.build(recipe)                    # fine-tune and export into runs/<name>/
+    >>> run = recipec.build(recipe)                    # fine-tune and export into runs/<name>/ (prints each epoch)
     >>> model = recipec.load(run / "model.safetensors")
 """
 

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 from recipec._files import check_output
 from recipec.errors import DiskFullError, Problem, RecipecError, format_path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_link", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
@@ -155,3 +156,41 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> str:
+    """Put ``src``'s bytes at ``dst`` atomically: a hard link where the file system allows one, else a copy.
+
+    A hard link shares the file: that is safe because recipec replaces files (:func:`atomic_path`),
+    never writes into them. ``dst`` that is already ``src`` (the same inode) is left alone.
+
+    Returns:
+        ``"link"`` or ``"copy"``: how the file got there.
+
+    Raises:
+        OutputError: ``dst`` is a directory or a special file (exit 2).
+        OSError: reading ``src`` or writing beside ``dst`` failed, naming the path.
+    """
+    shown = check_output(dst, what="the output")
+    real = Path(os.path.realpath(shown))
+    if real.exists() and os.path.samefile(src, real):
+        return "link"
+    with _user_path(shown):
+        real.parent.mkdir(parents=True, exist_ok=True)
+        tmp, _ = _create_temp(real)
+        tmp.unlink()  # only the free name was wanted: os.link makes the file itself
+    try:
+        try:
+            os.link(src, tmp)
+            how = "link"
+        except OSError:  # another file system, or one without hard links
+            shutil.copyfile(src, tmp)
+            how = "copy"
+        os.replace(tmp, real)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and _out_of_space(exc, real.parent):
+            raise _disk_full(f"{shown}: no space left on device; the previous file, if any, is untouched") from exc
+        raise
+    return how

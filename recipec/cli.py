@@ -8,6 +8,10 @@ Exit codes: 0 done; 2 the input is wrong (one ``error:`` line per problem on std
 traceback unless ``--debug`` or ``RECIPEC_DEBUG=1``); 1 the run itself failed. Under
 ``torchrun``, ranks above 0 print no input error (rank 0 prints it) and prefix the others
 with ``[rank N] `` (see :func:`recipec.commands._common.rank_prefix`).
+
+Warnings go to stderr as ``warning: <text>`` whatever ``--quiet`` says (it silences progress);
+a library's warning is shown in the same form, without its path into site-packages
+(:func:`recipec.commands._common.show_warning`).
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from recipec.commands import checkpoints, models, recipes
-from recipec.commands._common import Interrupted, Located, print_errors, rank_prefix
-from recipec.errors import RecipecError
+from recipec.commands import checkpoints, hub, models, presets, recipes
+from recipec.commands._common import Interrupted, Located, print_errors, rank_prefix, show_warning
+from recipec.errors import RecipecError, RecipecWarning
 
 __all__ = ["cli", "main"]
 
@@ -44,8 +49,9 @@ def cli(debug: bool) -> None:
     """
 
 
-for _command in (recipes.validate, recipes.schema, recipes.build, recipes.plan, models.lr_find, checkpoints.convert,
-                 checkpoints.inspect, models.eval_, models.predict, checkpoints.features, checkpoints.card):
+for _command in (recipes.validate, recipes.schema, recipes.init, recipes.build, recipes.plan, models.lr_find,
+                 checkpoints.convert, checkpoints.inspect, models.eval_, models.predict, checkpoints.features,
+                 checkpoints.card, hub.push, presets.presets):
     cli.add_command(_command)
 
 
@@ -55,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("RECIPEC_DEBUG", "") not in ("", "0")
     code = 0
     previous = _catch_interrupts()
+    warned = warnings.catch_warnings()  # the caller's filters and showwarning come back at the end
+    warned.__enter__()
+    warnings.showwarning = show_warning  # stderr, in recipec's words; survives --quiet
+    warnings.simplefilter("always", RecipecWarning)  # each time it happens, not once per line of recipec
     try:
         result: Any = cli.main(args=args, prog_name="recipec", standalone_mode=False)
         code = result if isinstance(result, int) else 0
@@ -100,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 1
         print_errors([f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, and "
                       "please report it)"], code, unexpected=True)
+    warned.__exit__(None, None, None)
     if previous is not None and code != 130:  # after Ctrl-C the handler stays for the interpreter's shutdown
         signal.signal(signal.SIGINT, previous)
     sys.exit(code)

@@ -23,6 +23,7 @@ __all__ = [
     "DiskFullError",
     "ExportError",
     "GroupError",
+    "HubError",
     "ModelError",
     "OutputError",
     "RecipeError",
@@ -173,6 +174,11 @@ class RunDirectoryError(RecipecError, ValueError):
 
 class TrackingError(RecipecError, ValueError):
     """A tracking store (``log.mlflow.tracking_uri``) that cannot be reached or used, found before training."""
+
+
+class HubError(RecipecError, ValueError):
+    """Sharing on the Hugging Face Hub refused before anything is sent: no token, a card that does not parse,
+    ``huggingface_hub`` missing, or the Hub refusing the token or the repository."""
 
 
 class OutputError(RecipecError, ValueError):

@@ -47,17 +47,30 @@ _PACKAGES: dict[str, tuple[str, ...]] = {
     "safetensors": ("safetensors",),
     "onnx": ("onnx",),
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-silicon", "onnxruntime-directml"),
+    "onnxscript": ("onnxscript",),  # torch's ONNX exporter
     "pydantic": ("pydantic",),
+    # the optional extras: each changes what a run computes (timm's models and pretrained configs,
+    # transformers' and peft's modules) or records (the trackers, the hub card parser)
+    "timm": ("timm",),
+    "transformers": ("transformers",),
+    "peft": ("peft",),
+    "optuna": ("optuna",),
+    "tensorboard": ("tensorboard",),
+    "mlflow": ("mlflow", "mlflow-skinny"),
+    "huggingface_hub": ("huggingface_hub",),
 }
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python, the platform and the packages a run depends on.
+    """Versions of Python, the platform and the packages a run depends on, optional extras included.
 
-    A package that is not installed is left out rather than recorded as unknown.
+    One flat name -> version map (the keys of earlier runs keep their meaning): the core packages, then
+    every optional extra that is installed (timm, transformers, peft, optuna, tensorboard, mlflow,
+    huggingface_hub). A package that is not installed is left out rather than recorded as unknown.
 
     Returns:
-        ``{"python": "3.11.7", "platform": "Linux-6.8.0-x86_64-with-glibc2.39", "torch": "2.14.1", ...}``.
+        ``{"python": "3.11.7", "platform": "Linux-6.8.0-x86_64-with-glibc2.39", "torch": "2.14.1", ...,
+        "timm": "1.0.31"}``.
     """
     found = {"python": platform.python_version(), "platform": platform.platform()}
     for name, distributions in _PACKAGES.items():

@@ -53,13 +53,19 @@ LAYERS: list[tuple[str, ...]] = [
 LAZY_ALLOWED = ("recipec", "recipec.cli", "recipec.commands", "recipec.recipe", "recipec.card.context")
 # and these imports inside functions, each for a start-up cost users feel (measured whole-process)
 LAZY_EDGES = {
-    ("recipec.convert.checkpoint", "recipec.convert.onnx"): "torchvision (~1.2 s): only when an architecture is rebuilt",
+    ("recipec.convert.checkpoint", "recipec.convert.tensors"): "torch (~1.4 s): only where bytes cannot just be copied",
+    ("recipec.convert.tensors", "recipec.convert.onnx"): "torchvision (~1.2 s): only when an architecture is rebuilt",
     ("recipec.convert.checkpoint", "recipec.model.factory"): "torchvision (~1.2 s): only for --trust-factory names",
+    ("recipec.convert.checkpoint", "recipec.recipe.load"): "pydantic (~0.2 s): only with --recipe",
+    ("recipec.convert.checkpoint", "recipec.recipe.spec"): "pydantic (~0.2 s): only with --shard-size",
+    ("recipec.convert.metadata", "recipec.recipe._yaml"): "pydantic (~0.2 s): only for a source carrying a recipe",
+    ("recipec.convert.metadata", "recipec.recipe.load"): "pydantic (~0.2 s): only for a source carrying a recipe",
 }
 MAX_ROOT_MODULES = 12
 MAX_PARAMETERS = 8
 # public functions whose keyword arguments are a command's flags, one for one (the click commands are exempt alike)
-MANY_FLAGS = {"recipec.pipeline.features.features": "recipec features: one keyword per flag"}
+MANY_FLAGS = {"recipec.pipeline.features.features": "recipec features: one keyword per flag",
+              "recipec.pipeline.build.build": "recipec build: one keyword per flag (--out, --resume, --overwrite, ...)"}
 
 
 def _modules() -> dict[str, Path]:

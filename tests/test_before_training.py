@@ -263,6 +263,7 @@ def test_smoke_runs_every_phase_of_the_schedule_on_a_few_batches(tmp_path, capsy
     where = tmp_path / "kept"  # --out keeps the smoke run (without it: a temporary directory, removed at the end)
     code, out, err = run(capsys, "build", str(recipe), "--smoke", "--smoke-batches", "1", "--out", str(where))
     assert code == 0, err
+    assert out.splitlines()[-1] == f"done: {where}"  # kept, and said where
     metrics = [json.loads(line) for line in (where / "metrics.jsonl").read_text().splitlines()]
     # three phases (head; high, head; low, high, head), one epoch each, every group at its own lr
     assert [m["trainable_groups"] for m in metrics] == [["head"], ["high", "head"], ["low", "high", "head"]]

@@ -13,7 +13,8 @@ import recipec
 from recipec.pipeline.build import build
 from recipec.errors import RecipecError, RunDirectoryError
 from recipec.recipe.load import load_recipe
-from tests.tinyrecipes import load_tiny, read_metrics, same_weights, tiny_yaml, write_chain
+from recipec.train.state import load_state
+from tests.tinyrecipes import load_tiny, read_metrics, run_cli, same_weights, tiny_yaml, write_chain
 
 TRUST = ["tests.tinynets:tiny_cnn"]  # the factory TINY names: trusted where an export rebuilds it
 TINY = tiny_yaml(model='{arch: "tests.tinynets:tiny_cnn", kwargs: {width: 4}, head: {num_classes: 10, dropout: 0.1}}',
@@ -30,10 +31,14 @@ def test_run_directory_contract(tmp_path):
     names = {p.name for p in run.iterdir()}
     assert {"recipe.yaml", "plan.json", "metrics.jsonl", "checkpoints", "model.safetensors", "model.pt",
             "curves.png"} <= names
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "epoch-0002.pt", "epoch-0003.pt",
+    # named by the epoch they end, counted from 0 as metrics.jsonl, the plan and the card count (keep_last: 2)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "epoch-0001.pt", "epoch-0002.pt",
                                                                         "last.pt"]
     metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == [0, 1, 2]
+    for name, epoch in (("epoch-0001.pt", 1), ("epoch-0002.pt", 2)):
+        state = load_state(run / "checkpoints" / name)
+        assert (state["history"][-1]["epoch"], state["epoch"]) == (epoch, epoch + 1)  # epoch + 1 completed
     for m in metrics:
         assert set(m) >= {"epoch", "train_loss", "val_loss", "val_acc", "lr", "trainable_groups",
                           "trainable_params", "seconds"}
@@ -45,6 +50,23 @@ def test_run_directory_contract(tmp_path):
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_curves_mark_the_unfreeze_epochs_and_the_exported_one(tmp_path):
+    from recipec.pipeline.outputs import plot_curves
+
+    groups = [["head"], ["head"], ["block2", "head"], ["block2", "head"], ["block1", "block2", "head"]]
+    history = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1), "val_acc": 0.5 + e / 10,
+                "trainable_groups": g} for e, g in enumerate(groups)]
+    best = {"weights": "model", "epoch": 3, "metric": "val_acc", "mode": "max", "value": 0.8}
+    marked = plot_curves(history, tmp_path / "curves.png", selection=best)
+    assert marked == {"unfreeze": {2: "unfreeze block2", 4: "unfreeze block1"},
+                      "selected": {3: "exported: epoch 3, best val_acc 0.8"}}
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    last = best | {"weights": "last", "epoch": 4, "value": None}  # best fell back to the last epoch
+    assert plot_curves(history, tmp_path / "c.png", selection=last)["selected"] == {4: "exported: epoch 4, the last epoch"}
+    no_val = [m | {"val_loss": None, "val_acc": None, "trainable_groups": ["head"]} for m in history]
+    assert plot_curves(no_val, tmp_path / "c.png") == {"unfreeze": {}, "selected": {}}
+
+
 def test_frozen_group_and_its_batchnorm_never_change(tmp_path):
     recipe = _recipe(tmp_path, "export.weights=last")  # the best epoch may be 0, before block2 trains
     initial = recipec.compile_recipe(recipe).model.state_dict()
@@ -52,7 +74,7 @@ def test_frozen_group_and_its_batchnorm_never_change(tmp_path):
     final = load_file(run / "model.safetensors")
     for key in ("0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"):
         assert torch.equal(final[key], initial[key]), key
-    assert not torch.equal(final["8.1.weight"], initial["8.1.weight"])
+    assert not torch.equal(final["8.weight"], initial["8.weight"])
     assert not torch.equal(final["3.weight"], initial["3.weight"])
 
 
@@ -101,6 +123,82 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
         build(_recipe(tmp_path, "train.epochs=2", "optimizer.lr=0.5"), out=tmp_path / "run", resume=True)
 
 
+def test_overwrite_starts_the_run_over_and_keeps_what_recipec_did_not_write(tmp_path, capsys):
+    run = tmp_path / "run"
+    build(_recipe(tmp_path), out=run)  # from Python: progress printed by default
+    out = capsys.readouterr().out
+    assert "epoch 0 (1 of 3)  train_loss" in out and "epoch 2 (3 of 3)" in out and f"wrote {run / 'README.md'}" in out
+    (run / "eval").mkdir()
+    (run / "eval" / "test.json").write_text("{}")  # the old model's results
+    (run / "notes.txt").write_text("mine")  # the directory is recipec's (.recipec-run), this file is not
+    with pytest.raises(RunDirectoryError, match="add --resume to continue it, --overwrite to start it over"):
+        build(_recipe(tmp_path, "train.epochs=2"), out=run, log=None)
+    with pytest.raises(RecipecError, match="num_classes"):  # bad input: the earlier run is left whole
+        build(_recipe(tmp_path, "model.head.num_classes=3"), out=run, overwrite=True, log=None)
+    assert (run / "checkpoints" / "epoch-0002.pt").exists() and (run / "eval" / "test.json").exists()
+    with pytest.raises(RunDirectoryError, match="choose one"):
+        build(_recipe(tmp_path, "train.epochs=2"), out=run, resume=True, overwrite=True, log=None)
+
+    lines: list[str] = []
+    build(_recipe(tmp_path, "train.epochs=2"), out=run, overwrite=True, log=lines.append)
+    assert capsys.readouterr().out == ""  # a log of its own: nothing printed
+    assert lines[0] == f"removed the earlier run in {run} (--overwrite)"
+    assert [m["epoch"] for m in read_metrics(run)] == [0, 1]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "epoch-0000.pt", "epoch-0001.pt",
+                                                                        "last.pt"]
+    assert not (run / "eval").exists() and (run / "notes.txt").read_text() == "mine"
+    build(_recipe(tmp_path, "train.epochs=2"), out=run, overwrite=True, log=None)
+    assert capsys.readouterr().out == ""  # log=None: silent
+
+    foreign = tmp_path / "project"  # not recipec's: refused as without --overwrite, nothing touched
+    foreign.mkdir()
+    (foreign / "README.md").write_text("my project")
+    with pytest.raises(RunDirectoryError, match="is not a recipec run directory"):
+        build(_recipe(tmp_path), out=foreign, overwrite=True, log=None)
+    assert [p.name for p in foreign.iterdir()] == ["README.md"]
+
+
+def test_overwrite_never_deletes_an_input_or_follows_a_symlink(tmp_path):
+    from recipec.pipeline.rundir import claim_run_directory, clear_run_directory
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".recipec-run").write_text("")
+    (run / "checkpoints" / "best.pt").write_bytes(b"weights")
+    with pytest.raises(RunDirectoryError, match=r"best\.pt: --overwrite would delete this input"), \
+            claim_run_directory(run, inputs=[run / "checkpoints" / "best.pt"], overwrite=True):
+        pass
+    with claim_run_directory(run, inputs=[run / "checkpoints" / "best.pt"]):  # a resume reads it in place
+        pass
+    elsewhere = tmp_path / "big-disk"
+    elsewhere.mkdir()
+    (elsewhere / "keep.pt").write_bytes(b"x")
+    (run / "checkpoints" / "best.pt").unlink()
+    (run / "checkpoints").rmdir()
+    (run / "checkpoints").symlink_to(elsewhere)
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / "mine.txt").write_text("x")
+    with claim_run_directory(run, overwrite=True):
+        removed = clear_run_directory(run)
+    assert [p.name for p in removed] == ["checkpoints", "metrics.jsonl"]  # checkpoints/ first
+    assert sorted(p.name for p in run.iterdir()) == [".recipec-run", "mine.txt"]
+    assert (elsewhere / "keep.pt").read_bytes() == b"x"  # the link went, not what it points to
+
+
+def test_cli_overwrite_reaches_the_build_and_excludes_resume(tmp_path, capsys, monkeypatch):
+    import recipec.pipeline.build as pipeline_build
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY)
+    asked = {}
+    monkeypatch.setattr(pipeline_build, "build", lambda spec, **kwargs: asked.update(kwargs) or Path(kwargs["out"]))
+    code, out, err = run_cli(["build", str(recipe), "--out", str(tmp_path / "run"), "--overwrite"], capsys)
+    assert code == 0 and asked["overwrite"] is True and asked["resume"] is False, err
+    assert out == f"done: {tmp_path / 'run'}\n"
+    code, _, err = run_cli(["build", str(recipe), "--overwrite", "--resume"], capsys)
+    assert code == 2 and "--overwrite" in err and "choose one" in err
+
+
 @pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
 def test_exports_load_alone_and_predict_the_same(tmp_path, name):
     recipe = _recipe(tmp_path, "train.epochs=2")
@@ -118,7 +216,7 @@ def test_float16_export(tmp_path):
     run = build(_recipe(tmp_path, "train.epochs=2", "export.dtype=float16", "export.formats=[safetensors]"),
                 out=tmp_path / "run")
     tensors = load_file(run / "model.safetensors")
-    assert tensors["8.1.weight"].dtype == torch.float16
+    assert tensors["8.weight"].dtype == torch.float16
     assert tensors["1.num_batches_tracked"].dtype == torch.int64
     assert recipec.load(run / "model.safetensors", trust_factories=TRUST)(torch.randn(1, 3, 8, 8).half()).shape == (1, 10)
 

@@ -210,7 +210,10 @@ def test_build_exit_codes(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert "epoch 1 (2 of 2)" in stdout and (out / "model.safetensors").exists()
     code, _, err = run(capsys, "build", str(recipe), "--out", str(out))
-    assert code == 2 and "--resume" in err
+    assert code == 2 and "--resume" in err and "--overwrite to start it over" in err
+    code, stdout, err = run(capsys, "build", str(recipe), "--out", str(out), "--overwrite")  # the way to start over
+    assert code == 0, err
+    assert stdout.splitlines()[0] == f"removed the earlier run in {out} (--overwrite)"
     code, _, err = run(capsys, "build", str(recipe), "--out", str(tmp_path / "x"),
                        "--set", "data={dataset: imagefolder, root: /nonexistent/flowers}")
     assert code == 2 and "data.root" in err and "/nonexistent/flowers" in err

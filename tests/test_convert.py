@@ -18,7 +18,7 @@ from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY
 from recipec.convert.checkpoint import CONVERTED_FROM_KEY, convert
 from recipec.errors import CheckpointError, ExportError
 from recipec.recipe.load import load_recipe
-from recipec.weights import formats
+from recipec.weights import formats, raw
 
 TINY = ("tests.tinynets:tiny_cnn",)  # the runs' own factory, trusted where a file's recipe rebuilds it
 RECIPE = """\
@@ -55,7 +55,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    return formats.sha256(path)
+    return raw.sha256(path)
 
 
 def test_safetensors_torch_safetensors_round_trip(run: Path, tmp_path: Path) -> None:

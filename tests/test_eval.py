@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -156,7 +157,11 @@ def test_without_a_test_split_the_default_is_val(copy: Path, capsys) -> None:
     assert "no test split" in err and out.startswith(f"val: {3 * len(CLASSES)} images")
     assert sorted(p.name for p in (run / "eval").iterdir()) == ["val-confusion.png", "val.json"]
     code, _, err = cli(capsys, "eval", str(run), "--split", "test", *TRUSTED)
-    assert code == 2 and "no test split" in err and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err
+    # one clean sentence: what is missing, what there is, the two ways on (no "(none (...)" inside)
+    assert re.fullmatch(r"error: the run's data has no test split \(it has train: .+; val: .+\); add one "
+                        r"\(root/test/<class>/<image>, or test rows in the manifest\), or evaluate other data with "
+                        r"--data DIR_OR_MANIFEST\n", err), err
 
 
 def test_other_data_is_kept_beside_the_runs_split(copy: Path, capsys) -> None:

@@ -34,7 +34,7 @@ from recipec.errors import CheckpointError, DiskFullError, OutputError, RecipeEr
 from recipec.recipe.load import load_recipe
 from recipec.pipeline.rundir import MARKER, claim_run_directory
 from recipec.train.distributed import World
-from recipec.weights import formats
+from recipec.weights import formats, raw
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = """\
@@ -190,7 +190,7 @@ def test_checkpoint_special_files_are_refused(tmp_path: Path, suffix: str,
     if kind == "directory":  # a directory is searched for its one checkpoint: give it a special one
         _fifo(path / "model.safetensors")
         kind = "a FIFO"
-    for read in (formats.load, formats.detect_format, formats.read_metadata, formats.sha256):
+    for read in (formats.load, raw.detect_format, formats.read_metadata, raw.sha256, raw.load):
         with _unblock(path if path.is_fifo() else path / "model.safetensors"), \
                 pytest.raises(CheckpointError, match=kind):
             read(path)

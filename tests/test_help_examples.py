@@ -24,6 +24,11 @@ README = (ROOT / "README.md").read_text()
 TINY = ["--set", "data.per_class=2", "--set", "data.image_size=8", "--set", "data.val_fraction=0.02",
         "--set", "train.epochs=3"]
 NOT_RUN = {
+    **dict.fromkeys(["recipec push runs/quickstart me/quickstart-resnet18",
+                     'recipec push runs/quickstart me/quickstart-resnet18 --revision v2 --commit-message "Two more epochs"',
+                     "recipec push runs/shared me/digits-resnet18"],
+                    "uploads to the Hugging Face Hub, which cannot be reached here (tests/test_hub.py pushes to a "
+                    "local stand-in of its API)"),
     "recipec plan r.yaml": "the README shows the plan of a DDP checkpoint whose recipe it does not list",
     "recipec convert runs/mine/model.safetensors model.onnx --trust-factory mynets.zoo:small_cnn":
         "illustrates a user's own factory module (mynets), which does not exist here",
@@ -108,6 +113,9 @@ def scratch(tmp_path_factory):
     (work / "schemas").mkdir()
     torch.save(tiny_cnn().state_dict(), work / "backbone.pth")
     (work / "my-card.md.j2").write_text("# {{ name }}\n\n{{ recipe_yaml }}\n")
+    from tests.imagedata import make_imagefolder
+
+    make_imagefolder(work / "data" / "pets", ["cat", "dog"], {"": 2})  # the class folders `recipec init` examples read
     # the run that examples reading runs/quickstart use
     args = ["build", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(work / "runs" / "quickstart"), *TINY,
             "--device", "cpu", "--smoke", "--smoke-batches", "1", "--quiet"]

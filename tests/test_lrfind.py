@@ -109,7 +109,11 @@ def test_it_leaves_no_files_and_the_rng_as_it_was(tmp_path, monkeypatch, capsys)
     assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
     assert sorted(os.listdir(work)) == ["curve.png"]  # no run directory, nothing else
     assert sorted(os.listdir(tmp_path)) == ["tiny.yaml", "work"]
-    result = json.loads(out)
+    result = json.loads(out)  # --json: stdout holds the JSON alone, the progress lines go to stderr
+    progress = err.splitlines()
+    assert progress[0] == "loading the data and compiling tests.tinynets:tiny_cnn"
+    assert progress[1].startswith("sweeping optimizer.lr from 1.00e-07 to 1.00e+01 in 30 steps, training block2, head")
+    assert [line.split(":")[0] for line in progress[2:5]] == ["step 1/30", "step 3/30", "step 6/30"]  # every tenth
     assert {"suggested_lr", "lrs", "losses", "method", "group_lrs"} <= set(result)
     assert result["method"] == "steepest" and len(result["lrs"]) == len(result["losses"]) <= 30
     # the same recipe twice: the same curve (seeded by the recipe, not by the caller's RNG)
@@ -145,6 +149,30 @@ def test_the_recipes_loss_and_mixup_apply_as_in_epoch_0(tmp_path, monkeypatch):
     mixed = find_lr(_tiny(tmp_path, *head_only, "data.mixup={alpha: 1.0}"), steps=5)
     assert plain.feature_cache and not mixed.feature_cache  # mixed inputs cannot come from the cache
     assert len(targets) == 5 and all(t.ndim == 2 for t in targets)  # every batch mixed: soft targets (N, C)
+
+
+def test_the_text_says_why_the_sweep_ended_in_a_sentence(tmp_path, capsys):
+    from recipec.train.lrcurve import LRFind, ending, format_lr_find
+
+    path = write_recipe(tmp_path, TINY)
+    code, out, err = run_cli(["lr-find", str(path), "--steps", "40", "--start-lr", "1e-5", "--end-lr", "1e3"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()  # progress lines first (not a terminal), as a build prints its epochs, then the result
+    assert lines[0].startswith("loading the data") and lines[2].startswith("step 1/40: lr 1.00e-05, smoothed loss")
+    header = next(i for i, line in enumerate(lines) if line.startswith("lr-find: "))
+    assert lines[header - 1].endswith("the loss diverged, the sweep ends here")  # the step it stopped at
+    assert "; stopped at optimizer.lr " in out and "the loss diverged, which is how a range test normally ends" in out
+    assert "stopped: diverged" not in out
+
+    curve = dict(name="x", method="steepest", suggested_lr=None, suggested_index=None, group_lrs={}, ratios={},
+                 trainable_groups=["head"], start_lr=1e-7, end_lr=10.0, steps=3)
+    done = LRFind(**curve, lrs=[1e-7, 1e-3, 10.0], losses=[2.0, 1.0, 0.5], raw_losses=[2.0, 1.0, 0.5],
+                  stopped="end of range")
+    assert ending(done) == ("the sweep reached --end-lr (1.00e+01) without the loss diverging: a higher --end-lr "
+                            "shows where it does")
+    nan = LRFind(**curve, lrs=[1e-7, 1e-3], losses=[2.0, 1.0], raw_losses=[2.0, 1.0], stopped="non-finite loss")
+    assert ending(nan).startswith("stopped after optimizer.lr 1.00e-03: the next step's loss was infinite or NaN")
+    assert f"optimizer.lr from 1.00e-07 to 1.00e+01; {ending(nan)}" in format_lr_find(nan)
 
 
 def test_cli_refuses_a_bad_range_and_a_bad_png_path(tmp_path, capsys):

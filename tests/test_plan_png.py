@@ -45,6 +45,9 @@ def test_plan_png_of_gradual_unfreezing_draws_every_group_and_its_frozen_epochs(
             assert (lr is None) == (e in frozen)
             if lr is not None:
                 assert lr == pytest.approx(row["lr"][e], rel=1e-6)
+    head = plan["groups"][-1]
+    assert head["peak_lr"] == plan["optimizer"]["lr"]  # the last group's lr: what the schedule peaks at
+    assert drawn.notes["head"].startswith(f"from epoch 0: peak lr {head['peak_lr']:.2e}")
     # the ULMFiT schedule of the recipe: one more group every five epochs from epoch 5
     assert drawn.frozen["head"] == []
     assert drawn.frozen["layer4"] == list(range(5))
@@ -84,6 +87,26 @@ def test_thirty_groups_and_three_hundred_epochs(tmp_path):
     assert drawn.frozen["blocks.0"] == list(range(290)) and drawn.frozen["blocks.29"] == []
     _, height = _is_png(tmp_path / "big.png")
     assert height > 900  # the strip grows with the groups: a row stays readable
+
+
+def test_the_labels_give_the_peak_lr_not_the_warmup_one():
+    def row(name, trainable, lr, peak):
+        return {"name": name, "trainable": trainable, "lr": lr, "peak_lr": peak}
+
+    # cosine with half an epoch of warmup: epoch 0 starts at a tenth of the lr, the peak falls inside it
+    plan = {"name": "warm", "epochs": 4, "reports": {},
+            "optimizer": {"name": "adamw", "lr": 1e-3, "scheduler": {"name": "cosine", "warmup_epochs": 0.5}},
+            "groups": [row("body", [False, False, True, True], [1e-5, 9e-5, 5e-5, 1.5e-5], 1e-4),
+                       row("head", [True] * 4, [1e-4, 9e-4, 5e-4, 1.5e-4], 1e-3)]}
+    drawn = plot_plan(plan)
+    assert drawn.notes["head"] == "from epoch 0: peak lr 1.00e-03 -> 1.50e-04"  # not the warmup's 1.00e-04
+    assert drawn.notes["body"] == "from epoch 2: peak lr 5.00e-05 -> 1.50e-05"  # unfrozen after the peak
+    plan["optimizer"]["scheduler"] = {"name": "none"}
+    plan["groups"] = [row("head", [True] * 4, [1e-3] * 4, 1e-3)]
+    assert plot_plan(plan).notes["head"] == "from epoch 0: lr 1.00e-03"
+    del plan["optimizer"], plan["groups"][0]["peak_lr"]  # a plan.json from before: the sampled lrs
+    plan["groups"][0]["lr"] = [1e-4, 1e-3, 5e-4, 1e-4]
+    assert plot_plan(plan).notes["head"] == "from epoch 0: peak lr 1.00e-03 -> 1.00e-04"
 
 
 def test_a_bad_png_path_is_refused_before_any_compute(tmp_path, capsys):

@@ -75,6 +75,8 @@ def card_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "license": card.get("license"), "intended_use": card.get("intended_use"), "limitations": card.get("limitations"),
         "tags": list(dict.fromkeys(["recipec", "image-classification", *(card.get("tags") or [])])),
         "base_model": model["source"]["checkpoint"] if model["source"] else model["weights"],
+        "library_name": {"timm": "timm", "hf": "transformers"}.get(family_name(str(model["arch"] or "")), "pytorch"),
+        "hub": None,  # the hub folder's card: recipec.card.hub.hub_context
         "model": model,
         "data": _data(recipe, plan.get("data") or provenance.get("data") or {}, model["weights"]),
         "training": _training(recipe, plan, metrics),

@@ -23,10 +23,11 @@ from recipec import _json as clean_json
 from recipec._atomic import atomic_write_text
 from recipec._files import check_output, check_regular
 from recipec.card._sandbox import LimitedSandbox, TemplateLimit, render_limited
+from recipec.card.hub import FOLDER, has_hub_folder, hub_context, link_card_files
 from recipec.card.context import EXPORT_FILES, card_context
 from recipec.errors import RecipeError, RunDirectoryError
 
-__all__ = ["DEFAULT_TEMPLATE", "card_context", "render_card", "write_card"]
+__all__ = ["DEFAULT_TEMPLATE", "card_context", "render_card", "write_card", "write_hub_card"]
 
 # recipec/templates is a symlink to the repository's templates/ in a source tree, a copy when installed.
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "card.md.j2"
@@ -45,12 +46,15 @@ class _RegularFileLoader(jinja2.FileSystemLoader):
         return super().get_source(environment, template)
 
 
-def render_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[str] | None = None) -> str:
+def render_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[str] | None = None,
+                hub: bool = False, repo_id: str | None = None) -> str:
     """Render the model card of a run.
 
     Args:
         run_dir: the directory ``recipec build`` wrote.
         template: a Jinja2 template file; default: the recipe's ``card.template``, else the shipped card.
+        hub: the card of the run's hub folder (``RUN/hub/README.md``, see :mod:`recipec.card.hub`).
+        repo_id: the Hub repository the hub folder goes to, named in its "How to use".
 
     Returns:
         The card as Markdown with YAML front matter.
@@ -64,6 +68,12 @@ def render_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[
         ---
     """
     context = card_context(run_dir)
+    if hub:
+        context = hub_context(context, Path(run_dir), repo_id=repo_id)
+    return _render(context, run_dir, template)
+
+
+def _render(context: dict[str, Any], run_dir: str | os.PathLike[str], template: str | os.PathLike[str] | None) -> str:
     recorded = (context["recipe"].get("card") or {}).get("template")  # relative to the run directory, or absolute
     path = Path(template) if template is not None else (Path(run_dir) / recorded if recorded else DEFAULT_TEMPLATE)
     # sandboxed: a card template is text from a recipe, and may reach only the data it is given
@@ -110,9 +120,37 @@ def write_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[s
         inputs=[*(run / n for n in ("recipe.yaml", "metrics.jsonl", "plan.json", "plan.png", "curves.png",
                                     *EXPORT_FILES)),
                 run / "checkpoints", template, DEFAULT_TEMPLATE])
-    text = render_card(run_dir, template=template)
-    atomic_write_text(target, text)
+    context = card_context(run_dir)
+    atomic_write_text(target, _render(context, run_dir, template))
+    if out is None and has_hub_folder(run):  # the hub folder's card follows the run's (recipec eval adds results)
+        _write_hub_card(run, hub_context(context, run), template)
     return target
+
+
+def write_hub_card(run_dir: str | os.PathLike[str], *, template: str | os.PathLike[str] | None = None,
+                   repo_id: str | None = None) -> Path:
+    """Render the card of the run's hub folder into ``RUN/hub/README.md`` (atomically), and link the files
+    it shows (``curves.png``, ``plan.png``, ``eval/``) into the folder.
+
+    :func:`write_card` does this whenever the run has a hub folder; ``recipec push`` does it again
+    with the repository's name.
+
+    Raises:
+        RunDirectoryError: the run has no hub folder, or its ``config.json`` is damaged.
+        RecipeError: the template fails (see :func:`render_card`).
+    """
+    run = Path(run_dir)
+    if not has_hub_folder(run):
+        raise RunDirectoryError(f"{run}: has no hub folder ({FOLDER}/config.json); add hub to export.formats "
+                                "and build the run again")
+    return _write_hub_card(run, hub_context(card_context(run), run, repo_id=repo_id), template)
+
+
+def _write_hub_card(run: Path, context: dict[str, Any], template: str | os.PathLike[str] | None) -> Path:
+    text = _render(context, run, template)  # rendered before anything is written
+    link_card_files(context, run)
+    atomic_write_text(run / FOLDER / "README.md", text)
+    return run / FOLDER / "README.md"
 
 
 # --------------------------------------------------------------------------- template helpers

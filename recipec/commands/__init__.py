@@ -7,4 +7,5 @@ below. Every heavy import (torch, the pipeline) is inside a command function, so
 - :mod:`.recipes`: validate, schema, build, plan (a recipe, and the run it makes)
 - :mod:`.checkpoints`: convert, inspect, card, features (the files of a run)
 - :mod:`.models`: eval, predict, lr-find (a model run on data, reported)
+- :mod:`.hub`: push (the hub folder to the Hugging Face Hub)
 """

@@ -139,6 +139,8 @@ def lr_find(recipe: str, overrides: tuple[str, ...], device: str | None, as_json
     (MixUp/CutMix too), the training loss, amp and the feature cache apply as in the build's
     epoch 0. The loss is smoothed (beta 0.98, bias-corrected) and the test stops once it
     passes 4x its minimum. Nothing is written (but --png) and no run directory is made.
+    Progress: a status line on a terminal, else a line about every tenth of the steps (on
+    stdout as a build's, on stderr with --json).
 
     \b
     Examples:
@@ -154,6 +156,9 @@ def lr_find(recipe: str, overrides: tuple[str, ...], device: str | None, as_json
         from recipec._files import check_output
 
         check_output(png, inputs=[recipe], what="the lr-find picture")
+    from recipec.progress import for_terminal
+
+    progress = for_terminal()  # a status line on a terminal; plain lines otherwise (a CI log, a pipe)
     try:
         from recipec.pipeline.upstream import resolve_upstream
         from recipec.pipeline.checks import check_inputs
@@ -161,9 +166,13 @@ def lr_find(recipe: str, overrides: tuple[str, ...], device: str | None, as_json
 
         check_inputs(spec)  # every missing path and data problem at once, before compiling
         result = find_lr(resolve_upstream(spec, build_missing=False), start_lr=start_lr, end_lr=end_lr, steps=steps,
-                         method=method)
+                         method=method, log=progress.status if progress is not None else
+                         lambda line: click.echo(line, err=as_json))  # --json: stdout holds the JSON alone
     except RecipecError as exc:
         raise locate(exc, spec) from exc
+    finally:
+        if progress is not None:
+            progress.close()
     if png is not None:
         plot_lr_find(result, png)
     if as_json:

@@ -116,9 +116,9 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     normalization = None
     if spec.weights is not None:
         state_dict, weights_info = families.load_pretrained_weights(spec.arch, spec.weights)
-        # the replaced head, and the replaced layers of auxiliary classifiers the weights hold
-        exclude = [f"^{_escape(prefix)}" for i, prefix in enumerate(new_prefixes)
-                   if i == 0 or any(key.startswith(prefix) for key in state_dict)]
+        # the replaced head and the replaced layers of auxiliary classifiers, as far as the weights hold them
+        # (a backbone's weights, facebook/dinov2-small's, have no classifier)
+        exclude = [f"^{_escape(prefix)}" for prefix in new_prefixes if any(key.startswith(prefix) for key in state_dict)]
         reports["model.weights"] = _transfer(
             apply_transfer, ("model", "weights"), model, state_dict, TransferRules(
                 exclude=exclude, adapt=pretrained.position_embedding_adapts(model, state_dict)),  # a ViT at another image size
@@ -296,7 +296,7 @@ def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> 
         apply_transfer, ("source",), model, state, TransferRules(
             rename=[tuple(r) for r in source.rename], include=source.include, exclude=source.exclude,
             adapt=[a.model_dump() for a in source.adapt], on_mismatch=source.on_mismatch,
-            require_all=source.require_all), new_keys_prefixes=new_prefixes, source=str(path),
+            require_all=source.require_all, preset=source.preset), new_keys_prefixes=new_prefixes, source=str(path),
         state_dict_key=checkpoint.key)
     report.filter = ran
     return report

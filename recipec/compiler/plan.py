@@ -91,6 +91,7 @@ def build_plan(recipe: Recipe, parts: Planned) -> Plan:
             "tensors": len(group.params),
             "trainable": [group.name in schedule.trainable_at(e) for e in range(epochs)],
             "lr": [float(v) for v in lrs[i]],
+            "peak_lr": float(base_lrs[group.name]),  # the group's lr, which the schedule's factor peaks at (1)
             # what the optimizer applies: a frozen group has no gradients, so no decay either
             "weight_decay": [opt.weight_decay if t else 0.0 for t in (group.name in schedule.trainable_at(e)
                                                                       for e in range(epochs))],
@@ -270,7 +271,9 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
     lines = ["  ".join(f"{fate} {n}" for fate, n in counts.items() if n or fate == "loaded")]
     for item in report.get("adapted") or []:
         grid = f", grid {item['grid']}" if item.get("grid") else ""
-        lines.append(f"adapted     {item['key']}: {item['rule']} {item.get('source_shape')} -> {item.get('model_shape')}{grid}")
+        shapes = (" + ".join(map(str, item["source_shapes"])) if item.get("source_keys") else item.get("source_shape"))
+        parts = (f" along dim {item['dim']} from {' + '.join(item['source_keys'])}" if item.get("source_keys") else "")
+        lines.append(f"adapted     {item['key']}: {item['rule']} {shapes} -> {item.get('model_shape')}{grid}{parts}")
     for item in report.get("mismatched") or []:
         lines.append(f"mismatched  {item['key']}: source {item['source_shape']} vs model {item['model_shape']} (skipped)")
     for item in report.get("excluded") or []:

@@ -3,7 +3,8 @@
 One heat strip: a row per group (earliest at the top, the head at the bottom), a column per
 epoch. A trainable epoch is coloured by its learning rate on a log scale (the colour bar); a
 frozen epoch is light grey and hatched. The right-hand labels say when each group starts to
-train and its lr from there to the last epoch; with few enough cells each one carries its lr.
+train, the peak lr it trains at (after a warmup, not the warmup's lr) and its lr at the last
+epoch; with few enough cells each one carries its lr (at the epoch's start).
 Below, the load report's counts (every stage: ``model.weights``, ``source``) in a text box.
 
 Everything drawn comes from the plan dict (``plan.json``, :func:`recipec.pipeline.build.plan_recipe`),
@@ -39,6 +40,7 @@ class PlanPicture:
         lr: group -> per epoch, the lr its cell is coloured with (None where the cell is frozen).
         counts: load stage -> fate -> count, as written in the text box.
         text: the text box's content.
+        notes: group -> its right-hand label (when it starts to train, its peak lr, its last lr).
     """
 
     title: str
@@ -47,6 +49,7 @@ class PlanPicture:
     lr: dict[str, list[float | None]] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     text: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def plot_plan(plan: dict[str, Any], path: str | os.PathLike[str] | None = None) -> PlanPicture:
@@ -126,7 +129,8 @@ def plot_plan(plan: dict[str, Any], path: str | os.PathLike[str] | None = None) 
         ax.set_xlabel("epoch (lr at its start; hatched grey = frozen)")
         right = ax.twinx()
         right.set_ylim(ax.get_ylim())
-        right.set_yticks(range(n), [_row_note(row, epochs) for row in rows], fontsize=9 if n <= 12 else 7)
+        peak_epoch = _peak_epoch(plan, epochs)
+        right.set_yticks(range(n), [_row_note(row, epochs, peak_epoch) for row in rows], fontsize=9 if n <= 12 else 7)
         fig.colorbar(mesh, cax=bar_ax, orientation="horizontal")
         bar_ax.set_title("learning rate (log scale)", fontsize=9)
 
@@ -146,7 +150,9 @@ def plot_plan(plan: dict[str, Any], path: str | os.PathLike[str] | None = None) 
         if path is not None:
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format="png", dpi=100)
-        return _read_back(fig, ax, mesh, text_ax, names, epochs, counts)
+        drawn = _read_back(fig, ax, mesh, text_ax, names, epochs, counts)
+        drawn.notes = dict(zip(drawn.groups, (label.get_text() for label in right.get_yticklabels())))
+        return drawn
     finally:
         plt.close(fig)
 
@@ -163,13 +169,34 @@ def _runs(flags: list[bool]) -> list[tuple[int, int]]:
     return runs
 
 
-def _row_note(row: dict[str, Any], epochs: int) -> str:
+def _row_note(row: dict[str, Any], epochs: int, peak_epoch: float | None = None) -> str:
     start = next((e for e, t in enumerate(row["trainable"]) if t), None)
     if start is None:
         return "frozen throughout"
-    first, last = row["lr"][start], row["lr"][epochs - 1]
-    span = f"lr {first:.2e}" if math.isclose(first, last) else f"lr {first:.2e} -> {last:.2e}"
+    peak, last = _peak(row, start, peak_epoch), row["lr"][epochs - 1]
+    span = f"lr {peak:.2e}" if math.isclose(peak, last) else f"peak lr {peak:.2e} -> {last:.2e}"
     return f"from epoch {start}: {span}"
+
+
+def _peak(row: dict[str, Any], start: int, peak_epoch: float | None) -> float:
+    """The highest lr a group trains at. The table samples the start of each epoch, which the end of a
+    warmup may fall between: a group that trains from before the schedule peaks (``peak_epoch``: the
+    warmup's end, onecycle's ``pct_start``) reaches its own lr (``peak_lr``, where the schedule's factor
+    is 1); one unfrozen later trains at most at the lr of its first epoch."""
+    trained = max(lr for lr, t in zip(row["lr"], row["trainable"]) if t)
+    if peak_epoch is not None and start <= peak_epoch and row.get("peak_lr") is not None:
+        return max(trained, float(row["peak_lr"]))
+    return trained
+
+
+def _peak_epoch(plan: dict[str, Any], epochs: int) -> float | None:
+    """Where the lr schedule of ``plan`` peaks, in epochs (None when the plan does not say)."""
+    scheduler = (plan.get("optimizer") or {}).get("scheduler")
+    if not isinstance(scheduler, dict):
+        return None
+    if scheduler.get("name") == "onecycle":
+        return float(scheduler.get("pct_start") or 0.0) * epochs
+    return float(scheduler.get("warmup_epochs") or 0.0)
 
 
 def _report_text(plan: dict[str, Any]) -> tuple[dict[str, dict[str, int]], list[str]]:

@@ -6,20 +6,22 @@ ONNX. An export's recipe and provenance stay in the output, so the result is as
 self-describing as its source, plus a ``recipec.converted_from`` entry naming the source file
 and its SHA-256. ONNX needs the architecture: the checkpoint's own recipe, or ``recipe``.
 
-Beside it: :mod:`recipec.convert.metadata` (what the output carries about its source) and
-:mod:`recipec.convert.onnx` (the architecture rebuilt from a recipe, exported to ONNX and verified).
+Two routes, one result. To safetensors, with no architecture to rebuild, the tensors' bytes are
+copied from file to file without importing torch (:mod:`recipec.weights.raw`; about as fast as
+hashing the source); everything else, and any source that route declines, goes through torch
+(:mod:`recipec.convert.tensors`). Beside it: :mod:`recipec.convert.metadata` (what the output
+carries about its source) and :mod:`recipec.convert.onnx` (the architecture rebuilt from a recipe,
+exported to ONNX and verified).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import torch
+from typing import TYPE_CHECKING
 
 from recipec._files import check_output, require_path
 from recipec.convert.metadata import Sha256InBackground as _Sha256InBackground
@@ -28,18 +30,20 @@ from recipec.convert.metadata import converted_from as _converted_from
 from recipec.convert.metadata import moved_recipe as _moved_recipe
 from recipec.errors import CheckpointError
 from recipec.provenance import RECIPE_KEY
-from recipec.recipe.load import dump_recipe, load_recipe
-from recipec.recipe.spec import Recipe, parse_size
-from recipec.weights import formats
+from recipec.weights import raw
+
+if TYPE_CHECKING:
+    from recipec.recipe.spec import Recipe
+    from recipec.weights.formats import Checkpoint
 
 __all__ = ["CONVERTED_FROM_KEY", "FORMATS", "convert"]
 
-INDEX_SUFFIX = formats.INDEX_SUFFIX
+INDEX_SUFFIX = raw.INDEX_SUFFIX
 
 FORMATS = ("torch", "safetensors", "onnx")
 CONVERTED_FROM_KEY = "recipec.converted_from"
 _DTYPES = ("float16", "bfloat16", "float32")
-_SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", **dict.fromkeys(formats.TORCH_SUFFIXES, "torch")}
+_SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", **dict.fromkeys(raw.TORCH_SUFFIXES, "torch")}
 
 
 def convert(
@@ -101,56 +105,66 @@ def convert(
     source = require_path(src, what="convert: the source", error=CheckpointError)
     target = require_path(dst, what="convert: the destination", error=CheckpointError)
     fmt = _target_format(target, to)
-    cast = _check_dtype(dtype, fmt)
+    _check_dtype(dtype, fmt)
     shard = _check_shard_size(shard_size, fmt, target)
     if target.resolve() == source.resolve():
         raise CheckpointError(f"{target}: is the source checkpoint itself; write the conversion to another file")
     check_output(target, inputs=[source, recipe], what="the conversion", error=CheckpointError)
     spec = None
     if recipe is not None:
+        from recipec.recipe.load import load_recipe  # noqa: PLC0415 (pydantic, ~0.2 s: only with --recipe)
+
         spec = load_recipe(recipe)
-    checkpoint = formats.load(source, allow_globals=allow_globals)
-    check_output(target, inputs=checkpoint.files, what="the conversion", error=CheckpointError)  # hard links too
-    _refuse_overwrite(checkpoint.files, target, fmt)
-    # The source's SHA-256 is computed in a thread while the tensors are written: the hash and
-    # the copy each take about as long, and the header is rewritten with the digest at the end.
-    with _Sha256InBackground(checkpoint.files[0]) as source_sha256:
-        # --recipe is the user's own: its factory is trusted; the checkpoint's only as far as they say
-        trust: bool | tuple[str, ...] = True if recipe is not None else trusted
-        return _convert_loaded(checkpoint, source, _Output(target, fmt, cast, shard), spec, trust,
-                               converted_from=formats.LateValue(
-                                   placeholder=_converted_from(checkpoint, "0" * 64),
-                                   resolve=lambda: _converted_from(checkpoint, source_sha256.result())))
+    loaded, state = _read_raw(source, target, dtype) if spec is None and not allow_globals else (None, None)
+    if loaded is not None and state is not None:
+        metadata = _output_metadata(loaded, source, target, fmt, spec)
+        with _hashed(loaded) as late:
+            return raw.save(state, target, metadata=metadata, shard_size=shard, late=late)
+    # torch (~1.4 s to import) only where the bytes cannot simply be copied
+    from recipec.convert import tensors  # noqa: PLC0415
+
+    checkpoint = tensors.load(source, allow_globals)
+    metadata = _output_metadata(checkpoint, source, target, fmt, spec)
+    # --recipe is the user's own: its factory is trusted; the checkpoint's only as far as they say
+    trust: bool | tuple[str, ...] = True if recipe is not None else trusted
+    with _hashed(checkpoint) as late:
+        return tensors.write(tensors.cast(checkpoint.state_dict, dtype), source, tensors.Output(target, fmt, shard),
+                             metadata, (spec, trust), late)
 
 
-class _Output(NamedTuple):
-    path: Path
-    format: str
-    dtype: torch.dtype | None   # floating tensors cast to it
-    shard: int | None           # bytes per shard
+def _read_raw(source: Path, target: Path, dtype: str | None,
+              ) -> tuple[raw.RawCheckpoint | None, dict[str, raw.RawTensor] | None]:
+    """The source read as bytes when the output is safetensors (see :mod:`recipec.weights.raw`), else (None, None)."""
+    if not target.name.endswith((".safetensors", INDEX_SUFFIX)):
+        return None, None
+    loaded = raw.load(source)
+    return loaded, raw.cast(loaded.state_dict, dtype) if loaded is not None else None
 
 
-def _convert_loaded(checkpoint: formats.Checkpoint, source: Path, output: _Output, spec: Recipe | None,
-                    trust: bool | tuple[str, ...], *, converted_from: formats.LateValue) -> list[Path]:
-    target, fmt, cast, shard = output
-    metadata = _carried_metadata(checkpoint)
-    state = _cast(checkpoint.state_dict, cast)
+def _output_metadata(loaded: raw.RawCheckpoint | Checkpoint, source: Path, target: Path, fmt: str,
+                     spec: Recipe | None) -> dict[str, str]:
+    """What the output carries: the source's metadata, its recipe following the file (or ``spec``'s)."""
+    check_output(target, inputs=loaded.files, what="the conversion", error=CheckpointError)  # hard links too
+    _refuse_overwrite(loaded.files, target, fmt)
+    metadata = _carried_metadata(loaded.metadata, loaded.state_dict)
     if spec is not None:
         # The output describes the architecture its tensors were checked against.
+        from recipec.recipe.load import dump_recipe  # noqa: PLC0415 (pydantic: only with --recipe)
+
         metadata[RECIPE_KEY] = dump_recipe(spec, relative_to=target.parent)
     elif isinstance(metadata.get(RECIPE_KEY), str):
         metadata[RECIPE_KEY] = _moved_recipe(metadata[RECIPE_KEY], source.parent, target.parent)
-    if spec is not None or fmt == "onnx":
-        # Rebuilding the architecture needs torchvision (~1.2 s to import): a conversion between tensor
-        # formats without --recipe never pays for it.
-        from recipec.convert import onnx  # noqa: PLC0415
+    return metadata
 
-        if spec is None:
-            spec = onnx.embedded_recipe(metadata, source)
-        model = onnx.rebuild(spec, state, source, trust)
-        if fmt == "onnx":
-            return [onnx.to_onnx(model, spec, target, {**metadata, CONVERTED_FROM_KEY: converted_from.resolve()})]
-    return _save(state, target, fmt, metadata, shard, {CONVERTED_FROM_KEY: converted_from})
+
+@contextlib.contextmanager
+def _hashed(loaded: raw.RawCheckpoint | Checkpoint) -> Iterator[dict[str, raw.LateValue]]:
+    """``recipec.converted_from`` as a late value: the source's SHA-256 is computed in a thread while the
+    tensors are written (the hash and the copy each take about as long) and written into the header at the end."""
+    file, found = loaded.files[0], loaded.format
+    with _Sha256InBackground(file) as digest:
+        yield {CONVERTED_FROM_KEY: raw.LateValue(placeholder=_converted_from(file, found, "0" * 64),
+                                                 resolve=lambda: _converted_from(file, found, digest.result()))}
 
 
 def _target_format(target: Path, to: str | None) -> str:
@@ -168,16 +182,14 @@ def _target_format(target: Path, to: str | None) -> str:
     return to
 
 
-def _check_dtype(dtype: str | None, fmt: str) -> torch.dtype | None:
+def _check_dtype(dtype: str | None, fmt: str) -> None:
     if dtype is None:
-        return None
+        return
     if dtype not in _DTYPES:
         raise CheckpointError(f"--dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
     if fmt == "onnx" and dtype != "float32":
         raise CheckpointError(f"--dtype {dtype}: ONNX graphs are written in float32 (fp16/bf16 graphs often fail on "
                               "onnxruntime CPU); convert to ONNX without --dtype")
-    cast: torch.dtype = getattr(torch, dtype)
-    return cast
 
 
 def _check_shard_size(shard_size: int | str | None, fmt: str, target: Path) -> int | None:
@@ -189,6 +201,8 @@ def _check_shard_size(shard_size: int | str | None, fmt: str, target: Path) -> i
         raise CheckpointError(f"--shard-size: shards are written as safetensors; name the output .safetensors "
                               f"or *{INDEX_SUFFIX}, not {target.name!r}")
     try:
+        from recipec.recipe.spec import parse_size  # noqa: PLC0415 (pydantic, ~0.2 s: only with --shard-size)
+
         size = parse_size(shard_size)
     except ValueError as exc:
         raise CheckpointError(f"--shard-size: {exc}") from exc
@@ -212,34 +226,3 @@ def _refuse_overwrite(sources: Sequence[Path], target: Path, fmt: str) -> None:
     if clash:
         raise CheckpointError(f"{target}: writing it would replace or remove the source file {clash[0]!r} (same name "
                               "stem in the same directory); choose another name or directory")
-
-
-def _cast(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    if dtype is None:
-        return dict(state)
-    # Cast each stored tensor once, so that tied weights stay one tensor (stored once in safetensors).
-    done: dict[tuple[Any, ...], torch.Tensor] = {}
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        if not tensor.is_floating_point() or tensor.dtype == dtype:
-            out[name] = tensor
-            continue
-        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.stride())
-        if view not in done or not tensor.numel():
-            done[view] = tensor.to(dtype)
-        out[name] = done[view]
-    return out
-
-
-def _save(state: dict[str, torch.Tensor], target: Path, fmt: str, metadata: dict[str, str],
-          shard: int | None, late: dict[str, formats.LateValue]) -> list[Path]:
-    if (fmt == "torch" and target.suffix in formats.TORCH_SUFFIXES) or (
-            fmt == "safetensors" and target.name.endswith((".safetensors", INDEX_SUFFIX))):
-        return formats.save(state, target, metadata=metadata, shard_size=shard, late=late)
-    # --to with a suffix formats.save does not know: write under a known one beside dst, then rename.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
-        written = formats.save(state, Path(scratch) / ("model.safetensors" if fmt == "safetensors" else "model.pt"),
-                               metadata=metadata, late=late)
-        os.replace(written[0], target)
-    return [target]

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from recipec import _json as clean_json
 from recipec.errors import RecipecError
 from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY
-from recipec.recipe._yaml import read_embedded
-from recipec.recipe.load import relative_paths, resolve_paths
-from recipec.weights import formats
+from recipec.weights import raw
 
 __all__ = ["Sha256InBackground", "carried_metadata", "converted_from", "moved_recipe"]
 
@@ -26,7 +22,7 @@ _TRAINING_STATE = "recipec-training-state"  # recipec.train.state.FORMAT, withou
 
 
 class Sha256InBackground:
-    """``formats.sha256(file)`` in a thread; leaving the block stops it (an error leaves the hash unwanted)."""
+    """``raw.sha256(file)`` in a thread; leaving the block stops it (an error leaves the hash unwanted)."""
 
     def __init__(self, file: Path) -> None:
         self._file, self._stop = file, threading.Event()
@@ -36,7 +32,7 @@ class Sha256InBackground:
 
     def _run(self) -> None:
         try:
-            self._digest = formats.sha256(self._file, stop=self._stop)
+            self._digest = raw.sha256(self._file, stop=self._stop)
         except BaseException as exc:  # re-raised in the caller's thread by result()
             self._error = exc
 
@@ -56,12 +52,17 @@ class Sha256InBackground:
         return self._digest
 
 
-def converted_from(checkpoint: formats.Checkpoint, sha256: str) -> str:
-    return json.dumps({"file": checkpoint.files[0].name, "sha256": sha256, "format": checkpoint.format}, sort_keys=True)
+def converted_from(file: Path, fmt: str, sha256: str) -> str:
+    """The ``recipec.converted_from`` entry: the source file's name, format and SHA-256."""
+    return json.dumps({"file": file.name, "sha256": sha256, "format": fmt}, sort_keys=True)
 
 
 def moved_recipe(recipe_yaml: str, source_dir: Path, target_dir: Path) -> str:
     """The carried recipe with its relative paths (relative to the source's run directory) following the file."""
+    # pydantic (~0.2 s) with the recipe modules: only for a source that carries a recipe
+    from recipec.recipe._yaml import dump_yaml, read_embedded  # noqa: PLC0415
+    from recipec.recipe.load import relative_paths, resolve_paths  # noqa: PLC0415
+
     try:
         data = read_embedded(recipe_yaml, str(source_dir))
     except RecipecError:
@@ -69,12 +70,11 @@ def moved_recipe(recipe_yaml: str, source_dir: Path, target_dir: Path) -> str:
     if not isinstance(data, dict) or source_dir.resolve() == target_dir.resolve():
         return recipe_yaml
     data = relative_paths(resolve_paths(data, source_dir), target_dir)
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=10**9)
+    return dump_yaml(data)  # reads back the same in recipec (YAML 1.2) and any other reader
 
 
-def carried_metadata(checkpoint: formats.Checkpoint) -> dict[str, str]:
-    """The source's metadata as str -> str, without what the format itself records again."""
-    meta, names = checkpoint.metadata, checkpoint.state_dict
+def carried_metadata(meta: Mapping[str, Any], names: Container[str]) -> dict[str, str]:
+    """The source's metadata as str -> str, without what the format itself records again (``names``: its tensors')."""
     if meta.get("format") == _TRAINING_STATE:
         return _training_state_metadata(meta)
     carried: dict[str, str] = {}

@@ -38,10 +38,12 @@ def embedded_recipe(metadata: Mapping[str, str], source: Path) -> Recipe:
 
 
 def rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path,
-             trust_factories: bool | tuple[str, ...]) -> nn.Module:
-    """The architecture the recipe describes (as ``recipec.load`` builds it), with ``state`` loaded strictly."""
+             trust_factories: bool | tuple[str, ...], metadata: Mapping[str, str] | None = None) -> nn.Module:
+    """The architecture the recipe describes (as ``recipec.load`` builds it), with ``state`` loaded strictly;
+    ``metadata``: the source's, whose provenance an ``hf/`` model is rebuilt from (its recorded config)."""
     spec = recipe.model
-    model = build_model(recipe, trust_factories=trust_factories, origin=str(source))
+    _, provenance = read_export_metadata(metadata or {})
+    model = build_model(recipe, trust_factories=trust_factories, origin=str(source), provenance=provenance)
     state = renamed_legacy_heads(state, model)  # fc.1.weight of earlier recipec versions -> fc.weight
     expected = model.state_dict()
     problems = [f"{source}: lacks {k!r}, which {spec.arch} has" for k in sorted(set(expected) - set(state))[:10]]

@@ -11,11 +11,14 @@ loader, RGB), whatever lists them.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision
 from torchvision.datasets.folder import find_classes, make_dataset
@@ -43,12 +46,9 @@ def load_examples(dataset: str, root: str | None, num_classes: int | None, seed:
             located at the field it is about (``("root",)``, ``("dataset",)``, ``("num_classes",)``).
     """
     if dataset == "digits":
-        from sklearn.datasets import load_digits  # noqa: PLC0415 (sklearn takes a second to import)
-
-        digits = load_digits()
-        images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        return Examples(images, [int(t) for t in digits.target], [str(i) for i in range(10)], None,
-                        origins={"train": "digits (scikit-learn)"})
+        pixels, targets = _digits()
+        images = torch.as_tensor(pixels, dtype=torch.float32).unsqueeze(1) / 16.0
+        return Examples(images, targets, [str(i) for i in range(10)], None, origins={"train": "digits (scikit-learn)"})
     if dataset == "fake":
         return _fake(num_classes, seed)
     if not root:
@@ -71,6 +71,22 @@ def load_examples(dataset: str, root: str | None, num_classes: int | None, seed:
         source = FileSamples(make_dataset(root, to_index, IMAGE_EXTENSIONS, allow_empty=True), names)
         return Examples(None, list(source.targets), names, source, origins={"train": f"folder {root}"}, base=root)
     return _torchvision(dataset, root)
+
+
+def _digits() -> tuple[Any, list[int]]:
+    """scikit-learn's digits: (1797, 8, 8) pixels from 0 to 16 and their classes, read from the file that
+    ``sklearn.datasets.load_digits`` reads, as it reads it (``numpy.loadtxt``), without importing
+    scikit-learn, which imports scipy and pandas (about a second); its own reader where the file is elsewhere."""
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    file = Path(folders[0], "datasets", "data", "digits.csv.gz") if folders else None
+    if file is None or not file.is_file():
+        from sklearn.datasets import load_digits  # noqa: PLC0415 (sklearn takes a second to import)
+
+        digits = load_digits()
+        return digits.images, [int(t) for t in digits.target]
+    data = np.loadtxt(file, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), [int(t) for t in data[:, -1]]
 
 
 class _TrainThenTest:

@@ -12,13 +12,13 @@ from torchvision.datasets.folder import make_dataset
 
 from recipec.errors import DatasetError
 from recipec.data.examples import SHOWN_PROBLEMS, SPLITS, Examples, FileSamples, listed
+from recipec.recipe.catalog import VAL_FOLDERS
 from recipec.data.manifest import read_manifest
 from recipec.recipe.catalog import IMAGE_EXTENSIONS
 
-__all__ = ["VAL_FOLDERS", "override_examples", "split_folder", "split_folder_examples"]
+__all__ = ["override_examples", "split_folder", "split_folder_examples"]
 
 # names of the validation folder next to train/ (Roboflow and others write valid/)
-VAL_FOLDERS = ("val", "valid", "validation")
 
 
 def split_folder(root: str, split: str) -> str | None:

@@ -59,10 +59,12 @@ def build_split(config: DataConfig, split: str, *, override: str | None = None, 
         parts = partition(reading, config.splitting, model_classes=model_classes)  # reading.classes unused
         if not (parts.has_val if split == "val" else split == "train" or not parts.origins["test"].startswith("none (")):
             have = "; ".join(f"{k}: {v}" for k, v in parts.origins.items() if not v.startswith("none"))
-            fix = "set data.test_split: true" if "test_split" in parts.origins[split] else \
+            why = parts.origins[split].removeprefix("none (").removesuffix(")")  # "data.test_split is false"
+            fix = "set data.test_split: true" if "test_split" in why else \
                 f"add one (root/{split}/<class>/<image>, or {split} rows in the manifest)"
-            raise DatasetError(f"the run's data has no {split} split ({parts.origins[split]}; it has {have}); {fix} "
-                               f"or give the data to evaluate with --data DIR_OR_MANIFEST")
+            because = "" if "has no" in why else f": {why}"
+            raise DatasetError(f"the run's data has no {split} split{because} (it has {have}); {fix}, "
+                               f"or evaluate other data with --data DIR_OR_MANIFEST")
         examples, labels, bad, source = parts.examples, parts.labels, parts.bad, parts.origins[split]
         idx = parts.indices[SPLITS.index(split)]
         split_of = examples.splits or ["train"] * len(labels)

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from PIL import Image
 
 from recipec.data.examples import Examples, FileSamples
-from recipec.data.folders import VAL_FOLDERS
 from recipec.data.manifest import read_manifest
-from recipec.recipe.catalog import IMAGE_EXTENSIONS
+from recipec.recipe.catalog import IMAGE_EXTENSIONS, VAL_FOLDERS
 
 __all__ = ["bad_images", "decodes", "has_image", "image_files", "without_bad_images"]
 

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from recipec._files import read_regular
 from recipec.errors import DatasetError
 from recipec.data.examples import SHOWN_PROBLEMS, SPLITS, Examples, FileSamples, listed
+from recipec.recipe.catalog import MANIFEST_MAX_BYTES, MANIFEST_SUFFIXES
 
-__all__ = ["MANIFEST_MAX_BYTES", "ManifestRow", "manifest_examples", "read_manifest"]
+__all__ = ["ManifestRow", "manifest_examples", "read_manifest"]
 
-MANIFEST_MAX_BYTES = 256 << 20  # ~2 million rows of long paths
-MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
 
 @dataclass(frozen=True)

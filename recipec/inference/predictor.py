@@ -40,6 +40,7 @@ from recipec.data.crops import eval_resize
 from recipec.data.transforms import Channels  # the training rule: an image predicted is the image trained on
 from recipec.device import resolve_device
 from recipec.errors import CheckpointError, UnreadableImageError
+from recipec.inference.hub import read_hub, timm_hub_model
 from recipec.inference.preprocessing import Preprocessing, preprocessing_of
 from recipec.inference.restore import model_from, read_export, read_onnx_export
 from recipec.weights.onnx import onnx_session
@@ -208,7 +209,8 @@ def load_predictor(path: str | os.PathLike[str], *, trust_factories: Collection[
     """A :class:`Predictor` from an export alone: ``model.safetensors``, ``model.pt``, an index, or ``model.onnx``.
 
     Args:
-        path: the export (a run directory: its checkpoint export).
+        path: the export (a run directory: its checkpoint export; a hub folder: ``RUN/hub`` or any timm
+            hub folder, its classes and preprocessing from ``config.json``).
         trust_factories: custom factories the export's recipe may import (see :func:`recipec.load`);
             an ONNX export builds nothing and needs none.
         device: ``cpu`` (default), ``cuda``, ``cuda:N``, ``mps``; ONNX runs on onnxruntime's CPU provider.
@@ -223,24 +225,30 @@ def load_predictor(path: str | os.PathLike[str], *, trust_factories: Collection[
         >>> predictor.predict(["a.png", "b.png"], top_k=3)
     """
     file = Path(path)
-    if file.suffix == ".onnx":
+    found = read_hub(file)
+    session: Any = None
+    torch_device: Any = "cpu"
+    if found is not None:
+        recipe, provenance = found.recipe, found.provenance
+        torch_device = resolve_device(device or "cpu")
+        model = (timm_hub_model(found) if recipe is None else  # a foreign timm folder: config.json describes it
+                 model_from(recipe, found.checkpoint, found.file, trust_factories=trust_factories)).to(torch_device)
+    elif file.suffix == ".onnx":
         recipe, provenance = read_onnx_export(file)
-        session: Any = onnx_session(file)
+        session = onnx_session(file)
         model = None
-        torch_device: Any = "cpu"
     else:
         recipe, provenance, checkpoint = read_export(file)
         torch_device = resolve_device(device or "cpu")
         model = model_from(recipe, checkpoint, file, trust_factories=trust_factories).to(torch_device)
-        session = None
     classes = provenance.get("classes")
     if not isinstance(classes, list) or not classes:
-        head = recipe.model.head
+        head = recipe.model.head if recipe is not None else None
         if head is None:
             raise CheckpointError(f"{file}: records no class names and has no head; cannot name its predictions")
         classes = [str(i) for i in range(head.num_classes)]  # the run trained on unnamed classes
-    prep = preprocessing_of(provenance, fallback=lambda: resolve_preprocessing(recipe),
-                            in_channels=recipe.model.in_channels)
+    prep = preprocessing_of(provenance, fallback=None if recipe is None else lambda: resolve_preprocessing(recipe),
+                            in_channels=3 if recipe is None else recipe.model.in_channels)
     return Predictor(model=model, classes=[str(c) for c in classes], transform=image_transform(prep),
                      preprocessing=prep, device=torch_device, session=session, path=str(file), recipe=recipe,
                      provenance=provenance)

@@ -13,16 +13,18 @@ before its module is imported, unless the caller trusts that exact factory
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from recipec.errors import CheckpointError, ModelError, UntrustedFactoryError
+from recipec.inference.hub import read_hub, timm_hub_model
 from recipec.model import families, zoo
 from recipec.model.factory import factory_names
 from recipec.model.heads import renamed_legacy_heads
+from recipec.provenance import read_export_metadata
 from recipec.recipe.embedded import recipe_from_metadata
 from recipec.weights import formats
 from recipec.weights.onnx import read_onnx
@@ -51,7 +53,8 @@ def read_onnx_export(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]
     return recipe_from_metadata({p.key: p.value for p in proto.metadata_props}, path)
 
 
-def build_model(recipe: Any, *, trust_factories: bool | Collection[str] = (), origin: str = "") -> nn.Module:
+def build_model(recipe: Any, *, trust_factories: bool | Collection[str] = (), origin: str = "",
+                provenance: Mapping[str, Any] | None = None) -> nn.Module:
     """The architecture a recipe describes, head and input channels included, with no weights loaded.
 
     Nothing is fetched: ``pretrained=...`` only sets what the weights imply (e.g. googlenet's
@@ -62,6 +65,8 @@ def build_model(recipe: Any, *, trust_factories: bool | Collection[str] = (), or
         trust_factories: the ``"package.module:factory"`` names that may be imported and called;
             by default none (a recipe from a file); ``True`` only for a recipe the caller wrote.
         origin: the file the recipe came from, named in a refusal.
+        provenance: the export's provenance: an ``hf/`` model is rebuilt from the config it records
+            (data, checked as a repository's would be), so the repository need not be there.
 
     Raises:
         UntrustedFactoryError: the recipe names a custom factory not in ``trust_factories``.
@@ -70,7 +75,8 @@ def build_model(recipe: Any, *, trust_factories: bool | Collection[str] = (), or
     spec = recipe.model
     try:
         model = families.build_architecture(spec.arch, spec.kwargs, pretrained=spec.weights is not None,
-                                            weights=spec.weights, trust_factories=trust_factories, origin=origin)
+                                            weights=spec.weights, trust_factories=trust_factories, origin=origin,
+                                            recorded=provenance)
     except ModelError as exc:
         if not origin or isinstance(exc, UntrustedFactoryError):  # a refusal names the file already
             raise
@@ -89,7 +95,8 @@ def load(path: str | os.PathLike[str], *, trust_factories: Collection[str] = ())
     """Rebuild the fine-tuned model of an export (``model.safetensors``, ``model.pt``), in eval mode.
 
     Args:
-        path: the export (a sharded ``*.safetensors.index.json`` or a run directory too).
+        path: the export (a sharded ``*.safetensors.index.json``, a run directory, or a hub folder too:
+            ``RUN/hub``, or any timm hub folder, see :mod:`recipec.inference.hub`).
         trust_factories: custom factories (``"package.module:factory"``, exact names) that the
             export's recipe may import and call; torchvision architectures need none.
 
@@ -105,6 +112,11 @@ def load(path: str | os.PathLike[str], *, trust_factories: Collection[str] = ())
 
     The class names and the preprocessing come with :func:`recipec.load_predictor`.
     """
+    found = read_hub(path)
+    if found is not None:
+        if found.recipe is None:  # a timm hub folder from elsewhere: its config.json describes the model
+            return timm_hub_model(found)
+        return model_from(found.recipe, found.checkpoint, found.file, trust_factories=trust_factories)
     recipe, _, checkpoint = read_export(Path(path))
     return model_from(recipe, checkpoint, path, trust_factories=trust_factories)
 
@@ -115,7 +127,8 @@ def model_from(recipe: Any, checkpoint: Any, path: str | os.PathLike[str], *,
 
     ``trust_factories`` as for :func:`load`: the export's recipe came from the file.
     """
-    model = build_model(recipe, trust_factories=factory_names(trust_factories), origin=str(path))
+    _, provenance = read_export_metadata({k: v for k, v in checkpoint.metadata.items() if isinstance(v, str)})
+    model = build_model(recipe, trust_factories=factory_names(trust_factories), origin=str(path), provenance=provenance)
     state = renamed_legacy_heads(checkpoint.state_dict, model)  # fc.1.weight of earlier versions -> fc.weight
     try:
         dtype = next(v.dtype for v in state.values() if v.is_floating_point())

@@ -1,11 +1,12 @@
-"""The model families, one record each: torchvision's zoo, timm, and your own ``package.module:factory``.
+"""The model families, one record each: torchvision's zoo, timm, transformers (``hf/``), and your own
+``package.module:factory``.
 
 A family is everything recipec knows about the models of one source: how to build one by
 name, where its classifier is and how to replace it, its default layer groups, and its
 pretrained weights with the preprocessing they expect. :func:`family_of` is the one way from a
 ``model.arch`` to its record; the functions below it are the public verbs, each asking the
-family of its ``arch``. A new family (Hugging Face ``hf/<name>``, say) is one more class here
-and one more name in :mod:`recipec.recipe.archs`.
+family of its ``arch``. A new family is one more class here and one more name in
+:mod:`recipec.recipe.archs`.
 
 Example:
     >>> family_of("timm/convnext_tiny").name
@@ -24,6 +25,9 @@ from torch import Tensor, nn
 
 from recipec.model.factory import build_factory
 from recipec.model.heads import HeadInfo, last_linear_path, replace_module, resolve_path
+from recipec.model.hf import build_hf, hf_record
+from recipec.model.hf_groups import hf_groups, hf_head_path, replace_hf_head
+from recipec.model.hf_weights import hf_normalization, hf_preprocessing, load_hf_weights
 from recipec.recipe.archs import FamilyName, family_name
 from recipec.model.presets import body_and_head, checked_head_prefix, zoo_groups
 from recipec.model.pretrained import (
@@ -40,9 +44,9 @@ from recipec.model.timm_groups import replace_timm_head, timm_groups, timm_head_
 from recipec.model.timm_weights import load_timm_weights, timm_normalization, timm_preprocessing
 from recipec.model.zoo import build_torchvision, head_path
 
-__all__ = ["FACTORY", "FAMILIES", "TIMM", "TORCHVISION", "Family", "build_architecture", "default_head_path",
-           "family_of", "load_pretrained_weights", "preset_groups", "replace_head", "weights_normalization",
-           "weights_preprocessing"]
+__all__ = ["FACTORY", "FAMILIES", "HF", "TIMM", "TORCHVISION", "Family", "architecture_record", "build_architecture",
+           "default_head_path", "family_of", "load_pretrained_weights", "preset_groups", "replace_head",
+           "weights_normalization", "weights_preprocessing"]
 
 Groups = list[tuple[str, list[str]]]
 HeadType = Literal["linear", "mlp"]
@@ -54,7 +58,7 @@ class Family(Protocol):
 
     @property
     def name(self) -> FamilyName:
-        """``torchvision``, ``timm`` or ``factory``."""
+        """``torchvision``, ``timm``, ``hf`` or ``factory``."""
 
     @property
     def runs_named_code(self) -> bool:
@@ -66,8 +70,13 @@ class Family(Protocol):
         main one at inference, not trained with an auxiliary loss."""
 
     def build(self, arch: str, kwargs: Mapping[str, Any], *, pretrained: bool,
-              trust_factories: bool | Collection[str], origin: str, weights: str | None) -> nn.Module:
+              trust_factories: bool | Collection[str], origin: str, weights: str | None,
+              recorded: Mapping[str, Any] | None) -> nn.Module:
         """A model with random weights, nothing downloaded (see :func:`build_architecture`)."""
+
+    def record(self, model: nn.Module) -> dict[str, Any]:
+        """What an export must carry (in its provenance) to rebuild the architecture without its source;
+        ``recorded`` gives it back to :meth:`build`. Empty for families built by name."""
 
     def head_path(self, model: nn.Module, arch: str) -> str:
         """Dotted path of the classifier, indices written out (see :func:`default_head_path`)."""
@@ -97,8 +106,12 @@ class TorchvisionFamily:
     averages_extra_heads = False
 
     def build(self, arch: str, kwargs: Mapping[str, Any], *, pretrained: bool,
-              trust_factories: bool | Collection[str], origin: str, weights: str | None) -> nn.Module:
+              trust_factories: bool | Collection[str], origin: str, weights: str | None,
+              recorded: Mapping[str, Any] | None) -> nn.Module:
         return build_torchvision(arch, kwargs, pretrained=pretrained)
+
+    def record(self, model: nn.Module) -> dict[str, Any]:
+        return {}
 
     def head_path(self, model: nn.Module, arch: str) -> str:
         return head_path(model, arch) or last_linear_path(model, arch)
@@ -129,8 +142,12 @@ class TimmFamily:
     averages_extra_heads = True  # a distilled model's head_dist
 
     def build(self, arch: str, kwargs: Mapping[str, Any], *, pretrained: bool,
-              trust_factories: bool | Collection[str], origin: str, weights: str | None) -> nn.Module:
+              trust_factories: bool | Collection[str], origin: str, weights: str | None,
+              recorded: Mapping[str, Any] | None) -> nn.Module:
         return build_timm(arch, kwargs, weights=weights)
+
+    def record(self, model: nn.Module) -> dict[str, Any]:
+        return {}
 
     def head_path(self, model: nn.Module, arch: str) -> str:
         found = timm_head_paths(model)
@@ -156,6 +173,43 @@ class TimmFamily:
         return timm_preprocessing(arch, name)
 
 
+class HFFamily:
+    """transformers vision models, ``hf/<repo id or folder>`` (:mod:`recipec.model.hf` and the ``hf_*`` modules beside it)."""
+
+    name: FamilyName = "hf"
+    runs_named_code = False  # transformers' own classes, chosen by model_type; never the repository's code
+    averages_extra_heads = False
+
+    def build(self, arch: str, kwargs: Mapping[str, Any], *, pretrained: bool,
+              trust_factories: bool | Collection[str], origin: str, weights: str | None,
+              recorded: Mapping[str, Any] | None) -> nn.Module:
+        return build_hf(arch, kwargs, weights=weights, recorded=recorded)
+
+    def record(self, model: nn.Module) -> dict[str, Any]:
+        return hf_record(model)  # the config.json (and image processor) it was built from
+
+    def head_path(self, model: nn.Module, arch: str) -> str:
+        return hf_head_path(model, arch)
+
+    def replace_head(self, model: nn.Module, arch: str, *, num_classes: int, type: HeadType,
+                     hidden: list[int] | None, dropout: float, activation: Activation | None) -> HeadInfo:
+        # an ...ForImageClassification keeps its pooling; an AutoModel gets the head on its pooled output
+        return replace_hf_head(model, arch, num_classes=num_classes, type=type, hidden=hidden, dropout=dropout,
+                               activation=activation)
+
+    def preset_groups(self, arch: str, model: nn.Module, head: str, *, fine: bool) -> Groups:
+        return hf_groups(model, head) or body_and_head(head)
+
+    def load_weights(self, arch: str, name: str) -> tuple[dict[str, Tensor], WeightsInfo]:
+        return load_hf_weights(arch, name)
+
+    def normalization(self, arch: str, name: str) -> Normalization | None:
+        return hf_normalization(arch, name)
+
+    def preprocessing(self, arch: str, name: str) -> dict[str, Any] | None:
+        return hf_preprocessing(arch, name)
+
+
 class FactoryFamily:
     """Your own ``package.module:factory`` (:mod:`recipec.model.factory`): no presets, no pretrained weights."""
 
@@ -164,8 +218,12 @@ class FactoryFamily:
     averages_extra_heads = False
 
     def build(self, arch: str, kwargs: Mapping[str, Any], *, pretrained: bool,
-              trust_factories: bool | Collection[str], origin: str, weights: str | None) -> nn.Module:
+              trust_factories: bool | Collection[str], origin: str, weights: str | None,
+              recorded: Mapping[str, Any] | None) -> nn.Module:
         return build_factory(arch, kwargs, trust_factories=trust_factories, origin=origin)
+
+    def record(self, model: nn.Module) -> dict[str, Any]:
+        return {}
 
     def head_path(self, model: nn.Module, arch: str) -> str:
         return last_linear_path(model, arch)
@@ -190,13 +248,15 @@ class FactoryFamily:
 
 TORCHVISION: Family = TorchvisionFamily()
 TIMM: Family = TimmFamily()
+HF: Family = HFFamily()
 FACTORY: Family = FactoryFamily()
-FAMILIES: dict[FamilyName, Family] = {family.name: family for family in (TORCHVISION, TIMM, FACTORY)}
+FAMILIES: dict[FamilyName, Family] = {family.name: family for family in (TORCHVISION, TIMM, HF, FACTORY)}
 
 
 def family_of(arch: str) -> Family:
-    """The family of ``model.arch``: :data:`TIMM` for ``timm/<name>``, :data:`FACTORY` for
-    ``package.module:factory``, :data:`TORCHVISION` for any other name (checked when built).
+    """The family of ``model.arch``: :data:`TIMM` for ``timm/<name>``, :data:`HF` for ``hf/<repo id or
+    folder>``, :data:`FACTORY` for ``package.module:factory``, :data:`TORCHVISION` for any other name
+    (checked when built).
 
     Example:
         >>> family_of("mypkg.nets:small").runs_named_code
@@ -207,7 +267,7 @@ def family_of(arch: str) -> Family:
 
 def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *, pretrained: bool = False,
                        trust_factories: bool | Collection[str] = True, origin: str = "",
-                       weights: str | None = None) -> nn.Module:
+                       weights: str | None = None, recorded: Mapping[str, Any] | None = None) -> nn.Module:
     """Build an architecture with random weights; nothing is downloaded.
 
     torchvision and timm architectures are looked up by name and never imported from a path. A
@@ -228,7 +288,10 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *, pr
             names the caller trusts (``()`` or ``False``: none).
         origin: where the recipe came from (a file), named in a refusal.
         weights: ``model.weights``; a ``timm/<name>`` model is built from that tag's pretrained
-            config (its class count and image size), by name, never imported from a path.
+            config (its class count and image size), by name, never imported from a path; an ``hf/``
+            model from the ``config.json`` of that revision.
+        recorded: an export's provenance, holding what :func:`architecture_record` recorded: an
+            ``hf/`` model is rebuilt from its recorded config, without the repository.
 
     Returns:
         The model, in training mode.
@@ -242,7 +305,19 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *, pr
         >>> model = build_architecture("vit_b_16", {"image_size": 32})
     """
     return family_of(arch).build(arch, dict(kwargs or {}), pretrained=pretrained, trust_factories=trust_factories,
-                                 origin=origin, weights=weights)
+                                 origin=origin, weights=weights, recorded=recorded)
+
+
+def architecture_record(model: nn.Module, arch: str) -> dict[str, Any]:
+    """What an export of ``model`` carries in its provenance so that :func:`build_architecture` (with
+    ``recorded``) rebuilds it from the file alone: for ``hf/``, the ``config.json`` and image processor
+    config (``hf_model``); nothing for families built by name.
+
+    Example:
+        >>> architecture_record(build_architecture("resnet18"), "resnet18")
+        {}
+    """
+    return family_of(arch).record(model)
 
 
 def default_head_path(model: nn.Module, arch: str) -> str:
@@ -335,7 +410,8 @@ def load_pretrained_weights(arch: str, name: str) -> tuple[dict[str, Tensor], We
     """Read the pretrained weights ``name`` of ``arch`` from the local caches, nothing unpickled but tensors.
 
     torchvision: torch hub's cache (:func:`recipec.model.pretrained.load_pretrained_state_dict`);
-    timm: the Hugging Face hub's cache (:func:`recipec.model.timm_weights.load_timm_weights`).
+    timm: the Hugging Face hub's cache (:func:`recipec.model.timm_weights.load_timm_weights`); ``hf/``: the
+    repository (cache) or folder at revision ``name`` (:func:`recipec.model.hf_weights.load_hf_weights`).
     Nothing is downloaded unless ``RECIPEC_ALLOW_DOWNLOAD=1``.
 
     Raises:
@@ -360,7 +436,8 @@ def weights_preprocessing(arch: str, name: str) -> dict[str, Any] | None:
     """How the pretrained weights ``name`` of ``arch`` expect images resized, read without loading them.
 
     timm: the ``pretrained_cfg`` (``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``);
-    torchvision: the weights' ``transforms()`` (``crop_size``, ``resize_size``, ``interpolation``).
+    torchvision: the weights' ``transforms()`` (``crop_size``, ``resize_size``, ``interpolation``);
+    ``hf/``: the repository's ``preprocessor_config.json`` (``size``, ``crop_size``, ``crop_pct``, ``resample``).
     Returns ``{"input_size": side, "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode":
     "center", "resize_size": 256 or None}`` (``resize_size``: torchvision's, for ``input_size``; timm
     adds ``mean``, the colour ``crop_mode: border`` pads with), or None when the weights define no

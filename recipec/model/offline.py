@@ -5,13 +5,30 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch.hub
 
 from recipec.errors import WeightsUnavailableError
 
-__all__ = ["downloads_blocked"]
+__all__ = ["downloads_allowed", "downloads_blocked", "hub_cache"]
+
+
+def downloads_allowed() -> bool:
+    """``RECIPEC_ALLOW_DOWNLOAD=1``: pretrained files missing from the local caches may be downloaded."""
+    return os.environ.get("RECIPEC_ALLOW_DOWNLOAD") == "1"
+
+
+def hub_cache() -> Path:
+    """The Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub`` (default ``~/.cache/huggingface/hub``).
+
+    Read at call time: huggingface_hub fixes its own constants when it is first imported.
+    """
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
 
 
 @contextlib.contextmanager
@@ -22,7 +39,7 @@ def downloads_blocked() -> Iterator[None]:
     fetch weights behind the offline policy: the hub is put offline (cached files still load) and
     torch hub's ``download_url_to_file`` refuses, so a missing file is an error naming it.
     """
-    if os.environ.get("RECIPEC_ALLOW_DOWNLOAD") == "1":
+    if downloads_allowed():
         yield
         return
     hub_constants: Any = None

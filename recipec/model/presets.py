@@ -17,7 +17,7 @@ from torch import nn
 from recipec.errors import GroupError
 from recipec.model.zoo import family_of
 
-__all__ = ["body_and_head", "checked_head_prefix", "module_regexes", "zoo_groups"]
+__all__ = ["body_and_head", "checked_head_prefix", "module_regexes", "outermost_modules", "zoo_groups"]
 
 # Each preset group is (name, patterns); a pattern is fullmatched against the model's module
 # and parameter names, and the outermost matches become the group's regexes. A group whose
@@ -212,3 +212,25 @@ def module_regexes(names: list[str], param_names: set[str]) -> list[str]:
             entries.append((prefix, [], r"\."))
     return [prefix + (numbers[0] if len(numbers) == 1 else "(?:" + "|".join(numbers) + ")" if numbers else "") + end
             for prefix, numbers, end in entries]
+
+
+def outermost_modules(members: list[str], params: list[str]) -> list[str]:
+    """The shortest module prefixes (or parameter names) that cover ``members`` and nothing else."""
+    member_set = set(members)
+    under: dict[str, list[str]] = {}  # module prefix -> the parameters below it
+    for param in params:
+        parts = param.split(".")
+        for k in range(1, len(parts)):
+            under.setdefault(".".join(parts[:k]), []).append(param)
+    out: list[str] = []
+    for name in members:
+        parts = name.split(".")
+        chosen = name
+        for k in range(1, len(parts)):
+            prefix = ".".join(parts[:k])
+            if all(p in member_set for p in under[prefix]):
+                chosen = prefix
+                break
+        if chosen not in out:
+            out.append(chosen)
+    return out

@@ -15,7 +15,7 @@ from torch import nn
 
 from recipec.errors import ModelError
 from recipec.model.heads import HeadInfo, build_head, describe_module, placement, set_module
-from recipec.model.presets import module_regexes
+from recipec.model.presets import module_regexes, outermost_modules
 
 __all__ = ["replace_timm_head", "timm_groups", "timm_head_paths"]
 
@@ -107,7 +107,7 @@ def timm_groups(model: nn.Module, head_prefixes: list[str], *, fine: bool = Fals
             name = "stem"
         else:
             name = _group_name(members[0], matcher, used)
-        groups.append((name, module_regexes(_outermost(members, params), param_set)))
+        groups.append((name, module_regexes(outermost_modules(members, params), param_set)))
     return groups
 
 
@@ -134,25 +134,3 @@ def _group_name(param: str, matcher: Any, used: set[str]) -> str:
         name, k = f"{base}_{k}", k + 1
     used.add(name)
     return name
-
-
-def _outermost(members: list[str], params: list[str]) -> list[str]:
-    """The shortest module prefixes (or parameter names) that cover ``members`` and nothing else."""
-    member_set = set(members)
-    under: dict[str, list[str]] = {}  # module prefix -> the parameters below it
-    for param in params:
-        parts = param.split(".")
-        for k in range(1, len(parts)):
-            under.setdefault(".".join(parts[:k]), []).append(param)
-    out: list[str] = []
-    for name in members:
-        parts = name.split(".")
-        chosen = name
-        for k in range(1, len(parts)):
-            prefix = ".".join(parts[:k])
-            if all(p in member_set for p in under[prefix]):
-                chosen = prefix
-                break
-        if chosen not in out:
-            out.append(chosen)
-    return out

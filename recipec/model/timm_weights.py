@@ -21,20 +21,13 @@ from torch import Tensor, nn
 from recipec.errors import CheckpointError, ModelError, WeightsUnavailableError
 from recipec.recipe.archs import TIMM_PREFIX, family_name
 from recipec.model.pretrained import Normalization, WeightsInfo
+from recipec.model.offline import hub_cache
 from recipec.model.timm import import_timm, model_name, pretrained_cfg
 from recipec.weights import formats
 
 __all__ = ["load_timm_weights", "preprocessing_of", "timm_filtered", "timm_normalization", "timm_preprocessing"]
 
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's load_state_dict_from_hf tries, in order
-
-
-def _hub_cache() -> Path:
-    # read at call time: huggingface_hub fixes its own constants when first imported
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    return Path(home).expanduser() / "hub"
 
 
 def _locate(cfg: Any, hub_id: str) -> tuple[Path, str]:
@@ -59,7 +52,7 @@ def _locate(cfg: Any, hub_id: str) -> tuple[Path, str]:
                 "(custom_load 'hf') that recipec does not run; pick another tag, or load the converted weights "
                 "with source.checkpoint")))
         files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HUB_FILES
-        cache = _hub_cache()
+        cache = hub_cache()
         for file in files:
             found = try_to_load_from_cache(repo, file, cache_dir=cache)
             if isinstance(found, str):

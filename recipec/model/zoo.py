@@ -6,7 +6,6 @@ Pretrained weights live in :mod:`recipec.model.pretrained`, the default layer gr
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from collections.abc import Mapping
@@ -18,7 +17,7 @@ from torch import nn
 
 from recipec.errors import ModelError
 from recipec.model.heads import resolve_path
-from recipec.recipe.archs import family_name
+from recipec.recipe.archs import arch_problem, family_name
 from recipec.weights.adapt import adapt_input_channels
 
 __all__ = ["build_torchvision", "family_of", "first_conv_path", "head_path", "is_architecture",
@@ -81,14 +80,13 @@ def family_of(arch: str) -> str:
 
 
 def unknown_architecture(arch: str) -> ModelError:
-    """The error for a name that is not in the zoo, with the nearest names."""
-    names = list_architectures()
-    lowered = {n.lower(): n for n in names}
-    close = [lowered[n] for n in difflib.get_close_matches(arch.lower(), lowered, n=3, cutoff=0.6)]
-    hint = f"did you mean {' or '.join(repr(n) for n in close)}? " if close else ""
-    return ModelError((("model", "arch"), (
-        f"unknown architecture {arch!r}; {hint}(any of the {len(names)} torchvision classification models, "
-        "see recipec.model.zoo.list_architectures(), or 'package.module:factory' for your own)")))
+    """The error for a name that is not in the zoo: ``recipec validate``'s own words, with the nearest names
+    (torchvision's, or ``timm/<name>`` for a timm model)."""
+    problem = arch_problem(arch)
+    if problem is None:  # a name the shipped list has and this torchvision lacks (an older torchvision)
+        problem = (f"unknown architecture {arch!r}: torchvision {torchvision.__version__} has no such "
+                   "classification model (see recipec.model.zoo.list_architectures())")
+    return ModelError((("model", "arch"), problem))
 
 
 def build_torchvision(arch: str, kwargs: Mapping[str, Any] | None = None, *, pretrained: bool = False) -> nn.Module:

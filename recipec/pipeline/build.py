@@ -20,7 +20,9 @@ left, whether ``--resume`` may continue) and :mod:`recipec.pipeline.upstream` (`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +51,7 @@ from recipec.pipeline.checks import check_inputs
 from recipec.pipeline.outputs import export_model, plot_curves, provenance_of
 from recipec.pipeline.planning import check_classes, note_data, steps_per_epoch
 from recipec.pipeline.resume import check_same_run, continue_schedule, resume_state, run_identity, saved_epochs
-from recipec.pipeline.rundir import claim_run_directory
+from recipec.pipeline.rundir import claim_run_directory, clear_run_directory
 from recipec.pipeline.runs import check_resumable, remove_temporaries, run_directory
 from recipec.pipeline import smoke as smoke_runs  # smoke_runs.smoke_data: looked up when called (tests replace it)
 from recipec.pipeline.upstream import resolve_upstream
@@ -73,12 +75,17 @@ from recipec.train.state import (
 if TYPE_CHECKING:
     from recipec.progress import Progress
 
-__all__ = ["build"]
+__all__ = ["build", "print_line"]
 
 
-def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False, device: str | None = None,
-          log: Callable[[str], None] | None = None, smoke: int | None = None, _chain: tuple[str, ...] = (),
-          progress: Progress | None = None) -> Path:
+def print_line(line: str) -> None:
+    """Print one line of a build's progress to stdout at once (``build``'s default ``log``)."""
+    print(line, flush=True)
+
+
+def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+          device: str | None = None, log: Callable[[str], None] | None = print_line, smoke: int | None = None,
+          _chain: tuple[str, ...] = (), progress: Progress | None = None) -> Path:
     """Compile, fine-tune and export a recipe.
 
     Args:
@@ -87,8 +94,12 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
         resume: continue from the newest intact training state in ``checkpoints/`` (``last.pt``, or an
             ``epoch-*.pt`` when that is newer or ``last.pt`` is damaged); refused when the recipe,
             the data split or the source file changed, or ``train.epochs`` cannot honestly change.
+        overwrite: start the run over: what an earlier build wrote into the run directory is removed
+            (only a directory recipec made, only the files a build writes; see
+            :mod:`recipec.pipeline.rundir`) once the inputs are checked, just before the new run is written.
         device: overrides ``recipe.device``.
-        log: called with one line per epoch and per written file (the CLI prints them).
+        log: called with one line per epoch and per written file; by default they are printed to
+            stdout (:func:`print_line`); ``None`` prints nothing.
         smoke: a smoke run: one epoch per phase of the freezing schedule, each on ``smoke``
             training and validation batches, then exports and card (see :mod:`recipec.pipeline.smoke`).
         progress: a terminal display (:func:`recipec.progress.for_terminal`): a status line per phase and
@@ -102,17 +113,21 @@ def build(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False
         BuildInterrupted: Ctrl-C (a ``KeyboardInterrupt``), naming the newest checkpoint kept.
 
     Example:
-        >>> run = build(load_recipe("recipes/quickstart.yaml"), out="runs/qs")
+        >>> run = build(load_recipe("recipes/quickstart.yaml"), out="runs/qs")   # prints each epoch
+        >>> run = build(load_recipe("recipes/quickstart.yaml"), out="runs/qs", overwrite=True, log=None)
         >>> (run / "model.safetensors").exists()
         True
     """
+    if resume and overwrite:
+        raise RunDirectoryError("--resume and --overwrite: choose one (continue the run, or start it over)")
     world, target = setup(resolve_device(device or recipe.device))
     try:
         # one build at a time, only in a directory recipec made, never over its own inputs (recipec.pipeline.rundir)
         inputs = (recipe.source.checkpoint if recipe.source else None, recipe.card.template)
-        with claim_run_directory(run_directory(recipe, out), world=world, inputs=inputs):
-            return _build(recipe, _Asked(out, resume, smoke, _chain), device=target, world=world, log=log,
-                          progress=progress)
+        with claim_run_directory(run_directory(recipe, out), world=world, inputs=inputs, overwrite=overwrite), \
+                contextlib.ExitStack() as background:  # what _build draws meanwhile (plan.png) is done before this returns
+            return _build(recipe, _Asked(out, resume, smoke, _chain, overwrite), device=target, world=world, log=log,
+                          progress=progress, background=background)
     except BuildInterrupted:
         raise  # an upstream build's (source.recipe): it names its own run
     except KeyboardInterrupt as exc:
@@ -131,10 +146,11 @@ class _Asked:
     resume: bool
     smoke: int | None
     chain: tuple[str, ...]   # the upstream recipes being built, outermost first (source.recipe)
+    overwrite: bool = False  # remove the earlier run before writing
 
 
 def _build(recipe: Recipe, asked: _Asked, *, device: torch.device, world: Any, log: Callable[[str], None] | None,
-           progress: Progress | None = None) -> Path:
+           progress: Progress | None = None, background: contextlib.ExitStack) -> Path:
     out, resume, smoke, _chain = asked.out, asked.resume, asked.smoke, asked.chain
     say = log if log is not None and world.main else (lambda line: None)
     status = progress.status if progress is not None and world.main else (lambda text: None)
@@ -151,10 +167,10 @@ def _build(recipe: Recipe, asked: _Asked, *, device: torch.device, world: Any, l
     if resume:
         state = resume_state(run / "checkpoints", say)
         check_resumable(recipe, state["recipe"], run)
-    elif checkpoint_files(run / "checkpoints"):
+    elif checkpoint_files(run / "checkpoints") and not asked.overwrite:
         held = ", ".join(p.name for p in checkpoint_files(run / "checkpoints")[:3])
         raise RunDirectoryError(f"{run} already holds a run (checkpoints/{held}); add --resume to continue it, "
-                                "or choose another --out")
+                                "--overwrite to start it over, or choose another --out")
 
     status("loading the data")
     data = build_data(data_config(recipe, device=device.type))
@@ -176,12 +192,15 @@ def _build(recipe: Recipe, asked: _Asked, *, device: torch.device, world: Any, l
     compiled.plan.data.update(data_plan(recipe, data))  # transforms in order, mixup/cutmix, sampler
 
     if world.main:
+        if asked.overwrite and clear_run_directory(run):  # the inputs are checked: the new run starts here
+            say(f"removed the earlier run in {run} (--overwrite)")
         run.mkdir(parents=True, exist_ok=True)
         remove_temporaries(run)
         atomic_write_text(run / "recipe.yaml", recipe_yaml)
         plan = compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": world.size}
         atomic_write_text(run / "plan.json", clean_json.dumps(plan, indent=2) + "\n")
-        plot_plan(plan, run / "plan.png")  # the same plan as a picture (recipec plan --png), shown in the card
+        # the same plan as a picture (recipec plan --png), shown in the card: drawn while training starts
+        background.enter_context(_in_background(plot_plan, plan, run / "plan.png"))
         if data.info.get("skipped_images"):
             atomic_write_text(run / "skipped_images.txt", "".join(f"{p}\n" for p in data.info["skipped_images"]))
 
@@ -238,6 +257,7 @@ def _build(recipe: Recipe, asked: _Asked, *, device: torch.device, world: Any, l
     loop.fit(training=training, data=data, config=fit_config(recipe), start_epoch=start, history=list(history),
         world=world, on_epoch_end=on_epoch_end,
         on_batch=progress.on_batch if progress is not None and world.main else None)
+    background.close()  # plan.png is whole before the exports and the card that shows it
     if not world.main:
         return run
 
@@ -249,13 +269,36 @@ def _build(recipe: Recipe, asked: _Asked, *, device: torch.device, world: Any, l
     status("exporting")
     for path in export_model(recipe, compiled.model, run, recipe_yaml, provenance):
         say(f"wrote {path}")
-    plot_curves(history, run / "curves.png")
+    plot_curves(history, run / "curves.png", selection=selected)  # unfreeze epochs and the exported one marked
     status("writing the model card")
     say(f"wrote {write_card(run)}")
     if tracking is not None:
         status("logging the run's files to the trackers")
         tracking.finish(history)
     return run
+
+
+@contextlib.contextmanager
+def _in_background(draw: Callable[..., Any], *args: Any) -> Iterator[None]:
+    """``draw(*args)`` in a thread while the block runs; at its end the thread is joined (a failure, or
+    Ctrl-C, still leaves the whole file) and its error raised. matplotlib alone takes about a second to
+    import: a picture drawn first would hold back the first training step by that much."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            draw(*args)
+        except BaseException as exc:  # raised in the building thread, below
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="recipec-picture")
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:

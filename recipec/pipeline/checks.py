@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from recipec.convert.hub import hub_problem
 from recipec.errors import DatasetError, Problem
 from recipec.compiler.data_config import DATA_FIELDS
 from recipec.data.folders import split_folder_examples
@@ -86,9 +87,13 @@ def check_inputs(recipe: Any, *, scan_images: bool = False) -> None:
 
     Raises:
         DatasetError: one located problem per missing path, empty class folder, unknown class,
-            class-count mismatch (and unreadable image).
+            class-count mismatch (and unreadable image), and a hub export the model cannot have.
     """
     problems: list[Problem] = [*path_problems(recipe.model_dump(mode="python")), *data_problems(recipe)]
+    if "hub" in recipe.export.formats:  # a folder timm or torchvision must load: known before any training
+        head = recipe.model.head
+        why = hub_problem(recipe.model.arch, head_type=head.type if head else None, in_channels=recipe.model.in_channels)
+        problems += [(("export", "formats"), why)] if why else []
     d = recipe.data
     if (scan_images and not problems and d.dataset in ("imagefolder", "manifest") and d.root
             and getattr(d, "on_bad_image", "error") == "error"):

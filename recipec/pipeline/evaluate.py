@@ -55,6 +55,9 @@ def resolve_target(target: str | os.PathLike[str]) -> tuple[Path | None, Path]:
         RunDirectoryError: a directory without an export, or a path that does not exist.
     """
     path = Path(target)
+    if path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        # a hub folder (RUN/hub, read by load_predictor); the results go to the run it belongs to, if any
+        return (path.parent if _is_run(path.parent) else None), path
     if path.is_dir():
         export = next((path / n for n in _RUN_EXPORTS if (path / n).is_file()), None)
         if export is None:
@@ -148,6 +151,9 @@ def evaluate(target: str | os.PathLike[str], *, split: str | None = None, data: 
         target_out = check_output(out, what="the evaluation", inputs=[export])
     predictor = load_predictor(export, trust_factories=trust_factories, device=device)
     recipe = predictor.recipe
+    if recipe is None:  # a foreign timm hub folder: nothing says what data it was trained on
+        raise RunDirectoryError(f"{export}: carries no recipec recipe, so there is no split to evaluate on; "
+                                "evaluate a recipec export (recipec predict reads this one)")
     config = data_config(recipe, **_recorded_preprocessing(predictor.preprocessing))
     batch_size = batch_size or recipe.data.batch_size
     chosen = split or "test"

@@ -39,13 +39,11 @@ from recipec.device import resolve_device
 from recipec.errors import DatasetError, RecipeError
 from recipec.train.cache import head_only_epochs
 from recipec.train.freezing import apply_trainable, set_train_mode
-from recipec.train.loop import autocast_for, aux_trains, grad_scaler, training_loss
-from recipec.train.lrcurve import BETA, METHODS, LRFind, format_lr_find, plot_lr_find, suggest_lr
+from recipec.train.loop import autocast_for, aux_trains, grad_scaler, optimizer_step, training_loss
+from recipec.train.lrcurve import BETA, DIVERGE, METHODS, LRFind, format_lr_find, plot_lr_find, suggest_lr
 from recipec.train.optim import group_learning_rates
 
 __all__ = ["METHODS", "LRFind", "find_lr", "format_lr_find", "plot_lr_find", "suggest_lr"]
-
-DIVERGE = 4.0
 
 
 def find_lr(recipe: Any, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
@@ -60,7 +58,8 @@ def find_lr(recipe: Any, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps:
         steps: optimizer steps (each on ``train.accumulate`` batches); fewer when the loss diverges.
         method: how the suggestion is read (:func:`suggest_lr`).
         device: overrides ``recipe.device``.
-        log: called with a line now and then (progress).
+        log: called with a line when the sweep starts, then about every tenth of the steps and at the step
+            that ends it (progress: ``recipec lr-find`` prints them).
 
     Returns:
         The curve and the suggestion.
@@ -96,6 +95,7 @@ def find_lr(recipe: Any, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps:
 
 def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, steps: int, method: str,
                 log: Callable[[str], None]) -> LRFind:
+    log(f"loading the data and compiling {recipe.model.arch}")
     data = build_data(data_config(recipe))
     if len(data.train) == 0:
         raise DatasetError([(("data",), "the training split has no batches; lr-find needs training data")])
@@ -115,6 +115,9 @@ def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, ste
     cached = cache is not None and cache.fill(compiled.device, train.amp)
     forward = cache.head if cached and cache is not None else model
     set_train_mode(model, groups, trainable, batchnorm=recipe.freeze.batchnorm, dropout=recipe.freeze.dropout)
+    log(f"sweeping optimizer.lr from {start_lr:.2e} to {end_lr:.2e} in {steps} steps, training {', '.join(trainable)}"
+        f"{' on cached head inputs' if cached else ''} (on {compiled.device})")
+    every = max(1, steps // 10)  # about ten progress lines, whatever --steps says
     scaler = grad_scaler(train.amp, compiled.device)
     aux_weight = recipe.model.aux_loss_weight if aux_trains(model) else 0.0
 
@@ -124,6 +127,7 @@ def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, ste
             yield from (cache.batches() if cached and cache is not None else data.train)
 
     source = batches()
+    per_step = (data.train.batch_size or 1) * train.accumulate  # examples in a full optimizer step
     lrs: list[float] = []
     losses: list[float] = []
     raw: list[float] = []
@@ -133,7 +137,7 @@ def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, ste
         for group in optimizer.param_groups:
             group["lr"] = ratios[group["name"]] * lr
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total, stepping = 0.0, 0  # summed loss x examples, examples in this step
         for _ in range(train.accumulate):
             x, y = next(source)
             x, y = x.to(compiled.device, non_blocking=True), y.to(compiled.device, non_blocking=True)
@@ -141,34 +145,31 @@ def _range_test(recipe: Any, device: Any, *, start_lr: float, end_lr: float, ste
                 x, y = mix(x, y)
             with autocast_for(compiled.device, train.amp):
                 loss = training_loss(forward(x), y, aux_weight, criterion)
-            total += float(loss.item()) / train.accumulate
+            total += float(loss.item()) * len(y)
+            stepping += len(y)
             if not math.isfinite(total):
                 break
-            scaled = loss / train.accumulate
+            scaled = loss * (len(y) / per_step)  # as build's loop: each batch weighs by its examples
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        total /= max(stepping, 1)
         if not math.isfinite(total):
             stopped = "non-finite loss"
+            log(f"step {step + 1}/{steps}: lr {lr:.2e}, the loss is not finite: the sweep ends here")
             break
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if train.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], train.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        optimizer_step(model, optimizer, scaler, train.grad_clip, per_step / stepping)
         average = BETA * average + (1 - BETA) * total
         smoothed = average / (1 - BETA ** (step + 1))
         lrs.append(lr)
         raw.append(total)
         losses.append(smoothed)
         best = min(best, smoothed)
-        if step % 10 == 0:
-            log(f"step {step + 1}/{steps}: lr {lr:.2e}, smoothed loss {smoothed:.4f}")
         if step > 0 and smoothed > DIVERGE * best:
             stopped = "diverged"
+            log(f"step {step + 1}/{steps}: lr {lr:.2e}, smoothed loss {smoothed:.4f}, over {DIVERGE:g}x its minimum "
+                f"({best:.4f}): the loss diverged, the sweep ends here")
             break
+        if step == 0 or (step + 1) % every == 0:
+            log(f"step {step + 1}/{steps}: lr {lr:.2e}, smoothed loss {smoothed:.4f}")
     index = suggest_lr(lrs, losses, method)
     suggested = lrs[index] if index is not None else None
     return LRFind(

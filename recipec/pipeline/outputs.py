@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from recipec._atomic import atomic_path
+from recipec.convert import hub as hub_folder
 from recipec.convert.onnx import to_onnx
 from recipec.errors import ExportError
+from recipec.model.families import architecture_record
 from recipec.provenance import environment, export_metadata, file_digest, now_utc, versions
 from recipec.recipe.load import PATH_FIELDS
 from recipec.recipe.spec import Recipe
@@ -70,7 +73,9 @@ def _recipe_paths(recipe: Recipe) -> dict[str, str]:
 
 def export_model(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml: str,
             provenance: dict[str, Any]) -> list[Path]:
-    """Write the exports named by ``export.formats`` into ``run``, each carrying recipe and provenance."""
+    """Write the exports named by ``export.formats`` into ``run``, each carrying recipe and provenance, and
+    what rebuilds the architecture from the file alone (an ``hf/`` model's config: ``hf_model``)."""
+    provenance = {**provenance, **architecture_record(model, recipe.model.arch)}
     dtype = getattr(torch, recipe.export.dtype)
     state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
              for k, v in model.state_dict().items()}
@@ -78,6 +83,8 @@ def export_model(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml:
     written: list[Path] = []
     try:
         for fmt in recipe.export.formats:
+            if fmt == "hub":  # written last: the other exports are linked into the folder
+                continue
             if fmt == "onnx":
                 # exported in float32 whatever export.dtype says: fp16 graphs often fail on onnxruntime CPU
                 written.append(to_onnx(copy.deepcopy(model).float().cpu().eval(), recipe, run / "model.onnx", metadata))
@@ -85,36 +92,90 @@ def export_model(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml:
             target = run / ("model.safetensors" if fmt == "safetensors" else "model.pt")
             shard = recipe.export.shard_size if fmt == "safetensors" else None
             written += formats.save(state, target, metadata=metadata, shard_size=shard)
+        if "hub" in recipe.export.formats:
+            written += hub_folder.save(run, model, state, arch=recipe.model.arch, kwargs=recipe.model.kwargs,
+                                       metadata=metadata, provenance=provenance, exports=written)
     except OSError as exc:
         raise ExportError(f"writing the exports to {run} failed: {exc}") from exc
     return written
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Loss and accuracy per epoch, as a PNG (atomic)."""
+def plot_curves(history: list[dict[str, Any]], path: Path, selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Loss and accuracy per epoch, as a PNG (atomic), with the schedule's events marked on both panels:
+    a dotted grey line where groups were unfrozen, and a dashed red one at the exported epoch.
+
+    Args:
+        history: the metrics of every epoch (``metrics.jsonl``).
+        path: the PNG to write.
+        selection: which weights were exported (:func:`recipec.train.select.export_state`: ``weights``,
+            ``epoch``, ``metric``, ``value``); nothing is marked without it.
+
+    Returns:
+        What was marked, read back from the figure: ``{"unfreeze": {epoch: label}, "selected": {epoch: label}}``.
+    """
     import matplotlib  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
     import matplotlib.ticker  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415 (matplotlib: only when a picture is drawn)
 
-
     epochs = [m["epoch"] for m in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.plot(epochs, [m["train_loss"] for m in history], marker="o", label="train loss")
-    if any(m["val_loss"] is not None for m in history):
-        left.plot(epochs, [m["val_loss"] for m in history], marker="o", label="val loss")
-        right.plot(epochs, [m["val_acc"] for m in history], marker="o", color="tab:green", label="val accuracy")
-    for axis in (left, right):
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    left.legend()
-    right.set_ylim(0, 1)
-    if right.get_legend_handles_labels()[0]:  # no validation: nothing to label (matplotlib would warn)
-        right.legend()
-    fig.tight_layout()
     try:
+        left.plot(epochs, [m["train_loss"] for m in history], marker="o", label="train loss")
+        if any(m["val_loss"] is not None for m in history):
+            left.plot(epochs, [m["val_loss"] for m in history], marker="o", label="val loss")
+            right.plot(epochs, [m["val_acc"] for m in history], marker="o", color="tab:green", label="val accuracy")
+        for i, (epoch, label) in enumerate(_unfrozen(history).items()):
+            for axis in (left, right):  # one legend entry for the style; each line names its groups beside it
+                axis.axvline(epoch, color="0.55", linestyle=":", linewidth=1.2, gid=f"unfreeze:{epoch}:{label}",
+                             label="groups unfrozen" if i == 0 and axis is left else None)
+            left.text(epoch, 0.97, label + " ", transform=left.get_xaxis_transform(), rotation=90, ha="right",
+                      va="top", fontsize=7, color="0.35")
+        chosen = _chosen(selection)
+        if chosen is not None:
+            epoch, label = chosen
+            for axis in (left, right):  # the label in the right panel's legend (the metric's side)
+                axis.axvline(epoch, color="tab:red", linestyle="--", linewidth=1.2, gid=f"selected:{epoch}:{label}",
+                             label=label if axis is right else None)
+        for axis in (left, right):
+            axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        right.set_ylim(0, 1)
+        for axis in (left, right):
+            if axis.get_legend_handles_labels()[0]:  # nothing labelled: no legend (matplotlib would warn)
+                axis.legend(fontsize=8)
+        fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
+        marked: dict[str, dict[int, str]] = {"unfreeze": {}, "selected": {}}
+        for line in left.get_lines():
+            kind, _, rest = str(line.get_gid() or "").partition(":")
+            if kind in marked:
+                epoch_text, _, label = rest.partition(":")
+                marked[kind][int(epoch_text)] = label
+        return marked
     finally:
         plt.close(fig)
+
+
+def _unfrozen(history: list[dict[str, Any]]) -> dict[int, str]:
+    """Epoch -> "unfreeze a, b" for every epoch whose trainable groups grew (the schedule's freeze.unfreeze/gradual)."""
+    found = {}
+    for before, now in itertools.pairwise(history):
+        added = [g for g in now.get("trainable_groups") or [] if g not in (before.get("trainable_groups") or [])]
+        if added:
+            found[int(now["epoch"])] = "unfreeze " + ", ".join(added)
+    return found
+
+
+def _chosen(selection: dict[str, Any] | None) -> tuple[int, str] | None:
+    """The exported epoch and its label ("exported: epoch 3, best val_acc 0.912"), or None."""
+    if not selection or selection.get("epoch") is None:
+        return None
+    epoch, weights, value = int(selection["epoch"]), selection.get("weights"), selection.get("value")
+    if weights == "model":  # export.weights: model is the best epoch's weights (train.select)
+        why = f"best {selection.get('metric')}" + (f" {value:.3g}" if isinstance(value, (int, float)) else "")
+    else:
+        why = {"last": "the last epoch", "ema": "the EMA weights at the end"}.get(str(weights), str(weights))
+    return epoch, f"exported: epoch {epoch}, {why}"

@@ -13,6 +13,13 @@ in a project that has its own ``README.md`` and ``recipe.yaml`` must not overwri
 empty ``--out`` is refused too (it would mean the working directory). A build that stops
 before writing anything (bad input, exit 2) removes the mark and the directories it made.
 
+**Starting over.** ``--overwrite`` (``build(..., overwrite=True)``) removes an earlier run from a
+directory the build may claim (the rules above: never a directory recipec did not make), once
+the build's inputs have been checked and just before it writes (:func:`clear_run_directory`): only
+what a build writes (the names below, ``eval/``, ``tensorboard/``, ``checkpoints/``), never anything
+else found there, and a symlink among them is unlinked, never followed. An input of the build
+inside what would be removed (``source.checkpoint: RUN/checkpoints/best.pt``) is refused at the claim.
+
 **Inputs.** No file a build writes (``recipe.yaml``, the exports, the card...) may be one of
 its inputs (``source.checkpoint`` and its shards, ``card.template``): compared by device and
 inode, so symlinks and hard links are caught.
@@ -30,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +47,14 @@ from recipec._files import check_output
 from recipec.errors import RunDirectoryError
 from recipec.train import distributed
 
-__all__ = ["MARKER", "claim_run_directory", "run_directory_problem"]
+__all__ = ["MARKER", "claim_run_directory", "clear_run_directory", "run_directory_problem"]
 
 MARKER = ".recipec-run"
 # What a build writes at the top of a run directory; the mark, the lock and temporary files aside.
 _WRITTEN_FILES = ("recipe.yaml", "plan.json", "plan.png", "metrics.jsonl", "model.safetensors",
                   "model.safetensors.index.json", "model.pt", "model.onnx", "curves.png", "README.md",
                   "skipped_images.txt", "tracking.json")
-_WRITTEN_DIRS = ("checkpoints", "eval", "tensorboard")
+_WRITTEN_DIRS = ("checkpoints", "eval", "tensorboard", "hub")
 _OURS = re.compile(r"model-\d{5}-of-\d{5}\.safetensors|\..+\.tmp")
 
 
@@ -70,9 +78,39 @@ def run_directory_problem(run: Path) -> str | None:
             f"build would overwrite or mix with its own; choose another --out (a new or empty directory)")
 
 
+def clear_run_directory(run: Path) -> list[Path]:
+    """Remove what earlier builds wrote into ``run`` (``--overwrite``); the mark, and anything else, stay.
+
+    Call it only on a directory claimed with ``overwrite=True`` (so it is recipec's, and locked).
+    ``checkpoints/`` goes first: from then on the directory no longer holds a run to resume.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for path in _earlier_run(run):
+        if path.is_symlink() or not path.is_dir():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # a symlink itself: what it points to is not the run's
+        else:
+            shutil.rmtree(path)
+        removed.append(path)
+    return removed
+
+
+def _earlier_run(run: Path) -> list[Path]:
+    """What a build wrote at the top of ``run``, ``checkpoints/`` first."""
+    try:
+        names = os.listdir(run)
+    except OSError:
+        return []
+    ours = [n for n in names if n in (*_WRITTEN_FILES, *_WRITTEN_DIRS) or _OURS.fullmatch(n)]
+    return [run / n for n in sorted(ours, key=lambda n: (n != "checkpoints", n))]
+
+
 @contextlib.contextmanager
-def claim_run_directory(run: Path, *, world: Any = None, inputs: Iterable[str | os.PathLike[str] | None] = ()
-                        ) -> Iterator[Path]:
+def claim_run_directory(run: Path, *, world: Any = None, inputs: Iterable[str | os.PathLike[str] | None] = (),
+                        overwrite: bool = False) -> Iterator[Path]:
     """Claim ``run`` for one build and hold its lock until the block ends.
 
     Args:
@@ -81,6 +119,8 @@ def claim_run_directory(run: Path, *, world: Any = None, inputs: Iterable[str | 
             do not claim (they write nothing) but learn whether rank 0 could.
         inputs: files the build reads (``source.checkpoint``, ``card.template``), which none
             of the files it writes may be.
+        overwrite: the build will remove the earlier run (:func:`clear_run_directory`): no input
+            may lie inside what that removes.
 
     Raises:
         RunDirectoryError: an empty path, a directory recipec did not make, a file the build
@@ -93,7 +133,7 @@ def claim_run_directory(run: Path, *, world: Any = None, inputs: Iterable[str | 
     held = None
     if writer:
         try:
-            held = _claim(Path(run), inputs)
+            held = _claim(Path(run), inputs, overwrite=overwrite)
         except RunDirectoryError as exc:
             error = exc
     # every rank takes part in the sum (a collective), so it comes before the test of this rank's error
@@ -147,7 +187,7 @@ class _Held:
             os.close(self.fd)  # releases the lock
 
 
-def _claim(run: Path, inputs: Iterable[str | os.PathLike[str] | None]) -> _Held:
+def _claim(run: Path, inputs: Iterable[str | os.PathLike[str] | None], *, overwrite: bool = False) -> _Held:
     problem = run_directory_problem(run)
     if problem is not None:
         raise RunDirectoryError(problem)
@@ -170,10 +210,24 @@ def _claim(run: Path, inputs: Iterable[str | os.PathLike[str] | None]) -> _Held:
         listed = list(inputs)
         for file in written:
             check_output(file, inputs=listed, what="a build", error=RunDirectoryError)
+        if overwrite:
+            _check_kept(run, listed)
     except BaseException:
         held.release()
         raise
     return held
+
+
+def _check_kept(run: Path, inputs: list[str | os.PathLike[str] | None]) -> None:
+    """No input of the build lies inside what ``--overwrite`` removes (it is read after the removal)."""
+    removed = [path.parent.resolve() / path.name if path.is_symlink() else path.resolve() for path in _earlier_run(run)]
+    for name in inputs:
+        if not name:
+            continue
+        where = Path(name).resolve()
+        if any(where == path or path in where.parents for path in removed):
+            raise RunDirectoryError(f"{name}: --overwrite would delete this input of the build with the earlier run in "
+                                    f"{run}; copy it out of the run directory first (and point the recipe at the copy)")
 
 
 def _open_marker(marker: Path) -> tuple[int, bool]:

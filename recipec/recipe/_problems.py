@@ -18,7 +18,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from recipec.errors import format_path
+from recipec.recipe._fields import PATTERN_RULES
 from recipec.recipe._yaml import Position, RecipePath, SourceMap
+from recipec.recipe.archs import arch_problem
 from recipec.recipe.spec import FieldProblems, Recipe
 
 _BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
@@ -28,17 +30,6 @@ _SHAPES = {
     "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false", "bool_type": "true or false",
     "string_type": "text", "list_type": "a list", "tuple_type": "a list", "dict_type": "a mapping (key: value)",
     "model_type": "a mapping (key: value)", "model_attributes_type": "a mapping (key: value)",
-}
-# Regex patterns mean little to a reader; say what they accept. Keys: paths with list indices as "*".
-_PATTERN_HINTS: dict[tuple[str, ...], str] = {
-    ("device",): "must be auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps",
-    ("name",): "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'",
-    ("model", "arch"): "must be a torchvision model name (e.g. resnet18) or package.module:factory",
-    ("model", "weights"): "must be a weights name such as IMAGENET1K_V1 or DEFAULT, or null",
-    ("model", "head", "at"): "must be a dotted module path such as fc or classifier.6",
-    ("source", "sha256"): "must be 64 hexadecimal digits",
-    ("source", "allow_globals", "*"): "must be a dotted global name such as argparse.Namespace",
-    ("groups", "*", "name"): "must start with a letter or '_' and hold only letters, digits, '.', '_' and '-'",
 }
 
 
@@ -74,7 +65,8 @@ def _explain(err: ErrorDetails, data: Any) -> list[tuple[RecipePath, str, Recipe
         if isinstance(loc[-1], int):  # a tuple with too few items
             size = len(get_args(_annotation_at(loc[:-1]))) or "more"
             return [(parent, f"must have {size} items, got {show_value(err['input'])}", parent, False)]
-        return [((*parent, loc[-1]), _missing(loc), parent, False)]
+        # at the key of the mapping that lacks it, where an editor puts "Missing property"
+        return [((*parent, loc[-1]), _missing(loc), parent, True)]
     path = _data_path(loc, data)
     if kind in ("extra_forbidden", "invalid_key"):
         return [(path, _unknown_key(loc), path, True)]
@@ -83,7 +75,7 @@ def _explain(err: ErrorDetails, data: Any) -> list[tuple[RecipePath, str, Recipe
         field = field if field.isidentifier() else "name"  # a callable discriminator (data.augment) reads `name`
         tags = ", ".join(_tags(_annotation_at(loc)))
         if kind == "union_tag_not_found":
-            return [(path, f"needs {field}: one of {tags}", path, False)]
+            return [(path, f"needs {field}: one of {tags}", path, True)]
         tag = ctx.get("tag", "")
         hint = _did_you_mean(tag, _tags(_annotation_at(loc)))
         return [((*path, field), f"must be one of {tags}, got {tag!r}{hint}", (*path, field), False)]
@@ -121,8 +113,9 @@ def _message(err: ErrorDetails, path: RecipePath) -> str:
         return f"must be one of {', '.join(choices)}, got {got}{_did_you_mean(value, choices)}"
     if kind == "string_pattern_mismatch":
         generic = tuple("*" if isinstance(p, int) else str(p) for p in path)
-        hint = _PATTERN_HINTS.get(generic, f"must match the pattern {ctx.get('pattern')}")
-        return f"{hint}, got {got}"
+        hint = PATTERN_RULES.get(str(ctx.get("pattern")), f"must match the pattern {ctx.get('pattern')}")
+        known = arch_problem(err["input"]) if generic == ("model", "arch") and isinstance(err["input"], str) else None
+        return known or f"{hint}, got {got}"  # an architecture: the nearest names
     if kind in _SHAPES:
         return f"must be {_SHAPES[kind]}, got {got}"
     if kind in ("too_short", "too_long"):

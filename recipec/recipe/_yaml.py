@@ -1,19 +1,33 @@
 """Reading recipe files so that every key and value remembers where it was written.
 
-YAML goes through a ``SafeLoader`` subclass that builds plain data from the node tree and
-records ``file:line:col`` of each node; JSON is parsed by :mod:`json` (so it means exactly
-what JSON means) and the YAML composer, which reads JSON too, supplies the positions.
+YAML is read with the YAML 1.2 core schema, as editors read it (yaml-language-server, the
+engine of VS Code's YAML extension, reads YAML 1.2 unless told otherwise): ``true``/``false``
+are the only booleans, ``010`` is ten and ``0o10`` eight, and ``yes``, ``on``, ``1:30``,
+``1_000`` or ``2024-01-01`` are text. PyYAML alone reads YAML 1.1, where each of those means
+something else, and the same text must never mean two things in the editor and in recipec.
+A loader built from PyYAML's parts with a 1.2 resolver builds plain data from the node tree
+and records ``file:line:col`` of each node; :func:`dump_yaml` writes text both versions read
+alike. JSON is parsed by :mod:`json` (so it means exactly what JSON means) and the YAML
+composer, which reads JSON too, supplies the positions.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import BaseResolver, Resolver
+from yaml.scanner import Scanner
 
 from recipec._files import read_regular
 from recipec.errors import RecipeError, format_path
@@ -21,6 +35,8 @@ from recipec.errors import RecipeError, format_path
 RecipePath = tuple[str | int, ...]
 
 _MAP, _SEQ, _MERGE = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:merge"
+_STR, _INT, _FLOAT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_BOOL, _NULL = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"
 _MAX_NODES = 50_000  # aliases can expand exponentially ("billion laughs")
 MAX_RECIPE_BYTES = 4 << 20  # a recipe is a page of YAML; 4 MiB is far beyond any real one
 
@@ -136,11 +152,75 @@ def _kind(value: Any) -> str:
     return f"a number ({value})" if isinstance(value, (int, float)) else f"a {type(value).__name__} ({value})"
 
 
-class _Loader(yaml.SafeLoader):
+# The YAML 1.2 core schema (yaml.org/spec/1.2.2 section 10.3.2), as the `yaml` npm package under
+# yaml-language-server reads it; any other plain scalar is text.
+_CORE_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_CORE_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
+_CORE_BOOL = re.compile(r"true|True|TRUE|false|False|FALSE")
+_CORE_NULL = re.compile(r"~|null|Null|NULL|")
+_DIGITS = list("-+0123456789")
+
+
+class _CoreResolver(BaseResolver):
+    """Plain scalars resolved by the YAML 1.2 core schema (and ``<<`` merge keys, which editors expand too)."""
+
+
+def _whole(regex: re.Pattern[str]) -> re.Pattern[str]:
+    return re.compile(f"^(?:{regex.pattern})$")
+
+
+# each with the first characters its scalars can start with
+_CoreResolver.add_implicit_resolver(_BOOL, _whole(_CORE_BOOL), list("tTfF"))
+_CoreResolver.add_implicit_resolver(_INT, _whole(_CORE_INT), _DIGITS)
+_CoreResolver.add_implicit_resolver(_FLOAT, _whole(_CORE_FLOAT), [*_DIGITS, "."])
+_CoreResolver.add_implicit_resolver(_NULL, _whole(_CORE_NULL), ["~", "n", "N", ""])
+_CoreResolver.add_implicit_resolver(_MERGE, re.compile(r"^(?:<<)$"), ["<"])
+
+
+class _CoreConstructor(SafeConstructor):
+    """Scalars as the core schema means them; an explicit tag (``!!int 010``) follows the same rules."""
+
+    def _text(self, node: yaml.Node, pattern: re.Pattern[str], what: str) -> str:
+        value = self.construct_scalar(node)
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise ConstructorError(None, None, f"{value!r} is not {what} in YAML 1.2", node.start_mark)
+        return value
+
+    def construct_core_int(self, node: yaml.Node) -> int:
+        value = self._text(node, _CORE_INT, "a whole number")
+        base = {"0o": 8, "0x": 16}.get(value[:2], 10)
+        return int(value[2:] if base != 10 else value, base)
+
+    def construct_core_float(self, node: yaml.Node) -> float:
+        value = self._text(node, _CORE_FLOAT, "a number")
+        if value.lstrip("+-").lower() == ".inf":
+            return -math.inf if value.startswith("-") else math.inf
+        return math.nan if value.lower() == ".nan" else float(value)
+
+    def construct_core_bool(self, node: yaml.Node) -> bool:
+        return self._text(node, _CORE_BOOL, "true or false").lower() == "true"
+
+    def construct_core_null(self, node: yaml.Node) -> None:
+        self._text(node, _CORE_NULL, "null")
+
+
+_CoreConstructor.add_constructor(_INT, _CoreConstructor.construct_core_int)
+_CoreConstructor.add_constructor(_FLOAT, _CoreConstructor.construct_core_float)
+_CoreConstructor.add_constructor(_BOOL, _CoreConstructor.construct_core_bool)
+_CoreConstructor.add_constructor(_NULL, _CoreConstructor.construct_core_null)
+_SCALAR_TAGS = (_STR, _INT, _FLOAT, _BOOL, _NULL)
+
+
+class _Loader(Reader, Scanner, Parser, Composer, _CoreConstructor, _CoreResolver):
     """Builds plain data from YAML nodes, recording each node's position and refusing duplicate keys."""
 
     def __init__(self, text: str, file: str) -> None:
-        super().__init__(text)
+        Reader.__init__(self, text)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        Composer.__init__(self)
+        _CoreConstructor.__init__(self)
+        _CoreResolver.__init__(self)
         self.file = file
         self.sources = SourceMap()
         self.problems: list[tuple[Position, str]] = []
@@ -156,10 +236,12 @@ class _Loader(yaml.SafeLoader):
             raise RecipeError(f"{self.file}: too large once aliases are expanded (over {_MAX_NODES} values)")
         self.sources.values[path] = self._pos(node)
         if isinstance(node, yaml.ScalarNode):
+            if node.tag not in _SCALAR_TAGS:  # !!timestamp, !!binary, !custom: not plain data
+                raise RecipeError(f"{self._pos(node)}: unsupported tag {node.tag!r}; write a plain value")
             try:
                 return self.construct_object(node, deep=True)
-            except (ValueError, OverflowError) as exc:  # e.g. a timestamp with month 13
-                raise RecipeError(f"{self._pos(node)}: cannot read {node.value!r}: {exc}") from None
+            except ValueError as exc:  # a whole number of over 4300 digits
+                raise RecipeError(f"{self._pos(node)}: cannot read {node.value[:40]!r}: {exc}") from None
         if id(node) in self._open:
             raise RecipeError(f"{self._pos(node)}: an alias refers to a node that contains it")
         if node.tag not in (_MAP, _SEQ):
@@ -194,7 +276,14 @@ class _Loader(yaml.SafeLoader):
         return result
 
     def _key(self, node: yaml.Node, path: RecipePath, report: bool = True) -> str | int | None:
-        key = self.construct_object(node, deep=True) if isinstance(node, yaml.ScalarNode) else None
+        key = None
+        if isinstance(node, yaml.ScalarNode) and node.tag in _SCALAR_TAGS:
+            try:
+                key = self.construct_object(node, deep=True)
+            except ValueError:  # a whole number of over 4300 digits
+                key = None
+        if isinstance(key, float) and key.is_integer():
+            key = int(key)  # `2.0:` is the key 2, as an editor's String(2.0) is "2"
         if isinstance(key, (str, int)) and not isinstance(key, bool):
             return key
         if report:
@@ -202,6 +291,21 @@ class _Loader(yaml.SafeLoader):
             message = f"key {text!r} is not text or a whole number; quote it if it is a name"
             self.problems.append((self._pos(node), f"{format_path(path) or '(top level)'}: {message}"))
         return None
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes text that YAML 1.1 and 1.2 readers read alike: a string either would take for
+    something else (``yes``, ``1_000``, ``0o10``, ``1e3``) is quoted."""
+
+    yaml_implicit_resolvers: ClassVar[dict[Any, list[tuple[str, re.Pattern[str]]]]] = {
+        first: [*_CoreResolver.yaml_implicit_resolvers.get(first, []), *Resolver.yaml_implicit_resolvers.get(first, [])]
+        for first in {*_CoreResolver.yaml_implicit_resolvers, *Resolver.yaml_implicit_resolvers}}
+
+
+def dump_yaml(data: Any) -> str:
+    """Plain data as block-style YAML that reads back, in recipec or any YAML reader, as ``data``."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False,
+                     width=10**9)
 
 
 def parse_value(text: str, label: str) -> Any:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "IN_MEMORY", "TORCHVISION", "DatasetName", "TorchvisionDataset"]
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "IN_MEMORY", "MANIFEST_MAX_BYTES", "MANIFEST_SUFFIXES", "TORCHVISION",
+           "VAL_FOLDERS", "DatasetName", "TorchvisionDataset"]
 
 # what data.dataset may name; the JSON schema lists them in this order
 DatasetName = Literal["imagefolder", "manifest", "digits", "fake", "cifar10", "cifar100", "mnist", "fashionmnist"]
@@ -18,6 +19,11 @@ DATASETS: tuple[str, ...] = get_args(DatasetName)
 IN_MEMORY = ("digits", "fake")
 # torchvision.datasets.folder.IMG_EXTENSIONS: the files ImageFolder reads (and the predictor takes)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# dataset: manifest reads these files, at most this large (~2 million rows of long paths)
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+MANIFEST_MAX_BYTES = 256 << 20
+# split folders: the names a validation folder may have, first found wins
+VAL_FOLDERS = ("val", "valid", "validation")
 
 
 @dataclass(frozen=True)

@@ -16,23 +16,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from recipec._files import check_regular
 from recipec.errors import RecipeError, format_path
+from recipec.recipe._fields import SCHEMA_KEY_RULE
 from recipec.recipe._problems import located_problems, show_value
 from recipec.recipe._yaml import (
     MAX_RECIPE_BYTES,
     Position,
     RecipePath,
     SourceMap,
+    dump_yaml,
     iter_paths,
     parse_value,
     read_recipe_file,
 )
 from recipec.recipe.paths import path_problems
-from recipec.recipe.spec import Recipe
+from recipec.recipe.spec import SCHEMA_ID, Recipe
 
 __all__ = ["PATH_FIELDS", "Position", "SourceMap", "dump_recipe", "load_recipe", "load_recipe_data", "recipe_location",
            "relative_paths", "resolve_paths"]
@@ -42,6 +43,12 @@ PATH_FIELDS: tuple[RecipePath, ...] = (("source", "checkpoint"), ("source", "rec
                                        ("card", "template"))
 _SOURCES = "_recipec_sources"  # the SourceMap rides on the frozen Recipe, outside its fields
 _TAGGED: dict[RecipePath, str] = {("optimizer", "scheduler"): "name"}  # discriminated unions: path -> tag field
+# A --set is one value on a command line: its key is a path into the recipe (the deepest real one,
+# model.kwargs or an augmentation's options, is under ten levels) and its value a piece of YAML.
+MAX_SET_DEPTH = 32
+MAX_SET_KEY = 1_000  # characters
+MAX_SET_VALUE = 1 << 20  # characters: a list of classes, a kwargs mapping; a recipe file is the place for more
+_MAX_BLAMED = 32  # overrides tried one by one to find which caused a problem (more: the problems as located)
 _INDEX = re.compile(r"[0-9]+")
 _INT_KEY = re.compile(r"-?[0-9]+")
 
@@ -83,7 +90,7 @@ def _blame_overrides(path: str | os.PathLike[str], overrides: Sequence[str], pro
     alone is valid there. An override is to blame when leaving it out makes the problem go away.
     """
     items = [overrides] if isinstance(overrides, str) else list(overrides)
-    if not items:
+    if not items or len(items) > _MAX_BLAMED:  # each one costs a reload of the recipe: bounded work
         return problems
     blamed: dict[str, list[str]] = {}
     for i, item in enumerate(items):
@@ -125,7 +132,8 @@ def load_recipe_data(path: str | os.PathLike[str],
     value, and so is a mapping when the child's is empty (``unfreeze: {}`` clears it) or
     names another scheduler (``scheduler: {name: onecycle}`` drops cosine's options).
     Relative paths in :data:`PATH_FIELDS` become absolute against the directory of the
-    file that wrote them (the working directory for overrides). ``name`` defaults to the
+    file that wrote them (the working directory for overrides). A file's ``$schema`` (the JSON
+    Schema it names for editors) is dropped. ``name`` defaults to the
     stem of ``path`` when no file and no override sets it.
 
     Each override is ``KEY=VALUE``: KEY is dotted, VALUE is YAML (``3e-4``, ``[layer3]``,
@@ -193,7 +201,7 @@ def dump_recipe(recipe: Recipe, *, relative_to: str | os.PathLike[str] | None = 
     data = _plain(recipe.model_dump(mode="python", exclude={"extends"}))
     if relative_to is not None:
         relative_paths(data, relative_to)
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=10**9)
+    return dump_yaml(data)
 
 
 def relative_paths(data: dict[str | int, Any], directory: str | os.PathLike[str]) -> dict[str | int, Any]:
@@ -251,6 +259,7 @@ def _load_chain(file: str, chain: list[tuple[str, str]], at: Position | None) ->
         except RecipeError as exc:
             raise RecipeError(f"{at}: extends: {exc.problems[0]}") from None
     data, sources = read_recipe_file(file)
+    _drop_schema_key(data, sources)
     _absolutize(data, PATH_FIELDS, os.path.dirname(os.path.abspath(file)))
     parent = data.pop("extends", None)
     where = sources.locate(("extends",))
@@ -267,6 +276,17 @@ def _load_chain(file: str, chain: list[tuple[str, str]], at: Position | None) ->
     # An empty mapping clears a section, but a file that is only `extends: base.yaml` is the base.
     merged = _merge(base, data) if data else base
     return merged, _merge_sources(merged, base_sources, sources)
+
+
+def _drop_schema_key(data: dict[str | int, Any], sources: SourceMap) -> None:
+    """``$schema`` names the JSON Schema a file follows, for editors; it is no part of the recipe."""
+    if "$schema" not in data:
+        return
+    value = data.pop("$schema")
+    if not isinstance(value, str) or not value.strip():
+        raise RecipeError(f"{sources.locate(('$schema',))}: $schema: {SCHEMA_KEY_RULE}, e.g. {SCHEMA_ID}, "
+                          f"got {show_value(value)}")
+    sources.drop(("$schema",))
 
 
 def _merge(base: Any, child: Any, path: RecipePath = ()) -> Any:
@@ -313,9 +333,16 @@ def _apply_override(data: dict[str | int, Any], sources: SourceMap, item: str) -
     label = f"--set {item}"
     key, sep, text = str(item).partition("=")
     key = key.strip()
+    if len(key) > MAX_SET_KEY or len(text) > MAX_SET_VALUE:  # before the label quotes it in full
+        what, size, most = ("key", len(key), MAX_SET_KEY) if len(key) > MAX_SET_KEY else ("value", len(text),
+                                                                                        MAX_SET_VALUE)
+        raise RecipeError(f"--set {key[:40]}...: the {what} has {size:,} characters; a --set {what} may have at most "
+                          f"{most:,} (write long values in a recipe file)")
     if not sep or not key:
         raise RecipeError(f"{label}: expected KEY=VALUE with a dotted KEY, e.g. --set optimizer.lr=3e-4")
     parts = key.split(".")
+    if len(parts) > MAX_SET_DEPTH:
+        raise RecipeError(f"--set {key[:40]}...: {len(parts):,} levels deep; a recipe key has at most {MAX_SET_DEPTH}")
     if "" in parts:
         raise RecipeError(f"{label}: {key!r} has an empty part; write dotted keys such as freeze.unfreeze.3")
     if parts[0] == "extends":

@@ -26,6 +26,7 @@ from recipec.recipe._fields import (
     FieldProblems,
     BaseSpec,
     parse_size,
+    pattern,
 )
 from recipec.recipe.spec_model import AdaptSpec, HeadSpec, ModelSpec, SourceSpec
 from recipec.recipe.spec_optim import FreezeSpec, GradualSpec, GroupSpec, OptimizerSpec, SchedulerSpec
@@ -64,8 +65,10 @@ __all__ = [
     "parse_size",
 ]
 
-_DEVICE = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_DEVICE = pattern(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$", "must be auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps")
+_NAME = pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'")
+_EXTENDS = pattern(r"\S", "must be the path of a recipe file, e.g. base.yaml")
 
 
 # --------------------------------------------------------------------------- recipe
@@ -97,7 +100,9 @@ class Recipe(BaseSpec):
     )
 
     extends: str | None = Field(
-        None, description="A recipe this one refines (path relative to this file): deep merge, lists replace.",
+        None, pattern=_EXTENDS,
+        description="A recipe this one refines (path relative to this file): deep merge, lists replace; a file "
+                    "with extends may leave out what its base gives (model, model.arch, model.head.num_classes).",
         examples=["base.yaml"])
     name: str = Field(pattern=_NAME, max_length=200,
                       description="Run name; output goes to runs/<name>/ unless --out. Default: the file's stem. At most 200 "

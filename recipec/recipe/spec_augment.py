@@ -27,8 +27,9 @@ def _range(low: float, high: float, what: str, lo: float, hi: float) -> Any:
 
 
 def _erasing_value(value: Any) -> Any:
-    if isinstance(value, str) and value != "random":
-        raise ValueError(f"must be a number or random, got {value!r}")
+    if (isinstance(value, str) and value != "random") or isinstance(value, bool):
+        shown = repr(value) if isinstance(value, str) else str(value).lower()
+        raise ValueError(f"must be a number or random, got {shown}")
     return value
 
 

@@ -6,11 +6,12 @@ Which parameters train at each epoch, and at which learning rate. The root ``Rec
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from recipec.recipe._fields import MAX_EPOCHS, MAX_LR, FieldProblems, Regex, check_regex, BaseSpec
+from recipec.recipe._fields import MAX_EPOCHS, MAX_LR, FieldProblems, Regex, check_regex, BaseSpec, pattern
 
 __all__ = ["CosineSchedulerSpec", "FreezeSpec", "GradualSpec", "GroupSpec", "NoSchedulerSpec", "OneCycleSchedulerSpec",
            "OptimizerSpec", "SchedulerSpec", "StepSchedulerSpec"]
@@ -19,10 +20,23 @@ __all__ = ["CosineSchedulerSpec", "FreezeSpec", "GradualSpec", "GroupSpec", "NoS
 # --------------------------------------------------------------------------- groups & freezing
 
 
+_GROUP = pattern(r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+                 "must start with a letter or '_' and hold only letters, digits, '.', '_' and '-'")
+# epochs 0 to MAX_EPOCHS - 1 as mapping keys: JSON Schema checks keys by pattern (editors ignore propertyNames)
+_EPOCH_KEY = f"^0*[0-9]{{1,{len(str(MAX_EPOCHS - 1))}}}$"
+assert 10 ** len(str(MAX_EPOCHS - 1)) == MAX_EPOCHS, "_EPOCH_KEY bounds epochs by their number of digits"
+
+
+def _epoch_keys(schema: dict[str, Any]) -> None:
+    schema.pop("propertyNames", None)
+    schema["patternProperties"] = {_EPOCH_KEY: schema.pop("additionalProperties")}
+    schema["additionalProperties"] = False
+
+
 class GroupSpec(BaseSpec):
     """A named layer group: the parameters whose name matches one of the regexes."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="Group name, used by freeze and optimizer.group_lr.",
+    name: str = Field(pattern=_GROUP, description="Group name, used by freeze and optimizer.group_lr.",
                       examples=["layer4"])
     match: list[Regex] = Field(min_length=1, description="Regexes searched in parameter names.", examples=[[r"^layer4\."]])
 
@@ -40,9 +54,9 @@ class FreezeSpec(BaseSpec):
 
     trainable: list[str] | None = Field(
         None, description="Groups trainable from epoch 0; null: every group (full fine-tuning).", examples=[["head"]])
-    unfreeze: dict[Annotated[int, Field(ge=0, lt=MAX_EPOCHS)], list[str]] = Field(
+    unfreeze: dict[Annotated[int, Field(ge=0, lt=MAX_EPOCHS, strict=True)], list[str]] = Field(
         default_factory=dict, description="Epoch -> groups unfrozen at the start of that epoch.",
-        examples=[{3: ["layer4"], 5: ["layer3"]}], json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
+        examples=[{3: ["layer4"], 5: ["layer3"]}], json_schema_extra=_epoch_keys)
     gradual: GradualSpec | None = Field(
         None, description="Or/and: unfreeze one more group from the top every N epochs.", examples=[{"every": 1, "start": 1}])
     batchnorm: Literal["frozen", "train"] = Field(
@@ -52,6 +66,15 @@ class FreezeSpec(BaseSpec):
         "frozen", description="frozen: every other module of frozen groups runs in eval mode, so dropout, stochastic depth "
                               "and other train-mode randomness stop there (a frozen part is a fixed function). "
                               "train: they stay random while frozen, as model.train() leaves them.", examples=["train"])
+
+    @field_validator("unfreeze", mode="before")
+    @classmethod
+    def _epoch_text(cls, value: Any) -> Any:
+        # A key written as text (JSON's "3") is an epoch when it is digits, as the schema's key pattern says;
+        # the rest stays text for the strict int keys to refuse (pydantic alone reads "3.0" or "+3" as 3).
+        if isinstance(value, dict):
+            return {int(k) if isinstance(k, str) and re.fullmatch("[0-9]+", k) else k: v for k, v in value.items()}
+        return value
 
 
 # --------------------------------------------------------------------------- optimizer

@@ -6,9 +6,9 @@ re-exports every name here. This module never imports torch.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, model_validator
 
 from recipec.recipe._fields import MAX_BATCH, MAX_EPOCHS, ByteSize, FieldProblems, check_numbers, BaseSpec
 from recipec.recipe.catalog import IN_MEMORY, DatasetName
@@ -180,6 +180,17 @@ class EmaSpec(BaseSpec):
                        examples=[1])
 
 
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def _compile_mode(value: object) -> object:
+    # one error for a wrong value, not one per member of the union (and no "yes" read as true)
+    if isinstance(value, bool) or value in _COMPILE_MODES:
+        return value
+    shown = repr(value) if isinstance(value, str) else str(value).lower() if value is None else value
+    raise ValueError(f"must be true, false or a mode ({', '.join(_COMPILE_MODES)}), got {shown}")
+
+
 class TrainSpec(BaseSpec):
     """The fit loop."""
 
@@ -190,13 +201,12 @@ class TrainSpec(BaseSpec):
                                                                     "(null: no clipping).", examples=[1.0])
     accumulate: int = Field(1, ge=1, le=MAX_BATCH, description="Batches per optimizer step; at most 65,536.",
                             examples=[4])
-    # YAML 1.1 reads a bare `off` as false; it means the same here
-    feature_cache: Annotated[Literal["auto", "off"], BeforeValidator(lambda v: "off" if v is False else v)] = Field(
+    feature_cache: Literal["auto", "off"] = Field(
         "auto", description="auto: while only the head trains, compute the frozen body once and train the head on its cached "
                             "output, only where that gives the same weights as off (not with augmentations, "
                             "random modules before the head left in training mode, batchnorm: train or --nproc); off.",
         examples=["off"])
-    compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = Field(
+    compile: Annotated[bool | Literal["default", "reduce-overhead", "max-autotune"], BeforeValidator(_compile_mode)] = Field(
         False, description="torch.compile the training forward: true (mode default) or a mode name. Recompiles once per "
                            "phase of the freezing schedule (counted per epoch in metrics.jsonl: compiles); the saved "
                            "weights are the plain module's. Pays off on a GPU for runs of many steps.",
@@ -228,6 +238,13 @@ class TrainSpec(BaseSpec):
 ClassWeight = Annotated[float, Field(gt=0, le=1e6), BeforeValidator(lambda v: check_numbers(float, v))]
 
 
+# `auto` or a mapping, told apart by kind, so a wrong weight is one error (not one more saying it is not auto)
+ClassWeights = Annotated[
+    Union[Annotated[Literal["auto"], Tag("auto")], Annotated[dict[str, ClassWeight], Tag("mapping")]],  # noqa: UP007
+    Discriminator(lambda value: "mapping" if isinstance(value, dict) else "auto"),
+]
+
+
 class FocalSpec(BaseSpec):
     """Focal loss (Lin et al. 2017), softmax form: each class term of the cross-entropy times (1 - p) ** gamma."""
 
@@ -242,7 +259,7 @@ class LossSpec(BaseSpec):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Target = (1 - eps) * one-hot + eps / classes "
                                                                 "(torch's cross_entropy label_smoothing); below 1.",
                                    examples=[0.1])
-    class_weights: Literal["auto"] | dict[str, ClassWeight] | None = Field(
+    class_weights: ClassWeights | None = Field(
         None, description="auto: w_c = n / (C * n_c) over the training split (n examples, C classes, n_c of class c: "
                           "scikit-learn's 'balanced', so the mean weight per example is 1); or class name -> weight "
                           "(above 0, at most 1e6; classes left out weigh 1); null: all 1. Recorded in plan.json.",
@@ -264,7 +281,7 @@ class OnnxSpec(BaseSpec):
                                                       "(to skip the check, set verify: false).", examples=[1e-4])
 
 
-ExportFormat = Literal["safetensors", "torch", "onnx"]
+ExportFormat = Literal["safetensors", "torch", "onnx", "hub"]
 
 
 def _default_formats() -> list[ExportFormat]:
@@ -275,7 +292,9 @@ class ExportSpec(BaseSpec):
     """What the run writes besides its training checkpoints."""
 
     formats: list[ExportFormat] = Field(
-        default_factory=_default_formats, description="Export formats (model.safetensors, model.pt, model.onnx).",
+        default_factory=_default_formats, description="Export formats (model.safetensors, model.pt, model.onnx; hub: "
+        "RUN/hub/, a folder for the Hugging Face Hub that timm, transformers or torchvision load and `recipec push` "
+        "uploads).",
         examples=[["safetensors", "torch", "onnx"]])
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Floating dtype of exported weights.",
                                                              examples=["float16"])
@@ -284,7 +303,8 @@ class ExportSpec(BaseSpec):
         "model", description="model: the model weights of the epoch train.select picked, checkpoints/best.pt (its EMA "
                              "weights when the select metric is an _ema one; the last epoch without validation data; "
                              "best is another name for it); last: the final epoch's model; ema: the final EMA weights "
-                             "(needs train.ema).", examples=["ema"])
+                             "(needs train.ema).", examples=["ema"],
+        json_schema_extra={"enum": ["model", "last", "ema", "best"]})  # the schema takes the old name too
     onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX options.", examples=[{"opset": 18}])
     shard_size: ByteSize | None = Field(
         None, description="Shard safetensors exports above this size (model.safetensors.index.json); at most "
@@ -326,8 +346,14 @@ def _tracking_uri(value: object) -> object:
     return value
 
 
+def _mlflow_schema(schema: dict[str, Any]) -> None:
+    schema["anyOf"].insert(1, {"type": "boolean"})  # true and false, as _mlflow_switch reads them
+
+
 def _mlflow_switch(value: object) -> object:
     # `mlflow: true` is MLflow with every default; `mlflow: false` is none (as tensorboard: false)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        raise ValueError(f"must be true, false or a mapping (tracking_uri, experiment), got {value!r}")
     return {} if value is True else None if value is False else value
 
 
@@ -354,4 +380,5 @@ class LogSpec(BaseSpec):
     mlflow: Annotated[MlflowSpec | None, BeforeValidator(_mlflow_switch)] = Field(
         None, description="Log to MLflow: params (the flattened recipe), metrics per epoch, tags, and the exports, "
                           "card and plan.json as artifacts. true: every default. Needs pip install 'recipec[mlflow]'.",
-        examples=[{"tracking_uri": "sqlite:///mlflow.db", "experiment": "flowers"}, True])
+        examples=[{"tracking_uri": "sqlite:///mlflow.db", "experiment": "flowers"}, True],
+        json_schema_extra=_mlflow_schema)

@@ -1,8 +1,13 @@
 """The ``checkpoints/`` directory of a run: file names, reading a training state back, and
 choosing the one to resume from.
 
-Layout of ``checkpoints/``: ``epoch-0003.pt`` (3 completed epochs), the newest ``keep_last``
-of them kept, and ``last.pt``, the state to resume from, never deleted.
+Layout of ``checkpoints/``: ``epoch-0003.pt``, the state at the end of epoch 3 (0-based, as
+``metrics.jsonl``, the plan and the card count epochs: the 4th epoch, 4 completed), the newest
+``keep_last`` of them kept, and ``last.pt``, the state to resume from, never deleted.
+
+Runs made before that numbering (recipec 0.1: ``epoch-0004.pt`` held 4 completed epochs) still
+resume: a state records the numbering of its file name (:data:`NUMBERING`; absent in the old
+ones), and what is resumed is always the epoch stored inside the file, never the one in its name.
 
 Every state is verified before it is used: each record of the zip archive against the
 CRC-32 written with it (a flipped bit anywhere is caught before a damaged tensor reaches a
@@ -28,22 +33,34 @@ import torch
 from recipec.errors import CheckpointError, RecipeError, RunDirectoryError, UnsafeCheckpointError
 from recipec.train.state_checks import damaged_fields, verify_archive
 from recipec.weights._pickle import load_torch
-from recipec.weights.formats import detect_format
+from recipec.weights.raw import detect_format
 
-__all__ = ["EPOCH_FILE", "FORMAT", "LAST", "VERSION", "checkpoint_files", "checkpoint_paths", "latest_state", "load_state",
-           "newest_checkpoint", "rotate_checkpoints"]
+__all__ = ["EPOCH_FILE", "FORMAT", "LAST", "NUMBERING", "VERSION", "checkpoint_files", "checkpoint_paths", "file_epoch",
+           "latest_state", "load_state", "newest_checkpoint", "rotate_checkpoints"]
 
 FORMAT = "recipec-training-state"
 VERSION = 1
 LAST = "last.pt"
 EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.pt$")
+# A state's "file_numbering": its epoch file is named by the 0-based index of the last epoch it completed.
+# States without the key (recipec 0.1) were named by the number of completed epochs.
+NUMBERING = "0-based"
 _REQUIRED = ("model", "optimizer", "scheduler", "epoch", "step", "recipe", "trainable_groups", "history", "rng")
 
 
 def checkpoint_paths(directory: str | os.PathLike[str], epoch: int) -> tuple[Path, Path]:
-    """``(directory/epoch-0003.pt, directory/last.pt)`` for a state after ``epoch`` completed epochs."""
+    """``(directory/epoch-0003.pt, directory/last.pt)`` for a state after ``epoch`` completed epochs (here 4:
+    the file is named by the 0-based index of the last one, epoch 3, as metrics.jsonl counts it)."""
+    if epoch < 1:
+        raise ValueError(f"an epoch file holds at least one completed epoch, got {epoch}")
     folder = Path(directory)
-    return folder / f"epoch-{epoch:04d}.pt", folder / LAST
+    return folder / f"epoch-{epoch - 1:04d}.pt", folder / LAST
+
+
+def file_epoch(state: Mapping[str, Any]) -> int:
+    """The number the epoch-file name of ``state`` carries: the 0-based index of its last completed epoch,
+    or, for a state written before that numbering (no ``file_numbering``), the count of completed epochs."""
+    return int(state["epoch"]) - 1 if state.get("file_numbering") == NUMBERING else int(state["epoch"])
 
 
 def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -100,13 +117,22 @@ def checkpoint_files(directory: str | os.PathLike[str]) -> list[Path]:
 
 
 def newest_checkpoint(directory: str | os.PathLike[str]) -> tuple[Path, int | None] | None:
-    """The newest training state by file name alone (nothing is read): the highest ``epoch-*.pt`` and its
-    epoch, else ``last.pt`` (epoch unknown: ``keep_last: 0``), else None."""
+    """The newest training state and its number of completed epochs (None when unknown), else None.
+
+    The highest ``epoch-*.pt`` (else ``last.pt``: ``keep_last: 0``); its epoch is read from the
+    file's pickle alone (tensors are mapped, not read), without the CRC check: for a message, not
+    a resume.
+    """
     files = checkpoint_files(directory)
-    for path in files:
-        if m := EPOCH_FILE.match(path.name):
-            return path, int(m.group(1))
-    return (files[0], None) if files else None
+    newest = next((path for path in files if EPOCH_FILE.match(path.name)), files[0] if files else None)
+    if newest is None:
+        return None
+    try:
+        state, _ = load_torch(newest, mmap=True)
+        done = state["epoch"] if isinstance(state, Mapping) and type(state.get("epoch")) is int else None
+    except (CheckpointError, OSError, RuntimeError, ValueError, EOFError):
+        done = None  # damaged: a resume passes over it and says so
+    return newest, done
 
 
 def latest_state(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any], list[str]]:
@@ -115,7 +141,8 @@ def latest_state(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any
     ``last.pt`` is normally the newest; an ``epoch-*.pt`` with a higher epoch wins over it (a
     crash between writing the epoch file and refreshing ``last.pt``), and a damaged file (CRC
     mismatch, truncation, a damaged field, an epoch that is not its file name's) is passed over
-    for the next older one.
+    for the next older one. The epoch compared is the one stored in the file; a name only says
+    which files may be newer (``epoch-0003.pt`` holds at most 4 completed epochs, in either numbering).
 
     Returns:
         ``(path, state, damaged)``: the file used, its loaded state, and one line per damaged
@@ -134,15 +161,16 @@ def latest_state(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any
     found: tuple[Path, dict[str, Any]] | None = None
     for path in files:
         m = EPOCH_FILE.match(path.name)
-        if found is not None and (m is None or int(m.group(1)) <= found[1]["epoch"]):
+        if found is not None and (m is None or int(m.group(1)) + 1 <= found[1]["epoch"]):
             continue  # not newer than what we have
         try:
             state = load_state(path)
         except CheckpointError as exc:
             damaged += [p if p.startswith(str(path)) else f"{path}: {p}" for p in exc.problems]
             continue
-        if m is not None and int(m.group(1)) != state["epoch"]:
-            damaged.append(f"{path}: holds epoch {state['epoch']}, not the {int(m.group(1))} its name says")
+        if m is not None and int(m.group(1)) != file_epoch(state):
+            damaged.append(f"{path}: holds {_completed(state['epoch'])}, not what its name says (epoch "
+                           f"{int(m.group(1))})")
             continue
         if found is None or state["epoch"] > found[1]["epoch"]:
             found = (path, state)
@@ -154,6 +182,10 @@ def latest_state(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any
 
 def rotate_checkpoints(directory: str | os.PathLike[str], *, keep_last: int) -> list[Path]:
     """Delete all but the newest ``keep_last`` epoch files (``epoch-0003.pt``); ``last.pt`` always stays.
+
+    Newest by the number in the name: a run resumed from files of the old numbering continues at
+    the number its last file has (its next file replaces that one: the old file's epoch is the
+    one before it), so the order stays the order of the epochs.
 
     Returns:
         The files deleted, oldest first.
@@ -172,6 +204,10 @@ def rotate_checkpoints(directory: str | os.PathLike[str], *, keep_last: int) -> 
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     return doomed
+
+
+def _completed(epochs: int) -> str:
+    return f"{epochs} completed epoch{'' if epochs == 1 else 's'}"
 
 
 def _describe_foreign(obj: Any) -> str:

@@ -35,7 +35,7 @@ from recipec.train.distributed import World, all_sum, average_gradients, broadca
 from recipec.train.freezing import FreezeSchedule, apply_trainable, set_train_mode
 
 __all__ = ["EarlyStopping", "FitConfig", "Training", "Validation", "autocast_for", "aux_trains", "evaluate", "fit", "grad_scaler",
-           "group_lrs", "training_loss"]
+           "group_lrs", "optimizer_step", "training_loss"]
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def fit(training: Training, data: Data, config: FitConfig, *, start_epoch: int =
             (scaler.scale(scaled) if scaler else scaled).backward()
             if (i + 1) % config.accumulate == 0 or i + 1 == batches:
                 average_gradients(model, world)
-                _optimizer_step(model, optimizer, scaler, config.grad_clip, per_step / stepping)
+                optimizer_step(model, optimizer, scaler, config.grad_clip, per_step / stepping)
                 stepping = 0
                 training.scheduler.step()
                 if ema is not None:
@@ -351,9 +351,10 @@ def aux_trains(model: nn.Module) -> bool:
     return bool(aux) and all(p.requires_grad for p in aux)
 
 
-def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, grad_clip: float | None,
-                    rescale: float = 1.0) -> None:
-    # the accumulated gradients, unscaled (fp16), times rescale (a short step's), then clipped
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, grad_clip: float | None,
+                   rescale: float = 1.0) -> None:
+    """One optimizer step on the accumulated gradients: unscaled (fp16), times ``rescale`` (a short step's, so that
+    it is the mean over its own examples), clipped to ``grad_clip`` (global norm), then stepped."""
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]

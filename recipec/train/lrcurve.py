@@ -16,10 +16,11 @@ import numpy as np
 
 from recipec._atomic import atomic_path
 
-__all__ = ["BETA", "METHODS", "LRFind", "format_lr_find", "plot_lr_find", "suggest_lr"]
+__all__ = ["BETA", "DIVERGE", "METHODS", "LRFind", "ending", "format_lr_find", "plot_lr_find", "suggest_lr"]
 
 METHODS = ("steepest", "valley", "minimum")
 BETA = 0.98
+DIVERGE = 4.0  # the test stops once the smoothed loss passes this multiple of its minimum (Lightning's rule)
 
 
 @dataclass
@@ -127,12 +128,27 @@ def suggest_lr(lrs: list[float], losses: list[float], method: str = "steepest") 
     return finite[min(m - 1, max_start + int(sections) + int(sections / 2))]
 
 
+def ending(result: LRFind) -> str:
+    """Why the sweep ended, as a sentence for people (``result.stopped`` is the word for programs)."""
+    if not result.lrs:
+        return "the loss was not finite from the first step: no curve to read; lower --start-lr"
+    last = result.lrs[-1]
+    if result.stopped == "diverged":
+        return (f"stopped at optimizer.lr {last:.2e}, where the smoothed loss passed {DIVERGE:g}x its minimum: the "
+                "loss diverged, which is how a range test normally ends (from there on the lr is too high to train)")
+    if result.stopped == "non-finite loss":
+        return (f"stopped after optimizer.lr {last:.2e}: the next step's loss was infinite or NaN, which is how a "
+                "range test normally ends (from there on the lr is too high to train)")
+    return (f"the sweep reached --end-lr ({result.end_lr:.2e}) without the loss diverging: a higher --end-lr shows "
+            "where it does")
+
+
 def format_lr_find(result: LRFind, recipe_path: str = "RECIPE") -> str:
     """The text ``recipec lr-find`` prints: the curve at about a dozen points, then the suggestion."""
     lines = [f"lr-find: {result.name}  (on {result.device}; trains {', '.join(result.trainable_groups)} as at epoch 0"
              f"{', on cached head inputs' if result.feature_cache else ''})",
              f"{len(result.lrs)} of {result.steps} steps, optimizer.lr from {result.start_lr:.2e} to "
-             f"{result.end_lr:.2e}; stopped: {result.stopped}", "",
+             f"{result.end_lr:.2e}; {ending(result)}", "",
              f"  {'optimizer.lr':>12}  {'loss':>9}  {'smoothed':>9}"]
     n = len(result.lrs)
     shown = sorted({round(i * (n - 1) / 11) for i in range(12)} | (

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from recipec._atomic import atomic_path
-from recipec.errors import CheckpointError, RecipecError
+from recipec.errors import CheckpointError, RecipecError, warn
+from recipec.model.heads import renamed_legacy_heads
 from recipec.train.ema import Ema
 from recipec.train.losses import LossConfig
 from recipec.train.state_checks import verify_archive
@@ -134,7 +135,7 @@ def reconcile_best(folder: Path, selection: Selection, *, done: int, model: nn.M
         save_best(folder, ema.state if selection.uses_ema else model.state_dict(), selection)
         say(f"rewrote {Path(folder) / BEST} (epoch {selection.epoch}) from the resumed weights")
         return
-    say(f"warning: {Path(folder) / BEST} does not hold epoch {selection.epoch}, the best so far; a later best epoch "
+    warn(f"{Path(folder) / BEST} does not hold epoch {selection.epoch}, the best so far; a later best epoch "
         "replaces it, else the run exports its last epoch")
 
 
@@ -161,7 +162,7 @@ def export_state(choice: str, *, folder: Path, selection: Selection, history: Se
             return model.state_dict(), entry | {
                 "weights": "last", "epoch": last.get("epoch"), "value": last.get(selection.metric),
                 "note": f"best fell back to the last epoch: {folder / BEST} does not hold epoch {selection.epoch}"}
-        state = saved["model"]
+        state = renamed_legacy_heads(saved["model"], model)  # best.pt of an earlier version: fc.1.weight -> fc.weight
         expected = model.state_dict()
         if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
             raise CheckpointError(f"{folder / BEST}: does not fit the model (other keys or shapes)")
@@ -204,6 +205,8 @@ def restore_ema(model: nn.Module, config: EmaConfig | None, state: Mapping[str, 
         try:
             if not isinstance(saved, Mapping):
                 raise ValueError("it holds no EMA")
+            if isinstance(saved.get("state"), Mapping):  # a run of an earlier version: fc.1.weight -> fc.weight
+                saved = {**saved, "state": renamed_legacy_heads(saved["state"], model)}
             ema.load_state_dict(saved)
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"training state: field 'extra.ema' cannot be restored ({exc}); resume from "

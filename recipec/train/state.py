@@ -36,21 +36,24 @@ from torch import nn
 from recipec._atomic import atomic_path
 from recipec.provenance import now_utc, versions
 from recipec.errors import CheckpointError
+from recipec.model.heads import renamed_legacy_heads
 from recipec.train.checkpoints import (
     EPOCH_FILE,
     FORMAT,
     LAST,
+    NUMBERING,
     VERSION,
     checkpoint_files,
     checkpoint_paths,
+    file_epoch,
     latest_state,
     load_state,
     newest_checkpoint,
     rotate_checkpoints,
 )
 
-__all__ = ["FORMAT", "VERSION", "RunPoint", "checkpoint_files", "checkpoint_paths", "latest_state", "load_state",
-           "newest_checkpoint", "restore_state", "rotate_checkpoints", "save_state"]
+__all__ = ["FORMAT", "NUMBERING", "VERSION", "RunPoint", "checkpoint_files", "checkpoint_paths", "file_epoch",
+           "latest_state", "load_state", "newest_checkpoint", "restore_state", "rotate_checkpoints", "save_state"]
 
 # Exactly what torch's weights-only unpickler accepts (subclasses such as IntEnum or numpy floats are not).
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
@@ -88,7 +91,8 @@ def save_state(
 ) -> Path:
     """Write a complete training state atomically.
 
-    When ``path`` is an epoch file (``epoch-0003.pt``, see :func:`checkpoint_paths`), ``last.pt``
+    When ``path`` is an epoch file (``epoch-0003.pt``: the state at the end of epoch 3, see
+    :func:`checkpoint_paths`; the state records that numbering as ``file_numbering``), ``last.pt``
     beside it is then atomically replaced by the same content (a hard link where the file system
     allows, else a copy). A crash at any point leaves the previous ``last.pt`` whole, and no
     partial file under either name.
@@ -117,6 +121,7 @@ def save_state(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epoch": int(point.epoch),
+        "file_numbering": NUMBERING,  # epoch-0003.pt: epoch 3 (0-based) done; see recipec.train.checkpoints
         "step": int(point.step),
         "recipe": recipe_yaml,
         "trainable_groups": list(point.trainable_groups),
@@ -153,7 +158,7 @@ def restore_state(state: Mapping[str, Any], *, model: nn.Module, optimizer: torc
         CheckpointError: the state does not fit the objects (other keys or shapes, other
             parameter groups); the message names what differs.
     """
-    saved = state["model"]
+    saved = renamed_legacy_heads(state["model"], model)  # a run of an earlier version: fc.1.weight -> fc.weight
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(saved)), sorted(set(saved) - expected)
     problems = [f"training state lacks model key {k!r}" for k in missing[:20]]

@@ -38,8 +38,13 @@ class LoadReport:
         mismatched: ``{"key", "source_key", "source_shape", "model_shape"}`` of skipped mismatches.
         excluded: ``{"key" (source key), "renamed", "pattern", "by"}``; ``by`` is ``"exclude"``, or
             ``"include"`` (with ``pattern`` None) when no include pattern matched.
-        adapted: ``{"key", "rule", "source_shape", "model_shape"}`` of adapted tensors.
-        renamed: model key -> source key, for loaded keys whose names differ.
+        adapted: ``{"key", "rule", "source_shape", "model_shape"}`` of adapted tensors; ``rule`` is a
+            shape rule, ``fuse`` or ``split``, or both joined by ``+`` (``fuse+reshape``). A fused or
+            split tensor also has ``source_keys`` and ``source_shapes`` (the tensors it is made of,
+            in order), ``dim`` and, for a split, ``part`` (``[index, count]``); its ``source_shape``
+            is the shape the fuse or split made.
+        renamed: model key -> source key, for loaded keys whose names differ (fused and split
+            ones are in ``adapted``, with their ``source_keys``).
         new: model keys of the new head, initialised fresh.
         defaulted: ``num_batches_tracked`` buffers the source lacks.
         source: where the weights came from.
@@ -152,6 +157,10 @@ class _Index:
         self.excluded = {e["key"]: e for e in report.excluded}
         self.excluded_as = {e["renamed"]: e for e in report.excluded}
         self.loaded_from = {source: model for model, source in report.renamed.items()}
+        self.joined_from: dict[str, list[dict[str, Any]]] = {}  # source key -> the fused/split entries it feeds
+        for a in report.adapted:
+            for source in a.get("source_keys") or ():
+                self.joined_from.setdefault(source, []).append(a)
         self.unexpected = set(report.unexpected)
         self.unexpected_from = {source: name for name, source in report.unexpected_sources.items()}
 
@@ -165,6 +174,11 @@ class _Index:
         r = self.report
         if key in self.adapted:
             a = self.adapted[key]
+            if a.get("source_keys"):  # fused or split: the parts, in order
+                shapes = " + ".join(format_shape(s) for s in a["source_shapes"])
+                part = f" (part {a['part'][0] + 1} of {a['part'][1]})" if a.get("part") else ""
+                return (f"adapted by {a['rule']} {shapes} -> {format_shape(a['model_shape'])} along dim {a['dim']}{part} "
+                        f"from {', '.join(repr(k) for k in a['source_keys'])}")
             origin = f" from '{r.renamed[key]}'" if key in r.renamed else ""
             return f"adapted by {a['rule']} {format_shape(a['source_shape'])} -> {format_shape(a['model_shape'])}{origin}"
         if key in self.loaded:
@@ -191,6 +205,10 @@ class _Index:
             model_key = self.loaded_from[key]
             verb = "adapted" if model_key in self.adapted else "loaded"
             return f"{verb} into '{model_key}' (renamed)"
+        if key in self.joined_from:
+            made = sorted(self.joined_from[key], key=lambda a: (a.get("part") or [0])[0])  # a split's parts in order
+            verb = "split" if made[0].get("part") else "fused"
+            return f"{verb} into {', '.join(repr(a['key']) for a in made)}"
         if key in self.mismatched_from:
             return self._mismatch(self.mismatched_from[key])
         if key in self.unexpected or key in self.unexpected_from:

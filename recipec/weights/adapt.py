@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from recipec.errors import TransferError
 
 __all__ = ["RULES", "adapt_input_channels", "apply_rule", "class_subset", "pos_embed_grids", "resample_pos_embed",
-           "truncate_pad"]
+           "reshape", "truncate_pad"]
 
-RULES: tuple[str, ...] = ("input_channels", "truncate_pad", "class_subset", "pos_embed")
+RULES: tuple[str, ...] = ("input_channels", "truncate_pad", "class_subset", "pos_embed", "reshape")
 _MAX_PREFIX_TOKENS = 8  # class, distillation and register tokens: timm's largest models keep 1 + 4 + ...
 
 
@@ -126,6 +126,25 @@ def class_subset(source: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
     return source.index_select(0, torch.as_tensor(list(indices), dtype=torch.long, device=source.device))
 
 
+def reshape(source: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The same elements in ``shape``, in row-major order: ``source.reshape(shape)``.
+
+    A Linear weight ``(out, in)`` and a 1x1 convolution's ``(out, in, 1, 1)`` hold the same
+    numbers (ConvNeXt's pointwise layers: Hugging Face writes Linear, timm's ``conv_mlp`` models
+    1x1 convs); so do CLIP's class embedding ``(dim,)`` and timm's ``cls_token`` ``(1, 1, dim)``.
+    Nothing is transposed: a shape that needs a permutation is not this rule's.
+
+    Raises:
+        TransferError: the element counts differ.
+    """
+    shape = tuple(int(d) for d in shape)
+    if source.numel() != math.prod(shape):
+        raise TransferError(
+            f"reshape keeps the element count, but source {_shape(source.shape)} has {source.numel():,} elements "
+            f"and the model's {_shape(shape)} {math.prod(shape):,}")
+    return source.reshape(shape)
+
+
 def pos_embed_grids(source_len: int, target_len: int) -> tuple[int, int, int]:
     """``(prefix tokens, source side, target side)`` of two square-grid position embeddings.
 
@@ -210,6 +229,8 @@ def apply_rule(
                 f"pos_embed resamples a position embedding (1, tokens, dim) of the same dim; source {have}, model {want}")
         prefix, _, new_grid = pos_embed_grids(source.shape[1], target[1])
         out = resample_pos_embed(source, new_grid, prefix_tokens=prefix)
+    elif rule == "reshape":
+        out = reshape(source, target)
     else:
         raise TransferError(f"unknown adapt rule {rule!r}; choose one of: {', '.join(RULES)}")
     if tuple(out.shape) != target:

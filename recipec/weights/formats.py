@@ -2,48 +2,44 @@
 
 Reading is always safe: torch files go through ``torch.load(weights_only=True)`` (see
 ``_pickle.py``), safetensors never execute anything (see ``_safetensors.py``). Writing is always atomic: a reader sees
-the old files or the new ones, never a partial file.
+the old files or the new ones, never a partial file. Finding, sniffing and hashing files, which needs
+no torch, is in :mod:`recipec.weights.raw`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import os
-import struct
-import threading
+import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from os import PathLike
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
+from safetensors.torch import _TYPES as SAFETENSORS_DTYPES  # the dtypes the format has a name for
 
 from recipec import _json as clean_json
 from recipec._atomic import atomic_path
-from recipec._files import check_regular, open_regular, require_path
 from recipec.errors import CheckpointError
-from recipec.weights._pickle import TORCH_METADATA_KEY, find_state_dict, load_torch, plain_metadata
+from recipec.weights._pickle import load_torch
 from recipec.weights._safetensors import (
-    SAFETENSORS_DTYPES,
     INDEX_SUFFIX,
     LateValue,
+    Payload,
+    check_metadata,
     check_shard_size,
-    dedupe,
+    resolve_metadata,
     safetensors_reader,
     save_sharded,
     save_single,
     sharded_layout,
-    resolve_metadata,
 )
+from recipec.weights._state import TORCH_METADATA_KEY, find_state_dict, plain_metadata
+from recipec.weights.raw import TORCH_SUFFIXES, PathType, resolve_file, sniff_format
 
-__all__ = ["Checkpoint", "LateValue", "detect_format", "load", "load_state_dict", "read_metadata", "save", "sha256"]
+__all__ = ["Checkpoint", "LateValue", "load", "load_state_dict", "read_metadata", "save"]
 
-PathType = str | PathLike[str]
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-_MAX_HEADER = 100_000_000  # safetensors refuses headers above 100 MB
+_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 @dataclass
@@ -66,17 +62,6 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
-
-def detect_format(path: PathType) -> str:
-    """Say which format a checkpoint file (or a directory holding one) is in, from its bytes.
-
-    Returns:
-        ``"torch"``, ``"torch-legacy"``, ``"safetensors"`` or ``"safetensors-sharded"``.
-
-    Raises:
-        CheckpointError: missing, empty, or not a checkpoint at all.
-    """
-    return sniff_format(resolve_file(path))
 
 
 def load(
@@ -139,7 +124,7 @@ def load(
                 state_dict[alias] = state_dict[kept]
         return Checkpoint(state_dict, fmt, "", metadata, files)
     obj, is_zip = load_torch(file, allow_globals=allow_globals, mmap=mmap)
-    state_dict, key = find_state_dict(obj, state_dict_key, file)
+    state_dict, key = find_state_dict(obj, state_dict_key, file, torch.Tensor)
     if check:
         _check_loaded(state_dict, file)
     return Checkpoint(state_dict, "torch" if is_zip else "torch-legacy", key, plain_metadata(obj, key, file), [file])
@@ -181,24 +166,6 @@ def read_metadata(path: PathType) -> dict[str, str]:
     return {k: v if isinstance(v, str) else clean_json.dumps(v, default=str) for k, v in load(file).metadata.items()}
 
 
-def sha256(path: PathType, *, stop: threading.Event | None = None) -> str:
-    """Hex SHA-256 of a checkpoint file, read in chunks.
-
-    For a sharded checkpoint this hashes the index file alone (it names every shard); a
-    directory hashes the checkpoint file found in it. ``stop``, once set, ends the reading
-    early (a hash computed in a thread that is no longer wanted): the result is then ``""``.
-    """
-    digest = hashlib.sha256()
-    buffer = memoryview(bytearray(1 << 20))
-    with open_regular(resolve_file(path), what="checkpoint") as f:
-        with contextlib.suppress(AttributeError, OSError):  # a hint only: read ahead of us
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        while n := cast(io.BufferedIOBase, f).readinto(buffer):  # hashlib and reads release the GIL
-            if stop is not None and stop.is_set():
-                return ""
-            digest.update(buffer[:n])
-    return digest.hexdigest()
-
 
 def save(
     state_dict: Mapping[str, torch.Tensor],
@@ -235,15 +202,16 @@ def save(
     """
     target = Path(path)
     tensors = _check_state_dict(state_dict)
-    meta = _check_metadata({**(metadata or {}), **{k: v.placeholder for k, v in (late or {}).items()}}, tensors)
+    meta = check_metadata({**(metadata or {}), **{k: v.placeholder for k, v in (late or {}).items()}}, tensors)
     if target.name.endswith((".safetensors", INDEX_SUFFIX)):
         _check_safetensors_dtypes(tensors, target)
         stored, aliases = dedupe(tensors)
-        # Tensor data streams from each tensor's memory into the file (see _safetensors._write_safetensors).
+        # Tensor data streams from each tensor's memory into the file (see _safetensors._write_data).
+        payloads = {name: _payload(tensor) for name, tensor in stored.items()}
         header: dict[str, str | LateValue] = {**meta, **(late or {}), **aliases}
         if shard_size is None and target.name.endswith(".safetensors"):
-            return save_single(stored, target, header)
-        return save_sharded(stored, target, header, check_shard_size(shard_size))
+            return save_single(payloads, target, header)
+        return save_sharded(payloads, target, header, check_shard_size(shard_size))
     if shard_size is not None:
         raise CheckpointError(f"{target}: shard_size needs a .safetensors path")
     if target.suffix not in TORCH_SUFFIXES:
@@ -255,58 +223,6 @@ def save(
         torch.save({"state_dict": tensors, TORCH_METADATA_KEY: meta}, tmp)
     return [target]
 
-
-def resolve_file(path: PathType) -> Path:
-    """The checkpoint file ``path`` names (a directory: the one checkpoint in it), checked to be a regular file."""
-    file = _locate(require_path(path, what="checkpoint", error=CheckpointError))
-    check_regular(file, what="checkpoint")  # a FIFO or /dev/zero must not hang or fill memory
-    return file
-
-
-def _locate(file: Path) -> Path:
-    if not file.exists():
-        raise CheckpointError(f"{file}: no such file or directory")
-    if not file.is_dir():
-        return file
-    tiers = [
-        sorted(file.glob("*" + INDEX_SUFFIX)),
-        sorted(file.glob("*.safetensors")),
-        sorted(p for p in file.iterdir() if p.suffix in TORCH_SUFFIXES),
-    ]
-    if (file / ("model" + INDEX_SUFFIX)).is_file():
-        return file / ("model" + INDEX_SUFFIX)
-    for found in tiers:
-        if len(found) == 1:
-            return found[0]
-        if found:
-            names = ", ".join(p.name for p in found)
-            raise CheckpointError(f"{file}: several checkpoints ({names}); name the file to use")
-    raise CheckpointError(
-        f"{file}: directory holds no checkpoint (*{INDEX_SUFFIX}, *.safetensors, or {'/'.join(TORCH_SUFFIXES)})"
-    )
-
-
-def sniff_format(file: Path) -> str:
-    if file.name.endswith(".json"):
-        return "safetensors-sharded"
-    try:
-        with open_regular(file, what="checkpoint") as f:
-            head = f.read(9)
-    except OSError as exc:
-        raise CheckpointError(f"{file}: cannot be read ({exc.strerror})") from exc
-    if not head:
-        raise CheckpointError(f"{file}: empty file")
-    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < _MAX_HEADER:
-        return "safetensors"
-    if head.startswith(b"PK"):
-        return "torch"
-    if file.name.endswith(".safetensors"):
-        return "safetensors"  # let the reader say what is wrong with it
-    if head[0] == 0x80:  # pickle PROTO opcode: torch's legacy format
-        return "torch-legacy"
-    raise CheckpointError(
-        f"{file}: not a checkpoint: neither a torch file (zip or pickle) nor safetensors (starts with {head[:8]!r})"
-    )
 
 
 def _check_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -334,17 +250,49 @@ def _check_safetensors_dtypes(tensors: Mapping[str, torch.Tensor], target: Path)
         raise CheckpointError(problems)
 
 
-def _check_metadata(metadata: Mapping[str, Any] | None, tensors: Mapping[str, Any]) -> dict[str, str]:
-    problems = []
-    for key, value in (metadata or {}).items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            problems.append(
-                f"metadata {key!r}: keys and values must be str, got {type(value).__name__} {value!r:.60}; "
-                "encode structured values with json.dumps"
-            )
-        elif key in tensors or value in tensors:
-            # save_model's convention: metadata[dropped] = kept; readers would take this for an alias.
-            problems.append(f"metadata {key!r}: {value!r}: a tensor name here reads as a tied-weight alias")
-    if problems:
-        raise CheckpointError(problems)
-    return dict(metadata or {})
+def dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Store each tensor once: identical views become aliases (dropped name -> kept name).
+
+    The first name in state-dict order is kept: it is the module that owns the parameter
+    (an embedding before the head tied to it), which is what other loaders look for.
+    """
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    owners: dict[tuple[Any, ...], str] = {}
+    for name, tensor in tensors.items():
+        if tensor.numel():
+            view = (tensor.device, _storage(tensor), tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride())
+            if view in owners:
+                aliases[name] = owners[view]
+                continue
+            owners[view] = name
+        stored[name] = tensor
+    # Different views of one storage (slices of one buffer) cannot be aliases: copy them apart.
+    sharing = Counter((t.device, _storage(t)) for t in stored.values() if t.numel())
+    return {
+        name: t.clone(memory_format=torch.contiguous_format)
+        if t.numel() and sharing[(t.device, _storage(t))] > 1
+        else t.contiguous()
+        for name, t in stored.items()
+    }, aliases
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()
+
+
+def _payload(tensor: torch.Tensor) -> Payload:
+    return Payload(_NAMES[tensor.dtype], tuple(tensor.shape), tensor.numel() * tensor.element_size(),
+                   lambda: _bytes_of(tensor))
+
+
+def _bytes_of(tensor: torch.Tensor) -> Any:
+    """The tensor's bytes, little-endian, as a buffer: no copy for a contiguous CPU tensor (the numpy view of its memory)."""
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()  # one tensor at a time: memory stays bounded by the largest
+    # resolve_conj/neg: a lazily conjugated complex view has other bytes than it shows (no-ops otherwise)
+    data = tensor.detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
+    if sys.byteorder == "big" and tensor.element_size() > 1:  # safetensors is little-endian: reverse each number
+        width = tensor.element_size() // (2 if tensor.is_complex() else 1)
+        data = data.reshape(-1, width).flip(1).reshape(-1)
+    return data.numpy()

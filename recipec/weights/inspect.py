@@ -18,8 +18,9 @@ from recipec._terminal import escape
 from recipec.errors import CheckpointError
 from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
 from recipec.weights._safetensors import safetensors_reader, sharded_layout
-from recipec.weights.formats import load, resolve_file, sniff_format
+from recipec.weights.formats import load
 from recipec.weights.onnx import describe_onnx
+from recipec.weights.raw import resolve_file, sniff_format
 
 __all__ = ["export_summary", "format_inspect", "inspect_checkpoint"]
 
@@ -189,9 +190,10 @@ def _jsonable(value: Any) -> Any:
 
 def format_inspect(report: dict[str, Any]) -> str:
     """Render an ``inspect_checkpoint`` report as compact plain text for a terminal."""
+    summary = _summary_lines(report.get("recipec"))
     if report["format"] == "onnx":
-        return escape("\n".join([*_onnx_lines(report), *_summary_lines(report.get("recipec")),
-                                  *_metadata_lines(report["metadata"], recipec=report.get("recipec") is not None)]))
+        return escape("\n".join([*_onnx_lines(report), *summary,
+                                  *_metadata_lines(report["metadata"], digested=bool(summary))]))
     key = report["state_dict_key"]
     lines = [
         f"{report['path']}  ({report['format']}" + (f", state dict at {key!r})" if key else ")"),
@@ -211,21 +213,29 @@ def format_inspect(report: dict[str, Any]) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines.append("largest tensors:")
         lines += [f"  {k:<{widths[0]}}  {s:<{widths[1]}}  {d:<{widths[2]}}  {b:>10}" for k, s, d, b in rows]
-    lines += _summary_lines(report.get("recipec"))
-    lines += _metadata_lines(report["metadata"], recipec=report.get("recipec") is not None)
+    lines += summary
+    lines += _metadata_lines(report["metadata"], digested=bool(summary))
     return escape("\n".join(lines))  # the path, and anything else a file could name
 
 
-def _metadata_lines(metadata: Mapping[str, Any], *, recipec: bool) -> list[str]:
-    """Metadata entries, one line each (80 characters); recipec's own are shown digested above, named here."""
-    shown = {k: v for k, v in metadata.items() if not (recipec and k in (RECIPE_KEY, PROVENANCE_KEY))}
-    lines = ["metadata:"] if shown or recipec else []
-    for name, value in shown.items():
+def _metadata_lines(metadata: Mapping[str, Any], *, digested: bool) -> list[str]:
+    """Metadata entries, one line each (80 characters). recipec's recipe and provenance are named, not
+    printed: ``digested`` when the summary above shows them (an export), else (a features file, which
+    carries its model's recipe alone) with their size."""
+    ours = [k for k in (RECIPE_KEY, PROVENANCE_KEY) if isinstance(metadata.get(k), str)]
+    lines = ["metadata:"] if metadata else []
+    for name, value in metadata.items():
+        if name in ours:
+            continue
         text = " ".join((value if isinstance(value, str) else repr(value)).split())
         text = escape(text if len(text) <= 80 else text[:77] + "...", newlines=False)
         lines.append(f"  {escape(name, newlines=False)}: {text}")
-    if recipec:
-        lines.append(f"  {RECIPE_KEY}, {PROVENANCE_KEY}: shown above (--json prints them whole)")
+    if ours and digested:
+        lines.append(f"  {', '.join(ours)}: shown above (--json prints {'them' if len(ours) > 1 else 'it'} whole)")
+    elif ours:
+        lines += [f"  {name}: " + (f"the model's recipe, {len(metadata[name].splitlines())} lines" if name == RECIPE_KEY
+                                   else f"{len(metadata[name]):,} characters of JSON") + " (--json prints it whole)"
+                  for name in ours]
     return lines
 
 
@@ -235,6 +245,8 @@ def _summary_lines(summary: Mapping[str, Any] | None) -> list[str]:
         return []
     if "error" in summary:
         return [f"recipec export: {escape(str(summary['error']), newlines=False)}"]
+    if not summary.get("provenance"):
+        return []  # a recipe alone (a features file): nothing to digest, and no empty heading
 
     def line(label: str, value: Any) -> None:
         if value not in (None, "", [], {}):

@@ -1,8 +1,9 @@
-"""Transfer source weights into a model: rename, include, exclude, adapt, then copy in place.
+"""Transfer source weights into a model: rename, include, exclude, fuse/split, adapt, then copy in place.
 
-:func:`map_keys` is the pure part (key names only); :func:`apply_transfer` adds shapes and
-tensors, validates everything, and only then copies, so a failed transfer leaves the model
-untouched. Its :class:`LoadReport` says what became of every key.
+:func:`map_keys` is the pure part (key names only); :func:`apply_transfer` adds a preset's rules,
+fuse and split (:mod:`recipec.weights.fuse`), shapes and tensors, validates everything, and only
+then copies, so a failed transfer leaves the model untouched. Its :class:`LoadReport` says what
+became of every key.
 """
 
 from __future__ import annotations
@@ -10,37 +11,46 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from recipec.errors import Problem, TransferError
+from recipec.errors import Problem, RecipePath, TransferError
+from recipec.recipe.presets import PRESETS, Preset
 from recipec.weights._keys import KeyMapping, dead_pattern, map_keys
 from recipec.weights._report import LoadReport, format_shape
 from recipec.weights.adapt import RULES, apply_rule, pos_embed_grids
+from recipec.weights.fuse import JoinRule, Joined, join_tensor, parse_join_rule, plan_joins
 
 __all__ = ["KeyMapping", "LoadReport", "TransferRules", "apply_transfer", "map_keys"]
 
 _MISSING_SHOWN = 20
+_ADAPT_FIELDS = ("match", "rule", "indices", "fuse", "split", "into", "dim", "sizes")
 
 
 @dataclass(frozen=True)
 class TransferRules:
     """How source keys map onto the model: what a recipe's ``source:`` section says.
 
-    Errors about a rule name its field here (``("exclude", 0)``, ``("on_mismatch",)``); the
-    compiler, which builds the rules from the recipe, relabels them as ``source.*``.
+    Errors about a rule name its field here (``("exclude", 0)``, ``("on_mismatch",)``,
+    ``("preset",)`` for the preset's own rules); the compiler, which builds the rules from the
+    recipe, relabels them as ``source.*``.
 
     Attributes:
         rename: ordered ``(pattern, replacement)`` pairs applied with ``re.sub``.
         include: regexes on the renamed key; only matching keys load. Empty: every key.
         exclude: regexes on the renamed key; matching keys do not load.
-        adapt: ``AdaptSpec`` objects or dicts (``match``, ``rule``, ``indices``); the first whose
-            ``match`` is found in a key adapts its tensor when the shapes differ.
+        adapt: ``AdaptSpec`` objects or dicts. Shape rules (``match``, ``rule``, ``indices``): the
+            first whose ``match`` is found in a key adapts its tensor when the shapes differ. Fuse
+            and split rules (``fuse``/``split``, ``into``, ``dim``, ``sizes``): see
+            :mod:`recipec.weights.fuse`; they run on the kept renamed keys, in order.
         on_mismatch: ``"error"`` or ``"skip"`` for a shape mismatch no adapt rule covers.
         require_all: fail when a model tensor outside ``new_keys_prefixes`` gets no weights.
             ``num_batches_tracked`` buffers the source lacks are ``defaulted``, never missing.
+        preset: the name of a shipped mapping (:data:`recipec.recipe.presets.PRESETS`) whose rules
+            run before these: its renames first, its excludes beside these, its fuse/split rules
+            first, its shape rules after these. Its rules may match nothing; renaming no key is an error.
     """
 
     rename: Sequence[Sequence[str]] = ()
@@ -49,27 +59,79 @@ class TransferRules:
     adapt: Sequence[Any] = ()
     on_mismatch: str = "error"
     require_all: bool = True
+    preset: str | None = None
 
 
 _NO_RULES = TransferRules()
+_NO_PRESET = Preset(source="", target="", description="")
 
 
-def _adapt_rules(adapt: Sequence[Any], problems: list[Problem]) -> list[tuple[re.Pattern[str], str, Any]]:
-    """``(compiled match, rule, indices)`` of AdaptSpec objects or plain dicts."""
-    rules: list[tuple[re.Pattern[str], str, Any]] = []
-    for i, item in enumerate(adapt):
+class _ShapeRule(NamedTuple):
+    pattern: re.Pattern[str]
+    rule: str
+    indices: Any
+    where: RecipePath
+    optional: bool  # a preset's: may match nothing
+
+
+def _adapt_rules(adapt: Sequence[Any], preset: Preset,
+                 problems: list[Problem]) -> tuple[list[_ShapeRule], list[JoinRule]]:
+    """The shape rules (the recipe's, then the preset's) and the fuse/split rules (the preset's, then the recipe's)."""
+    shape_rules: list[_ShapeRule] = []
+    joins: dict[bool, list[JoinRule]] = {True: [], False: []}
+    items = [(item, ("adapt", i), False) for i, item in enumerate(adapt)]
+    items += [(item, ("preset",), True) for item in preset.adapt]
+    for item, where, optional in items:
         fields: Mapping[str, Any] = (item if isinstance(item, Mapping)
-                                     else {name: getattr(item, name, None) for name in ("match", "rule", "indices")})
+                                     else {name: getattr(item, name, None) for name in _ADAPT_FIELDS})
+        if fields.get("fuse") is not None or fields.get("split") is not None:
+            join = parse_join_rule(fields, where, problems, optional=optional)
+            if join is not None:
+                joins[optional].append(join)
+            continue
         match: Any = fields.get("match")
         rule, indices = fields.get("rule"), fields.get("indices")
         if rule not in RULES:
-            problems.append((("adapt", i), f"unknown rule {rule!r}; choose one of: {', '.join(RULES)}"))
+            problems.append((where, f"unknown rule {rule!r}; choose one of: {', '.join(RULES)}"))
         try:
-            rules.append((re.compile(match), str(rule), indices))
+            shape_rules.append(_ShapeRule(re.compile(match), str(rule), indices, where, optional))
         except (re.error, TypeError) as exc:
-            problems.append((("adapt", i), f"match {match!r} is not a valid regular expression: {exc}"))
-            rules.append((re.compile(r"(?!)"), str(rule), indices))
-    return rules
+            problems.append((where, f"match {match!r} is not a valid regular expression: {exc}"))
+    shape_rules.sort(key=lambda r: r.optional)  # the recipe's first: the first match wins
+    return shape_rules, joins[True] + joins[False]
+
+
+def _without_preset(problems: Sequence[Problem], preset: Preset) -> list[Problem]:
+    """Problems of the combined rule lists, the preset's own dropped (they may match nothing), the recipe's
+    re-indexed as the recipe writes them (``("rename", 14)`` -> ``("rename", 0)``)."""
+    offsets = {"rename": len(preset.rename), "exclude": len(preset.exclude)}
+    out: list[Problem] = []
+    for problem in problems:
+        if isinstance(problem, tuple) and len(problem[0]) == 2 and problem[0][0] in offsets:
+            field, index = problem[0]
+            assert isinstance(field, str) and isinstance(index, int)
+            if index < offsets[field]:
+                continue
+            problem = ((field, index - offsets[field]), problem[1])
+        out.append(problem)
+    return out
+
+
+def _map_with_preset(keys: Sequence[str], rules: TransferRules, preset: Preset) -> KeyMapping:
+    """:func:`map_keys` with the preset's renames before the recipe's and its excludes beside them."""
+    try:
+        mapping = map_keys(keys, rename=[*preset.rename, *rules.rename], include=rules.include,
+                           exclude=[*preset.exclude, *rules.exclude])
+    except TransferError as exc:
+        raise TransferError(_without_preset([m if p is None else (p, m) for p, m in zip(exc.paths, exc.messages)],
+                                            preset)) from exc
+    problems = _without_preset(mapping.problems, preset)
+    dead = {i for field, i, _ in mapping.unmatched if field == "rename"}
+    if preset.rename and dead >= set(range(len(preset.rename))):
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        problems.insert(0, (("preset",), f"{rules.preset} renames none of the source keys: it reads {preset.source}, "
+                                         f"but source keys look like: {shown or '(no keys at all)'}"))
+    return KeyMapping(mapping.renamed, mapping.excluded, mapping.kept, mapping.collisions, mapping.unmatched, problems)
 
 
 def apply_transfer(
@@ -116,15 +178,24 @@ def apply_transfer(
     problems: list[Problem] = []
     if on_mismatch not in ("error", "skip"):
         problems.append((("on_mismatch",), f"must be error or skip, got {on_mismatch!r}"))
-    adapt_rules = _adapt_rules(rules.adapt, problems)
+    preset = _NO_PRESET
+    if rules.preset is not None:
+        if rules.preset in PRESETS:
+            preset = PRESETS[rules.preset]
+        else:
+            problems.append((("preset",), f"unknown preset {rules.preset!r}; choose one of: {', '.join(PRESETS)}"))
+    shape_rules, join_rules = _adapt_rules(rules.adapt, preset, problems)
     if problems:
         raise TransferError(problems)
-    mapping = map_keys(state_dict.keys(), rename=rules.rename, include=rules.include, exclude=rules.exclude)
+    mapping = _map_with_preset(list(state_dict.keys()), rules, preset)
     problems = list(mapping.problems)
-    names = list(mapping.renamed.values())
-    for i, (pattern, _, _) in enumerate(adapt_rules):
-        if not any(pattern.search(name) for name in names):
-            problems.append(dead_pattern(("adapt", i), pattern.pattern, "renamed key", names))
+    joins, join_problems = plan_joins(list(mapping.kept), join_rules)
+    problems += join_problems
+    joined_parts = {part for j in joins for part in j.parts}
+    names = [*mapping.renamed.values(), *(j.name for j in joins)]
+    for r in shape_rules:
+        if not r.optional and not any(r.pattern.search(name) for name in names):
+            problems.append(dead_pattern(r.where, r.pattern.pattern, "renamed key", names))
     if problems:
         raise TransferError(problems)
 
@@ -132,52 +203,70 @@ def apply_transfer(
     report = LoadReport(source=source, state_dict_key=state_dict_key)
     copies: list[tuple[torch.Tensor, torch.Tensor]] = []
     failed: set[str] = set()  # already reported; not missing as well
-    for name, key in sorted(mapping.kept.items()):
+    entries: list[tuple[str, tuple[str, ...], Joined | None]] = [
+        (name, (key,), None) for name, key in mapping.kept.items() if name not in joined_parts]
+    entries += [(j.name, tuple(mapping.kept[p] for p in j.parts), j) for j in joins]
+    for name, keys, joined in sorted(entries, key=lambda e: e[0]):
+        key = keys[0]
+        origin = f" (source {' + '.join(repr(k) for k in keys)})" if joined or name != key else ""
         target = targets.get(name)
         if target is None:
             report.unexpected.append(name)
-            if name != key:
-                report.unexpected_sources[name] = key
+            if joined or name != key:
+                report.unexpected_sources[name] = " + ".join(keys)
+            continue
+        bad = next((k for k in keys if not isinstance(state_dict[k], torch.Tensor)), None)
+        if bad is not None:
+            failed.add(name)
+            problems.append(f"source entry '{bad}' is a {type(state_dict[bad]).__name__}, not a tensor; exclude it")
             continue
         value = state_dict[key]
-        if not isinstance(value, torch.Tensor):
-            failed.add(name)
-            problems.append(f"source entry '{key}' is a {type(value).__name__}, not a tensor; exclude it")
-            continue
+        steps: list[str] = []
+        if joined is not None:
+            try:
+                value = join_tensor(joined, {p: state_dict[k] for p, k in zip(joined.parts, keys)})
+            except TransferError as exc:
+                failed.add(name)
+                problems.append((joined.rule.where, f"'{name}'{origin}: {exc}"))
+                continue
+            steps.append(joined.rule.kind)
         if value.is_complex() != target.is_complex() or (value.is_floating_point() and not target.is_floating_point()
                                                           and not target.is_complex()):
             # copy_ would drop the imaginary part, or truncate floats to integers, with at most a warning
             failed.add(name)
-            problems.append(f"'{name}'{f' (source {key!r})' if name != key else ''}: source dtype "
+            problems.append(f"'{name}'{origin}: source dtype "
                             f"{str(value.dtype).removeprefix('torch.')} cannot be copied into the model's "
                             f"{str(target.dtype).removeprefix('torch.')} without losing values; exclude it (source.exclude)")
             continue
+        have, want = list(value.shape), list(target.shape)
         if value.shape != target.shape:
-            have, want = list(value.shape), list(target.shape)
-            index = next((i for i, (p, _, _) in enumerate(adapt_rules) if p.search(name)), None)
-            if index is not None:
-                _, rule, indices = adapt_rules[index]
+            shape_rule = next((r for r in shape_rules if r.pattern.search(name)), None)
+            if shape_rule is not None:
                 try:
-                    value = apply_rule(rule, value, target.shape, indices=indices)
+                    value = apply_rule(shape_rule.rule, value, target.shape, indices=shape_rule.indices)
                 except TransferError as exc:
                     failed.add(name)
-                    problems.append((("adapt", index), f"'{name}': {exc}"))
+                    problems.append((shape_rule.where, f"'{name}'{origin}: {exc}"))
                     continue
-                report.adapted.append({"key": name, "rule": rule, "source_shape": have, "model_shape": want})
-                if rule == "pos_embed":  # what was resampled: "14x14 -> 4x4 (+1 prefix token)"
-                    prefix, old_side, new_side = pos_embed_grids(have[1], want[1])
-                    report.adapted[-1]["grid"] = f"{old_side}x{old_side} -> {new_side}x{new_side} (+{prefix} prefix token{'s' * (prefix != 1)})"
+                steps.append(shape_rule.rule)
             elif on_mismatch == "error":
                 failed.add(name)
-                problems.append(f"'{name}'{f' (source {key!r})' if name != key else ''}: shape mismatch, source "
-                                f"{format_shape(have)} vs model {format_shape(want)}; add an adapt rule for it "
-                                "(source.adapt), exclude it (source.exclude), or set source.on_mismatch: skip")
+                if joined is not None:  # the rule's result is wrong, not the checkpoint
+                    problems.append((joined.rule.where, f"'{name}'{origin}: {joined.rule.kind} makes {format_shape(have)}, "
+                                                        f"the model has {format_shape(want)}; check the parts, dim and sizes"))
+                else:
+                    problems.append(f"'{name}'{origin}: shape mismatch, source {format_shape(have)} vs model "
+                                    f"{format_shape(want)}; add an adapt rule for it (source.adapt), exclude it "
+                                    "(source.exclude), or set source.on_mismatch: skip")
                 continue
             else:
-                report.mismatched.append({"key": name, "source_key": key, "source_shape": have, "model_shape": want})
+                report.mismatched.append({"key": name, "source_key": " + ".join(keys), "source_shape": have,
+                                          "model_shape": want})
                 continue
+        if steps:
+            report.adapted.append(_adapted(name, keys, joined, steps, have, want, [list(state_dict[k].shape) for k in keys]))
         report.loaded.append(name)
-        if name != key:
+        if name != key and joined is None:
             report.renamed[name] = key
         copies.append((target, value))
 
@@ -207,3 +296,17 @@ def apply_transfer(
             for target, value in copies:
                 target.copy_(value)
     return report
+
+
+def _adapted(name: str, keys: tuple[str, ...], joined: Joined | None, steps: list[str], have: list[int],
+             want: list[int], shapes: list[list[int]]) -> dict[str, Any]:
+    """The load report's ``adapted`` entry of a tensor made by fuse/split and/or a shape rule."""
+    entry: dict[str, Any] = {"key": name, "rule": "+".join(steps), "source_shape": have, "model_shape": want}
+    if joined is not None:  # which source tensors, and how: the report's reader must see the order
+        entry.update(source_keys=list(keys), source_shapes=shapes, dim=joined.rule.dim)
+        if joined.rule.kind == "split":
+            entry["part"] = [joined.index, joined.count]
+    if steps[-1] == "pos_embed":  # what was resampled: "14x14 -> 4x4 (+1 prefix token)"
+        prefix, old_side, new_side = pos_embed_grids(have[1], want[1])
+        entry["grid"] = f"{old_side}x{old_side} -> {new_side}x{new_side} (+{prefix} prefix token{'s' * (prefix != 1)})"
+    return entry

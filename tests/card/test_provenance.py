@@ -45,17 +45,38 @@ def test_versions_names_python_platform_and_installed_packages() -> None:
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in found.items())
 
 
+def test_versions_name_every_installed_optional_extra_and_keep_the_old_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.metadata.version
+    extras = {"timm": "1.0.31", "transformers": "4.99.0", "peft": "0.20.0", "optuna": "4.5.0",
+              "tensorboard": "2.21.0", "mlflow-skinny": "3.17.2", "huggingface_hub": "1.2.3"}
+
+    def every_extra(name: str) -> str:
+        if name == "mlflow":  # only the skinny distribution, which provides the same package
+            raise importlib.metadata.PackageNotFoundError(name)
+        return extras[name] if name in extras else real(name)
+
+    monkeypatch.setattr(provenance.importlib.metadata, "version", every_extra)
+    found = versions()
+    assert {k: found.get(k) for k in ("timm", "transformers", "peft", "optuna", "tensorboard", "mlflow",
+                                      "huggingface_hub")} == {
+        "timm": "1.0.31", "transformers": "4.99.0", "peft": "0.20.0", "optuna": "4.5.0", "tensorboard": "2.21.0",
+        "mlflow": "3.17.2", "huggingface_hub": "1.2.3"}
+    # one flat name -> version map, as before: the keys earlier runs recorded mean what they meant
+    assert {"python", "platform", "recipec", "torch", "torchvision", "safetensors", "pydantic"} <= set(found)
+    assert all(isinstance(v, str) for v in found.values())
+
+
 def test_versions_leaves_out_what_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.metadata.version
 
     def without_onnx(name: str) -> str:
-        if name.startswith("onnx"):
+        if name.startswith("onnx") or name == "timm":
             raise importlib.metadata.PackageNotFoundError(name)
         return real(name)
 
     monkeypatch.setattr(provenance.importlib.metadata, "version", without_onnx)
     found = versions()
-    assert "onnx" not in found and "onnxruntime" not in found and "torch" in found
+    assert "onnx" not in found and "onnxruntime" not in found and "timm" not in found and "torch" in found
 
 
 def test_versions_finds_onnxruntime_under_its_gpu_name(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -143,6 +143,16 @@ def test_card_describes_the_run(run: Path) -> None:
     assert "<details>" in body and (run / "recipe.yaml").read_text().strip() in body
 
 
+def test_the_card_names_the_versions_of_the_installed_extras(run: Path) -> None:
+    import importlib.metadata
+
+    _, body = _split(render_card(run))
+    software = next(line for line in body.splitlines() if line.startswith("- **Software:** "))
+    assert f"torch {importlib.metadata.version('torch')}" in software
+    for extra in ("timm", "tensorboard", "mlflow", "huggingface_hub"):  # the test extra installs them
+        assert f"{extra} {importlib.metadata.version(extra)}" in software
+
+
 def test_metrics_in_the_card_are_those_of_metrics_jsonl(run: Path) -> None:
     _, body = _split(render_card(run))
     metrics = _metrics(run)

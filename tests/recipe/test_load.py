@@ -112,7 +112,7 @@ def test_bad_indentation_is_located() -> None:
     ("just text\n", "a string ('just text')"),
     ("3\n", "a number (3)"),
     ("true\n", "a boolean (true)"),
-    ("2020-01-01\n", "a date (2020-01-01)"),
+    ("2020-01-01\n", "a string ('2020-01-01')"),
     ("null\n", "null"),
     ("", "an empty document"),
     ("# only a comment\n", "an empty document"),
@@ -147,8 +147,8 @@ def test_several_documents() -> None:
 
 def test_unknown_tag_is_located() -> None:
     write("r.yaml", "name: !!python/name:os.system x\nmodel: {arch: a}\n")
-    [problem] = problems("r.yaml")
-    assert problem.startswith("r.yaml:1:7: could not determine a constructor for the tag")
+    assert problems("r.yaml") == ["r.yaml:1:7: unsupported tag 'tag:yaml.org,2002:python/name:os.system'; "
+                                  "write a plain value"]
 
 
 def test_unsupported_collection_tag() -> None:
@@ -156,9 +156,14 @@ def test_unsupported_collection_tag() -> None:
     assert problems("r.yaml") == ["r.yaml:3:14: unsupported tag 'tag:yaml.org,2002:set'; write a plain mapping or list"]
 
 
-def test_invalid_timestamp_is_located() -> None:
-    write("r.yaml", MINIMAL + "card: {license: 2020-13-45}\n")
-    assert problems("r.yaml") == ["r.yaml:3:17: cannot read '2020-13-45': month must be in 1..12"]
+def test_a_date_is_text() -> None:  # YAML 1.2: no implicit timestamps
+    write("r.yaml", MINIMAL + "card: {license: 2020-13-45, intended_use: 2024-01-01}\n")
+    assert load_recipe("r.yaml").card.intended_use == "2024-01-01"
+
+
+def test_explicit_timestamp_is_refused() -> None:
+    write("r.yaml", MINIMAL + "card: {license: !!timestamp 2020-01-01}\n")
+    assert problems("r.yaml") == ["r.yaml:3:17: unsupported tag 'tag:yaml.org,2002:timestamp'; write a plain value"]
 
 
 def test_recursive_alias() -> None:
@@ -219,7 +224,7 @@ def test_int_and_text_keys_are_different_keys() -> None:
     load_recipe_data("r.yaml")  # YAML tells 1 and '1' apart; not a duplicate
 
 
-@pytest.mark.parametrize("key", ["yes", "on", "1.5", "null", "2020-01-01"])
+@pytest.mark.parametrize("key", ["1.5", "null", "true", "~"])
 def test_keys_must_be_text_or_whole_numbers(key: str) -> None:
     write("r.yaml", MINIMAL + f"card:\n  {key}: 1\n")
     assert problems("r.yaml") == [f"r.yaml:4:3: card: key {key!r} is not text or a whole number; quote it if it is a name"]
@@ -257,7 +262,7 @@ def test_errors_sorted_by_position_and_unique() -> None:
 
 def test_missing_required_field_is_located_at_its_parent() -> None:
     write("r.yaml", "name: tiny\nmodel:\n  head: {num_classes: 3}\n")
-    assert problems("r.yaml") == ["r.yaml:3:3: model.arch: missing (required), e.g. arch: resnet18"]
+    assert problems("r.yaml") == ["r.yaml:2:1: model.arch: missing (required), e.g. arch: resnet18"]
 
 
 def test_missing_model_is_located_at_the_top() -> None:
@@ -277,7 +282,7 @@ def test_did_you_mean_at_every_depth() -> None:
         """)
     assert problems("r.yaml") == [
         "r.yaml:2:1: modl: unknown key 'modl'; did you mean 'model'?",
-        "r.yaml:3:31: model.head.num_classes: missing (required), e.g. num_classes: 5",
+        "r.yaml:3:25: model.head.num_classes: missing (required), e.g. num_classes: 5",
         "r.yaml:3:32: model.head.num_clases: unknown key 'num_clases'; did you mean 'num_classes'?",
         "r.yaml:4:39: optimizer.scheduler.warmup: unknown key 'warmup'; did you mean 'warmup_epochs'?",
         "r.yaml:5:26: train.early_stopping.patiense: unknown key 'patiense'; did you mean 'patience'?",
@@ -315,12 +320,12 @@ def test_unknown_scheduler_names_the_choices() -> None:
 
 def test_scheduler_without_name() -> None:
     write("r.yaml", MINIMAL + "optimizer: {scheduler: {warmup_epochs: 1}}\n")
-    assert problems("r.yaml") == ["r.yaml:3:24: optimizer.scheduler: needs name: one of none, cosine, step, onecycle"]
+    assert problems("r.yaml") == ["r.yaml:3:13: optimizer.scheduler: needs name: one of none, cosine, step, onecycle"]
 
 
 def test_step_scheduler_missing_step_epochs() -> None:
     write("r.yaml", MINIMAL + "optimizer: {scheduler: {name: step}}\n")
-    assert problems("r.yaml") == ["r.yaml:3:24: optimizer.scheduler.step_epochs: missing (required), e.g. step_epochs: 10"]
+    assert problems("r.yaml") == ["r.yaml:3:13: optimizer.scheduler.step_epochs: missing (required), e.g. step_epochs: 10"]
 
 
 def test_wrong_shapes() -> None:

@@ -80,7 +80,7 @@ def test_a_bad_image_during_training_is_a_located_exit_2(tmp_path: Path, folder:
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     root, victim = folder
     damage(victim)
-    code, out, err = _run(capsys, "build", str(_recipe(tmp_path, root, workers)), "--out", str(tmp_path / "run"))
+    code, _out, err = _run(capsys, "build", str(_recipe(tmp_path, root, workers)), "--out", str(tmp_path / "run"))
     assert code == 2, err
     assert f"error: unreadable image {victim}: " in err and reason in err, err
     assert "Traceback" not in err and "internal error" not in err and "worker process" not in err
@@ -93,7 +93,7 @@ def test_plan_lists_the_bomb_and_skip_leaves_it_out(tmp_path: Path, folder: tupl
     png_claiming(victim, 20000, 20000)
     code, _, err = _run(capsys, "plan", str(_recipe(tmp_path, root, 1)))
     assert code == 2 and f"unreadable image {victim}: Image size (400000000 pixels) exceeds limit" in err, err
-    code, out, err = _run(capsys, "build", str(_recipe(tmp_path, root, 1, on_bad="skip")), "--out",
+    code, _out, err = _run(capsys, "build", str(_recipe(tmp_path, root, 1, on_bad="skip")), "--out",
                           str(tmp_path / "run"))
     assert code == 0, err
     assert (tmp_path / "run" / "skipped_images.txt").read_text() == f"{victim}\n"

@@ -343,3 +343,22 @@ def test_features_eval_and_predict_use_no_private_helper_of_build() -> None:
     for module in ("pipeline/features.py", "pipeline/evaluate.py", "inference/predict.py", "inference/predictor.py"):
         text = (package / module).read_text()
         assert "from recipec.pipeline.build import" not in text and "build._" not in text, module
+
+
+def test_digits_are_scikit_learns_without_importing_it() -> None:
+    """The digits come from the file load_digits reads, as it reads it; scikit-learn (with scipy and pandas,
+    about a second) is not imported for them."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from recipec.data.datasets import load_examples
+
+    examples, digits = load_examples("digits", None, None, 0), load_digits()
+    assert torch.equal(examples.images, torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0)
+    assert examples.targets == [int(t) for t in digits.target]
+    script = "import sys; from recipec.data.datasets import load_examples; load_examples('digits', None, None, 0); " \
+             "print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
+                          timeout=120).stdout.strip() == "False"

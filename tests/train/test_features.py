@@ -19,6 +19,7 @@ from recipec.compiler.data_config import build_data, data_kwargs
 from recipec.errors import CheckpointError, DatasetError, ModelError, RecipecError, RecipeError
 from recipec.recipe.load import load_recipe
 from recipec.pipeline.features import extract_features, features, layer_names
+from recipec.weights.inspect import format_inspect, inspect_checkpoint
 from tests.tinynets import tiny_cnn
 
 CPU = torch.device("cpu")
@@ -207,6 +208,12 @@ def test_output_metadata(recipe_file, tmp_path):
     assert meta["recipec.features.source"] == str(recipe_file)
     embedded = recipec.Recipe.model_validate(__import__("yaml").safe_load(meta["recipec.recipe"]))
     assert embedded.seed == 5 and embedded.model.arch == "tests.tinynets:tiny_cnn"
+    # `recipec inspect` of it: no empty "recipec export:" heading, nothing said to be "shown above"
+    text = format_inspect(inspect_checkpoint(out))
+    assert "recipec export" not in text and "shown above" not in text
+    assert f"  recipec.recipe: the model's recipe, {len(meta['recipec.recipe'].splitlines())} lines (--json prints it " \
+           "whole)" in text.splitlines()
+    assert '  recipec.features.layers: ["8", "3"]' in text.splitlines()
 
 
 def test_recipe_errors_write_nothing(recipe_file, tmp_path):

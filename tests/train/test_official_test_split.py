@@ -95,8 +95,8 @@ def test_the_fingerprint_covers_the_test_split_and_test_split_false_leaves_it_ou
     assert without.test is None and without.info["sizes"]["test"] == 0
     assert without.info["splits"]["test"] == "none (data.test_split is false)"
     assert without.info["fingerprint"] not in (first, grown.info["fingerprint"])
-    with pytest.raises(DatasetError, match=r"has no test split \(none \(data.test_split is false\).*set "
-                                           r"data.test_split: true"):
+    with pytest.raises(DatasetError, match=r"has no test split: data.test_split is false \(it has train: mnist .*\); set "
+                                           r"data.test_split: true, or evaluate other data with --data"):
         build_split(split="test", classes=without.classes, dataset="mnist", root=str(tmp_path), test_split=False,
                     **KW)
 

@@ -208,6 +208,36 @@ def test_build_resumes_past_a_corrupted_last_with_the_uninterrupted_result(tmp_p
     assert load_state(cut / "checkpoints" / "epoch-0001.pt")["epoch"] == 2  # rewritten whole
 
 
+def _old_numbering(folder: Path) -> None:
+    """Rewrite the states as recipec 0.1 wrote them: epoch-0002.pt held 2 completed epochs, no file_numbering."""
+    for path in sorted(folder.glob("epoch-*.pt"), reverse=True):  # highest first: no name is taken twice
+        state = torch.load(path, weights_only=True)
+        path.unlink()
+        del state["file_numbering"]
+        torch.save(state, folder / f"epoch-{state['epoch']:04d}.pt")
+    state = torch.load(folder / "last.pt", weights_only=True)
+    (folder / "last.pt").unlink()
+    del state["file_numbering"]
+    torch.save(state, folder / "last.pt")
+
+
+def test_a_run_with_the_old_file_numbering_resumes_from_the_epoch_inside_the_file(
+        tmp_path: Path, whole: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cut = _cut(tmp_path, monkeypatch, epoch=2)
+    folder = cut / "checkpoints"
+    _old_numbering(folder)
+    assert sorted(p.name for p in folder.glob("epoch-*.pt")) == ["epoch-0001.pt", "epoch-0002.pt"]
+    (folder / "last.pt").unlink()  # the epoch files alone: their names count completed epochs
+    path, state, damaged = latest_state(folder)
+    assert (path.name, state["epoch"], damaged) == ("epoch-0002.pt", 2, [])
+    lines: list[str] = []
+    build(load_tiny(tmp_path), out=cut, resume=True, log=lines.append)
+    assert f"resumed {cut} at epoch 2" in lines
+    assert same_weights(whole, cut)
+    # the new file of epoch 2 (0-based) took the name of the old one it follows
+    assert load_state(folder / "epoch-0002.pt")["epoch"] == 3 and load_state(folder / "last.pt")["epoch"] == 3
+
+
 # --------------------------------------------------------------------------- 7.6: a kill between the two names
 
 

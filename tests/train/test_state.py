@@ -23,8 +23,8 @@ from recipec.weights import formats
 
 STEPS = 12
 RECIPE = "name: tiny\nseed: 0\n"
-TOP_KEYS = {"format", "version", "model", "optimizer", "scheduler", "epoch", "step", "recipe", "trainable_groups",
-            "history", "best", "rng", "versions", "time", "extra"}
+TOP_KEYS = {"format", "version", "model", "optimizer", "scheduler", "epoch", "file_numbering", "step", "recipe",
+            "trainable_groups", "history", "best", "rng", "versions", "time", "extra"}
 
 
 class BatchNormDropoutModel(nn.Module):
@@ -209,15 +209,15 @@ def test_unplain_values_are_refused_by_key_before_writing(tmp_path: Path) -> Non
 
 
 def test_epoch_file_refreshes_last(tmp_path: Path, trained: Any) -> None:
-    first, last = checkpoint_paths(tmp_path, 1)
-    assert (first.name, last.name) == ("epoch-0001.pt", "last.pt")
+    first, last = checkpoint_paths(tmp_path, 1)  # one epoch completed: epoch 0, as metrics.jsonl counts it
+    assert (first.name, last.name) == ("epoch-0000.pt", "last.pt")
     _save(first, *trained, epoch=1)
     assert load_state(last)["epoch"] == 1
     second = _save(checkpoint_paths(tmp_path, 2)[0], *trained, epoch=2)
     assert load_state(last)["epoch"] == 2 and load_state(first)["epoch"] == 1
     assert last.read_bytes() == second.read_bytes()
     _save(last, *trained, epoch=3)  # last.pt alone: no epoch file appears
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.pt", "epoch-0002.pt", "last.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0000.pt", "epoch-0001.pt", "last.pt"]
     assert load_state(second)["epoch"] == 2, "rewriting last.pt must not touch the epoch file it was linked to"
 
 

@@ -116,11 +116,31 @@ def test_class_subset_names_every_index_out_of_range() -> None:
         class_subset(torch.zeros(6), [0, 6, -1, 9])
 
 
+# --------------------------------------------------------------------------- reshape
+
+
+def test_reshape_turns_a_linear_into_the_1x1_conv_that_computes_the_same() -> None:
+    linear = torch.nn.Linear(40, 160, bias=False)
+    x = torch.randn(2, 40, 3, 3, generator=torch.Generator().manual_seed(1))  # (batch, channels, h, w)
+    weight = apply_rule("reshape", linear.weight.detach(), torch.Size([160, 40, 1, 1]))
+    assert weight.shape == (160, 40, 1, 1)
+    as_conv = F.conv2d(x, weight)
+    as_linear = linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # channels-last Linear, as HF ConvNeXt does
+    assert torch.allclose(as_conv, as_linear, atol=1e-6)
+    back = apply_rule("reshape", weight, torch.Size([160, 40]))
+    assert torch.equal(back, linear.weight.detach())
+
+
 # --------------------------------------------------------------------------- apply_rule
 
 
 def test_rules_are_the_recipe_choices() -> None:
-    assert RULES == ("input_channels", "truncate_pad", "class_subset", "pos_embed")
+    from typing import get_args
+
+    from recipec.recipe.spec import AdaptSpec
+
+    literal, _ = get_args(AdaptSpec.model_fields["rule"].annotation)  # Literal[...] | None
+    assert RULES == get_args(literal) == ("input_channels", "truncate_pad", "class_subset", "pos_embed", "reshape")
 
 
 def test_apply_rule_dispatches_and_checks_the_shape(rgb_weight: torch.Tensor) -> None:
@@ -137,6 +157,8 @@ def test_apply_rule_dispatches_and_checks_the_shape(rgb_weight: torch.Tensor) ->
     ("class_subset", (10, 4), (2, 5), [0, 1], "only selects rows of dim 0"),
     ("class_subset", (10, 4), (2, 4), None, "needs indices"),
     ("truncate_pad", (10, 4), (40,), None, "cannot change the rank"),
+    ("reshape", (160, 40), (160, 40, 2), None, r"keeps the element count, .* \[160,40\] has 6,400 elements and the "
+                                                r"model's \[160,40,2\] 12,800"),
     ("resample", (10, 4), (40,), None, "unknown adapt rule 'resample'"),
 ])
 def test_apply_rule_says_why_it_cannot_produce_the_shape(

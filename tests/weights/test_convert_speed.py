@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import _TYPES, save_file
 
 from recipec.convert.checkpoint import CONVERTED_FROM_KEY, convert
-from recipec.weights import _safetensors, formats
+from recipec.weights import formats, raw
 from recipec.weights.formats import LateValue
 
 
@@ -40,7 +40,7 @@ def _every_dtype() -> dict[str, torch.Tensor]:
 def test_same_bytes_as_safetensors_save_file(tmp_path: Path) -> None:
     tensors = _every_dtype()
     save_file(tensors, str(tmp_path / "theirs.safetensors"), metadata={"format": "pt"})
-    _safetensors._write_safetensors(tensors, tmp_path / "ours.safetensors", {"format": "pt"})
+    formats.save(tensors, tmp_path / "ours.safetensors")
     assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "theirs.safetensors").read_bytes()
 
 
@@ -137,8 +137,8 @@ def test_sha256_stops_when_asked(tmp_path: Path) -> None:
     (tmp_path / "f.bin").write_bytes(b"x" * (3 << 20))
     stop = threading.Event()
     stop.set()
-    assert formats.sha256(tmp_path / "f.bin", stop=stop) == ""
-    assert formats.sha256(tmp_path / "f.bin") == hashlib.sha256(b"x" * (3 << 20)).hexdigest()
+    assert raw.sha256(tmp_path / "f.bin", stop=stop) == ""
+    assert raw.sha256(tmp_path / "f.bin") == hashlib.sha256(b"x" * (3 << 20)).hexdigest()
 
 
 def test_conversion_memory_does_not_grow_with_the_checkpoint(tmp_path: Path) -> None:

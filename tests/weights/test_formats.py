@@ -16,7 +16,8 @@ from safetensors import safe_open
 
 from recipec.errors import CheckpointError, UnsafeCheckpointError
 from recipec.weights import _safetensors
-from recipec.weights.formats import detect_format, load, load_state_dict, read_metadata, save, sha256
+from recipec.weights.formats import load, load_state_dict, read_metadata, save
+from recipec.weights.raw import detect_format, sha256
 
 MARKER_NAME = "pwned"
 
@@ -368,15 +369,16 @@ def test_failed_write_leaves_old_files_and_no_temporaries(tmp_path: Path, monkey
     save(sd, tmp_path / "model.safetensors", shard_size=shard_size)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     writes = []
+    real_writer = _safetensors._write_data
 
-    def failing_writer(tensors, file, metadata):
+    def failing_writer(payloads, file, metadata):
         writes.append(file)
         if len(writes) == 2 or shard_size is None:
             Path(file).write_bytes(b"partial")
             raise OSError("disk full")
-        _safetensors.save_file(tensors, str(file), metadata=metadata)
+        return real_writer(payloads, file, metadata)
 
-    monkeypatch.setattr(_safetensors, "_write_safetensors", failing_writer)
+    monkeypatch.setattr(_safetensors, "_write_data", failing_writer)
     with pytest.raises(OSError, match="disk full"):
         save({k: v + 1 for k, v in sd.items()}, tmp_path / "model.safetensors", shard_size=shard_size)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

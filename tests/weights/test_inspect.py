@@ -119,3 +119,19 @@ def test_format_inspect_is_compact_text(tmp_path: Path) -> None:
     assert "  note: line one line two" in lines
     assert f"  long: {'x' * 77}..." in lines
     assert max(len(line) for line in lines) <= 100
+
+
+def test_recipec_metadata_is_said_shown_above_only_when_it_is(tmp_path: Path) -> None:
+    from recipec.provenance import export_metadata
+
+    recipe = "name: tiny\nmodel: {arch: resnet18}\n"
+    meta = export_metadata(recipe_yaml=recipe, provenance={"name": "tiny", "base_model": {"arch": "resnet18"}})
+    save({"w": torch.ones(2)}, tmp_path / "export.safetensors", metadata=meta)
+    lines = format_inspect(inspect_checkpoint(tmp_path / "export.safetensors")).splitlines()
+    assert "recipec export:" in lines and "  name:          tiny" in lines
+    assert "  recipec.recipe, recipec.provenance: shown above (--json prints them whole)" in lines
+    # a recipe alone (what `recipec features` writes): no empty heading, no "shown above"
+    save({"w": torch.ones(2)}, tmp_path / "feats.safetensors", metadata={"recipec.recipe": recipe})
+    lines = format_inspect(inspect_checkpoint(tmp_path / "feats.safetensors")).splitlines()
+    assert "recipec export:" not in lines and not any("shown above" in line for line in lines)
+    assert "metadata:" in lines and lines[-1] == "  recipec.recipe: the model's recipe, 2 lines (--json prints it whole)"
