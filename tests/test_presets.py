@@ -88,7 +88,7 @@ def test_a_recipe_loads_hugging_face_vit_weights_into_timm_through_the_preset(hf
         assert (compiled.model.forward_features(x) - hf(pixel_values=x).last_hidden_state).abs().max() <= 1e-4
     code, out, _ = run(capsys, "plan", str(path))
     assert code == 0
-    assert ("adapted     blocks.1.attn.qkv.bias: fuse [32] + [32] + [32] -> [96] along dim 0 from "
+    assert ("  adapted     blocks.1.attn.qkv.bias: fuse [32] + [32] + [32] -> [96] along dim 0 from "
             "encoder.layer.1.attention.attention.query.bias + encoder.layer.1.attention.attention.key.bias + "
             "encoder.layer.1.attention.attention.value.bias") in out.splitlines()
 
@@ -116,9 +116,11 @@ def test_the_wrong_preset_is_located_at_source_preset(hf_vit, tmp_path, capsys):
     _, checkpoint = hf_vit
     path = _recipe(tmp_path, f"""\
         checkpoint: {checkpoint}
-        preset: hf_convnext_to_timm
+        preset: hf_clip_vision_to_timm
         """)
     code, _, err = run(capsys, "plan", str(path))
     assert code == 2
-    assert err.startswith(f"error: {path}:6:11: source.preset: hf_convnext_to_timm renames none of the source keys: "
-                          "it reads Hugging Face ConvNeXt")
+    assert err.splitlines()[0] == (
+        f"error: {path}:6:11: source.preset: hf_clip_vision_to_timm renames none of the source keys: it reads "
+        f"{PRESETS['hf_clip_vision_to_timm'].source}, but source keys look like: embeddings.cls_token, "
+        "embeddings.patch_embeddings.projection.bias, embeddings.patch_embeddings.projection.weight, ...")

@@ -123,6 +123,9 @@ def build_plan(recipe: Recipe, parts: Planned) -> Plan:
         "weights": None if weights_info is None else {
             "name": weights_info.name, "url": weights_info.url, "path": str(weights_info.path)} | (
             {"preprocessing": weights_info.preprocessing} if getattr(weights_info, "preprocessing", None) else {}),
+        # a custom factory's model may come with weights of its own (pretrained: true): recipec cannot tell
+        **({"factory_weights": _factory_weights(recipe.model.arch, recipe.model.kwargs)}
+           if weights_info is None and family_of(recipe.model.arch).runs_named_code else {}),
         "normalization": None if normalization is None else {
             "mean": list(normalization[0]), "std": list(normalization[1])},
         # nothing loaded (random initialisation): the same shape, empty, so readers need no special case
@@ -197,7 +200,7 @@ def _render(d: dict[str, Any]) -> str:
         lines.append(f"aux loss  {head['aux_loss_weight']:g} x the cross-entropy of each auxiliary classifier, "
                      "in the epochs its group trains (evaluation and exports use the main output only)")
     weights = d["weights"]
-    lines.append(f"weights   {weights['name'] if weights else 'none (random initialisation)'}")
+    lines.append(f"weights   {weights['name'] if weights else d.get('factory_weights') or 'none (random initialisation)'}")
     if weights and weights.get("preprocessing"):  # timm's pretrained_cfg: what the weights were trained on
         pre = weights["preprocessing"]
         lines.append(f"pretrain  input {'x'.join(map(str, pre['input_size']))}, {pre['interpolation']} resize, "
@@ -326,3 +329,11 @@ def speed_plan(train: Any, data: Any, phases: int) -> dict[str, Any]:
         parts.append(f"amp {train.amp}")
     return {"compile": compiled, "compile_phases": phases if compiled else 0, "channels_last": train.channels_last,
             "num_workers": data.num_workers, "summary": "; ".join(parts)}
+
+
+def _factory_weights(arch: str, kwargs: dict[str, Any]) -> str:
+    """What the plan says of the weights of a custom factory's model, which recipec did not load."""
+    asked = [f"{k}: {v!r}" for k, v in kwargs.items() if k in ("pretrained", "weights", "checkpoint_path") and v]
+    if asked:
+        return f"loaded by the factory {arch} ({', '.join(asked)}), not by recipec (model.weights: null)"
+    return f"whatever the factory {arch} gives (recipec loaded none: model.weights: null)"

@@ -47,37 +47,14 @@ from recipec.errors import CheckpointError, ExportError
 from recipec.inference.preprocessing import Preprocessing, preprocessing_of
 from recipec.model.families import default_head_path
 from recipec.recipe.archs import family_name
+from recipec.recipe.checks import hub_problem
 from recipec.weights import formats
 
-__all__ = ["hub_problem", "save", "timm_data_config"]
+__all__ = ["save", "timm_data_config"]
 
 _LINKED = ("model.pt", "model.onnx")  # the run's other exports, linked in when present
 # pretrained_cfg keys that describe the source weights' tag, kept only when the run started from that tag
 _SOURCE_KEYS = ("tag", "license", "origin_url", "paper_ids", "paper_name", "notes")
-
-
-def hub_problem(arch: str, *, head_type: str | None, in_channels: int) -> str | None:
-    """Why a model cannot have a hub folder that timm or torchvision loads (None when it can).
-
-    Args:
-        arch: ``model.arch``.
-        head_type: ``model.head.type`` (None: the architecture's own head).
-        in_channels: ``model.in_channels``.
-    """
-    family = family_name(arch)
-    if family == "factory":
-        return (f"{arch} is your own factory, which neither timm nor torchvision can build from a hub folder; "
-                "drop hub from export.formats (model.safetensors loads with recipec.load)")
-    if family not in ("timm", "torchvision"):
-        return (f"{arch}: recipec writes hub folders for timm and torchvision models, not yet for {family} ones; "
-                "drop hub from export.formats")
-    if head_type == "mlp":
-        return (f"an mlp head is recipec's, not {family}'s: {family} builds {arch} with a linear classifier, "
-                "which the weights would not fit; use model.head.type: linear, or drop hub from export.formats")
-    if family == "torchvision" and in_channels != 3:
-        return (f"torchvision builds {arch} for 3-channel images, and its first convolution would not take "
-                f"the {in_channels}-channel weights; use model.in_channels: 3, or drop hub from export.formats")
-    return None
 
 
 def save(run: Path, model: nn.Module, state: Mapping[str, torch.Tensor], *, arch: str, kwargs: Mapping[str, Any],

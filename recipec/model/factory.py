@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from recipec.errors import ModelError, UntrustedFactoryError
+from recipec.errors import ModelError, RecipecError, UntrustedFactoryError
 from recipec.recipe.archs import family_name
 from recipec.model.offline import downloads_blocked
 
@@ -90,6 +90,8 @@ def build_factory(arch: str, kwargs: Mapping[str, Any] | None = None, *,
 def _build_custom(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     module_name, _, attr = arch.partition(":")
     package = module_name.partition(".")[0]
+    if package == "transformers":  # its models take a config and return a ModelOutput, not logits
+        raise ModelError((("model", "arch"), _TRANSFORMERS.format(arch=arch, hf=_hf_arch(kwargs))))
     if package in sys.stdlib_module_names:
         # os:popen, subprocess:run, shutil:rmtree are Python functions too, and build no model
         raise ModelError((("model", "arch"), (
@@ -117,14 +119,42 @@ def _build_custom(arch: str, kwargs: dict[str, Any]) -> nn.Module:
             f"{arch!r} is {kind}; a factory must be a torch.nn.Module subclass or a Python function "
             "that returns one, so nothing was called")))
     try:
-        with downloads_blocked():  # timm:create_model with pretrained: true fetches nothing behind the policy
-            model = factory(**kwargs)
+        inspect.signature(factory).bind(**kwargs)
     except TypeError as exc:
         raise ModelError((("model", "kwargs"), f"factory {arch!r} rejected its arguments {kwargs!r}: {exc}")) from exc
+    except ValueError:
+        pass  # no signature to check (a builtin-backed class): the call says
+    try:
+        with downloads_blocked():  # timm:create_model with pretrained: true fetches nothing behind the policy
+            model = factory(**kwargs)
+    except RecipecError:
+        raise  # the download refusal, located already
+    except Exception as exc:  # the factory's own failure (a size mismatch in a checkpoint it loads, ...)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError((("model", "arch"), (
+            f"factory {arch!r} raised {type(exc).__name__}: {detail} (with model.kwargs {kwargs!r}); "
+            "fix the factory or its arguments"))) from exc
     if not isinstance(model, nn.Module):
         raise ModelError((("model", "arch"), (
             f"factory {arch!r} returned a {type(model).__name__}, not a torch.nn.Module")))
+    if any(c.__module__.startswith("transformers.") for c in type(model).__mro__):
+        raise ModelError((("model", "arch"), _TRANSFORMERS.format(arch=arch, hf=_hf_arch(kwargs))))
     return model
+
+
+_TRANSFORMERS = ("{arch!r} builds a transformers model, whose forward returns a ModelOutput, not logits; "
+                 "use model.arch: {hf}, which builds transformers vision models with their logits, layer groups "
+                 "and weights read offline-first (model.weights: DEFAULT, or null for random initialisation)")
+
+
+def _hf_arch(kwargs: Mapping[str, Any]) -> str:
+    """``hf/<the repository or folder the factory's arguments name>``, or the grammar."""
+    name = kwargs.get("pretrained_model_name_or_path")
+    if not isinstance(name, str) or not name:
+        return "hf/<repo id> or hf/./<folder>"
+    if os.path.isdir(name) and not name.startswith((".", "/", "~")):
+        return f"hf/./{name}"  # a folder in the working directory, not a repository id
+    return f"hf/{name}"
 
 
 def _import_from_cwd(module_name: str) -> Any:

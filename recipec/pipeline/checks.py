@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from recipec.convert.hub import hub_problem
+from recipec.recipe.checks import hub_problem
 from recipec.errors import DatasetError, Problem
 from recipec.compiler.data_config import DATA_FIELDS
 from recipec.data.folders import split_folder_examples

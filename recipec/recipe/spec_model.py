@@ -184,7 +184,7 @@ class AdaptSpec(BaseSpec):
         kind = kinds[0]
         allowed = {"match": {"match", "rule", "indices"}, "fuse": {"fuse", "into", "dim"},
                    "split": {"split", "into", "dim", "sizes"}}[kind]
-        problems = [((k,), f"does not apply to a {kind} rule (only {', '.join(sorted(allowed))})")
+        problems: list[tuple[tuple[str | int, ...], str]] = [((k,), f"does not apply to a {kind} rule (only {', '.join(sorted(allowed))})")
                     for k in ("rule", "indices", "into", "sizes") if getattr(self, k) is not None and k not in allowed]
         if self.dim != 0 and "dim" not in allowed:
             problems.append((("dim",), "only applies to fuse and split rules"))

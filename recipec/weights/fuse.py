@@ -69,9 +69,10 @@ def parse_join_rule(fields: Mapping[str, Any], where: RecipePath, problems: list
                     optional: bool = False) -> JoinRule | None:
     """The :class:`JoinRule` of a ``source.adapt`` item with ``fuse`` or ``split``; problems appended, None on any."""
     kind = "fuse" if fields.get("fuse") is not None else "split"
-    first = fields.get(kind)
-    into = fields.get("into")
-    dim, sizes = fields.get("dim", 0), fields.get("sizes")
+    first: Any = fields.get(kind)
+    into: Any = fields.get("into")
+    dim: Any = fields.get("dim", 0)
+    sizes: Any = fields.get("sizes")
     dim = 0 if dim is None else dim
     found: list[Problem] = []
     if kind == "fuse":
@@ -91,7 +92,7 @@ def parse_join_rule(fields: Mapping[str, Any], where: RecipePath, problems: list
     if found:
         problems += found
         return None
-    pattern_text = first[0] if kind == "fuse" else first
+    pattern_text: str = first[0] if kind == "fuse" else first
     try:
         pattern = re.compile(pattern_text)
     except (re.error, TypeError) as exc:

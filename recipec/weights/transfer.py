@@ -8,25 +8,24 @@ became of every key.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
-from recipec.errors import Problem, RecipePath, TransferError
+from recipec.errors import Problem, TransferError
 from recipec.recipe.presets import PRESETS, Preset
 from recipec.weights._keys import KeyMapping, dead_pattern, map_keys
 from recipec.weights._report import LoadReport, format_shape
-from recipec.weights.adapt import RULES, apply_rule, pos_embed_grids
-from recipec.weights.fuse import JoinRule, Joined, join_tensor, parse_join_rule, plan_joins
+from recipec.weights._rules import adapt_rules, map_with_preset
+from recipec.weights.adapt import apply_rule, pos_embed_grids
+from recipec.weights.fuse import Joined, join_tensor, plan_joins
 
 __all__ = ["KeyMapping", "LoadReport", "TransferRules", "apply_transfer", "map_keys"]
 
 _MISSING_SHOWN = 20
-_ADAPT_FIELDS = ("match", "rule", "indices", "fuse", "split", "into", "dim", "sizes")
 
 
 @dataclass(frozen=True)
@@ -64,74 +63,6 @@ class TransferRules:
 
 _NO_RULES = TransferRules()
 _NO_PRESET = Preset(source="", target="", description="")
-
-
-class _ShapeRule(NamedTuple):
-    pattern: re.Pattern[str]
-    rule: str
-    indices: Any
-    where: RecipePath
-    optional: bool  # a preset's: may match nothing
-
-
-def _adapt_rules(adapt: Sequence[Any], preset: Preset,
-                 problems: list[Problem]) -> tuple[list[_ShapeRule], list[JoinRule]]:
-    """The shape rules (the recipe's, then the preset's) and the fuse/split rules (the preset's, then the recipe's)."""
-    shape_rules: list[_ShapeRule] = []
-    joins: dict[bool, list[JoinRule]] = {True: [], False: []}
-    items = [(item, ("adapt", i), False) for i, item in enumerate(adapt)]
-    items += [(item, ("preset",), True) for item in preset.adapt]
-    for item, where, optional in items:
-        fields: Mapping[str, Any] = (item if isinstance(item, Mapping)
-                                     else {name: getattr(item, name, None) for name in _ADAPT_FIELDS})
-        if fields.get("fuse") is not None or fields.get("split") is not None:
-            join = parse_join_rule(fields, where, problems, optional=optional)
-            if join is not None:
-                joins[optional].append(join)
-            continue
-        match: Any = fields.get("match")
-        rule, indices = fields.get("rule"), fields.get("indices")
-        if rule not in RULES:
-            problems.append((where, f"unknown rule {rule!r}; choose one of: {', '.join(RULES)}"))
-        try:
-            shape_rules.append(_ShapeRule(re.compile(match), str(rule), indices, where, optional))
-        except (re.error, TypeError) as exc:
-            problems.append((where, f"match {match!r} is not a valid regular expression: {exc}"))
-    shape_rules.sort(key=lambda r: r.optional)  # the recipe's first: the first match wins
-    return shape_rules, joins[True] + joins[False]
-
-
-def _without_preset(problems: Sequence[Problem], preset: Preset) -> list[Problem]:
-    """Problems of the combined rule lists, the preset's own dropped (they may match nothing), the recipe's
-    re-indexed as the recipe writes them (``("rename", 14)`` -> ``("rename", 0)``)."""
-    offsets = {"rename": len(preset.rename), "exclude": len(preset.exclude)}
-    out: list[Problem] = []
-    for problem in problems:
-        if isinstance(problem, tuple) and len(problem[0]) == 2 and problem[0][0] in offsets:
-            field, index = problem[0]
-            assert isinstance(field, str) and isinstance(index, int)
-            if index < offsets[field]:
-                continue
-            problem = ((field, index - offsets[field]), problem[1])
-        out.append(problem)
-    return out
-
-
-def _map_with_preset(keys: Sequence[str], rules: TransferRules, preset: Preset) -> KeyMapping:
-    """:func:`map_keys` with the preset's renames before the recipe's and its excludes beside them."""
-    try:
-        mapping = map_keys(keys, rename=[*preset.rename, *rules.rename], include=rules.include,
-                           exclude=[*preset.exclude, *rules.exclude])
-    except TransferError as exc:
-        raise TransferError(_without_preset([m if p is None else (p, m) for p, m in zip(exc.paths, exc.messages)],
-                                            preset)) from exc
-    problems = _without_preset(mapping.problems, preset)
-    dead = {i for field, i, _ in mapping.unmatched if field == "rename"}
-    if preset.rename and dead >= set(range(len(preset.rename))):
-        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-        problems.insert(0, (("preset",), f"{rules.preset} renames none of the source keys: it reads {preset.source}, "
-                                         f"but source keys look like: {shown or '(no keys at all)'}"))
-    return KeyMapping(mapping.renamed, mapping.excluded, mapping.kept, mapping.collisions, mapping.unmatched, problems)
 
 
 def apply_transfer(
@@ -184,10 +115,11 @@ def apply_transfer(
             preset = PRESETS[rules.preset]
         else:
             problems.append((("preset",), f"unknown preset {rules.preset!r}; choose one of: {', '.join(PRESETS)}"))
-    shape_rules, join_rules = _adapt_rules(rules.adapt, preset, problems)
+    shape_rules, join_rules = adapt_rules(rules.adapt, preset, problems)
     if problems:
         raise TransferError(problems)
-    mapping = _map_with_preset(list(state_dict.keys()), rules, preset)
+    mapping = map_with_preset(list(state_dict.keys()), rules.rename, rules.include, rules.exclude, preset,
+                              rules.preset or "")
     problems = list(mapping.problems)
     joins, join_problems = plan_joins(list(mapping.kept), join_rules)
     problems += join_problems
@@ -208,7 +140,6 @@ def apply_transfer(
     entries += [(j.name, tuple(mapping.kept[p] for p in j.parts), j) for j in joins]
     for name, keys, joined in sorted(entries, key=lambda e: e[0]):
         key = keys[0]
-        origin = f" (source {' + '.join(repr(k) for k in keys)})" if joined or name != key else ""
         target = targets.get(name)
         if target is None:
             report.unexpected.append(name)
@@ -227,14 +158,14 @@ def apply_transfer(
                 value = join_tensor(joined, {p: state_dict[k] for p, k in zip(joined.parts, keys)})
             except TransferError as exc:
                 failed.add(name)
-                problems.append((joined.rule.where, f"'{name}'{origin}: {exc}"))
+                problems.append((joined.rule.where, f"'{name}'{_origin(name, keys, joined)}: {exc}"))
                 continue
             steps.append(joined.rule.kind)
         if value.is_complex() != target.is_complex() or (value.is_floating_point() and not target.is_floating_point()
                                                           and not target.is_complex()):
             # copy_ would drop the imaginary part, or truncate floats to integers, with at most a warning
             failed.add(name)
-            problems.append(f"'{name}'{origin}: source dtype "
+            problems.append(f"'{name}'{_origin(name, keys, joined)}: source dtype "
                             f"{str(value.dtype).removeprefix('torch.')} cannot be copied into the model's "
                             f"{str(target.dtype).removeprefix('torch.')} without losing values; exclude it (source.exclude)")
             continue
@@ -246,16 +177,16 @@ def apply_transfer(
                     value = apply_rule(shape_rule.rule, value, target.shape, indices=shape_rule.indices)
                 except TransferError as exc:
                     failed.add(name)
-                    problems.append((shape_rule.where, f"'{name}'{origin}: {exc}"))
+                    problems.append((shape_rule.where, f"'{name}'{_origin(name, keys, joined)}: {exc}"))
                     continue
                 steps.append(shape_rule.rule)
             elif on_mismatch == "error":
                 failed.add(name)
                 if joined is not None:  # the rule's result is wrong, not the checkpoint
-                    problems.append((joined.rule.where, f"'{name}'{origin}: {joined.rule.kind} makes {format_shape(have)}, "
+                    problems.append((joined.rule.where, f"'{name}'{_origin(name, keys, joined)}: {joined.rule.kind} makes {format_shape(have)}, "
                                                         f"the model has {format_shape(want)}; check the parts, dim and sizes"))
                 else:
-                    problems.append(f"'{name}'{origin}: shape mismatch, source {format_shape(have)} vs model "
+                    problems.append(f"'{name}'{_origin(name, keys, joined)}: shape mismatch, source {format_shape(have)} vs model "
                                     f"{format_shape(want)}; add an adapt rule for it (source.adapt), exclude it "
                                     "(source.exclude), or set source.on_mismatch: skip")
                 continue
@@ -296,6 +227,11 @@ def apply_transfer(
             for target, value in copies:
                 target.copy_(value)
     return report
+
+
+def _origin(name: str, keys: tuple[str, ...], joined: Joined | None) -> str:
+    """`` (source 'a' + 'b')`` after a model key in a message, where its source keys differ from it."""
+    return f" (source {' + '.join(repr(k) for k in keys)})" if joined or name != keys[0] else ""
 
 
 def _adapted(name: str, keys: tuple[str, ...], joined: Joined | None, steps: list[str], have: list[int],

@@ -24,7 +24,8 @@ REFUSED: list[tuple[str, str]] = [
     ("device=cuda:x", "device: must be auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps, got 'cuda:x'"),
     # model
     ("model.arch=my-net", ("model.arch: unknown architecture 'my-net' (model.arch is a torchvision classification "
-                          "model (resnet18, vit_b_16, ...), timm/<name> for a timm model (timm/convnext_tiny), or "
+                          "model (resnet18, vit_b_16, ...), timm/<name> for a timm model (timm/convnext_tiny), "
+                          "hf/<repo id or folder> for a transformers model (hf/facebook/dinov2-small), or "
                           "package.module:factory for your own)")),
     ("model.weights=IMAGENET1K-V1", ("model.weights: must be a weights name such as IMAGENET1K_V1 or DEFAULT, or null, "
                                     "got 'IMAGENET1K-V1'")),
@@ -165,7 +166,7 @@ REFUSED: list[tuple[str, str]] = [
     ("train.early_stopping={patience: 0}", "train.early_stopping.patience: must be >= 1, got 0"),
     ("train.early_stopping={min_delta: -1}", "train.early_stopping.min_delta: must be >= 0, got -1"),
     # export and card
-    ("export.formats=[tflite]", "export.formats.0: must be one of safetensors, torch, onnx, got 'tflite'"),
+    ("export.formats=[tflite]", "export.formats.0: must be one of safetensors, torch, onnx, hub, got 'tflite'"),
     ("export.formats=[onnx, torch, onnx]", "export.formats: format listed twice: onnx"),
     ("export.dtype=int8", "export.dtype: must be one of float32, float16, bfloat16, got 'int8'"),
     ("export.shard_size=2XB", "export.shard_size: '2XB' is not a size; write e.g. 2GB, 500MB, 512MiB or a byte count"),

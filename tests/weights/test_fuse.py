@@ -84,16 +84,15 @@ def test_split_is_the_reverse_of_fuse_with_equal_parts_or_sizes() -> None:
     model = SeparateAttention()
     report = apply_transfer(model, fused, TransferRules(adapt=[SPLIT_QKV]))
     q, k, v = fused["blocks.0.qkv.weight"].split(4)
-    assert torch.equal(model.blocks[0]["q"].weight, q) and torch.equal(model.blocks[0]["v"].weight, v)
+    assert [torch.equal(model.blocks[0][n].weight, t) for n, t in zip("qkv", (q, k, v))] == [True] * 3
     assert report.fate("blocks.0.k.weight") == ("adapted by split [12,4] -> [4,4] along dim 0 (part 2 of 3) from "
                                                 "'blocks.0.qkv.weight'")
     assert report.fate("blocks.0.qkv.weight") == ("split into 'blocks.0.q.weight', 'blocks.0.k.weight', "
                                                   "'blocks.0.v.weight'")
     # grouped-query attention: k and v narrower than q
     narrow = SeparateAttention(kv=2)
-    source = {f"blocks.{i}.qkv.{p}": torch.cat([t.flatten(0, 0) for t in parts])
-              for i in range(2) for p in ("weight", "bias")
-              for parts in [[getattr(narrow.blocks[i][n], p).detach() + 1 for n in "qkv"]]}
+    source = {f"blocks.{i}.qkv.{p}": torch.randn(8, 4) if p == "weight" else torch.randn(8)
+              for i in range(2) for p in ("weight", "bias")}
     apply_transfer(narrow, source, TransferRules(adapt=[{**SPLIT_QKV, "sizes": [4, 2, 2]}]))
     assert torch.equal(narrow.blocks[1]["k"].weight, source["blocks.1.qkv.weight"][4:6])
 

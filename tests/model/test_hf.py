@@ -1,0 +1,451 @@
+"""transformers vision models (``model.arch: hf/<repo id or folder>``): six tiny random models (ViT, DINOv2,
+ConvNeXt, Swin, CLIP and SigLIP vision towers) in a Hugging Face cache stand-in are built, trained and
+restored from their exports alone; code, downloads and unreadable weights are refused, located."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import recipec
+from recipec.cli import main
+from recipec.compiler.compile import compile_recipe
+from recipec.errors import ModelError, RecipeError, WeightsUnavailableError
+from recipec.recipe.load import load_recipe
+from tests.model.hfhub import COMMIT, KINDS, SIDE, as_bin_only, save_folder, save_to_cache
+
+transformers = pytest.importorskip("transformers")  # an optional extra
+
+from recipec.model.hf_weights import processor_normalization, processor_preprocessing  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+# what recipec puts where: an ...ForImageClassification keeps its classifier's place, an AutoModel gets `head`
+HEAD = {"vit": "hf.classifier.", "dinov2": "hf.classifier.", "convnext": "hf.classifier.", "swin": "hf.classifier.",
+        "clip": "head.", "siglip": "head."}
+BLOCKS = {"vit": "layers", "dinov2": "layer", "convnext": "stages", "swin": "layers", "clip": "layers", "siglip": "layers"}
+
+
+def _offline(monkeypatch: Any, cache: Path) -> list[Any]:
+    """HF_HUB_CACHE at ``cache``, the hub offline, every download attempt recorded (and failed)."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("RECIPEC_ALLOW_DOWNLOAD", raising=False)
+    attempts: list[Any] = []
+
+    def download(*args: Any, **kwargs: Any) -> str:
+        attempts.append((args, kwargs))
+        raise OSError("no network here")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    return attempts
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """(an empty hub cache, download attempts)."""
+    cache = tmp_path / "hub"
+    return cache, _offline(monkeypatch, cache)
+
+
+def _recipe(folder: Path, body: str, *overrides: str) -> Any:
+    path = folder / "recipe.yaml"
+    path.write_text(textwrap.dedent(body))
+    return load_recipe(path, overrides)
+
+
+def _hf_recipe(folder: Path, arch: str, *overrides: str, weights: str = "DEFAULT", epochs: int = 2) -> Any:
+    return _recipe(folder, f"""\
+        name: tiny
+        device: cpu
+        seed: 3
+        model: {{arch: {arch}, weights: {weights}, head: {{num_classes: 3}}}}
+        freeze: {{trainable: [head], gradual: {{every: 1, start: 1}}}}
+        optimizer: {{name: adamw, lr: 0.01, lr_decay: 2}}
+        data: {{dataset: fake, image_size: {SIDE}, per_class: 4, batch_size: 8, num_workers: 0}}
+        train: {{epochs: {epochs}}}
+        export: {{formats: [safetensors]}}
+        """, *overrides)
+
+
+def _original(kind: str, state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    """The stand-in's tensor under recipec's key ``hf.<...>``: a backbone repository's keys lack the model's prefix."""
+    inner = key[len("hf."):]
+    found = [v for k, v in state.items() if inner == k or inner.endswith("." + k)]
+    assert len(found) == 1, (kind, key)
+    return found[0]
+
+
+# --------------------------------------------------------------------------- the six families, built and restored
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Each tiny model in a hub cache stand-in as tiny/<kind>, built by `recipec build`: {kind: (run, stand-in state)}."""
+    root = tmp_path_factory.mktemp("hf")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _offline(monkeypatch, root / "hub")
+        runs = {}
+        for kind in KINDS:
+            state = save_to_cache(root / "hub", f"tiny/{kind}", kind)
+            folder = root / kind
+            folder.mkdir()
+            runs[kind] = (recipec.build(_hf_recipe(folder, f"hf/tiny/{kind}"), out=folder / "run", log=None), state)
+    return root, runs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_build_trains_with_the_repository_weights_and_its_groups(built, kind):
+    _, runs = built
+    run, state = runs[kind]
+    plan = json.loads((run / "plan.json").read_text())
+    names = [g["name"] for g in plan["groups"]]
+    # stem, the encoder's layers or stages in order, (neck), head: each parameter in exactly one
+    assert names[0] == "stem" and names[-1] == "head"
+    blocks = [n for n in names if n.startswith(BLOCKS[kind] + ".")]
+    assert blocks == [f"{BLOCKS[kind]}.{i}" for i in range(2)] and set(names) - set(blocks) <= {"stem", "neck", "head"}
+    assert sum(g["params"] for g in plan["groups"]) == plan["parameters"]["total"]
+    # lr_decay 2: each group half the lr of the next; gradual unfreezing: the group below the head at epoch 1
+    assert [g["lr"][0] for g in plan["groups"]] == pytest.approx([0.01 / 2 ** (len(names) - 1 - i) for i in range(len(names))])
+    assert [g["name"] for g in plan["groups"] if g["trainable"] == [False, True]] == [names[-2]]
+    assert plan["weights"]["name"] == f"tiny/{kind}" and COMMIT in plan["weights"]["url"]
+    assert plan["head"]["path"] + "." == HEAD[kind]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1] and all(m["train_loss"] > 0 for m in metrics)
+    # the repository's weights were loaded: the stem never trained and equals them; the trained groups moved
+    from recipec.weights import formats
+
+    exported = formats.load(run / "model.safetensors").state_dict
+    body = [k for k in exported if k.startswith("hf.") and not k.startswith(HEAD[kind])]
+    stem = [k for k in body if ".embeddings." in k]
+    assert stem and all(torch.equal(exported[k], _original(kind, state, k)) for k in stem)
+    moved = [k for k in body if exported[k].is_floating_point() and not torch.equal(exported[k], _original(kind, state, k))]
+    assert moved and all(k not in stem for k in moved)  # the group unfrozen at epoch 1 trained
+
+
+def test_load_in_a_fresh_process_without_the_repository_gives_the_same_logits(built, tmp_path):
+    root, runs = built
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, SIDE, SIDE)
+    torch.save(images, tmp_path / "images.pt")
+    here = {}
+    for kind, (run, _) in runs.items():
+        model = recipec.load(run / "model.safetensors")
+        with torch.no_grad():
+            here[kind] = model(images)
+        assert here[kind].shape == (2, 3)
+    shutil.rmtree(root / "hub")  # the repositories are gone: the exports must carry what rebuilds them
+    code = textwrap.dedent("""\
+        import sys, torch, recipec
+        images = torch.load(sys.argv[1])
+        out = {}
+        for kind, path in zip(sys.argv[3::2], sys.argv[4::2]):
+            with torch.no_grad():
+                out[kind] = recipec.load(path)(images)
+        torch.save(out, sys.argv[2])
+        """)
+    args = [a for kind, (run, _) in runs.items() for a in (kind, str(run / "model.safetensors"))]
+    env = {"HF_HUB_CACHE": str(root / "hub"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+           "HTTPS_PROXY": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "images.pt"), str(tmp_path / "out.pt"), *args],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""  # no third-party warning on the way
+    there = torch.load(tmp_path / "out.pt")
+    for kind in KINDS:
+        assert torch.equal(there[kind], here[kind]), kind
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trained_model_and_its_export_agree(tmp_path, hub, kind):
+    """A training step on the compiled model, exported and loaded back: the same tensors, the same logits."""
+    from recipec.pipeline.outputs import export_model
+    from recipec.recipe.load import dump_recipe
+
+    cache, attempts = hub
+    save_to_cache(cache, f"tiny/{kind}", kind)
+    recipe = _hf_recipe(tmp_path, f"hf/tiny/{kind}", "freeze.trainable=[stem,head]")
+    compiled = compile_recipe(recipe)
+    model, groups = compiled.model, compiled.groups
+    params = [n for n, _ in model.named_parameters()]
+    assert sorted(n for g in groups for n in g.params) == sorted(params)  # a partition
+    x = torch.rand(4, 3, SIDE, SIDE)
+    model.train()
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
+    compiled.optimizer.step()
+    run = tmp_path / "run"
+    run.mkdir()
+    export_model(recipe, model, run, dump_recipe(recipe), {})
+    loaded = recipec.load(run / "model.safetensors")
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert not attempts
+
+
+# --------------------------------------------------------------------------- where the files come from
+
+
+def test_a_local_folder_and_the_cache_give_the_same_model(tmp_path, hub, monkeypatch):
+    cache, _ = hub
+    save_to_cache(cache, "tiny/vit", "vit")
+    save_folder(tmp_path / "models" / "vit", "vit")
+    monkeypatch.chdir(tmp_path)
+    from_cache = compile_recipe(_hf_recipe(tmp_path, "hf/tiny/vit")).model.state_dict()
+    from_folder = compile_recipe(_hf_recipe(tmp_path, "hf/./models/vit"))
+    assert from_folder.plan.data["weights"]["url"] == (tmp_path / "models" / "vit").resolve().as_uri()
+    assert from_cache.keys() == from_folder.model.state_dict().keys()
+    assert all(torch.equal(v, from_folder.model.state_dict()[k]) for k, v in from_cache.items())
+    with pytest.raises(ModelError, match="model.weights: hf/./models/vit is a local folder, which holds one set"):
+        compile_recipe(_hf_recipe(tmp_path, "hf/./models/vit", weights="v2"))
+
+
+def test_not_in_the_cache_names_the_place_and_downloads_nothing(tmp_path, hub):
+    cache, attempts = hub
+    with pytest.raises(WeightsUnavailableError) as caught:
+        compile_recipe(_hf_recipe(tmp_path, "hf/tiny/vit"))
+    message = str(caught.value)
+    assert message.startswith("model.arch: hf/tiny/vit: the config.json of Hub repository tiny/vit (revision main)")
+    assert str(cache / "models--tiny--vit") in message and "RECIPEC_ALLOW_DOWNLOAD=1" in message
+    assert not attempts and not cache.exists()
+
+
+def test_downloads_only_when_allowed_and_only_safetensors(tmp_path, hub, monkeypatch):
+    import huggingface_hub
+
+    cache, _ = hub
+    calls = []
+
+    def snapshot_download(repo: str, *, revision: str, cache_dir: Any, allow_patterns: list[str]) -> str:
+        calls.append((repo, revision, tuple(allow_patterns)))
+        save_to_cache(Path(cache_dir), repo, "convnext")
+        return str(Path(cache_dir) / f"models--{repo.replace('/', '--')}" / "snapshots" / COMMIT)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv("RECIPEC_ALLOW_DOWNLOAD", "1")
+    compiled = compile_recipe(_hf_recipe(tmp_path, "hf/tiny/convnext"))
+    assert compiled.reports["model.weights"].loaded
+    assert calls[0] == ("tiny/convnext", "main", ("config.json", "preprocessor_config.json"))
+    assert all(not p.endswith(".bin") for _, _, patterns in calls for p in patterns)
+
+
+def test_a_bin_only_repository_is_read_by_the_safe_reader(tmp_path, hub):
+    cache, _ = hub
+    state = save_to_cache(cache, "tiny/vit", "vit")
+    snapshot = cache / "models--tiny--vit" / "snapshots" / COMMIT
+    as_bin_only(snapshot)
+    compiled = compile_recipe(_hf_recipe(tmp_path, "hf/tiny/vit"))
+    assert compiled.plan.data["weights"]["path"].endswith("pytorch_model.bin")
+    key = "vit.embeddings.cls_token"
+    assert torch.equal(compiled.model.state_dict()["hf." + key], state[key])
+    # a pickle that needs more than tensors is refused, nothing in it run
+    torch.save({key: state[key], "extra": Path("x")}, snapshot / "pytorch_model.bin")
+    with pytest.raises(ModelError, match=r"model.weights: hf/tiny/vit: .*pytorch_model.bin cannot be read .*pathlib"):
+        compile_recipe(_hf_recipe(tmp_path, "hf/tiny/vit"))
+
+
+def test_random_initialisation_reads_the_config_only(tmp_path, hub):
+    cache, _ = hub
+    state = save_to_cache(cache, "tiny/dinov2", "dinov2")
+    (cache / "models--tiny--dinov2" / "snapshots" / COMMIT / "model.safetensors").unlink()
+    compiled = compile_recipe(_hf_recipe(tmp_path, "hf/tiny/dinov2", weights="null"))
+    text = compiled.plan.text()
+    assert "weights   none (random initialisation)" in text and "model.weights" not in compiled.reports
+    assert "resize    32x32 square resize (bilinear); no pretrained weights" in text
+    cls = compiled.model.state_dict()["hf.dinov2.embeddings.cls_token"]
+    assert cls.shape == state["embeddings.cls_token"].shape and not torch.equal(cls, state["embeddings.cls_token"])
+
+
+def test_preprocessing_follows_the_image_processor(tmp_path, hub):
+    cache, _ = hub
+    save_to_cache(cache, "tiny/dinov2", "dinov2")   # BiT processor: shorter side 36, centre crop 32, bicubic
+    compiled = compile_recipe(_hf_recipe(tmp_path, "hf/tiny/dinov2", "data.image_size=64"))
+    prep = compiled.plan.data["data_preprocessing"]
+    assert (prep["rule"], prep["resize_size"], prep["interpolation"], prep["crop_mode"]) == (
+        "shorter_side", 72, "bicubic", "center")   # 64 * 36 // 32
+    norm = compiled.plan.data["data_normalization"]
+    assert norm["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    text = compiled.plan.text()
+    assert "pretrain  input 3x32x32, bicubic resize, crop_pct 0.8889 (center)" in text
+    assert ("Dinov2ForImageClassification (AutoModelForImageClassification); its classifier takes the [CLS] token "
+            "and the mean of the patch tokens") in text
+    with torch.no_grad():  # 64 px images through a model configured for 32: DINOv2 resamples its position embeddings
+        assert compiled.model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 3)
+
+
+@pytest.mark.parametrize(("processor", "rule"), [
+    ({"size": {"height": 224, "width": 224}, "resample": 2},                      # ViT, SigLIP: squash
+     {"input_size": 224, "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash", "resize_size": None}),
+    ({"size": {"shortest_edge": 256}, "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
+      "resample": 3},                                                              # BiT (DINOv2), CLIP
+     {"input_size": 224, "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center", "resize_size": 256}),
+    ({"size": {"shortest_edge": 224}, "crop_pct": 0.875, "resample": 3},          # ConvNeXt below 384
+     {"input_size": 224, "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center", "resize_size": None}),
+    ({"size": {"shortest_edge": 384}, "crop_pct": 0.875, "resample": 3},          # ConvNeXt from 384: warped
+     {"input_size": 384, "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "squash", "resize_size": None}),
+    ({"size": 224, "do_center_crop": True, "crop_size": 224, "resample": 3},      # legacy ints: CLIP's
+     {"input_size": 224, "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center", "resize_size": 224}),
+    ({"size": 384, "resample": 1},                                                # legacy int, Lanczos: bicubic
+     {"input_size": 384, "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "squash", "resize_size": None}),
+])
+def test_image_processor_configs_become_recipec_resize_rules(processor, rule):
+    got = processor_preprocessing(processor)
+    assert got is not None and {k: got[k] for k in rule} == rule
+    assert processor_preprocessing({**processor, "do_resize": False}) is None
+
+
+def test_normalisation_equals_the_processors_arithmetic():
+    pixels = torch.randint(0, 256, (3, 4, 4)).float()
+    for processor in ({"image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.3, 0.4]},
+                      {"image_mean": [127.5] * 3, "image_std": [127.5] * 3, "do_rescale": False},
+                      {"image_mean": [1.0] * 3, "image_std": [1.0] * 3, "rescale_factor": 1 / 127.5}):
+        rescale = processor.get("rescale_factor", 1 / 255) if processor.get("do_rescale", True) else 1.0
+        theirs = (pixels * rescale - torch.tensor(processor["image_mean"]).view(3, 1, 1)) / torch.tensor(
+            processor["image_std"]).view(3, 1, 1)
+        norm = processor_normalization(processor)
+        assert norm is not None
+        ours = (pixels / 255 - torch.tensor(norm[0]).view(3, 1, 1)) / torch.tensor(norm[1]).view(3, 1, 1)
+        torch.testing.assert_close(ours, theirs)
+    assert processor_normalization({"do_normalize": False}) is None  # rescaled to [0, 1] only: nothing to do
+
+
+# --------------------------------------------------------------------------- refusals, located
+
+
+def _cli(args: list[str], capsys: Any) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    return int(info.value.code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"auto_map": {"AutoModel": "modeling_evil.EvilModel"}}, r"names code of its own \(auto_map: AutoModel\), which recipec never"),
+    ({"model_type": "evil_net"}, r"model_type 'evil_net' is not one transformers .* implements"),
+])
+def test_code_of_its_own_is_refused_with_a_located_error(tmp_path, hub, capsys, monkeypatch, change, message):
+    folder = tmp_path / "evil"
+    save_folder(folder, "vit")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    (folder / "modeling_evil.py").write_text("raise SystemExit('the repository code ran')\n")
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"name: e\ndevice: cpu\nmodel:\n  arch: hf/./evil\n  weights: DEFAULT\n  head: {{num_classes: 2}}\n"
+                      f"data: {{dataset: fake, image_size: {SIDE}}}\n")
+    for command in (["plan", str(recipe)], *([["validate", str(recipe)]] if "auto_map" in change else [])):
+        code, err = _cli(command, capsys)
+        assert code == 2, (command, err)
+        assert f"{recipe}:4:9: model.arch: " in err
+        assert __import__("re").search(message, err), err
+        assert "Traceback" not in err
+
+
+def test_an_exports_recorded_config_is_data_never_code(built, tmp_path):
+    from recipec.provenance import read_export_metadata
+    from recipec.weights import formats
+
+    _, runs = built
+    run, _ = runs["vit"]
+    checkpoint = formats.load(run / "model.safetensors")
+    recipe_yaml, provenance = read_export_metadata(checkpoint.metadata)
+    assert provenance["hf_model"]["config"]["model_type"] == "vit"
+    assert provenance["hf_model"]["config"]["num_labels"] == 3
+    assert provenance["hf_model"]["image_processor"]["image_processor_type"] == "ViTImageProcessor"
+    provenance["hf_model"]["config"]["auto_map"] = {"AutoModelForImageClassification": "evil.Model"}
+    tampered = tmp_path / "tampered.safetensors"
+    formats.save(dict(checkpoint.state_dict), tampered, metadata={
+        **checkpoint.metadata, "recipec.provenance": json.dumps(provenance)})
+    with pytest.raises(ModelError, match=r"tampered.safetensors: .*names code of its own \(auto_map"):
+        recipec.load(tampered)
+
+
+def test_config_kwargs_are_checked_and_recorded(tmp_path, hub):
+    cache, _ = hub
+    save_to_cache(cache, "tiny/dinov2", "dinov2")
+    compiled = compile_recipe(_hf_recipe(tmp_path, "hf/tiny/dinov2", "model.kwargs={drop_path_rate: 0.1}"))
+    assert compiled.model.config.drop_path_rate == 0.1
+    from recipec.model.families import architecture_record
+
+    assert architecture_record(compiled.model, "hf/tiny/dinov2")["hf_model"]["config"]["drop_path_rate"] == 0.1
+    with pytest.raises(ModelError) as caught:
+        compile_recipe(_hf_recipe(tmp_path, "hf/tiny/dinov2", "model.kwargs={drop_path_rat: 0.1, "
+                                                               "attn_implementation: flash_attention_2}"))
+    assert caught.value.paths == [("model", "kwargs", "drop_path_rat"), ("model", "kwargs", "attn_implementation")]
+    assert "did you mean 'drop_path_rate'" in caught.value.problems[0]
+
+
+def test_names_and_non_vision_models(tmp_path, hub, monkeypatch):
+    with pytest.raises(RecipeError, match=r"model.arch: must be .*hf/<repo id or ./folder>"):
+        _hf_recipe(tmp_path, "hf/a b")
+    from recipec.recipe.archs import arch_problem
+
+    assert "neither a Hugging Face Hub repository id" in (arch_problem("hf/org/a--b") or "")
+    assert "no such folder" in (arch_problem("hf/./nowhere") or "")
+    assert arch_problem("hf/facebook/dinov2-small") is None  # the cache is plan's to look in
+    text = tmp_path / "bert"
+    transformers.BertModel(transformers.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                   intermediate_size=16)).save_pretrained(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match=r"model.arch: BertModel \(model_type 'bert'\) is not a vision model"):
+        compile_recipe(_hf_recipe(tmp_path, "hf/./bert", weights="null"))
+    with pytest.raises(RecipeError, match=r"model.in_channels: hf/ models take 3-channel images"):
+        _hf_recipe(tmp_path, "hf/./bert", "model.in_channels=1")
+
+
+def test_validate_imports_neither_torch_nor_transformers(tmp_path):
+    save_folder(tmp_path / "vit", "vit")
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {arch: hf/./vit, weights: DEFAULT, head: {num_classes: 3}}\n")
+    code = ("import sys; from recipec.cli import main\n"
+            "try:\n    main(['validate', sys.argv[1]])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- factories (issue 20)
+
+
+def test_a_transformers_factory_points_to_hf(tmp_path):
+    recipe = _recipe(tmp_path, f"""\
+        name: f
+        device: cpu
+        model: {{arch: "transformers:ViTForImageClassification.from_pretrained",
+                 kwargs: {{pretrained_model_name_or_path: google/vit-base-patch16-224}}, head: {{num_classes: 3}}}}
+        """)
+    with pytest.raises(ModelError, match=r"model.arch: .*returns a ModelOutput, not logits; use model.arch: "
+                                         r"hf/google/vit-base-patch16-224"):
+        compile_recipe(recipe)
+
+
+def test_a_factory_that_raises_is_a_located_input_error(tmp_path, capsys, monkeypatch):
+    (tmp_path / "nets_that_raise.py").write_text(textwrap.dedent("""\
+        import torch
+        def make(width=4):
+            raise RuntimeError("size mismatch for fc.weight: copying a param with shape [3, 4]")
+        def loads(pretrained=False):
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+        """))
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: f\ndevice: cpu\nmodel:\n  arch: nets_that_raise:make\n  head: {num_classes: 2}\n"
+                      "data: {dataset: fake, image_size: 8}\n")
+    code, err = _cli(["plan", str(recipe)], capsys)
+    assert code == 2 and "Traceback" not in err and "internal error" not in err
+    assert (f"{recipe}:4:9: model.arch: factory 'nets_that_raise:make' raised RuntimeError: size mismatch for "
+            "fc.weight") in err
+    recipe.write_text(recipe.read_text().replace("nets_that_raise:make", "nets_that_raise:loads")
+                      .replace("  head:", "  kwargs: {pretrained: true}\n  head:"))
+    text = compile_recipe(load_recipe(recipe)).plan.text()
+    assert "weights   loaded by the factory nets_that_raise:loads (pretrained: True), not by recipec" in text
