@@ -3,14 +3,17 @@
 
 The recipe: a few-shot ResNet-18 (3 digits, 10 images each, 32x32) that starts from another recipe's
 run (``source.recipe``, built once beforehand, untimed) with the head's rows of its 3 classes kept
-(``class_subset``). recipec's side is ``recipec build down.yaml`` in a fresh process, run through
+(``class_subset``). recipec's side is ``recipec build few-shot.yaml`` in a fresh process, run through
 its own command line, with ``recipec.train.loop.fit`` replaced by a stub that reports the time it is
 entered (everything before the first step: imports, checking the upstream run, the data, the
-model, the plan and its picture) and ends the process. The baseline is a script that does what the
+model, the plan; its picture, plan.png, is drawn in a thread meanwhile) and ends the process. The baseline is a script that does what the
 recipe needs by hand: import torch and torchvision, read the digits, build the ResNet-18, load the
 upstream weights with the head's rows picked, freeze, make the optimizer. A third row is ``python
 -c "import torch"``. Each round runs the three in a fresh process, in an order that rotates; the
-table gives the median of N rounds, the range, and recipec's excess over the baseline.
+table gives the median of N rounds, the range, and recipec's excess over the baseline: between the
+medians, and per round (a burst of other load hits one run of a round, so the median of the rounds'
+excesses is the steadier figure), and the median CPU seconds each process used (user and system),
+which the machine's load moves less than wall time.
 
     python benchmarks/bench_buildstart.py [--repeats 7]
     python benchmarks/bench_buildstart.py --quick   # one round, smaller upstream: seconds
@@ -19,6 +22,7 @@ table gives the median of N rounds, the range, and recipec's excess over the bas
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -90,13 +94,17 @@ print(time.monotonic(), flush=True)
 """
 
 
-def _until_first_step(cmd: list[str], cwd: Path) -> float:
-    """Seconds from starting ``cmd`` to the moment it prints (a CLOCK_MONOTONIC reading, shared by processes)."""
+def _until_first_step(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Seconds from starting ``cmd`` to the moment it prints (a CLOCK_MONOTONIC reading, shared by processes),
+    and the CPU seconds the process used in all (user and system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     if done.returncode:
         raise SystemExit(f"{cmd[:3]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return float(done.stdout.split()[-1]) - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return float(done.stdout.split()[-1]) - start, cpu
 
 
 def main() -> None:
@@ -124,18 +132,23 @@ def main() -> None:
             for name_ in names:
                 _until_first_step(commands[name_](-1), tmp)
         seconds: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
         for round_ in range(repeats):
             for name_ in names[round_ % len(names):] + names[:round_ % len(names)]:
-                seconds[name_].append(_until_first_step(commands[name_](round_), tmp))
+                wall, used = _until_first_step(commands[name_](round_), tmp)
+                seconds[name_].append(wall)
+                cpu[name_].append(used)
     median = {n: statistics.median(seconds[n]) for n in names}
     ours, hand = names[0], names[1]
     excess = [a - b for a, b in zip(seconds[ours], seconds[hand])]
     print(f"time to the first training step, whole process, median of {repeats} (interleaved rounds; range min-max)")
-    print(f"{'command':<38}{'median s':>9}{'range s':>13}")
+    print(f"{'command':<38}{'median s':>9}{'range s':>13}{'CPU s':>8}")
     for n in names:
-        print(f"{n:<38}{median[n]:>9.2f}{min(seconds[n]):>6.2f}-{max(seconds[n]):<6.2f}")
-    print(f"recipec's fixed cost over the hand-written script: {median[ours] - median[hand]:.2f} s "
-          f"(rounds {min(excess):.2f} to {max(excess):.2f} s); ratio {median[ours] / median[hand]:.2f}x")
+        print(f"{n:<38}{median[n]:>9.2f}{min(seconds[n]):>6.2f}-{max(seconds[n]):<6.2f}{statistics.median(cpu[n]):>8.2f}")
+    print(f"recipec's fixed cost over the hand-written script: {median[ours] - median[hand]:.2f} s between the "
+          f"medians; per round: median {statistics.median(excess):.2f} s, range {min(excess):.2f} to {max(excess):.2f} s; "
+          f"ratio of medians {median[ours] / median[hand]:.2f}x; CPU seconds (median): "
+          f"{statistics.median(cpu[ours]) - statistics.median(cpu[hand]):.2f} s more")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from recipec.commands import checkpoints, hub, models, presets, recipes
+from recipec.commands import checkpoints, hub, models, presets, recipes, sweep
 from recipec.commands._common import Interrupted, Located, print_errors, rank_prefix, show_warning
 from recipec.errors import RecipecError, RecipecWarning
 
@@ -51,7 +51,7 @@ def cli(debug: bool) -> None:
 
 for _command in (recipes.validate, recipes.schema, recipes.init, recipes.build, recipes.plan, models.lr_find,
                  checkpoints.convert, checkpoints.inspect, models.eval_, models.predict, checkpoints.features,
-                 checkpoints.card, hub.push, presets.presets):
+                 checkpoints.card, hub.push, presets.presets, sweep.sweep):
     cli.add_command(_command)
 
 

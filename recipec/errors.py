@@ -127,7 +127,12 @@ class CheckpointError(RecipecError, ValueError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """A pickle needs a global that is not allowed; nothing in it was executed."""
+    """A pickle needs a global that is not allowed; nothing in it was executed.
+
+    ``refused`` names those globals, so that a command line can word the fix as its own flag.
+    """
+
+    refused: Sequence[str] = ()
 
 
 class TransferError(RecipecError, ValueError):

@@ -58,6 +58,8 @@ LAZY_EDGES = {
     ("recipec.convert.checkpoint", "recipec.model.factory"): "torchvision (~1.2 s): only for --trust-factory names",
     ("recipec.convert.checkpoint", "recipec.recipe.load"): "pydantic (~0.2 s): only with --recipe",
     ("recipec.convert.checkpoint", "recipec.recipe.spec"): "pydantic (~0.2 s): only with --shard-size",
+    ("recipec.convert.checkpoint", "recipec.convert.pt2"): "torch (~1.4 s): only for a .pt2 source",
+    ("recipec.convert.checkpoint", "recipec.convert.quantize"): "onnxruntime: only with --quantize",
     ("recipec.convert.metadata", "recipec.recipe._yaml"): "pydantic (~0.2 s): only for a source carrying a recipe",
     ("recipec.convert.metadata", "recipec.recipe.load"): "pydantic (~0.2 s): only for a source carrying a recipe",
 }
@@ -65,7 +67,8 @@ MAX_ROOT_MODULES = 12
 MAX_PARAMETERS = 8
 # public functions whose keyword arguments are a command's flags, one for one (the click commands are exempt alike)
 MANY_FLAGS = {"recipec.pipeline.features.features": "recipec features: one keyword per flag",
-              "recipec.pipeline.build.build": "recipec build: one keyword per flag (--out, --resume, --overwrite, ...)"}
+              "recipec.pipeline.build.build": "recipec build: one keyword per flag (--out, --resume, --overwrite, ...)",
+              "recipec.convert.checkpoint.convert": "recipec convert: one keyword per flag (--to, ..., --quantize)"}
 
 
 def _modules() -> dict[str, Path]:

@@ -29,6 +29,11 @@ NOT_RUN = {
                      "recipec push runs/shared me/digits-resnet18"],
                     "uploads to the Hugging Face Hub, which cannot be reached here (tests/test_hub.py pushes to a "
                     "local stand-in of its API)"),
+    **dict.fromkeys(["recipec sweep recipes/quickstart.yaml --space space.yaml --trials 20",
+                     "recipec sweep recipes/quickstart.yaml --space space.yaml --trials 20 --storage "
+                     "journal:/shared/study.log"],
+                    "twenty full builds (and a shared filesystem); tests/test_sweep.py runs sweeps of the tiny recipe "
+                    "through the same command"),
     "recipec plan r.yaml": "the README shows the plan of a DDP checkpoint whose recipe it does not list",
     "recipec convert runs/mine/model.safetensors model.onnx --trust-factory mynets.zoo:small_cnn":
         "illustrates a user's own factory module (mynets), which does not exist here",

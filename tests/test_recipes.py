@@ -19,6 +19,8 @@ FAST = {
     "class-subset.yaml": ["train.epochs=2"],
     # a ConvNeXt's four stride-2 stages need 32 px; epoch 0 head only (cached), stages.3 joins at epoch 1
     "timm-quickstart.yaml": ["train.epochs=2", "data.image_size=32", "freeze.unfreeze={1: [stages.3]}"],
+    # LoRA on a ViT at the 32 px its patch grid is built for; adapters in the last four blocks, the head
+    "vit-lora.yaml": ["train.epochs=1", "data.image_size=32"],
 }
 
 

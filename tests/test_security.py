@@ -20,7 +20,7 @@ import onnx
 import pytest
 import torch
 import yaml
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import recipec
@@ -92,10 +92,11 @@ def _write(fmt: str, recipe_yaml: str, directory: Path) -> Path:
                           scheduler=scheduler, recipe_yaml=recipe_yaml,
                           point=RunPoint(epoch=1, step=1, trainable_groups=["head"],
                                          history=[{"epoch": 0, "train_loss": 1.0}]))
-    assert fmt == "onnx"
+    assert fmt == "onnx"  # the weights as initializers: a source convert reads
     graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])])
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              initializer=[numpy_helper.from_array(t.numpy(), k) for k, t in _state().items()])
     proto = helper.make_model(graph)
     helper.set_model_props(proto, meta)
     path = directory / "model.onnx"
@@ -176,9 +177,7 @@ def test_convert_to_every_format_runs_nothing(fmt: str, hostile: tuple[str, Path
         dst = tmp_path / "out" / target
         args = ["convert", str(src), str(dst)] + (["--shard-size", "1KB"] if target.endswith(".json") else [])
         code, _, err = run(capsys, *args)
-        if fmt == "onnx":  # recipec reads no ONNX input: the file is refused as unknown
-            assert code == 2 and not dst.exists(), err
-        elif target.endswith(".onnx"):  # ONNX rebuilds the model: the file's factory is refused
+        if target.endswith(".onnx"):  # ONNX rebuilds the model: the file's factory is refused
             assert code == 2 and "--trust-factory" in err and not dst.exists(), err
         else:  # tensors and metadata are copied; nothing is built, and the copy stays refused
             assert code == 0, err

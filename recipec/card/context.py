@@ -27,7 +27,8 @@ from recipec.recipe._yaml import read_embedded
 __all__ = ["EXPORT_FILES", "card_context"]
 
 EXPORT_FILES = (  # the model exports of a run directory, in the order a user would pick one
-    "model.safetensors", "model.safetensors.index.json", "model.pt", "model.onnx")
+    "model.safetensors", "model.safetensors.index.json", "model.pt", "model.onnx", "model.int8.onnx", "model.pt2")
+_CHECKPOINTS = EXPORT_FILES[:3]  # read with recipec.weights.formats; the others are graphs
 _KEY_ROWS = 20  # non-loaded keys listed per load stage; the rest are counted
 _FATES = ("loaded", "adapted", "renamed", "mismatched", "missing", "new", "defaulted", "excluded", "unexpected")
 
@@ -83,11 +84,11 @@ def card_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "transfer": _transfer(plan),
         "task": recipe.get("task") or "multiclass", "multilabel": recipe.get("multilabel") or {"threshold": 0.5},
         "evaluation": {"final": metrics[-1], "has_val": metrics[-1].get("val_acc") is not None, "epochs": metrics,
-                       "results": _eval_results(run)},
+                       "results": _eval_results(run), "artifacts": _artifact_results(run)},
         "curves": "curves.png" if (run / "curves.png").is_file() else None,
         "plan_png": "plan.png" if (run / "plan.png").is_file() else None,  # runs before plan.png had none
         "exports": _exported_files(run, present),
-        "load_file": next((name for name in present if name != "model.onnx"), None),
+        "load_file": next((name for name in present if not name.endswith(".onnx")), None),
         "usage": _usage(recipe, provenance, present),
         "versions": provenance.get("versions") or {}, "time": provenance.get("time"),
         "environment": provenance.get("environment") or {},
@@ -141,6 +142,18 @@ def _eval_results(run: Path) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: (order.get(r["split"], 2), r["file"]))
 
 
+def _artifact_results(run: Path) -> dict[str, Any] | None:
+    """``eval/artifacts.json`` (every artifact evaluated after the exports, :mod:`recipec.pipeline.artifacts`)."""
+    path = run / "eval" / "artifacts.json"
+    if not path.is_file():
+        return None
+    found = _parse(path, path.read_text(encoding="utf-8"), json.loads)
+    rows = found.get("artifacts")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise RunDirectoryError(f"{path}: 'artifacts' is not a list of objects; the run directory is damaged")
+    return found
+
+
 def _usage(recipe: dict[str, Any], provenance: dict[str, Any], present: list[str]) -> dict[str, Any]:
     """How to use the exports: which file, whether a factory must be trusted, the preprocessing in words."""
     arch = str((recipe.get("model") or {}).get("arch") or "")
@@ -148,12 +161,16 @@ def _usage(recipe: dict[str, Any], provenance: dict[str, Any], present: list[str
         words = describe_preprocessing(preprocessing_of(provenance)) if provenance else None
     except (CheckpointError, KeyError, TypeError, ValueError):  # an export that records no preprocessing
         words = None
-    return {"file": next((n for n in present if n != "model.onnx"), None) or (present[0] if present else None),
+    return {"file": next((n for n in present if not n.endswith(".onnx")), None) or (present[0] if present else None),
             "onnx": "model.onnx" in present, "factory": arch if family_name(arch) == "factory" else None, "preprocessing": words}
 
 
 def _export_provenance(run: Path, exports: list[str]) -> dict[str, Any]:
-    readable = [name for name in exports if name != "model.onnx"]
+    readable = [name for name in exports if name in _CHECKPOINTS]
+    if not readable and "model.pt2" in exports:
+        from recipec.weights.pt2 import check  # noqa: PLC0415 (torch-bound, as below)
+
+        return read_export_metadata(check(run / "model.pt2"))[1]
     if not readable and "model.onnx" in exports:
         from recipec.weights.onnx import read_onnx  # noqa: PLC0415 (torch-bound: only when a card reads an export)
 
@@ -234,7 +251,20 @@ def _training(recipe: dict[str, Any], plan: dict[str, Any], metrics: list[dict[s
         "early_stopped": {**stopping, "epoch": metrics[-1]["epoch"]} if fired else None,
         "batch_size": (recipe.get("data") or {}).get("batch_size"), "accumulate": train.get("accumulate", 1),
         "amp": train.get("amp", "none"), "grad_clip": train.get("grad_clip"),
+        "adapters": _adapters(plan, recipe),
     }
+
+
+def _adapters(plan: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """adapters: method, r, alpha, targets and the trainable share (None without adapters)."""
+    a = plan.get("adapters")
+    if not a:
+        return None
+    trainable = max(a["trainable"], default=0)
+    return {"method": a["method"], "r": a["r"], "alpha": a["alpha"], "modules": a["modules"],
+            "target": a["target"] if isinstance(a["target"], str) else ", ".join(a["target"]),
+            "trainable": trainable, "total": a["total"], "share": trainable / a["total"] if a["total"] else 0.0,
+            "export": (recipe.get("export") or {}).get("adapters", "merged")}
 
 
 def _transfer(plan: dict[str, Any]) -> list[dict[str, Any]]:

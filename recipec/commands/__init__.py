@@ -8,4 +8,5 @@ below. Every heavy import (torch, the pipeline) is inside a command function, so
 - :mod:`.checkpoints`: convert, inspect, card, features (the files of a run)
 - :mod:`.models`: eval, predict, lr-find (a model run on data, reported)
 - :mod:`.hub`: push (the hub folder to the Hugging Face Hub)
+- :mod:`.sweep`: sweep (an Optuna study whose trials are runs)
 """

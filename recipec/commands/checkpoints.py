@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import click
 
 from recipec import _json as clean_json
 from recipec.commands._common import SET_HELP, TRUST_HELP
+from recipec.errors import CheckpointError
 
 __all__ = ["card", "convert", "features", "inspect"]
 
@@ -22,13 +26,27 @@ __all__ = ["card", "convert", "features", "inspect"]
               help="A pickle global you trust in a torch source (repeatable).")
 @click.option("--trust-factory", "trust_factories", multiple=True, metavar="PKG.MODULE:FACTORY",
               help=TRUST_HELP)
+@click.option("--quantize", type=click.Choice(["dynamic", "static"]),
+              help="Write an int8 copy of an ONNX SRC (onnxruntime.quantization); static calibrates on --recipe's "
+                   "training split.")
+@click.option("--state-dict-key", default="auto", show_default=True, metavar="KEY",
+              help="Where the weights sit in a torch file or DCP directory (e.g. state_dict, model, dotted ema.model); "
+                   "auto picks EMA weights first, as timm does.")
+@click.option("--rename", "rename", multiple=True, nargs=2, metavar="FROM TO",
+              help="Rename keys: re.sub(FROM, TO, key) on every key, in order (repeatable); FROM must match a key.")
+@click.option("--strip-prefix", metavar="PREFIX",
+              help="Remove PREFIX from the keys that start with it (model. of a Lightning module), before --rename.")
 def convert(src: str, dst: str, to: str | None, dtype: str | None, recipe: str | None, shard_size: str | None,
-            allow_globals: tuple[str, ...], trust_factories: tuple[str, ...]) -> None:
-    """Convert a checkpoint between torch, safetensors and ONNX.
+            allow_globals: tuple[str, ...], trust_factories: tuple[str, ...], quantize: str | None,
+            state_dict_key: str, rename: tuple[tuple[str, str], ...], strip_prefix: str | None) -> None:
+    """Convert a checkpoint between torch, safetensors and ONNX (a .pt2 to its weights; ONNX to int8).
 
     The recipe and provenance a recipec export carries travel into the output. ONNX needs
     the architecture: from the checkpoint's own metadata or from --recipe; the graph is
     checked against torch with onnxruntime before it is written (exit 1 beyond tolerance).
+    SRC may also be a Lightning .ckpt, a timm .pth.tar, a sharded *.bin.index.json, a DCP
+    directory or an .onnx file (its initializers). When SRC is the checkpoint the --recipe's
+    source: section names, its state_dict_key, preset, rename, include and exclude apply.
 
     \b
     Examples:
@@ -36,12 +54,36 @@ def convert(src: str, dst: str, to: str | None, dtype: str | None, recipe: str |
       recipec convert runs/quickstart/checkpoints/last.pt model.safetensors --dtype bfloat16
       recipec convert backbone.pth backbone.safetensors --shard-size 2GB
       recipec convert foreign.pth model.onnx --recipe recipes/quickstart.yaml
+      recipec convert runs/quickstart/model.pt2 model.safetensors
+      recipec convert model.onnx model.int8.onnx --quantize dynamic
+      recipec convert model.onnx model.int8.onnx --quantize static --recipe recipes/quickstart.yaml
     """
     from recipec.convert.checkpoint import convert as run_convert
 
-    for path in run_convert(src, dst, to=to, dtype=dtype, recipe=recipe, shard_size=shard_size,
-                            allow_globals=allow_globals, trust_factories=trust_factories):
+    with _flags_named({"state_dict_key": "--state-dict-key", "rename/include": "--rename"}):
+        written = run_convert(src, dst, to=to, dtype=dtype, recipe=recipe, shard_size=shard_size,
+                              allow_globals=allow_globals, trust_factories=trust_factories, quantize=quantize,
+                              state_dict_key=state_dict_key, rename=rename, strip_prefix=strip_prefix)
+    for path in written:
         click.echo(f"wrote {path}")
+
+
+@contextlib.contextmanager
+def _flags_named(flags: dict[str, str]) -> Iterator[None]:
+    """A checkpoint error worded for the command line: the fix it names is a flag, not a recipe key
+    (``--allow-global NAME`` for ``source.allow_globals``; ``flags``: other ``source.*`` keys)."""
+    try:
+        yield
+    except CheckpointError as exc:
+        refused = list(getattr(exc, "refused", ()))
+        allow = f"add {refused!r} to source.allow_globals"
+        messages = [m.replace(allow, "pass " + " ".join(f"--allow-global {name}" for name in refused))
+                    if refused else m for m in exc.problems]
+        for key, flag in flags.items():
+            messages = [m.replace(f"source.{key}", flag) for m in messages]
+        if messages == exc.problems:
+            raise
+        raise type(exc)(messages) from exc
 
 
 @click.command()
@@ -52,8 +94,9 @@ def convert(src: str, dst: str, to: str | None, dtype: str | None, recipe: str |
 def inspect(checkpoint: str, as_json: bool, allow_globals: tuple[str, ...]) -> None:
     """Show the tensors, shapes, dtypes, sizes and metadata of a checkpoint.
 
-    Reads torch files (weights only, never arbitrary pickles), safetensors files and sharded
-    safetensors (*.index.json) without building any model.
+    Reads torch files (weights only, never arbitrary pickles), safetensors files, sharded
+    safetensors and .bin (*.index.json), DCP directories and ONNX files without building any
+    model; a training checkpoint's optimizer state is listed beside the weights.
 
     \b
     Examples:
@@ -62,7 +105,8 @@ def inspect(checkpoint: str, as_json: bool, allow_globals: tuple[str, ...]) -> N
     """
     from recipec.weights.inspect import format_inspect, inspect_checkpoint
 
-    report = inspect_checkpoint(checkpoint, allow_globals=allow_globals)
+    with _flags_named({}):
+        report = inspect_checkpoint(checkpoint, allow_globals=allow_globals)
     click.echo(clean_json.dumps(report, indent=2) if as_json else format_inspect(report))
 
 

@@ -9,7 +9,7 @@ import click
 from recipec import _json as clean_json
 from recipec._terminal import escape
 from recipec.commands._common import SET_HELP, TRUST_HELP, load, locate, print_errors
-from recipec.errors import RecipecError
+from recipec.errors import ExportError, RecipecError
 
 __all__ = ["eval_", "lr_find", "predict"]
 
@@ -27,8 +27,10 @@ __all__ = ["eval_", "lr_find", "predict"]
 @click.option("--device", help="cpu (default), cuda, cuda:N or mps.")
 @click.option("--batch-size", type=click.IntRange(min=1, max=65_536), help="Override data.batch_size.")
 @click.option("--trust-factory", "trust_factories", multiple=True, metavar="PKG.MODULE:FACTORY", help=TRUST_HELP)
+@click.option("--artifacts", is_flag=True, help="Evaluate every exported artifact of the run (safetensors, torch, "
+                                                "ONNX, int8 ONNX, pt2) on its selection split: RUN/eval/artifacts.json.")
 def eval_(target: str, split: str | None, data: str | None, as_json: bool, out: str | None, device: str | None,
-          batch_size: int | None, trust_factories: tuple[str, ...]) -> None:
+          batch_size: int | None, trust_factories: tuple[str, ...], artifacts: bool) -> None:
     """Evaluate a run's exported model on a held-out split: loss, accuracy, per-class report, confusion matrix.
 
     TARGET is a run directory (its model.safetensors, else model.pt) or an export file. The
@@ -39,7 +41,13 @@ def eval_(target: str, split: str | None, data: str | None, as_json: bool, out: 
     Examples:
       recipec eval runs/quickstart --split val
       recipec eval runs/quickstart/model.safetensors --split val --json
+      recipec eval runs/quickstart --artifacts
     """
+    if artifacts:
+        _eval_artifacts(target, as_json=as_json, trust_factories=trust_factories,
+                        others={"--split": split, "--data": data, "--out": out, "--device": device,
+                                "--batch-size": batch_size})
+        return
     from recipec.pipeline.evaluate import evaluate
 
     results, written = evaluate(target, split=split, data=data, batch_size=batch_size, device=device,
@@ -54,6 +62,23 @@ def eval_(target: str, split: str | None, data: str | None, as_json: bool, out: 
         click.echo(escape(format_results(results)))  # class names come from files
     for path in written:
         click.echo(f"wrote {escape(str(path), newlines=False)}", err=as_json)
+
+
+def _eval_artifacts(target: str, *, as_json: bool, trust_factories: tuple[str, ...], others: dict[str, object]) -> None:
+    given = [flag for flag, value in others.items() if value is not None]
+    if given:
+        raise click.UsageError(f"--artifacts evaluates every artifact on the run's selection split, on the CPU; "
+                               f"leave out {', '.join(given)}")
+    from recipec.card.render import write_card
+    from recipec.pipeline.artifacts import evaluate_artifacts, format_artifacts
+
+    try:
+        results = evaluate_artifacts(target, trust_factories=trust_factories)
+    except ExportError:  # an artifact over export.max_accuracy_drop: the card shows it rejected, then exit 1
+        write_card(target)
+        raise
+    click.echo(clean_json.dumps(results, indent=2) if as_json else escape(format_artifacts(results)))
+    click.echo(f"wrote {escape(str(write_card(target)), newlines=False)}", err=as_json)
 
 
 @click.command()

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recipec.compiler.adapters import adapters_plan, apply_adapters, check_adapter_export
 from recipec.compiler.fit_config import FREEZE_FIELDS, lr_shape
 from recipec.compiler.plan import Plan, Planned, build_plan
 from recipec.data.transforms import resize_rule
@@ -40,7 +41,7 @@ from recipec.train.schedule import build_scheduler
 from recipec.weights import formats, raw
 from recipec.weights.transfer import LoadReport, TransferRules, apply_transfer
 
-__all__ = ["Compiled", "compile_recipe", "resolve_normalization", "resolve_preprocessing"]
+__all__ = ["Compiled", "compile_recipe", "resolve_normalization", "resolve_preprocessing", "transfer_rules"]
 
 
 @dataclass
@@ -140,6 +141,8 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     group_specs = ([(g.name, list(g.match)) for g in recipe.groups] if recipe.groups is not None
                    else families.preset_groups(spec.arch, model, head_prefix, fine=spec.group_matcher == "fine"))
     groups = assign_groups(model, group_specs, head_prefix=head_prefix, from_recipe=recipe.groups is not None)
+    if recipe.adapters is not None:  # after every weight is loaded: injection renames the adapted weights
+        groups = apply_adapters(recipe, model, groups, new_prefixes=new_prefixes)
     names = [g.name for g in groups]
     freeze = recipe.freeze
     with relabeled(FREEZE_FIELDS):  # compile_schedule names its arguments; the recipe's paths are freeze.*
@@ -165,6 +168,10 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
                                       reports=reports, head=head_info, head_prefix=head_prefix, lr_shape=shape,
                                       weights_info=weights_info, normalization=normalization,
                                       fixed=fixed_parameters(model)))
+    if recipe.adapters is not None:
+        check_adapter_export(recipe, groups, schedule)
+        plan.data["adapters"] = adapters_plan(recipe, model, groups, schedule, fixed_parameters(model))
+        plan.data["parameters"]["trainable"] = plan.data["adapters"]["trainable"]
     stats, origin = resolve_normalization(recipe)
     plan.data["data_preprocessing"] = resolve_preprocessing(recipe)  # the resize the data will get
     plan.data["data_normalization"] = {"mean": None if stats is None else list(stats[0]),
@@ -292,11 +299,17 @@ def _apply_source(recipe: Recipe, model: nn.Module, new_prefixes: list[str]) -> 
         state = heads.renamed_legacy_heads(state, model)
     if source.timm_filter:  # timm's own checkpoint_filter_fn of model.arch converts an official layout first
         state, ran = timm_filtered(recipe.model.arch, model, dict(state))
-    report = _transfer(
-        apply_transfer, ("source",), model, state, TransferRules(
-            rename=[tuple(r) for r in source.rename], include=source.include, exclude=source.exclude,
-            adapt=[a.model_dump() for a in source.adapt], on_mismatch=source.on_mismatch,
-            require_all=source.require_all, preset=source.preset), new_keys_prefixes=new_prefixes, source=str(path),
-        state_dict_key=checkpoint.key)
+    report = _transfer(apply_transfer, ("source",), model, state, transfer_rules(recipe),
+                       new_keys_prefixes=new_prefixes, source=str(path), state_dict_key=checkpoint.key)
     report.filter = ran
     return report
+
+
+def transfer_rules(recipe: Recipe) -> TransferRules:
+    """The key mapping of the recipe's ``source:`` section (its problems name ``rename``, ``exclude``...:
+    relabel them with the prefix ``source``)."""
+    source = recipe.source
+    assert source is not None
+    return TransferRules(rename=[tuple(r) for r in source.rename], include=source.include, exclude=source.exclude,
+                         adapt=[a.model_dump() for a in source.adapt], on_mismatch=source.on_mismatch,
+                         require_all=source.require_all, preset=source.preset)

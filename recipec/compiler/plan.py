@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recipec.compiler.adapters import adapter_lines
 from recipec.data.loaders import LAST_BATCH_POLICY
 from recipec.model.groups import LayerGroup
 from recipec.model.heads import HeadInfo
@@ -227,6 +228,7 @@ def _render(d: dict[str, Any]) -> str:
         lines.append(f"sampler   {d['data_sampler']['summary']}")
     params = d["parameters"]
     lines.append(f"params    {params['total']:,} total; trainable at epoch 0: {params['trainable'][0]:,}")
+    lines += adapter_lines(d)  # adapters: method, modules, adapter parameters per group, optimizer state
     if d.get("batches"):
         per_step = f" x {d['batches']['accumulate']} per step" if d["batches"]["accumulate"] > 1 else ""
         lines.append(f"batches   {d['batches']['batch_size']}{per_step}; {d['batches']['last_batch']}")

@@ -1,7 +1,9 @@
 """``recipec convert``: a checkpoint in another format, dtype or layout, its metadata carried along.
 
 Sources are whatever :func:`recipec.weights.formats.load` reads (torch files, recipec training
-states, safetensors, sharded indexes); targets are torch, safetensors (optionally sharded) and
+states, Lightning and timm checkpoints, safetensors, sharded safetensors and ``.bin`` indexes, DCP
+directories, ONNX initializers); its keys can be renamed on the way (``--rename``, ``--strip-prefix``,
+and a ``--recipe``'s own ``source:`` section for the checkpoint it names); targets are torch, safetensors (optionally sharded) and
 ONNX. An export's recipe and provenance stay in the output, so the result is as
 self-describing as its source, plus a ``recipec.converted_from`` entry naming the source file
 and its SHA-256. ONNX needs the architecture: the checkpoint's own recipe, or ``recipe``.
@@ -21,16 +23,17 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from recipec._files import check_output, require_path
+from recipec._files import check_output, require_path, same_file
 from recipec.convert.metadata import Sha256InBackground as _Sha256InBackground
 from recipec.convert.metadata import carried_metadata as _carried_metadata
 from recipec.convert.metadata import converted_from as _converted_from
 from recipec.convert.metadata import moved_recipe as _moved_recipe
-from recipec.errors import CheckpointError
+from recipec.errors import CheckpointError, TransferError, warn
 from recipec.provenance import RECIPE_KEY
 from recipec.weights import raw
+from recipec.weights._keys import map_keys
 
 if TYPE_CHECKING:
     from recipec.recipe.spec import Recipe
@@ -44,6 +47,7 @@ FORMATS = ("torch", "safetensors", "onnx")
 CONVERTED_FROM_KEY = "recipec.converted_from"
 _DTYPES = ("float16", "bfloat16", "float32")
 _SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", **dict.fromkeys(raw.TORCH_SUFFIXES, "torch")}
+T = TypeVar("T")
 
 
 def convert(
@@ -56,12 +60,18 @@ def convert(
     shard_size: int | str | None = None,
     allow_globals: Sequence[str] = (),
     trust_factories: Sequence[str] = (),
+    quantize: str | None = None,
+    state_dict_key: str = "auto",
+    rename: Sequence[Sequence[str]] = (),
+    strip_prefix: str | None = None,
 ) -> list[Path]:
     """Convert a checkpoint; every file is written atomically and nothing is written on error.
 
     Args:
-        src: a torch file (a training state's ``model`` weights included), a ``.safetensors``
-            file, a sharded ``*.safetensors.index.json``, or a directory holding one.
+        src: a torch file (a training state's ``model`` weights, a Lightning ``.ckpt``, a timm
+            ``.pth.tar`` included), a ``.safetensors`` file, a sharded ``*.safetensors.index.json``
+            or ``*.bin.index.json``, a DCP directory, an ``.onnx`` file (its initializers), or a
+            directory holding one.
         dst: the file to write; its suffix names the format unless ``to`` does.
         to: ``"torch"``, ``"safetensors"`` or ``"onnx"``; default from ``dst``'s suffix
             (``.pt/.pth/.bin/.ckpt``, ``.safetensors`` or ``.safetensors.index.json``, ``.onnx``).
@@ -69,13 +79,24 @@ def convert(
             buffers such as ``num_batches_tracked`` keep theirs). ONNX graphs are always float32.
         recipe: a recipe file whose model section describes the architecture. Needed for ONNX
             when the checkpoint carries no recipe, and preferred to the one it carries; the
-            tensors must fit it exactly, and the output then carries this recipe.
+            tensors must fit it exactly, and the output then carries this recipe. When ``src`` is
+            the checkpoint the recipe's ``source:`` section names, it is read as ``recipec build``
+            reads it: its ``state_dict_key``, ``allow_globals``, ``preset``, ``rename``, ``include``,
+            ``exclude`` and ``adapt`` apply (after ``rename``/``strip_prefix``).
         shard_size: bytes per shard (``"2GB"`` or an int): sharded safetensors with an index.
         allow_globals: ``"module.Name"`` pickle globals a torch source may contain.
         trust_factories: custom factories (``"package.module:factory"``, exact names) that the
             checkpoint's own recipe may import and call to rebuild the model (for ONNX); a
             factory named by the file and not listed is refused before anything is imported.
             ``recipe``, being yours, needs none.
+        quantize: ``"dynamic"`` or ``"static"``: an int8 copy of an ONNX ``src`` (static calibrates on
+            ``recipe``'s training split; see :mod:`recipec.convert.quantize`).
+        state_dict_key: where the state dict sits in a torch file or DCP directory (as
+            ``source.state_dict_key``): ``"auto"`` picks EMA weights first, as timm does (and says so).
+        rename: ``(pattern, replacement)`` pairs applied to every key with ``re.sub``, in order (as
+            ``source.rename``); a pattern that matches no key is an error.
+        strip_prefix: a prefix to remove from the keys that start with it (``"model."`` of a
+            Lightning module), before ``rename``.
 
     Returns:
         The files written (for a sharded output: the shards, then the index).
@@ -85,6 +106,7 @@ def convert(
             overlap, an unknown suffix without ``to``, an option that does not fit the format,
             tensors that do not fit the recipe, or ONNX without a known architecture (exit 2).
         RecipeError: ``recipe`` is not a valid recipe (exit 2).
+        TransferError: the recipe's ``source:`` mapping does not fit the checkpoint it names (exit 2).
         UntrustedFactoryError: the checkpoint's recipe names a custom factory not in
             ``trust_factories`` (exit 2).
         ExportError: the ONNX exporter failed or its outputs differ from torch's beyond
@@ -104,32 +126,110 @@ def convert(
     # Path("") is the working directory: an empty path must not pick a file from it
     source = require_path(src, what="convert: the source", error=CheckpointError)
     target = require_path(dst, what="convert: the destination", error=CheckpointError)
+    if quantize is not None:  # ONNX in, int8 ONNX out: nothing else applies
+        return [_quantized(source, target, quantize, recipe, other=(to, dtype, shard_size, allow_globals))]
     fmt = _target_format(target, to)
     _check_dtype(dtype, fmt)
     shard = _check_shard_size(shard_size, fmt, target)
     if target.resolve() == source.resolve():
         raise CheckpointError(f"{target}: is the source checkpoint itself; write the conversion to another file")
     check_output(target, inputs=[source, recipe], what="the conversion", error=CheckpointError)
+    if source.suffix == ".pt2" and source.is_file():  # a torch.export graph: its weights, checked before loading
+        from recipec.convert.pt2 import convert_pt2  # noqa: PLC0415 (torch: only for a .pt2 source)
+
+        return convert_pt2(source, target, fmt=fmt, dtype=dtype, shard_size=shard, converted_from_key=CONVERTED_FROM_KEY)
+    keys = _key_rules(rename, strip_prefix)
     spec = None
     if recipe is not None:
         from recipec.recipe.load import load_recipe  # noqa: PLC0415 (pydantic, ~0.2 s: only with --recipe)
 
         spec = load_recipe(recipe)
-    loaded, state = _read_raw(source, target, dtype) if spec is None and not allow_globals else (None, None)
+    # the checkpoint the recipe's source: section names is read as recipec build reads it
+    own = spec is not None and spec.source is not None and _same_checkpoint(spec.source.checkpoint, source)
+    if own:
+        assert spec is not None and spec.source is not None
+        state_dict_key = spec.source.state_dict_key if state_dict_key == "auto" else state_dict_key
+        allow_globals = (*allow_globals, *spec.source.allow_globals)
+    fast = spec is None and not allow_globals and state_dict_key == "auto"
+    loaded, state = _read_raw(source, target, dtype) if fast else (None, None)
     if loaded is not None and state is not None:
+        _say_which(loaded.key, source)
         metadata = _output_metadata(loaded, source, target, fmt, spec)
+        state = _renamed(state, keys)
         with _hashed(loaded) as late:
             return raw.save(state, target, metadata=metadata, shard_size=shard, late=late)
     # torch (~1.4 s to import) only where the bytes cannot simply be copied
     from recipec.convert import tensors  # noqa: PLC0415
 
-    checkpoint = tensors.load(source, allow_globals)
+    checkpoint = tensors.load(source, allow_globals, state_dict_key)
+    if state_dict_key == "auto":
+        _say_which(checkpoint.key, source)
     metadata = _output_metadata(checkpoint, source, target, fmt, spec)
     # --recipe is the user's own: its factory is trusted; the checkpoint's only as far as they say
     trust: bool | tuple[str, ...] = True if recipe is not None else trusted
     with _hashed(checkpoint) as late:
-        return tensors.write(tensors.cast(checkpoint.state_dict, dtype), source, tensors.Output(target, fmt, shard),
-                             metadata, (spec, trust), late)
+        return tensors.write(_renamed(tensors.cast(checkpoint.state_dict, dtype), keys), source,
+                             tensors.Output(target, fmt, shard), metadata, tensors.Model(spec, trust, own), late)
+
+
+def _key_rules(rename: Sequence[Sequence[str]], strip_prefix: str | None) -> list[tuple[str, str, str]]:
+    """``--strip-prefix`` then ``--rename`` as ``(pattern, replacement, the flag as written)``."""
+    rules = []
+    if strip_prefix is not None:
+        if not strip_prefix:
+            raise CheckpointError("--strip-prefix: empty; give the prefix every key starts with, e.g. model.")
+        rules.append(("^" + re.escape(strip_prefix), "", f"--strip-prefix {strip_prefix!r}"))
+    for rule in rename:
+        if len(rule) != 2 or not all(isinstance(part, str) for part in rule):
+            raise CheckpointError(f"--rename: takes a pattern and a replacement, got {list(rule)!r}")
+        rules.append((rule[0], rule[1], f"--rename {rule[0]!r} {rule[1]!r}"))
+    return rules
+
+
+def _renamed(state: dict[str, T], rules: Sequence[tuple[str, str, str]]) -> dict[str, T]:
+    """``state`` under the names the rules give (``re.sub``, in order, as ``source.rename``); a rule that
+    matches no key, or two keys renamed onto one name, is an error naming the flag."""
+    if not rules:
+        return state
+    try:
+        mapping = map_keys(list(state), rename=[(pattern, replacement) for pattern, replacement, _ in rules])
+        found = TransferError(mapping.problems) if mapping.problems else None
+    except TransferError as exc:  # not a regular expression, or a replacement it cannot take
+        found = exc
+    if found is not None:  # the problems name ("rename", i): the i-th rule, as the user wrote its flag
+        raise CheckpointError([f"{rules[path[1]][2] if path and len(path) == 2 and isinstance(path[1], int) else '--rename'}"
+                               f": {message}" for path, message in zip(found.paths, found.messages)])
+    return {mapping.renamed[name]: value for name, value in state.items()}
+
+
+def _same_checkpoint(named: str | None, source: Path) -> bool:
+    if not named:
+        return False
+    try:
+        return same_file(raw.resolve_file(named), raw.resolve_file(source))
+    except CheckpointError:
+        return False
+
+
+def _say_which(key: str, source: Path) -> None:
+    """Auto picks EMA weights first (as timm does): say so, since the file holds other weights too."""
+    if key in ("state_dict_ema", "model_ema"):
+        warn(f"{source}: converting the EMA weights at {key!r} (picked first, as timm does); "
+             "--state-dict-key chooses another entry (inspect lists them)")
+
+
+def _quantized(source: Path, target: Path, method: str, recipe: str | os.PathLike[str] | None,
+               other: tuple[object, ...]) -> Path:
+    if any(other):
+        raise CheckpointError("--quantize writes an int8 ONNX file; leave out --to, --dtype, --shard-size and "
+                              "--allow-global")
+    if target.resolve() == source.resolve():
+        raise CheckpointError(f"{target}: is the source itself; write the int8 model to another file")
+    check_output(target, inputs=[source, recipe], what="the conversion", error=CheckpointError)
+    from recipec.convert.quantize import quantize_file  # noqa: PLC0415 (onnxruntime: only with --quantize)
+    from recipec.recipe.load import load_recipe  # noqa: PLC0415 (pydantic, ~0.2 s: only with --recipe)
+
+    return quantize_file(source, target, method=method, recipe=None if recipe is None else load_recipe(recipe))
 
 
 def _read_raw(source: Path, target: Path, dtype: str | None,

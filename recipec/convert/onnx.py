@@ -15,14 +15,17 @@ import torch
 from torch import nn
 
 from recipec._atomic import atomic_path
-from recipec.compiler.compile import resolve_preprocessing
-from recipec.errors import CheckpointError, ExportError
+from recipec.compiler.compile import resolve_preprocessing, transfer_rules
+from recipec.errors import CheckpointError, ExportError, TransferError
 from recipec.inference.restore import build_model
 from recipec.model.heads import renamed_legacy_heads
 from recipec.provenance import read_export_metadata
 from recipec.recipe._yaml import read_embedded
+from recipec.recipe.load import recipe_location
 from recipec.recipe.spec import Recipe
+from recipec.weights._keys import prefix_fix
 from recipec.weights.onnx import export_onnx, verify_onnx
+from recipec.weights.transfer import map_state_dict
 
 __all__ = ["embedded_recipe", "rebuild", "to_onnx"]
 
@@ -37,24 +40,48 @@ def embedded_recipe(metadata: Mapping[str, str], source: Path) -> Recipe:
         raise CheckpointError(f"{source}: the embedded recipe is not valid ({_first_line(exc)}); pass --recipe") from exc
 
 
-def rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path,
-             trust_factories: bool | tuple[str, ...], metadata: Mapping[str, str] | None = None) -> nn.Module:
-    """The architecture the recipe describes (as ``recipec.load`` builds it), with ``state`` loaded strictly;
-    ``metadata``: the source's, whose provenance an ``hf/`` model is rebuilt from (its recorded config)."""
+def rebuild(recipe: Recipe, state: Mapping[str, torch.Tensor], source: Path, trust_factories: bool | tuple[str, ...],
+            metadata: Mapping[str, str] | None = None, *, mapped: bool = False,
+            ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The architecture the recipe describes (as ``recipec.load`` builds it), with ``state`` loaded strictly,
+    and the tensors it was loaded from; ``metadata``: the source's, whose provenance an ``hf/`` model is
+    rebuilt from (its recorded config). ``mapped``: ``state`` is first mapped onto the model's keys by the
+    recipe's ``source:`` section, as ``recipec build`` maps it."""
     spec = recipe.model
     _, provenance = read_export_metadata(metadata or {})
     model = build_model(recipe, trust_factories=trust_factories, origin=str(source), provenance=provenance)
-    state = renamed_legacy_heads(state, model)  # fc.1.weight of earlier recipec versions -> fc.weight
+    # mapped: as recipec build maps it; else only fc.1.weight of earlier recipec versions -> fc.weight
+    state = _mapped(recipe, model, state, source) if mapped else renamed_legacy_heads(state, model)
     expected = model.state_dict()
-    problems = [f"{source}: lacks {k!r}, which {spec.arch} has" for k in sorted(set(expected) - set(state))[:10]]
-    problems += [f"{source}: has {k!r}, which {spec.arch} lacks" for k in sorted(set(state) - set(expected))[:10]]
+    lacking, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    problems = [f"{source}: lacks {k!r}, which {spec.arch} has" for k in lacking[:10]]
+    problems += [f"{source}: has {k!r}, which {spec.arch} lacks" for k in extra[:10]]
     problems += [f"{source}: {k!r} has shape {list(state[k].shape)}, but {spec.arch} has {list(v.shape)}"
                  for k, v in expected.items() if k in state and state[k].shape != v.shape][:10]
     if problems:
-        raise CheckpointError([*problems, "the tensors do not fit the architecture the recipe describes; "
-                                          "pass the recipe the checkpoint was trained with (--recipe)"])
+        fix = prefix_fix(extra, lacking)
+        advice = (f"the source's keys are {spec.arch}'s with {fix.describe()}: pass "
+                  + (f"--strip-prefix {fix.strip}" if fix.strip else f"--rename '^' '{fix.add}'")) if fix else \
+            "pass the recipe the checkpoint was trained with (--recipe)"
+        raise CheckpointError([*problems, f"the tensors do not fit the architecture the recipe describes; {advice}"])
     model.load_state_dict(state, strict=True)  # copies into the model's float32 parameters
-    return model.eval()
+    return model.eval(), dict(state)
+
+
+def _mapped(recipe: Recipe, model: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """``state`` under the model's keys, through the recipe's source: section; errors located in the recipe."""
+    try:
+        mapped, report = map_state_dict(model, state, transfer_rules(recipe))
+    except TransferError as exc:
+        located = exc.relabeled(prefix=("source",), default=("source",))
+        raise TransferError([f"{where}: {problem}" if (where := recipe_location(recipe, path or ())) else problem
+                             for path, problem in zip(located.paths, located.problems)]) from exc
+    if report.unexpected:  # apply_transfer leaves them behind; a conversion that fits must not
+        shown = ", ".join(repr(report.unexpected_sources.get(k, k)) for k in report.unexpected[:10])
+        raise CheckpointError(f"{source}: {len(report.unexpected)} tensors that {recipe.model.arch} lacks after the "
+                              f"recipe's source: mapping: {shown}; exclude them (source.exclude)")
+    own = model.state_dict()
+    return mapped | {k: own[k] for k in report.defaulted}  # num_batches_tracked the source lacks: the model's
 
 
 def to_onnx(model: nn.Module, recipe: Recipe, target: Path, metadata: dict[str, str]) -> Path:

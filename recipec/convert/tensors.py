@@ -18,7 +18,7 @@ import torch
 from recipec.recipe.spec import Recipe
 from recipec.weights import formats, raw
 
-__all__ = ["Output", "cast", "load", "write"]
+__all__ = ["Model", "Output", "cast", "load", "write"]
 
 
 class Output(NamedTuple):
@@ -27,8 +27,14 @@ class Output(NamedTuple):
     shard: int | None           # bytes per shard
 
 
-def load(source: Path, allow_globals: Sequence[str]) -> formats.Checkpoint:
-    return formats.load(source, allow_globals=allow_globals)
+class Model(NamedTuple):
+    recipe: Recipe | None       # the architecture (--recipe), else the one the file carries, if any
+    trust: bool | tuple[str, ...]  # which custom factories may be called (True: the user's own recipe)
+    mapped: bool = False        # read the tensors through the recipe's source: section first
+
+
+def load(source: Path, allow_globals: Sequence[str], state_dict_key: str = "auto") -> formats.Checkpoint:
+    return formats.load(source, allow_globals=allow_globals, state_dict_key=state_dict_key)
 
 
 def cast(state: Mapping[str, torch.Tensor], dtype: str | None) -> dict[str, torch.Tensor]:
@@ -51,10 +57,11 @@ def cast(state: Mapping[str, torch.Tensor], dtype: str | None) -> dict[str, torc
 
 
 def write(state: dict[str, torch.Tensor], source: Path, output: Output, metadata: dict[str, str],
-          model: tuple[Recipe | None, bool | tuple[str, ...]], late: dict[str, formats.LateValue]) -> list[Path]:
+          model: Model, late: dict[str, formats.LateValue]) -> list[Path]:
     """Write the converted checkpoint: ONNX, or a model rebuilt from ``model``'s recipe (its factory
-    trusted as the second item says) to check the tensors fit it, or the tensors as they are."""
-    spec, trust = model
+    trusted as ``model.trust`` says) to check the tensors fit it (mapped by its ``source:`` section
+    first where ``model.mapped``), or the tensors as they are."""
+    spec, trust, mapped = model
     if spec is not None or output.format == "onnx":
         # Rebuilding the architecture needs torchvision (~1.2 s to import): a conversion between tensor
         # formats without --recipe never pays for it.
@@ -62,7 +69,7 @@ def write(state: dict[str, torch.Tensor], source: Path, output: Output, metadata
 
         if spec is None:
             spec = onnx.embedded_recipe(metadata, source)
-        rebuilt = onnx.rebuild(spec, state, source, trust, metadata)
+        rebuilt, state = onnx.rebuild(spec, state, source, trust, metadata, mapped=mapped)
         if output.format == "onnx":
             return [onnx.to_onnx(rebuilt, spec, output.path, {**metadata, **{k: v.resolve() for k, v in late.items()}})]
     target, fmt = output.path, output.format

@@ -42,6 +42,7 @@ from recipec.device import resolve_device
 from recipec.errors import CheckpointError, UnreadableImageError
 from recipec.inference.hub import read_hub, timm_hub_model
 from recipec.inference.preprocessing import Preprocessing, preprocessing_of
+from recipec.inference.pt2 import is_pt2, read_pt2_export
 from recipec.inference.restore import model_from, read_export, read_onnx_export
 from recipec.weights.onnx import onnx_session
 
@@ -206,7 +207,8 @@ class Predictor:
 
 def load_predictor(path: str | os.PathLike[str], *, trust_factories: Collection[str] = (),
                    device: str | None = None) -> Predictor:
-    """A :class:`Predictor` from an export alone: ``model.safetensors``, ``model.pt``, an index, or ``model.onnx``.
+    """A :class:`Predictor` from an export alone: ``model.safetensors``, ``model.pt``, an index, ``model.onnx``
+    (``model.int8.onnx`` too) or ``model.pt2``.
 
     Args:
         path: the export (a run directory: its checkpoint export; a hub folder: ``RUN/hub`` or any timm
@@ -233,6 +235,8 @@ def load_predictor(path: str | os.PathLike[str], *, trust_factories: Collection[
         torch_device = resolve_device(device or "cpu")
         model = (timm_hub_model(found) if recipe is None else  # a foreign timm folder: config.json describes it
                  model_from(recipe, found.checkpoint, found.file, trust_factories=trust_factories)).to(torch_device)
+    elif is_pt2(file):  # the exported graph runs on the CPU, in float32
+        recipe, provenance, model = read_pt2_export(file)
     elif file.suffix == ".onnx":
         recipe, provenance = read_onnx_export(file)
         session = onnx_session(file)

@@ -21,6 +21,7 @@ from torch import nn
 
 from recipec.errors import CheckpointError, ModelError, UntrustedFactoryError
 from recipec.inference.hub import read_hub, timm_hub_model
+from recipec.inference.pt2 import is_pt2, read_pt2_export
 from recipec.model import families, zoo
 from recipec.model.factory import factory_names
 from recipec.model.heads import renamed_legacy_heads
@@ -92,7 +93,8 @@ def build_model(recipe: Any, *, trust_factories: bool | Collection[str] = (), or
 
 
 def load(path: str | os.PathLike[str], *, trust_factories: Collection[str] = ()) -> nn.Module:
-    """Rebuild the fine-tuned model of an export (``model.safetensors``, ``model.pt``), in eval mode.
+    """Rebuild the fine-tuned model of an export (``model.safetensors``, ``model.pt``), in eval mode; a ``model.pt2``
+    is its exported graph as a module (traced in eval mode; checked first, no Python from the file runs).
 
     Args:
         path: the export (a sharded ``*.safetensors.index.json``, a run directory, or a hub folder too:
@@ -117,6 +119,8 @@ def load(path: str | os.PathLike[str], *, trust_factories: Collection[str] = ())
         if found.recipe is None:  # a timm hub folder from elsewhere: its config.json describes the model
             return timm_hub_model(found)
         return model_from(found.recipe, found.checkpoint, found.file, trust_factories=trust_factories)
+    if is_pt2(path):  # a torch.export graph: weights and architecture in the file, nothing rebuilt
+        return read_pt2_export(path)[2]
     recipe, _, checkpoint = read_export(Path(path))
     return model_from(recipe, checkpoint, path, trust_factories=trust_factories)
 

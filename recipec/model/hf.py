@@ -162,7 +162,7 @@ def hf_config(data: Mapping[str, Any], kwargs: Mapping[str, Any], *, where: str)
         raise ModelError((("model", "arch"), f"{where}: a quantised model (quantization_config) cannot be fine-tuned here"))
     config_class = mapping[model_type]
     known = set(config_class().to_dict())
-    bad = [((("model", "kwargs", key)), _kwarg_problem(key, known, config_class.__name__))
+    bad = [(("model", "kwargs", key), _kwarg_problem(key, known, config_class.__name__))
            for key in kwargs if key in _REFUSED or key.endswith("_implementation") or key not in known]
     if bad:
         raise ModelError(bad)
@@ -239,7 +239,8 @@ def build_hf(arch: str, kwargs: Mapping[str, Any], *, weights: str | None,
     transformers = import_transformers()
     try:
         with quiet():
-            hf = getattr(transformers, auto).from_config(config, dtype=torch.float32)
+            # float32 whatever dtype the config names (a bfloat16 checkpoint's): recipec trains in float32
+            hf = getattr(transformers, auto).from_config(config).float()
     except (TypeError, ValueError, AttributeError, AssertionError, RuntimeError, KeyError, IndexError) as exc:
         raise ModelError((("model", "kwargs") if kwargs else ("model", "arch"), (
             f"{arch}: transformers could not build {cls.__name__} from {where}: {type(exc).__name__}: {exc}"))) from exc

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from recipec.errors import CheckpointError, ModelError
@@ -55,8 +54,7 @@ def load_hf_weights(arch: str, weights: str) -> tuple[dict[str, Tensor], Weights
     _, cls = model_class(config)
     try:
         with quiet():
-            hf, info = cls.from_pretrained(None, config=config, state_dict=tensors, output_loading_info=True,
-                                           dtype=torch.float32)
+            hf, info = cls.from_pretrained(None, config=config, state_dict=tensors, output_loading_info=True)
     except Exception as exc:  # a file that does not fit its own config.json: transformers says how
         raise ModelError((("model", "weights"), (
             f"{arch}: transformers could not put {path} into {cls.__name__} built from its config.json: "

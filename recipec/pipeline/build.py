@@ -47,7 +47,9 @@ from recipec.compiler.plan_picture import plot_plan
 from recipec.data.augment import batch_mix
 from recipec.device import resolve_device
 from recipec.errors import BuildInterrupted, RunDirectoryError
+from recipec.pipeline.adapters import adapter_provenance, check_adapter_world, finish_adapters
 from recipec.pipeline.checks import check_inputs
+from recipec.pipeline.artifacts import check_artifacts, evaluates_artifacts, quantize_run
 from recipec.pipeline.outputs import export_model, plot_curves, provenance_of
 from recipec.pipeline.planning import check_classes, note_data, steps_per_epoch
 from recipec.pipeline.resume import check_same_run, continue_schedule, resume_state, run_identity, saved_epochs
@@ -178,6 +180,7 @@ def _build(recipe: Recipe, asked: _Asked, *, device: torch.device, world: Any, l
     if smoke:
         data = smoke_runs.smoke_data(data, smoke)
     check_sampler(recipe.data.sampler, distributed=world.distributed)  # before anything is written
+    check_adapter_world(recipe, distributed=world.distributed)
     if world.distributed:
         data.train = shard_loader(data.train, world, recipe.seed)
     check_classes(recipe, data)
@@ -265,13 +268,25 @@ def _build(recipe: Recipe, asked: _Asked, *, device: torch.device, world: Any, l
                                            history=history, model=compiled.model, ema=ema)
     compiled.model.load_state_dict(chosen)  # training is over: the model is now what export.weights names
     provenance = provenance_of(recipe, compiled, data, history, selection=selected)
+    provenance |= adapter_provenance(recipe, compiled.plan.data)
+    for path in finish_adapters(recipe, compiled, run, provenance):  # PEFT files, then merged: a plain model
+        say(f"wrote {path}")
     provenance |= threshold_provenance(recipe, compiled.model, data, compiled.device)  # multilabel.tune_thresholds
     status("exporting")
     for path in export_model(recipe, compiled.model, run, recipe_yaml, provenance):
         say(f"wrote {path}")
+    quantized = quantize_run(recipe, run, data.classes)  # export.quantize: model.int8.onnx
+    if quantized is not None:
+        say(f"wrote {quantized}")
     plot_curves(history, run / "curves.png", selection=selected)  # unfreeze epochs and the exported one marked
+    failed = None
+    if evaluates_artifacts(recipe, data):
+        status("evaluating the exported artifacts")
+        failed = check_artifacts(recipe, run, say)
     status("writing the model card")
     say(f"wrote {write_card(run)}")
+    if failed is not None:  # exit 1 once the card shows which artifact was rejected
+        raise failed
     if tracking is not None:
         status("logging the run's files to the trackers")
         tracking.finish(history)

@@ -42,9 +42,10 @@ from recipec.inference.predictor import load_predictor
 from recipec.pipeline.rundir import MARKER
 from recipec.train.multilabel import eval_results, format_eval
 
-__all__ = ["classification_metrics", "evaluate", "format_results", "plot_confusion", "resolve_target"]
+__all__ = ["RUN_EXPORTS", "classification_metrics", "evaluate", "format_results", "held_out_split", "plot_confusion",
+           "resolve_target"]
 
-_RUN_EXPORTS = ("model.safetensors", "model.safetensors.index.json", "model.pt", "model.onnx")
+RUN_EXPORTS = ("model.safetensors", "model.safetensors.index.json", "model.pt", "model.onnx", "model.pt2")
 _ANNOTATE_UP_TO = 20  # classes: counts are written in the cells up to this many
 
 
@@ -59,9 +60,9 @@ def resolve_target(target: str | os.PathLike[str]) -> tuple[Path | None, Path]:
         # a hub folder (RUN/hub, read by load_predictor); the results go to the run it belongs to, if any
         return (path.parent if _is_run(path.parent) else None), path
     if path.is_dir():
-        export = next((path / n for n in _RUN_EXPORTS if (path / n).is_file()), None)
+        export = next((path / n for n in RUN_EXPORTS if (path / n).is_file()), None)
         if export is None:
-            raise RunDirectoryError(f"{path}: holds no export ({', '.join(_RUN_EXPORTS)}); give a run directory "
+            raise RunDirectoryError(f"{path}: holds no export ({', '.join(RUN_EXPORTS)}); give a run directory "
                                     "`recipec build` finished, or an export file")
         return path, export
     if not path.exists():
@@ -154,16 +155,7 @@ def evaluate(target: str | os.PathLike[str], *, split: str | None = None, data: 
     if recipe is None:  # a foreign timm hub folder: nothing says what data it was trained on
         raise RunDirectoryError(f"{export}: carries no recipec recipe, so there is no split to evaluate on; "
                                 "evaluate a recipec export (recipec predict reads this one)")
-    config = data_config(recipe, **_recorded_preprocessing(predictor.preprocessing))
-    batch_size = batch_size or recipe.data.batch_size
-    chosen = split or "test"
-    try:
-        held_out = build_split(config, split=chosen, override=data, classes=predictor.classes, batch_size=batch_size)
-    except DatasetError as exc:
-        if split is not None or data is not None or not _no_such_split(exc):
-            raise
-        chosen = "val"  # the default: test when the run has one, else val
-        held_out = build_split(config, split=chosen, override=data, classes=predictor.classes, batch_size=batch_size)
+    chosen, held_out = held_out_split(predictor, split=split, data=data, batch_size=batch_size)
     logits, labels = [], []
     for images, targets in held_out.loader:
         logits.append(predictor.logits(images))
@@ -186,6 +178,23 @@ def evaluate(target: str | os.PathLike[str], *, split: str | None = None, data: 
     if target_out is not None:
         written += _write(results, target_out, target_out.with_name(f"{target_out.stem}-confusion.png"))
     return results, written
+
+
+def held_out_split(predictor: Any, *, split: str | None = None, data: str | None = None,
+                   batch_size: int | None = None) -> tuple[str, Any]:
+    """(the split's name, its data) for a predictor of a recipec export: ``split``, or by default ``test`` when
+    the run has one, else ``val`` (the selection split), read with the export's recorded preprocessing."""
+    recipe = predictor.recipe
+    config = data_config(recipe, **_recorded_preprocessing(predictor.preprocessing))
+    batch_size = batch_size or recipe.data.batch_size
+    chosen = split or "test"
+    try:
+        return chosen, build_split(config, split=chosen, override=data, classes=predictor.classes, batch_size=batch_size)
+    except DatasetError as exc:
+        if split is not None or data is not None or not _no_such_split(exc):
+            raise
+    # the default: test when the run has one, else val
+    return "val", build_split(config, split="val", override=data, classes=predictor.classes, batch_size=batch_size)
 
 
 def format_results(results: dict[str, Any], *, rows: int = 50) -> str:

@@ -20,7 +20,7 @@ from recipec._files import check_output
 from recipec.errors import OutputError, RecipeError
 from recipec.pipeline.init_data import DataLayout, read_layout
 from recipec.recipe._yaml import parse_value, read_embedded
-from recipec.recipe.archs import arch_problem, family_name, timm_name
+from recipec.recipe.archs import arch_problem, family_name, hf_name, timm_name
 from recipec.recipe.checks import recipe_problems
 from recipec.recipe.load import relative_paths, resolve_paths
 from recipec.recipe.schema import SCHEMA_FILE
@@ -40,11 +40,14 @@ def recipe_text(layout: DataLayout, *, arch: str, out: str | os.PathLike[str], c
     uri = os.path.relpath(schema, folder) if os.path.dirname(common) != common else schema.as_uri()
     digits = layout.dataset == "digits"
     named = ", ".join(_shown(c) for c in layout.classes[:_SHOWN]) + (", ..." if len(layout.classes) > _SHOWN else "")
-    what = "timm's " + timm_name(arch) if family_name(arch) == "timm" else f"torchvision's {arch}"
+    family = family_name(arch)
+    what = {"timm": f"timm's {timm_name(arch)}", "hf": f"the transformers model {hf_name(arch)}"}.get(
+        family, f"torchvision's {arch}")
     groups = "layer4, then layer3, ..." if arch == "resnet18" else "`recipec plan` names them"
     data_name = "digits" if layout.root is None else Path(layout.root).stem if layout.dataset == "manifest" \
         else Path(layout.root).name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{data_name}-{timm_name(arch) if arch.startswith('timm/') else arch}")
+    short = {"timm": timm_name(arch), "hf": hf_name(arch).rstrip("/").rpartition("/")[2]}.get(family, arch)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{data_name}-{short}")
     name = name.lstrip("._-")[:100] or "recipe"
     lines = [
         f"# yaml-language-server: $schema={uri}",

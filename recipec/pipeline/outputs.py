@@ -12,6 +12,7 @@ import torch
 from recipec._atomic import atomic_path
 from recipec.convert import hub as hub_folder
 from recipec.convert.onnx import to_onnx
+from recipec.convert.pt2 import to_pt2
 from recipec.errors import ExportError
 from recipec.model.families import architecture_record
 from recipec.provenance import environment, export_metadata, file_digest, now_utc, versions
@@ -88,6 +89,9 @@ def export_model(recipe: Recipe, model: torch.nn.Module, run: Path, recipe_yaml:
             if fmt == "onnx":
                 # exported in float32 whatever export.dtype says: fp16 graphs often fail on onnxruntime CPU
                 written.append(to_onnx(copy.deepcopy(model).float().cpu().eval(), recipe, run / "model.onnx", metadata))
+                continue
+            if fmt == "pt2":  # float32 on the CPU too: the graph is what any machine runs
+                written.append(to_pt2(copy.deepcopy(model).float().cpu().eval(), recipe, run / "model.pt2", metadata))
                 continue
             target = run / ("model.safetensors" if fmt == "safetensors" else "model.pt")
             shard = recipe.export.shard_size if fmt == "safetensors" else None

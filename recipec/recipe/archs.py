@@ -83,8 +83,9 @@ def hf_config_problem(config: Any, where: str) -> str | None:
     if not isinstance(config, dict):
         return f"{where} is not a transformers config (a JSON object), got {type(config).__name__}"
     if "auto_map" in config:
-        names = ", ".join(sorted(map(str, config["auto_map"]))) if isinstance(config["auto_map"], dict) else ""
-        return (f"{where} names code of its own (auto_map: {names or config['auto_map']!r}), which recipec never "
+        auto_map = config["auto_map"]
+        names = ", ".join(sorted(map(str, auto_map))) if isinstance(auto_map, dict) and auto_map else repr(auto_map)
+        return (f"{where} names code of its own (auto_map: {names}), which recipec never "
                 "imports or runs (no trust_remote_code): use a model transformers itself implements")
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or not model_type:

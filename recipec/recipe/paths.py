@@ -30,11 +30,13 @@ def path_problems(data: Mapping[Any, Any]) -> list[tuple[RecipePath, str]]:
 
     problems: list[tuple[RecipePath, str]] = []
     checkpoint = at("source", "checkpoint")
-    if checkpoint is not None and not os.path.isfile(checkpoint):
+    dcp = checkpoint is not None and os.path.isfile(os.path.join(checkpoint, ".metadata"))  # a DCP directory
+    if checkpoint is not None and not os.path.isfile(checkpoint) and not dcp:
         problems.append((("source", "checkpoint"),
                          f"{checkpoint} is a directory; name the checkpoint file in it" if os.path.isdir(checkpoint)
                          else _not_regular(checkpoint) if os.path.exists(checkpoint)
-                         else f"no such file {checkpoint} (a .pt/.pth/.bin/.ckpt, .safetensors or *.index.json file)"))
+                         else f"no such file {checkpoint} (a .pt/.pth/.bin/.ckpt, .safetensors, .onnx or *.index.json "
+                              "file, or a DCP directory)"))
     upstream = at("source", "recipe")
     if upstream is not None and not os.path.isfile(upstream):
         problems.append((("source", "recipe"), f"no such recipe file {upstream}"))

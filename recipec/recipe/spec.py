@@ -28,6 +28,7 @@ from recipec.recipe._fields import (
     parse_size,
     pattern,
 )
+from recipec.recipe.spec_adapters import AdaptersSpec, adapter_problems
 from recipec.recipe.spec_model import AdaptSpec, HeadSpec, ModelSpec, SourceSpec
 from recipec.recipe.spec_optim import FreezeSpec, GradualSpec, GroupSpec, OptimizerSpec, SchedulerSpec
 from recipec.recipe.spec_run import CardSpec, DataSpec, EarlyStoppingSpec, ExportSpec, OnnxSpec, TrainSpec
@@ -47,6 +48,7 @@ from recipec.recipe.spec_optim import StepSchedulerSpec as StepSchedulerSpec
 
 __all__ = [
     "AdaptSpec",
+    "AdaptersSpec",
     "CardSpec",
     "DataSpec",
     "EarlyStoppingSpec",
@@ -119,6 +121,9 @@ class Recipe(BaseSpec):
         None, description="Layer groups, earliest first; default: the architecture's preset.",
         examples=[[{"name": "body", "match": [r"^(?!fc\.)"]}, {"name": "head", "match": [r"^fc\."]}]])
     freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="Freezing schedule.", examples=[{"trainable": ["head"]}])
+    adapters: AdaptersSpec | None = Field(
+        None, description="Low-rank adapters (LoRA, DoRA; the peft extra) on base modules; null: none.",
+        examples=[{"method": "lora", "r": 8, "alpha": 16, "target": "attention"}])
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.", examples=[{"lr": 1e-3}])
     data: DataSpec = Field(default_factory=DataSpec, description="Data.", examples=[{"dataset": "digits"}])
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training.", examples=[{"epochs": 3}])
@@ -170,6 +175,9 @@ class Recipe(BaseSpec):
             for name in self.optimizer.group_lr:
                 if name not in seen:
                     problems.append((("optimizer", "group_lr", name), f"unknown group {name!r} {hint}"))
+            for i, name in enumerate(self.adapters.groups or [] if self.adapters is not None else []):
+                if name not in seen:
+                    problems.append((("adapters", "groups", i), f"unknown group {name!r} {hint}"))
         if self.freeze.trainable is None and (self.freeze.unfreeze or self.freeze.gradual is not None):
             problems.append((("freeze",), "unfreeze/gradual need freeze.trainable: the groups that train from epoch 0 "
                                           "(without it every group trains from the start, so nothing is left to unfreeze)"))
@@ -192,6 +200,7 @@ class Recipe(BaseSpec):
                              f"(train.epochs is {self.train.epochs}; epochs count from 0)"))
         if self.export.weights == "ema" and self.train.ema is None:
             problems.append((("export", "weights"), "ema needs train.ema (e.g. {decay: 0.999}); or export best or last"))
+        problems += adapter_problems(self)
         problems += self._task_problems()
         if problems:
             raise FieldProblems(problems)

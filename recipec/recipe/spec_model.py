@@ -234,7 +234,8 @@ class SourceSpec(BaseSpec):
     """Weights to transfer into the model, applied after model.weights."""
 
     checkpoint: str | None = Field(
-        None, description="Path (relative to the recipe) of a .pt/.pth/.bin/.safetensors file or a sharded *.index.json.",
+        None, description="Path (relative to the recipe) of a .pt/.pth/.bin/.ckpt/.pth.tar/.safetensors/.onnx file, a "
+                          "sharded *.index.json (safetensors or .bin) or a DCP directory.",
         examples=["checkpoints/backbone.safetensors"])
     recipe: str | None = Field(
         None, description="Or: a recipe (relative path) whose built result is the source.", examples=["upstream.yaml"])

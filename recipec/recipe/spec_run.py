@@ -15,7 +15,8 @@ from recipec.recipe.catalog import IN_MEMORY, DatasetName
 from recipec.recipe.spec_augment import AugmentItem, MixSpec
 
 __all__ = ["CardSpec", "DataSpec", "EarlyStoppingSpec", "EmaSpec", "ExportFormat", "ExportSpec", "LogSpec", "LossSpec",
-           "MlflowSpec", "OnnxSpec", "SelectSpec", "TrainSpec"]
+           "MlflowSpec", "OnnxSpec", "Pt2Spec", "QuantizeSpec", "SelectSpec",
+           "TrainSpec"]
 
 
 # --------------------------------------------------------------------------- data
@@ -281,7 +282,31 @@ class OnnxSpec(BaseSpec):
                                                       "(to skip the check, set verify: false).", examples=[1e-4])
 
 
-ExportFormat = Literal["safetensors", "torch", "onnx", "hub"]
+class Pt2Spec(BaseSpec):
+    """torch.export options (export.formats: [pt2])."""
+
+    strict: bool = Field(False, description="Trace with TorchDynamo (strict) instead of Python (non-strict, torch's "
+                                            "default): strict refuses more models, with the failing line.",
+                         examples=[False])
+    dynamic_batch: bool = Field(True, description="Leave the batch dimension symbolic (any batch size runs).",
+                                examples=[True])
+
+
+class QuantizeSpec(BaseSpec):
+    """int8 ONNX (model.int8.onnx) written with onnxruntime.quantization from model.onnx."""
+
+    method: Literal["static", "dynamic"] = Field(
+        "static", description="static: activations calibrated on training batches through the eval transform "
+                              "(QDQ); dynamic: weights int8, activations quantized at run time (needs no data).",
+        examples=["static"])
+    calibration_batches: int = Field(8, ge=1, le=10_000, description="Training batches (data.batch_size images, "
+                                                                     "eval transform) the static method calibrates on.",
+                                     examples=[8])
+    per_channel: bool = Field(True, description="One scale per output channel of each weight (else per tensor).",
+                              examples=[True])
+
+
+ExportFormat = Literal["safetensors", "torch", "onnx", "pt2", "hub"]
 
 
 def _default_formats() -> list[ExportFormat]:
@@ -294,7 +319,7 @@ class ExportSpec(BaseSpec):
     formats: list[ExportFormat] = Field(
         default_factory=_default_formats, description="Export formats (model.safetensors, model.pt, model.onnx; hub: "
         "RUN/hub/, a folder for the Hugging Face Hub that timm, transformers or torchvision load and `recipec push` "
-        "uploads).",
+        "uploads; pt2: model.pt2, torch.export with the recipe inside).",
         examples=[["safetensors", "torch", "onnx"]])
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Floating dtype of exported weights.",
                                                              examples=["float16"])
@@ -305,7 +330,21 @@ class ExportSpec(BaseSpec):
                              "best is another name for it); last: the final epoch's model; ema: the final EMA weights "
                              "(needs train.ema).", examples=["ema"],
         json_schema_extra={"enum": ["model", "last", "ema", "best"]})  # the schema takes the old name too
+    adapters: Literal["merged", "separate", "both"] = Field(
+        "merged", description="With adapters: merged: folded into the weights (a plain model in every format); "
+                              "separate: PEFT's own files in RUN/adapters/ (adapter_config.json, "
+                              "adapter_model.safetensors) beside the merged exports; both: the same as separate.",
+        examples=["separate"])
     onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX options.", examples=[{"opset": 18}])
+    pt2: Pt2Spec = Field(default_factory=Pt2Spec, description="torch.export options (model.pt2).",
+                         examples=[{"strict": False}])
+    quantize: QuantizeSpec | None = Field(
+        None, description="int8 ONNX (model.int8.onnx; needs onnx in formats); null: none.",
+        examples=[{"method": "static", "calibration_batches": 8}])
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="An exported artifact whose accuracy (mAP for multilabel) on the selection split "
+                                      "is more than this below the model's fails the build (exit 1); null: no limit.",
+        examples=[0.01])
     shard_size: ByteSize | None = Field(
         None, description="Shard safetensors exports above this size (model.safetensors.index.json); at most "
                                      "1TB.", examples=["2GB"])
@@ -315,6 +354,8 @@ class ExportSpec(BaseSpec):
         twice = sorted({f for f in self.formats if self.formats.count(f) > 1})
         if twice:
             raise FieldProblems([(("formats",), f"format listed twice: {', '.join(twice)}")])
+        if self.quantize is not None and "onnx" not in self.formats:
+            raise FieldProblems([(("quantize",), "quantizes model.onnx: add onnx to export.formats")])
         return self
 
 

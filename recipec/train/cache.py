@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.models import GoogLeNet, Inception3
 
-from recipec.train.freezing import set_train_mode
+from recipec.train.freezing import adapter_parameters, set_train_mode
 from recipec.train.modes import differs_in_training
 
 __all__ = ["CacheConfig", "HeadCache", "cache_refusal", "head_cache", "head_only_epochs"]
@@ -74,6 +74,8 @@ def cache_refusal(model: nn.Module, *, head_path: str, groups: Sequence[Any], au
         return "mixup/cutmix mix the examples of every batch"
     if distributed:
         return "not used with several processes"
+    if adapter_parameters(model)[0]:  # the first adapted module trains: nothing from it on is fixed
+        return "adapters train inside the backbone (adapters:), so its features change every step"
     head = model.get_submodule(head_path)
     head_params = {id(p) for p in head.parameters()}
     named = dict(model.named_parameters())

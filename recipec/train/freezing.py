@@ -28,11 +28,13 @@ from recipec.errors import GroupError, Problem
 from recipec.model.groups import LayerGroup, param_to_group
 from recipec.train.modes import frozen_modules
 
-__all__ = ["FreezeSchedule", "apply_trainable", "batchnorm_modes", "compile_schedule", "fixed_parameters", "keep_fixed",
-           "set_train_mode"]
+__all__ = ["FreezeSchedule", "adapter_parameters", "apply_trainable", "batchnorm_modes", "compile_schedule",
+           "fixed_parameters", "keep_fixed", "mark_adapters", "set_train_mode"]
 
 _NO_UNFREEZE: Mapping[int, Sequence[str]] = MappingProxyType({})
 _FIXED = "_recipec_fixed"  # attribute of a parameter the architecture keeps frozen (see keep_fixed)
+_ADAPTER = "_recipec_adapter"  # an adapter's parameter: trains at every epoch, whatever its group does
+_ADAPTED = "_recipec_adapted"  # the base weight of an adapted module: never trains (see mark_adapters)
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,8 @@ def apply_trainable(model: nn.Module, groups: Sequence[LayerGroup], trainable: I
     for name, param in model.named_parameters():
         if name not in owner:
             raise GroupError(f"parameter {name!r} is in no layer group; the groups were assigned to another model")
-        train = owner[name] in on and not getattr(param, _FIXED, False)
+        train = ((owner[name] in on or getattr(param, _ADAPTER, False))
+                 and not getattr(param, _FIXED, False) and not getattr(param, _ADAPTED, False))
         param.requires_grad_(train)
         if not train:
             param.grad = None
@@ -175,6 +178,28 @@ def keep_fixed(model: nn.Module, names: Collection[str] | None = None) -> list[s
             setattr(param, _FIXED, True)
             fixed.append(name)
     return fixed
+
+
+def mark_adapters(model: nn.Module, adapters: Collection[str], bases: Collection[str],
+                  modules: Collection[str] = ()) -> None:
+    """Mark adapter parameters (``adapters``: trainable at every epoch, like a new head) and the base
+    weights of the modules they adapt (``bases``: never trainable, whatever their group does); for
+    :func:`apply_trainable`. ``modules``: the adapters' own modules (their dropout), which
+    :func:`set_train_mode` leaves in training mode inside frozen groups."""
+    for name in modules:
+        setattr(model.get_submodule(name), _ADAPTER, True)
+    for name, param in model.named_parameters():
+        if name in adapters:
+            setattr(param, _ADAPTER, True)
+        if name in bases:
+            setattr(param, _ADAPTED, True)
+
+
+def adapter_parameters(model: nn.Module) -> tuple[list[str], list[str]]:
+    """The names :func:`mark_adapters` marked: (adapter parameters, adapted base weights)."""
+    named = list(model.named_parameters())
+    return ([name for name, p in named if getattr(p, _ADAPTER, False)],
+            [name for name, p in named if getattr(p, _ADAPTED, False)])
 
 
 def fixed_parameters(model: nn.Module) -> list[str]:
@@ -214,7 +239,8 @@ def set_train_mode(
     quiet = frozen_modules(model, groups, trainable) if dropout == "frozen" else []
     model.train()
     for module in quiet:
-        module.training = False  # this module only: its children have their own groups
+        if not getattr(module, _ADAPTER, False):  # an adapter's dropout trains with the adapter
+            module.training = False  # this module only: its children have their own groups
     for module, (_, mode) in modes.items():
         if mode == "eval":
             module.eval()

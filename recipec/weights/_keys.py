@@ -6,8 +6,9 @@ parser) skips the keys it cannot match, and a bare-literal rule becomes one ``st
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
 from typing import Any, NamedTuple
@@ -19,7 +20,7 @@ try:
 except ImportError:  # pragma: no cover
     import sre_parse as _sre_parse  # type: ignore[no-redef]
 
-__all__ = ["KeyMapping", "map_keys"]
+__all__ = ["KeyMapping", "PrefixFix", "map_keys", "prefix_fix"]
 
 _SAMPLE = 3
 # References re.sub resolves the same way at any position: \1..\99 not followed by a digit, \g<...>.
@@ -307,3 +308,44 @@ def map_keys(
         problems.append((("rename",), (f"source keys {both} are all renamed to '{name}'; "
                                                "change the rename rules or exclude all but one")))
     return KeyMapping(renamed, excluded, kept, collisions, unmatched, problems)
+
+
+@dataclass(frozen=True)
+class PrefixFix:
+    """The one rename that puts source keys onto model keys that differ from them by a prefix:
+    ``strip`` it (a Lightning module's ``model.``, DDP's ``module.``), or ``add`` it."""
+
+    strip: str = ""
+    add: str = ""
+
+    def rule(self) -> tuple[str, str]:
+        """The ``(pattern, replacement)`` of ``source.rename``."""
+        return ("^" + re.escape(self.strip), "") if self.strip else ("^", self.add.replace("\\", "\\\\"))
+
+    def rule_json(self) -> str:
+        """The rule as a recipe writes it: ``[["^model\\\\.", ""]]``."""
+        return json.dumps([list(self.rule())])
+
+    def describe(self) -> str:
+        return f"'{self.strip}' in front" if self.strip else f"'{self.add}' left out in front"
+
+
+def prefix_fix(source_keys: Collection[str], missing: Collection[str]) -> PrefixFix | None:
+    """The prefix that, stripped from source keys or added to them, gives every ``missing`` model key; or None.
+
+    Prefixes end at a dot: ``model.`` + ``layer1.0.conv1.weight``.
+    """
+    if not missing or not source_keys:
+        return None
+    source = set(source_keys)
+    first = min(missing)
+    for key in source:
+        if key.endswith("." + first):
+            prefix = key[: -len(first)]
+            if all(prefix + name in source for name in missing):
+                return PrefixFix(strip=prefix)
+        if first.endswith("." + key):
+            prefix = first[: -len(key)]
+            if all(name.startswith(prefix) and name[len(prefix):] in source for name in missing):
+                return PrefixFix(add=prefix)
+    return None

@@ -22,12 +22,30 @@ import torch
 from recipec._files import check_regular
 from recipec.errors import CheckpointError, Problem, UnsafeCheckpointError
 
-__all__ = ["load_torch"]
+__all__ = ["PlainNamespace", "load_torch"]
 
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 _NO_PUSH_OPS = {"FRAME", "PROTO", "MARK", "POP", "POP_MARK", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"}
+
+
+class PlainNamespace(dict):  # type: ignore[type-arg]
+    """What an ``argparse.Namespace`` in a checkpoint becomes: its attributes as a plain dict.
+
+    timm's CheckpointSaver stores the training command line as ``args``. The weights-only
+    unpickler builds this class wherever the pickle names ``argparse.Namespace``: the object is
+    created empty and its attributes are set as dict entries (pickle's BUILD), so no code of the
+    file runs and the value reads as plain metadata.
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"argparse.Namespace with a {type(state).__name__} state, not its attributes")
+        self.update(state)
+
+
+_NAMESPACE = "argparse.Namespace"
 
 
 def resolve_globals(names: Sequence[str]) -> list[Any]:
@@ -43,6 +61,9 @@ def resolve_globals(names: Sequence[str]) -> list[Any]:
                     f"cannot resolve {name!r}: expected an importable 'module.Name' (e.g. 'argparse.Namespace')",
                 )
             )
+            continue
+        if name == _NAMESPACE:  # read as plain data (see PlainNamespace)
+            resolved.append((PlainNamespace, _NAMESPACE))
             continue
         # Pickles name a class by where it was defined; an alias the user wrote (numpy.core
         # vs numpy._core) must be registered under the name the file actually uses.
@@ -69,8 +90,12 @@ def _import_dotted(name: str) -> Any | None:
     return None
 
 
-def load_torch(path: Path, *, allow_globals: Sequence[str] = (), mmap: bool = True) -> tuple[Any, bool]:
+def load_torch(path: Path, *, allow_globals: Sequence[str] = (), mmap: bool = True,
+               namespaces: bool = False) -> tuple[Any, bool]:
     """Unpickle a torch checkpoint with ``weights_only=True``; return (object, is_zip).
+
+    With ``namespaces``, an ``argparse.Namespace`` (timm's ``args``) is read as a
+    :class:`PlainNamespace` (a dict of its attributes) instead of being refused.
 
     Raises:
         UnsafeCheckpointError: the pickle needs a global that is neither allowed by torch nor
@@ -79,6 +104,8 @@ def load_torch(path: Path, *, allow_globals: Sequence[str] = (), mmap: bool = Tr
             TorchScript, not a pickle).
     """
     trusted = resolve_globals(allow_globals)
+    if namespaces:
+        trusted.append((PlainNamespace, _NAMESPACE))
     check_regular(path, what="checkpoint")  # a FIFO or /dev/zero must not hang or fill memory
     is_zip = zipfile.is_zipfile(path)
     if not is_zip and _starts_with(path, b"PK\x03\x04"):
@@ -95,11 +122,13 @@ def load_torch(path: Path, *, allow_globals: Sequence[str] = (), mmap: bool = Tr
             unsafe = _unsafe_globals(path, is_zip, message)
             if unsafe:
                 listed = ", ".join(unsafe)
-                raise UnsafeCheckpointError(
+                error = UnsafeCheckpointError(
                     f"{path}: refused to unpickle {listed}: not tensors or plain data, and unpickling "
                     f"could run code; nothing in the file was executed. If you trust this file, add "
                     f"{unsafe!r} to source.allow_globals"
-                ) from exc
+                )
+                error.refused = unsafe  # the command line words the fix as --allow-global flags
+                raise error from exc
             reason = _reason(message)
             if "Unsupported operand" in reason:
                 reason += "; torch's safe loader reads pickle protocol 2, torch.save's default: re-save without pickle_protocol"

@@ -7,13 +7,13 @@ the ``tensor`` argument.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from recipec.errors import CheckpointError
 
-__all__ = ["STATE_DICT_KEYS", "TORCH_METADATA_KEY", "find_state_dict", "plain_metadata"]
+__all__ = ["STATE_DICT_KEYS", "TORCH_METADATA_KEY", "find_state_dict", "plain_metadata", "tensors_beside"]
 
 # timm's order: an EMA of the weights, when present, is what people mean to fine-tune from.
 STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "model_state_dict", "state_dict", "model")
@@ -155,3 +155,37 @@ def _containers(item: Any) -> list[Any]:
     """The children of a list, tuple or mapping that are not scalars (containers, or anything else)."""
     children = item.values() if isinstance(item, Mapping) else item
     return [c for c in children if c is not None and not isinstance(c, _SCALARS)]
+
+
+def tensors_beside(obj: Any, state_dict: Mapping[str, T], tensor: type[T], nbytes: Callable[[T], int],
+                   ) -> list[dict[str, Any]]:
+    """The tensors a checkpoint holds outside its state dict, by top-level key (in file order).
+
+    Optimizer state, a second copy of the weights (``state_dict`` beside ``state_dict_ema``),
+    a scaler's state: what the file's size holds beyond the weights. A tensor is counted once
+    however often it is referred to; the walk stops after 1,000,000 values.
+
+    Returns:
+        ``{"key", "tensors", "bytes"}`` for every top-level key that holds such tensors.
+    """
+    if not isinstance(obj, Mapping):
+        return []
+    seen = {id(t) for t in state_dict.values()}
+    beside = []
+    budget = _MAX_VALUES
+    for key, value in obj.items():
+        count = size = 0
+        stack, visited = [value], set()
+        while stack and budget > 0:
+            item = stack.pop()
+            budget -= 1
+            if isinstance(item, tensor):
+                if id(item) not in seen:
+                    seen.add(id(item))
+                    count, size = count + 1, size + nbytes(item)
+            elif isinstance(item, (Mapping, list, tuple)) and id(item) not in visited:
+                visited.add(id(item))
+                stack.extend(item.values() if isinstance(item, Mapping) else item)
+        if count:
+            beside.append({"key": str(key), "tensors": count, "bytes": size})
+    return beside

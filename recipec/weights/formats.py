@@ -1,7 +1,9 @@
 """Read and write checkpoints: torch (zip and legacy pickle) and safetensors (single and sharded).
 
 Reading is always safe: torch files go through ``torch.load(weights_only=True)`` (see
-``_pickle.py``), safetensors never execute anything (see ``_safetensors.py``). Writing is always atomic: a reader sees
+``_pickle.py``), safetensors never execute anything (see ``_safetensors.py``). Sharded ``.bin``
+checkpoints, DCP directories and ONNX initializers are read too (``bin_index.py``, ``dcp.py``,
+``onnx_source.py``), as safely. Writing is always atomic: a reader sees
 the old files or the new ones, never a partial file. Finding, sniffing and hashing files, which needs
 no torch, is in :mod:`recipec.weights.raw`.
 """
@@ -21,6 +23,7 @@ from safetensors.torch import _TYPES as SAFETENSORS_DTYPES  # the dtypes the for
 from recipec import _json as clean_json
 from recipec._atomic import atomic_path
 from recipec.errors import CheckpointError
+from recipec.weights import bin_index, dcp, onnx_source
 from recipec.weights._pickle import load_torch
 from recipec.weights._safetensors import (
     INDEX_SUFFIX,
@@ -34,12 +37,15 @@ from recipec.weights._safetensors import (
     save_single,
     sharded_layout,
 )
-from recipec.weights._state import TORCH_METADATA_KEY, find_state_dict, plain_metadata
+from recipec.weights._state import TORCH_METADATA_KEY, find_state_dict, plain_metadata, tensors_beside
 from recipec.weights.raw import TORCH_SUFFIXES, PathType, resolve_file, sniff_format
 
 __all__ = ["Checkpoint", "LateValue", "load", "load_state_dict", "read_metadata", "save"]
 
 _NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+# formats that hold one flat state dict (no state_dict_key applies), as their messages say it
+_FLAT = {"safetensors": "safetensors hold", "safetensors-sharded": "safetensors hold",
+         "torch-sharded": "the shards of a .bin index hold", "onnx": "an ONNX graph holds"}
 
 
 @dataclass
@@ -48,12 +54,16 @@ class Checkpoint:
 
     Attributes:
         state_dict: name -> tensor (torch zip files are memory-mapped unless ``mmap=False``).
-        format: ``"torch"`` (zip), ``"torch-legacy"``, ``"safetensors"`` or ``"safetensors-sharded"``.
+        format: ``"torch"`` (zip), ``"torch-legacy"``, ``"torch-sharded"`` (a ``.bin`` index),
+            ``"safetensors"``, ``"safetensors-sharded"``, ``"dcp"`` or ``"onnx"``.
         key: where the state dict was found (``"state_dict_ema"``, ``"model"``, a dotted key...),
             ``""`` for a raw mapping and for safetensors.
         metadata: safetensors ``__metadata__`` (str -> str), or a torch file's top-level plain
             data beside the state dict (epoch, config, ...).
         files: the files read, index and shards included.
+        beside: the tensors a torch or DCP file holds outside the state dict, by top-level key
+            (``{"key": "optimizer", "tensors": 122, "bytes": ...}``: optimizer state, the other
+            copy of EMA weights...); ``inspect`` shows them.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -61,6 +71,7 @@ class Checkpoint:
     key: str
     metadata: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    beside: list[dict[str, Any]] = field(default_factory=list)
 
 
 
@@ -75,11 +86,13 @@ def load(
     """Load a checkpoint safely and find its state dict.
 
     Args:
-        path: a ``.pt/.pth/.bin/.ckpt`` file, a ``.safetensors`` file, a sharded
-            ``*.safetensors.index.json``, or a directory holding exactly one of those.
+        path: a ``.pt/.pth/.bin/.ckpt`` file (timm's ``.pth.tar`` too), a ``.safetensors`` file, a
+            sharded ``*.safetensors.index.json`` or ``*.bin.index.json``, a DCP directory (or its
+            ``.metadata``), an ``.onnx`` file (its initializers), or a directory holding exactly
+            one of those.
         state_dict_key: ``"auto"`` tries ``state_dict_ema``, ``model_ema``, ``model_state_dict``,
             ``state_dict``, ``model``, then the top-level mapping; a dotted key (``"ema.model"``)
-            names it; ``""`` means the top-level mapping. Torch files only.
+            names it; ``""`` means the top-level mapping. Torch files and DCP directories only.
         allow_globals: ``"module.Name"`` pickle globals you trust this file to contain.
         mmap: memory-map torch zip files (legacy files cannot be).
         check: refuse tensors no model can take as they are: meta tensors (no data) and
@@ -101,12 +114,19 @@ def load(
     """
     file = resolve_file(path)
     fmt = sniff_format(file)
+    if fmt in _FLAT and state_dict_key not in ("auto", ""):
+        raise CheckpointError(f"{file}: state_dict_key {state_dict_key!r} does not apply: {_FLAT[fmt]} one flat state "
+                              "dict; use 'auto' and select keys with source.rename/include")
+    if fmt in ("torch-sharded", "onnx"):
+        if fmt == "onnx":
+            state_dict, metadata = onnx_source.load(file)
+            files = [file]
+        else:
+            state_dict, metadata, files = bin_index.load(file, allow_globals=allow_globals, mmap=mmap)
+        if check:
+            _check_loaded(state_dict, file)
+        return Checkpoint(state_dict, fmt, "", metadata, files)
     if fmt in ("safetensors", "safetensors-sharded"):
-        if state_dict_key not in ("auto", ""):
-            raise CheckpointError(
-                f"{file}: state_dict_key {state_dict_key!r} does not apply: safetensors hold one flat "
-                "state dict; use 'auto' and select keys with source.rename/include"
-            )
         if fmt == "safetensors":
             files = [file]
             with safetensors_reader(file) as reader:
@@ -123,11 +143,16 @@ def load(
             if alias not in state_dict and kept in state_dict:
                 state_dict[alias] = state_dict[kept]
         return Checkpoint(state_dict, fmt, "", metadata, files)
-    obj, is_zip = load_torch(file, allow_globals=allow_globals, mmap=mmap)
+    if fmt == "dcp":
+        obj, files = dcp.load(file)
+    else:
+        obj, is_zip = load_torch(file, allow_globals=allow_globals, mmap=mmap, namespaces=True)
+        fmt, files = "torch" if is_zip else "torch-legacy", [file]
     state_dict, key = find_state_dict(obj, state_dict_key, file, torch.Tensor)
     if check:
         _check_loaded(state_dict, file)
-    return Checkpoint(state_dict, "torch" if is_zip else "torch-legacy", key, plain_metadata(obj, key, file), [file])
+    return Checkpoint(state_dict, fmt, key, plain_metadata(obj, key, file), files,
+                      tensors_beside(obj, state_dict, torch.Tensor, lambda t: t.numel() * t.element_size()))
 
 
 def _check_loaded(state_dict: Mapping[str, torch.Tensor], file: Path) -> None:

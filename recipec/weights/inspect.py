@@ -19,6 +19,7 @@ from recipec.errors import CheckpointError
 from recipec.provenance import PROVENANCE_KEY, RECIPE_KEY, read_export_metadata
 from recipec.weights._safetensors import safetensors_reader, sharded_layout
 from recipec.weights.formats import load
+from recipec.weights import pt2
 from recipec.weights.onnx import describe_onnx
 from recipec.weights.raw import resolve_file, sniff_format
 
@@ -46,8 +47,9 @@ def inspect_checkpoint(path: str | PathLike[str], *, allow_globals: Sequence[str
         (dtype -> count), ``largest`` (top 10 ``{key, shape, dtype, bytes}``), ``keys``
         (every ``{key, shape, dtype}``, plus ``alias_of`` for a tied name stored once,
         ``device: "meta"`` for a tensor without data, ``layout`` for a sparse one),
-        ``unusable`` (the keys of meta and sparse tensors, which ``formats.load`` refuses) and
-        ``metadata``. It may hold NaN (metadata): write it with ``recipec._json.dumps``.
+        ``unusable`` (the keys of meta and sparse tensors, which ``formats.load`` refuses),
+        ``beside`` (tensors outside the state dict by top-level key, ``{key, tensors, bytes,
+        optimizer}``: optimizer state, the non-EMA copy of the weights...) and ``metadata``. It may hold NaN (metadata): write it with ``recipec._json.dumps``.
 
     Raises:
         CheckpointError: as ``formats.load``.
@@ -59,14 +61,18 @@ def inspect_checkpoint(path: str | PathLike[str], *, allow_globals: Sequence[str
     if Path(path).suffix == ".onnx" and not Path(path).is_dir():
         report = describe_onnx(path)
         return report | {"recipec": export_summary(report["metadata"])}
+    if Path(path).suffix == pt2.SUFFIX and not Path(path).is_dir():  # checked first: no Python from the file runs
+        report = pt2.describe_pt2(path)
+        return report | {"recipec": export_summary(report["metadata"])}
     file = resolve_file(path)
     fmt = sniff_format(file)
+    beside: list[dict[str, Any]] = []
     if fmt.startswith("safetensors"):
         entries, metadata, files = _safetensors_entries(file, sharded=fmt == "safetensors-sharded")
         key = ""
     else:
         ckpt = load(file, allow_globals=allow_globals, mmap=True, check=False)  # describe meta and sparse tensors
-        fmt, key, metadata, files = ckpt.format, ckpt.key, ckpt.metadata, ckpt.files
+        fmt, key, metadata, files, beside = ckpt.format, ckpt.key, ckpt.metadata, ckpt.files, ckpt.beside
         entries = [_torch_entry(name, t) for name, t in ckpt.state_dict.items()]
     largest = sorted(entries, key=lambda e: -e["bytes"])[:_LARGEST]
     return {
@@ -81,6 +87,7 @@ def inspect_checkpoint(path: str | PathLike[str], *, allow_globals: Sequence[str
         "largest": [{k: e[k] for k in ("key", "shape", "dtype", "bytes")} for e in largest],
         "keys": [{k: v for k, v in e.items() if k != "bytes"} for e in entries],
         "unusable": [e["key"] for e in entries if "device" in e or "layout" in e],
+        "beside": [{**b, "optimizer": "optim" in b["key"].lower()} for b in beside],
         "metadata": _jsonable(metadata),
         "recipec": export_summary(metadata),
     }
@@ -194,15 +201,23 @@ def format_inspect(report: dict[str, Any]) -> str:
     if report["format"] == "onnx":
         return escape("\n".join([*_onnx_lines(report), *summary,
                                   *_metadata_lines(report["metadata"], digested=bool(summary))]))
+    if report["format"] == "pt2":
+        return escape("\n".join([*_pt2_lines(report), *summary,
+                                  *_metadata_lines(report["metadata"], digested=bool(summary))]))
     key = report["state_dict_key"]
+    beside = report.get("beside") or []
     lines = [
         f"{report['path']}  ({report['format']}" + (f", state dict at {key!r})" if key else ")"),
         f"files:      {len(report['files'])}" + (f"  ({report['files'][0]} ...)" if len(report["files"]) > 1 else ""),
         f"tensors:    {report['tensors']:,}",
         f"parameters: {report['parameters']:,} ({_human_count(report['parameters'])})",
-        f"size:       {_human_bytes(report['total_bytes'])}",
+        f"size:       {_human_bytes(report['total_bytes'])}" + (
+            f" (the state dict; {_human_bytes(report['total_bytes'] + sum(b['bytes'] for b in beside))} of tensors "
+            "in all)" if beside else ""),
         "dtypes:     " + (", ".join(f"{d} x{n}" for d, n in report["dtypes"].items()) or "none"),
     ]
+    lines += [f"beside:     {escape(repr(b['key']))}{' (optimizer state)' if b['optimizer'] else ''}: "
+              f"{b['tensors']:,} tensors, {_human_bytes(b['bytes'])}" for b in beside]
     if report.get("unusable"):
         shown = ", ".join(escape(repr(k)) for k in report["unusable"][:_LARGEST])
         more = f" and {len(report['unusable']) - _LARGEST} more" if len(report["unusable"]) > _LARGEST else ""
@@ -314,6 +329,18 @@ def _onnx_lines(report: dict[str, Any]) -> list[str]:
     for kind in ("inputs", "outputs"):
         lines.append(f"{kind}:")
         lines += [f"  {v['name']}: {v['dtype']} {shape(v['shape'])}" for v in report[kind]]
+    return lines
+
+
+def _pt2_lines(report: dict[str, Any]) -> list[str]:
+    ops = sorted(report["operators"].items(), key=lambda kv: -kv[1])
+    lines = [f"{report['path']}  (pt2, torch.export)",
+             f"weights:    {report['tensors']:,} tensors, {report['parameters']:,} values "
+             f"({_human_bytes(report['total_bytes'])})",
+             f"operators:  {sum(report['operators'].values()):,} calls of {len(ops)}: "
+             + ", ".join(f"{name.removeprefix('aten.')} {n}" for name, n in ops[:8]) + (" ..." if len(ops) > 8 else ""),
+             "inputs:"]
+    lines += [f"  {v['name']}: [" + ", ".join(str(d) for d in v["shape"]) + "]" for v in report["inputs"]]
     return lines
 
 

@@ -284,8 +284,9 @@ def read_onnx(path: str | os.PathLike[str]) -> Any:
     return proto
 
 
-def onnx_session(path: str | os.PathLike[str]) -> Any:
-    """An onnxruntime CPU session of a self-contained ONNX file (checked by :func:`read_onnx`).
+def onnx_session(path: str | os.PathLike[str], *, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of a self-contained ONNX file (checked by :func:`read_onnx`); ``threads``:
+    intra-op threads (default: onnxruntime's, one per physical core).
 
     Raises:
         CheckpointError: the file is refused by :func:`read_onnx` or onnxruntime cannot load it.
@@ -295,6 +296,8 @@ def onnx_session(path: str | os.PathLike[str]) -> Any:
     proto = read_onnx(path)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    if threads is not None:
+        options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:

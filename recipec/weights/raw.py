@@ -54,6 +54,8 @@ __all__ = ["INDEX_SUFFIX", "TORCH_SUFFIXES", "LateValue", "RawCheckpoint", "RawT
 
 PathType = str | PathLike[str]
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+TORCH_INDEX_SUFFIXES = tuple(suffix + ".index.json" for suffix in TORCH_SUFFIXES)  # pytorch_model.bin.index.json
+DCP_METADATA = ".metadata"  # a DCP directory's pickled metadata, beside its __R_S.distcp files
 _MAX_HEADER = 100_000_000  # safetensors refuses headers above 100 MB
 _HASH_CHUNK = 8 << 20
 _DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
@@ -258,7 +260,8 @@ def detect_format(path: PathType) -> str:
     """Say which format a checkpoint file (or a directory holding one) is in, from its bytes.
 
     Returns:
-        ``"torch"``, ``"torch-legacy"``, ``"safetensors"`` or ``"safetensors-sharded"``.
+        ``"torch"``, ``"torch-legacy"``, ``"torch-sharded"`` (a ``*.bin.index.json``), ``"safetensors"``,
+        ``"safetensors-sharded"``, ``"dcp"`` (a directory with ``.metadata``) or ``"onnx"`` (by suffix).
 
     Raises:
         CheckpointError: missing, empty, or not a checkpoint at all.
@@ -281,6 +284,8 @@ def _locate(file: Path) -> Path:
     tiers = [
         sorted(file.glob("*" + INDEX_SUFFIX)),
         sorted(file.glob("*.safetensors")),
+        sorted(p for p in file.iterdir() if p.name.endswith(TORCH_INDEX_SUFFIXES)),
+        [file / DCP_METADATA] if (file / DCP_METADATA).exists() else [],
         sorted(p for p in file.iterdir() if p.suffix in TORCH_SUFFIXES),
     ]
     if (file / ("model" + INDEX_SUFFIX)).is_file():
@@ -292,14 +297,21 @@ def _locate(file: Path) -> Path:
             names = ", ".join(p.name for p in found)
             raise CheckpointError(f"{file}: several checkpoints ({names}); name the file to use")
     raise CheckpointError(
-        f"{file}: directory holds no checkpoint (*{INDEX_SUFFIX}, *.safetensors, or {'/'.join(TORCH_SUFFIXES)})"
+        f"{file}: directory holds no checkpoint (*{INDEX_SUFFIX}, *.safetensors, *.bin.index.json, a DCP "
+        f"{DCP_METADATA}, or {'/'.join(TORCH_SUFFIXES)})"
     )
 
 
 def sniff_format(file: Path) -> str:
     """The format of a checkpoint file from its first bytes (see :func:`detect_format`)."""
+    if file.name.endswith(TORCH_INDEX_SUFFIXES):
+        return "torch-sharded"
     if file.name.endswith(".json"):
         return "safetensors-sharded"
+    if file.name == DCP_METADATA:
+        return "dcp"
+    if file.suffix == ".onnx":
+        return "onnx"  # protobuf has no magic bytes; read_onnx says what is wrong with it
     try:
         with open_regular(file, what="checkpoint") as f:
             head = f.read(9)

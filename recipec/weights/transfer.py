@@ -17,13 +17,13 @@ from torch import nn
 
 from recipec.errors import Problem, TransferError
 from recipec.recipe.presets import PRESETS, Preset
-from recipec.weights._keys import KeyMapping, dead_pattern, map_keys
+from recipec.weights._keys import KeyMapping, dead_pattern, map_keys, prefix_fix
 from recipec.weights._report import LoadReport, format_shape
 from recipec.weights._rules import adapt_rules, map_with_preset
 from recipec.weights.adapt import apply_rule, pos_embed_grids
 from recipec.weights.fuse import Joined, join_tensor, plan_joins
 
-__all__ = ["KeyMapping", "LoadReport", "TransferRules", "apply_transfer", "map_keys"]
+__all__ = ["KeyMapping", "LoadReport", "TransferRules", "apply_transfer", "map_keys", "map_state_dict"]
 
 _MISSING_SHOWN = 20
 
@@ -105,6 +105,37 @@ def apply_transfer(
         >>> report.summary()
         '120 of 122 model tensors loaded (0 adapted, 120 renamed); 2 new, 0 defaulted, 0 mismatched, ...'
     """
+    report, copies = _planned(model, state_dict, rules, new_keys_prefixes)
+    report.source, report.state_dict_key = source, state_dict_key
+    if not dry_run:
+        with torch.no_grad():
+            for target, value in copies.values():
+                target.copy_(value)
+    return report
+
+
+def map_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                   rules: TransferRules = _NO_RULES) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """The source tensors as :func:`apply_transfer` would copy them into ``model``, under the model's keys.
+
+    Renamed, fused, split and adapted as ``rules`` say, in the source's dtypes; ``model`` is only
+    read (its keys and shapes). No key is new: with ``require_all``, every model tensor but a
+    ``num_batches_tracked`` must come from the source. ``recipec convert --recipe`` maps a
+    checkpoint with its recipe's ``source:`` section through this.
+
+    Returns:
+        The mapped state dict (model key -> tensor) and the :class:`LoadReport`.
+
+    Raises:
+        TransferError: as :func:`apply_transfer`.
+    """
+    report, copies = _planned(model, state_dict, rules, ())
+    return {name: value for name, (_, value) in sorted(copies.items())}, report
+
+
+def _planned(model: nn.Module, state_dict: Mapping[str, torch.Tensor], rules: TransferRules,
+             new_keys_prefixes: Sequence[str]) -> tuple[LoadReport, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Everything a transfer does but the copies: the report, and model key -> (model tensor, value for it)."""
     on_mismatch = rules.on_mismatch
     problems: list[Problem] = []
     if on_mismatch not in ("error", "skip"):
@@ -132,8 +163,8 @@ def apply_transfer(
         raise TransferError(problems)
 
     targets = {k: v for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, torch.Tensor)}
-    report = LoadReport(source=source, state_dict_key=state_dict_key)
-    copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+    report = LoadReport()
+    copies: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     failed: set[str] = set()  # already reported; not missing as well
     entries: list[tuple[str, tuple[str, ...], Joined | None]] = [
         (name, (key,), None) for name, key in mapping.kept.items() if name not in joined_parts]
@@ -199,7 +230,7 @@ def apply_transfer(
         report.loaded.append(name)
         if name != key and joined is None:
             report.renamed[name] = key
-        copies.append((target, value))
+        copies[name] = (target, value)
 
     settled = set(report.loaded) | {m["key"] for m in report.mismatched} | failed
     for name in sorted(set(targets) - settled):
@@ -214,19 +245,18 @@ def apply_transfer(
                for k, (by, p) in mapping.excluded.items()}
         shown = [name + why.get(name, "") for name in report.missing[:_MISSING_SHOWN]]
         more = f", ... and {len(report.missing) - len(shown)} more" if len(report.missing) > len(shown) else ""
+        fix = prefix_fix(report.unexpected, report.missing)
+        advice = (f"the source's keys are the model's with {fix.describe()}: add source.rename: {fix.rule_json()}"
+                  if fix else "rename source keys onto them (source.rename)")
         problems.append((("require_all",),
                          (f"{len(report.missing)} model tensors get no weights from the source: {', '.join(shown)}{more}; "
-                          "rename source keys onto them (source.rename) or set source.require_all: false")))
+                          f"{advice} or set source.require_all: false")))
     if problems:
         raise TransferError(problems)
 
     report.excluded = [{"key": k, "renamed": mapping.renamed[k], "pattern": pattern, "by": by}
                        for k, (by, pattern) in sorted(mapping.excluded.items())]
-    if not dry_run:
-        with torch.no_grad():
-            for target, value in copies:
-                target.copy_(value)
-    return report
+    return report, copies
 
 
 def _origin(name: str, keys: tuple[str, ...], joined: Joined | None) -> str:

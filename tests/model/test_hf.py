@@ -75,7 +75,7 @@ def _hf_recipe(folder: Path, arch: str, *overrides: str, weights: str = "DEFAULT
         optimizer: {{name: adamw, lr: 0.01, lr_decay: 2}}
         data: {{dataset: fake, image_size: {SIDE}, per_class: 4, batch_size: 8, num_workers: 0}}
         train: {{epochs: {epochs}}}
-        export: {{formats: [safetensors]}}
+        export: {{formats: [safetensors], weights: last}}
         """, *overrides)
 
 
@@ -224,7 +224,7 @@ def test_not_in_the_cache_names_the_place_and_downloads_nothing(tmp_path, hub):
 def test_downloads_only_when_allowed_and_only_safetensors(tmp_path, hub, monkeypatch):
     import huggingface_hub
 
-    cache, _ = hub
+    _cache, _ = hub
     calls = []
 
     def snapshot_download(repo: str, *, revision: str, cache_dir: Any, allow_patterns: list[str]) -> str:
@@ -282,6 +282,15 @@ def test_preprocessing_follows_the_image_processor(tmp_path, hub):
             "and the mean of the patch tokens") in text
     with torch.no_grad():  # 64 px images through a model configured for 32: DINOv2 resamples its position embeddings
         assert compiled.model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("kind", ["vit", "clip", "siglip"])
+def test_images_of_another_size_than_the_config(tmp_path, hub, kind):
+    cache, _ = hub
+    save_to_cache(cache, f"tiny/{kind}", kind)
+    model = compile_recipe(_hf_recipe(tmp_path, f"hf/tiny/{kind}", "data.image_size=48")).model.eval()
+    with torch.no_grad():  # a 6x6 patch grid where the config has 4x4: position embeddings resampled in the forward
+        assert model(torch.rand(2, 3, 48, 48)).shape == (2, 3)
 
 
 @pytest.mark.parametrize(("processor", "rule"), [
@@ -358,9 +367,9 @@ def test_an_exports_recorded_config_is_data_never_code(built, tmp_path):
     _, runs = built
     run, _ = runs["vit"]
     checkpoint = formats.load(run / "model.safetensors")
-    recipe_yaml, provenance = read_export_metadata(checkpoint.metadata)
+    _recipe_yaml, provenance = read_export_metadata(checkpoint.metadata)
     assert provenance["hf_model"]["config"]["model_type"] == "vit"
-    assert provenance["hf_model"]["config"]["num_labels"] == 3
+    assert len(provenance["hf_model"]["config"]["id2label"]) == 3  # the new head's classes
     assert provenance["hf_model"]["image_processor"]["image_processor_type"] == "ViTImageProcessor"
     provenance["hf_model"]["config"]["auto_map"] = {"AutoModelForImageClassification": "evil.Model"}
     tampered = tmp_path / "tampered.safetensors"
@@ -386,7 +395,7 @@ def test_config_kwargs_are_checked_and_recorded(tmp_path, hub):
 
 
 def test_names_and_non_vision_models(tmp_path, hub, monkeypatch):
-    with pytest.raises(RecipeError, match=r"model.arch: must be .*hf/<repo id or ./folder>"):
+    with pytest.raises(RecipeError, match=r"recipe.yaml:4:\d+: model.arch: hf/a b: 'a b' is neither a Hugging Face"):
         _hf_recipe(tmp_path, "hf/a b")
     from recipec.recipe.archs import arch_problem
 
@@ -418,11 +427,11 @@ def test_validate_imports_neither_torch_nor_transformers(tmp_path):
 
 
 def test_a_transformers_factory_points_to_hf(tmp_path):
-    recipe = _recipe(tmp_path, f"""\
+    recipe = _recipe(tmp_path, """\
         name: f
         device: cpu
-        model: {{arch: "transformers:ViTForImageClassification.from_pretrained",
-                 kwargs: {{pretrained_model_name_or_path: google/vit-base-patch16-224}}, head: {{num_classes: 3}}}}
+        model: {arch: "transformers:ViTForImageClassification.from_pretrained",
+                 kwargs: {pretrained_model_name_or_path: google/vit-base-patch16-224}, head: {num_classes: 3}}
         """)
     with pytest.raises(ModelError, match=r"model.arch: .*returns a ModelOutput, not logits; use model.arch: "
                                          r"hf/google/vit-base-patch16-224"):
@@ -435,7 +444,7 @@ def test_a_factory_that_raises_is_a_located_input_error(tmp_path, capsys, monkey
         def make(width=4):
             raise RuntimeError("size mismatch for fc.weight: copying a param with shape [3, 4]")
         def loads(pretrained=False):
-            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4), torch.nn.Linear(4, 2))
         """))
     monkeypatch.chdir(tmp_path)
     recipe = tmp_path / "recipe.yaml"
@@ -449,3 +458,40 @@ def test_a_factory_that_raises_is_a_located_input_error(tmp_path, capsys, monkey
                       .replace("  head:", "  kwargs: {pretrained: true}\n  head:"))
     text = compile_recipe(load_recipe(recipe)).plan.text()
     assert "weights   loaded by the factory nets_that_raise:loads (pretrained: True), not by recipec" in text
+
+
+def test_the_predictor_preprocesses_as_the_run_did(built):
+    from PIL import Image
+
+    _, runs = built
+    run, _ = runs["dinov2"]
+    predictor = recipec.load_predictor(run / "model.safetensors")
+    assert predictor.preprocessing["resize_size"] == 36 and predictor.preprocessing["image_size"] == SIDE
+    assert predictor.preprocessing["interpolation"] == "bicubic"
+    top = predictor.predict(Image.new("RGB", (50, 40), (200, 30, 30)), top_k=3)
+    assert len(top) == 3 and sum(t["score"] for t in top) == pytest.approx(1.0)
+
+
+# transformers' Swin (a view of a permuted window) and SigLIP's attention-pooling head (its batch traced as 1) do
+# not pass torch 2.14's ONNX exporter; the README says so. Strict: these fail the day they pass.
+_ONNX_FAILS = pytest.mark.xfail(strict=True, reason="torch.export of transformers' model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=_ONNX_FAILS) if k in ("swin", "siglip") else k for k in KINDS])
+def test_onnx_and_features_of_an_hf_export(built, tmp_path, capsys, monkeypatch, kind):
+    from recipec.weights import formats
+
+    _root, runs = built
+    run, _ = runs[kind]
+    code, err = _cli(["convert", str(run / "model.safetensors"), str(tmp_path / "m.onnx")], capsys)  # onnxruntime-verified
+    assert code == 0, err
+    # features re-read the dataset as the recipe says, and so the preprocessing of the repository: it is there again
+    _offline(monkeypatch, tmp_path / "hub")
+    save_to_cache(tmp_path / "hub", f"tiny/{kind}", kind)
+    layer = next(n for n, _ in recipec.load(run / "model.safetensors").named_modules() if n.endswith("layers.1")
+                 or n.endswith("layer.1") or n.endswith("stages.1"))
+    code, err = _cli(["features", str(run / "model.safetensors"), "--layers", layer, "--out", str(tmp_path / "f.safetensors")],
+                     capsys)
+    assert code == 0, err
+    assert any(key.startswith(layer) for key in formats.load(tmp_path / "f.safetensors").state_dict)

@@ -105,7 +105,7 @@ def test_paths_that_are_not_there_are_located(tmp_path, capsys):
     assert code == 2
     assert lines == [
         f"error: {path}:3:22: source.checkpoint: no such file {tmp_path}/weights/backbone.pt (a .pt/.pth/.bin/.ckpt, "
-        ".safetensors or *.index.json file)",
+        ".safetensors, .onnx or *.index.json file, or a DCP directory)",
         f"error: {path}:6:9: data.root: {tmp_path}/data/pets does not exist (dataset imagefolder needs root/<class>/<image>)",
         f"error: {path}:7:18: card.template: no such template file {tmp_path}/card.md.j2; give an existing Jinja2 file "
         "or remove card.template for the shipped card",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import fractions
 import hashlib
 import json
 import os
@@ -224,13 +225,21 @@ def test_malicious_pickle_is_refused_without_running(tmp_path: Path, kind: str) 
 
 
 def test_allow_globals_lets_a_trusted_class_through(tmp_path: Path) -> None:
-    torch.save({"state_dict": _model_sd(), "args": argparse.Namespace(lr=0.1), "epoch": 1}, tmp_path / "c.pt")
-    with pytest.raises(UnsafeCheckpointError, match=r"argparse\.Namespace"):
+    torch.save({"state_dict": _model_sd(), "ratio": fractions.Fraction(1, 3), "epoch": 1}, tmp_path / "c.pt")
+    with pytest.raises(UnsafeCheckpointError, match=r"fractions\.Fraction"):
         load(tmp_path / "c.pt")
-    ckpt = load(tmp_path / "c.pt", allow_globals=["argparse.Namespace"])
+    ckpt = load(tmp_path / "c.pt", allow_globals=["fractions.Fraction"])
     assert (ckpt.key, ckpt.metadata) == ("state_dict", {"epoch": 1})
     with pytest.raises(CheckpointError, match=r"allow_globals\.1: cannot resolve 'argparse\.Nope'"):
-        load(tmp_path / "c.pt", allow_globals=["argparse.Namespace", "argparse.Nope"])
+        load(tmp_path / "c.pt", allow_globals=["fractions.Fraction", "argparse.Nope"])
+
+
+def test_an_argparse_namespace_is_read_as_plain_data(tmp_path: Path) -> None:
+    """timm's CheckpointSaver stores its command line as args: no --allow-global needed, allowed or not."""
+    torch.save({"state_dict": _model_sd(), "args": argparse.Namespace(lr=0.1), "epoch": 1}, tmp_path / "c.pt")
+    for allow in ((), ("argparse.Namespace",)):
+        ckpt = load(tmp_path / "c.pt", allow_globals=allow)
+        assert (ckpt.key, ckpt.metadata) == ("state_dict", {"args": {"lr": 0.1}, "epoch": 1})
 
 
 @pytest.mark.parametrize(

@@ -95,12 +95,12 @@ def test_torch_metadata_and_largest_is_capped(tmp_path: Path) -> None:
 
 
 def test_unsafe_and_corrupt_files_raise(tmp_path: Path) -> None:
-    import argparse
+    import fractions
 
-    torch.save({"state_dict": {"w": torch.ones(1)}, "args": argparse.Namespace(a=1)}, tmp_path / "c.pt")
-    with pytest.raises(UnsafeCheckpointError, match=r"argparse\.Namespace"):
+    torch.save({"state_dict": {"w": torch.ones(1)}, "ratio": fractions.Fraction(1, 3)}, tmp_path / "c.pt")
+    with pytest.raises(UnsafeCheckpointError, match=r"fractions\.Fraction"):
         inspect_checkpoint(tmp_path / "c.pt")
-    assert inspect_checkpoint(tmp_path / "c.pt", allow_globals=["argparse.Namespace"])["tensors"] == 1
+    assert inspect_checkpoint(tmp_path / "c.pt", allow_globals=["fractions.Fraction"])["tensors"] == 1
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
     with pytest.raises(CheckpointError, match="bad.safetensors"):
         inspect_checkpoint(tmp_path / "bad.safetensors")
