@@ -34,6 +34,8 @@ NOT_RUN = {
                      "journal:/shared/study.log"],
                     "twenty full builds (and a shared filesystem); tests/test_sweep.py runs sweeps of the tiny recipe "
                     "through the same command"),
+    "recipec convert runs/quickstart/model.pt2 model.safetensors":
+        "the quickstart exports no pt2; tests/test_deploy.py converts a run's .pt2 through the same command",
     "recipec plan r.yaml": "the README shows the plan of a DDP checkpoint whose recipe it does not list",
     "recipec convert runs/mine/model.safetensors model.onnx --trust-factory mynets.zoo:small_cnn":
         "illustrates a user's own factory module (mynets), which does not exist here",

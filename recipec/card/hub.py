@@ -1,8 +1,9 @@
 """The card of ``RUN/hub/`` (``export.formats: [hub]``): the run's card, made for the Hugging Face Hub.
 
 It is the same template with a few facts changed (:func:`hub_context`): ``library_name`` is the family's
-(``timm``, or ``pytorch`` for torchvision), ``base_model`` is the Hub repository the run started from
-(``timm/convnext_atto.d2_in1k``) or left out (torchvision weights and local files are not Hub models),
+(``timm``, ``transformers`` for ``hf/`` runs, or ``pytorch`` for torchvision), ``base_model`` is the Hub
+repository the run started from (``timm/convnext_atto.d2_in1k``, ``facebook/dinov2-small``) or left out
+(torchvision weights and local files are not Hub models),
 the exports table lists the folder's files, and "How to use" shows timm and transformers, or plain
 torchvision, before recipec. The files the card links to (``curves.png``, ``plan.png``, ``eval/``) are
 linked into the folder (:func:`link_card_files`), so the card reads the same on the Hub. Torch-free.
@@ -18,6 +19,7 @@ from recipec.errors import CheckpointError, RunDirectoryError
 from recipec.inference.hub_config import config_classes, config_preprocessing, hub_family, read_hub_config
 from recipec.inference.preprocessing import Preprocessing
 from recipec.provenance import file_digest
+from recipec.recipe.archs import hf_folder, hf_name
 
 __all__ = ["FOLDER", "HUB_FILES", "has_hub_folder", "hub_context", "link_card_files", "torchvision_transform_code"]
 
@@ -49,26 +51,30 @@ def hub_context(context: dict[str, Any], run: str | Path, *, repo_id: str | None
         config = read_hub_config(folder, error=RunDirectoryError)
         family = hub_family(config)
         if family is None:
-            raise CheckpointError(f"{folder / 'config.json'}: neither timm's layout nor recipec's torchvision one")
-        prep = config_preprocessing(config, str(folder / "config.json"))
+            raise CheckpointError(f"{folder / 'config.json'}: neither timm's, transformers' nor recipec's torchvision layout")
+        # an hf/ run's preprocessing is in preprocessor_config.json, which transformers reads
+        prep = None if family == "transformers" else config_preprocessing(config, str(folder / "config.json"))
         classes = config_classes(config, str(folder / "config.json"))
     except CheckpointError as exc:
         raise RunDirectoryError(f"{exc}; export the run again (export.formats: [hub])") from exc
     weights = str(context["model"].get("weights") or "")
+    arch = str(context["model"].get("arch") or "")
+    # hf/<repo id> whose weights the run started from (not a local folder, not random initialisation)
+    repo = hf_name(arch) if family == "transformers" and weights and hf_folder(arch) is None else None
     where = repo_id or _PLACE
     hub = {
-        "family": family, "repo_id": repo_id, "where": where, "architecture": config.get("architecture"),
+        "family": family, "repo_id": repo_id, "where": where, "architecture": config.get("architecture") or (config.get("architectures") or [None])[0],
         "num_classes": len(classes), "files": [name for name in _SHOWN if (folder / name).is_file()],
         "timm_name": f"hf-hub:{repo_id}" if repo_id else f"local-dir:{_PLACE}",
         "weights_file": "model.safetensors" if repo_id is None else f'hf_hub_download("{repo_id}", "model.safetensors")',
-        "transform": torchvision_transform_code(prep) if family == "torchvision" else None,
+        "transform": torchvision_transform_code(prep) if family == "torchvision" and prep else None,
     }
     exports = [{"file": name, "bytes": (folder / name).stat().st_size, "sha256": file_digest(folder / name)}
                for name in _SHOWN if (folder / name).is_file()]
     return context | {
         "hub": hub,
-        "library_name": "timm" if family == "timm" else "pytorch",
-        "base_model": weights if weights.startswith("timm/") else None,  # a Hub repository, or nothing
+        "library_name": family if family in ("timm", "transformers") else "pytorch",
+        "base_model": weights if weights.startswith("timm/") else repo,  # a Hub repository, or nothing
         "tags": list(dict.fromkeys([*context["tags"], family])),
         "exports": exports,
     }

@@ -56,7 +56,7 @@ def convert(src: str, dst: str, to: str | None, dtype: str | None, recipe: str |
       recipec convert foreign.pth model.onnx --recipe recipes/quickstart.yaml
       recipec convert runs/quickstart/model.pt2 model.safetensors
       recipec convert model.onnx model.int8.onnx --quantize dynamic
-      recipec convert model.onnx model.int8.onnx --quantize static --recipe recipes/quickstart.yaml
+      recipec convert model.onnx static.int8.onnx --quantize static --recipe recipes/quickstart.yaml
     """
     from recipec.convert.checkpoint import convert as run_convert
 

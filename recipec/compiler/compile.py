@@ -30,6 +30,7 @@ from recipec.errors import CheckpointError, ModelError, Problem, RecipecError, T
 from recipec.model import families, heads, pretrained, zoo
 from recipec.model.families import weights_normalization
 from recipec.model.groups import LayerGroup, assign_groups
+from recipec.model.hf import hub_layout_problem
 from recipec.model.heads import HeadInfo
 from recipec.model.pretrained import WeightsInfo
 from recipec.model.timm_weights import timm_filtered
@@ -105,6 +106,9 @@ def compile_recipe(recipe: Recipe, *, device: str | None = None, steps_per_epoch
     else:
         head_prefix = families.default_head_path(model, spec.arch) + "."
     new_prefixes = [head_prefix, *head_info.aux_prefixes] if head_info is not None else []
+    hub_why = hub_layout_problem(model) if "hub" in recipe.export.formats else None  # an hf/ tower: known before training
+    if hub_why:
+        raise ModelError((("export", "formats"), hub_why))
     # a non-default value, not merely a written one: a dumped recipe.yaml writes every field, defaults included
     default_aux = type(spec).model_fields["aux_loss_weight"].default
     if spec.aux_loss_weight != default_aux and not heads.aux_classifiers(model):

@@ -8,6 +8,8 @@ What it holds, by family (the card, ``README.md``, is rendered into it by :func:
   ``timm.create_model("local-dir:RUN/hub", pretrained=True)`` rebuilds the run's model,
   ``timm.data.resolve_model_data_config`` + ``create_transform`` its eval preprocessing, and
   transformers' ``AutoModelForImageClassification`` (TimmWrapper) the same logits with ``id2label``.
+- hf (``model.arch: hf/...``): transformers' ``save_pretrained`` layout (``config.json`` with the run's
+  ``id2label``, transformers' tensor names, ``preprocessor_config.json``), see :mod:`recipec.convert.hub_hf`.
 - torchvision: ``model.safetensors`` whose keys load ``torchvision.models.<arch>(num_classes=N)``
   strictly, and a ``config.json`` naming the architecture, the classes and the preprocessing.
 
@@ -43,6 +45,7 @@ from torch import nn
 from recipec._atomic import atomic_link
 from recipec._version import __version__
 from recipec.card.hub import FOLDER
+from recipec.convert.hub_hf import PROCESSOR_FILE, hf_hub_files
 from recipec.errors import CheckpointError, ExportError
 from recipec.inference.preprocessing import Preprocessing, preprocessing_of
 from recipec.model.families import default_head_path
@@ -78,7 +81,7 @@ def save(run: Path, model: nn.Module, state: Mapping[str, torch.Tensor], *, arch
         ExportError: the family cannot build the model from the folder, or the tensors do not fit what it builds.
     """
     family = family_name(arch)
-    if family not in ("timm", "torchvision"):
+    if family not in ("timm", "torchvision", "hf"):
         raise ExportError(hub_problem(arch, head_type=None, in_channels=3) or arch)
     folder = run / FOLDER
     for stale in run.glob(f".{FOLDER}.*.tmp"):  # what a killed export left (the run directory is locked: not another's)
@@ -87,15 +90,23 @@ def save(run: Path, model: nn.Module, state: Mapping[str, torch.Tensor], *, arch
     tmp = run / f".{FOLDER}.{secrets.token_hex(4)}.tmp"
     tmp.mkdir()
     try:
-        config = (_timm_config(model, tmp / "config.json", kwargs=kwargs, provenance=provenance) if family == "timm"
-                  else _torchvision_config(model, arch, kwargs, provenance))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        _check_fits(family, arch, config, tmp, state)
         names = {Path(p).name: Path(p) for p in exports}
-        if "model.safetensors" in names:  # the same tensors and metadata, just written
-            atomic_link(names["model.safetensors"], tmp / "model.safetensors")
-        else:  # none, or sharded: the Hub's loaders read one file
-            formats.save(dict(state), tmp / "model.safetensors", metadata=metadata)
+        if family == "hf":  # save_pretrained's layout: transformers' names, config and image processor (hub_hf)
+            hf_config, processor, tensors = hf_hub_files(
+                model, state, classes=_classes(provenance, int(model.config.num_labels)),
+                prep=_preprocessing(provenance))
+            hf_config.to_json_file(str(tmp / "config.json"))
+            (tmp / PROCESSOR_FILE).write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")
+            formats.save(tensors, tmp / "model.safetensors", metadata=metadata)
+        else:
+            config = (_timm_config(model, tmp / "config.json", kwargs=kwargs, provenance=provenance)
+                      if family == "timm" else _torchvision_config(model, arch, kwargs, provenance))
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            _check_fits(family, arch, config, tmp, state)
+            if "model.safetensors" in names:  # the same tensors and metadata, just written
+                atomic_link(names["model.safetensors"], tmp / "model.safetensors")
+            else:  # none, or sharded: the Hub's loaders read one file
+                formats.save(dict(state), tmp / "model.safetensors", metadata=metadata)
         for name in _LINKED:
             if name in names:
                 atomic_link(names[name], tmp / name)
@@ -103,7 +114,9 @@ def save(run: Path, model: nn.Module, state: Mapping[str, torch.Tensor], *, arch
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [folder / "config.json", folder / "model.safetensors", *(folder / n for n in _LINKED if (folder / n).exists())]
+    extra = [folder / PROCESSOR_FILE] if family == "hf" else []
+    return [folder / "config.json", folder / "model.safetensors", *extra,
+            *(folder / n for n in _LINKED if (folder / n).exists())]
 
 
 def timm_data_config(prep: Preprocessing, recorded_crop_pct: float | None = None) -> dict[str, Any]:

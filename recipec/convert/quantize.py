@@ -30,7 +30,7 @@ import onnx
 import torch
 
 from recipec._atomic import atomic_path
-from recipec.compiler.data_config import build_split, data_config
+from recipec.compiler.data_config import build_data, build_split, data_config
 from recipec.errors import CheckpointError, ExportError
 from recipec.provenance import read_export_metadata
 from recipec.recipe.spec import Recipe
@@ -116,8 +116,8 @@ def quantize_file(src: Path, dst: Path, *, method: str, recipe: Recipe | None) -
     on R's training data; its ``export.quantize`` gives ``calibration_batches`` and ``per_channel``).
 
     Raises:
-        CheckpointError: not ONNX in and out, static without a recipe, dynamic with one, or no class names to
-            read the recipe's data with.
+        CheckpointError: not ONNX in and out, static without a recipe, or dynamic with one.
+        DatasetError, RecipeError: the recipe's data cannot be read.
     """
     problems = [f"{p}: --quantize reads and writes ONNX; name it .onnx" for p in (src, dst) if p.suffix != ".onnx"]
     if method == "static" and recipe is None:
@@ -131,10 +131,8 @@ def quantize_file(src: Path, dst: Path, *, method: str, recipe: Recipe | None) -
     batches = None
     if recipe is not None:
         _, provenance = read_export_metadata({p.key: p.value for p in read_onnx(src).metadata_props})
-        classes = provenance.get("classes") or recipe.data.classes
-        if not classes:
-            raise CheckpointError(f"{src}: records no class names and the recipe's data.classes is empty; set "
-                                  "data.classes in the recipe to read its data for calibration")
+        # the labels are not used: any class list that reads the recipe's images will do
+        classes = provenance.get("classes") or recipe.data.classes or build_data(data_config(recipe)).classes
         batches = list(calibration_batches(recipe, [str(c) for c in classes],
                                            spec.calibration_batches if spec is not None else 8))
     return quantize_onnx(src, dst, method=method, per_channel=per_channel, calibration=batches)

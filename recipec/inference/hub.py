@@ -1,7 +1,8 @@
 """Hub folders as exports: ``recipec.load`` and ``load_predictor`` on ``RUN/hub`` or on any timm hub folder.
 
 A folder recipec wrote carries the recipe and provenance in its ``model.safetensors`` like every
-export, and is read as one (:func:`read_hub` returns them). A timm hub folder from elsewhere
+export, and is read as one (:func:`read_hub` returns them; an ``hf/`` run's folder has transformers'
+tensor names, which become recipec's ``hf.<name>`` again). A timm hub folder from elsewhere
 (``timm.models.push_to_hf_hub``, a ``snapshot_download`` of ``timm/...``) has no recipe: its model is
 ``timm.create_model(config["architecture"], num_classes=..., **config["model_args"])`` with its
 tensors loaded strictly (:func:`timm_hub_model`), its classes are ``label_names`` and its preprocessing
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ def read_hub(path: str | os.PathLike[str]) -> HubExport | None:
     checkpoint = formats.load(file)
     if read_export_metadata({k: v for k, v in checkpoint.metadata.items() if isinstance(v, str)})[0] is not None:
         recipe, provenance = recipe_from_metadata(checkpoint.metadata, file)
+        if hub_family(config) == "transformers":  # an hf/ run's: transformers' names, recipec's model holds it at hf
+            checkpoint = replace(checkpoint, state_dict={f"hf.{k}": v for k, v in checkpoint.state_dict.items()})
         return HubExport(folder, file, config, checkpoint, recipe, provenance)
     origin = str(folder / "config.json")
     if hub_family(config) != "timm":

@@ -1,10 +1,12 @@
 """A hub folder's ``config.json`` read as data: its family, classes and preprocessing. Torch-free.
 
-Two layouts are read (:mod:`recipec.convert.hub` writes both):
+Three layouts are read (:mod:`recipec.convert.hub` writes them):
 
 - timm's (``pretrained_cfg`` present): ``architecture`` is a timm model name, ``num_classes``,
   ``label_names``, ``model_args`` (keyword arguments of ``timm.create_model``) and the preprocessing in
   ``pretrained_cfg`` (``input_size``, ``crop_pct``, ``crop_mode``, ``interpolation``, ``mean``, ``std``);
+- transformers' (``model_type``, ``id2label``): an ``hf/`` run's, whose preprocessing is in
+  ``preprocessor_config.json`` (and the export's provenance), not here;
 - recipec's torchvision one (``library_name: torchvision``): ``architecture``, ``num_classes``,
   ``label_names``, ``model_args`` and ``preprocessing`` as :func:`recipec.inference.preprocessing.preprocessing_of`
   returns it.
@@ -52,12 +54,15 @@ def read_hub_config(folder: str | os.PathLike[str], *, error: type[RecipecError]
     return config
 
 
-def hub_family(config: dict[str, Any]) -> Literal["timm", "torchvision"] | None:
-    """``timm`` (timm's layout), ``torchvision`` (recipec's torchvision layout), or None (another library's)."""
+def hub_family(config: dict[str, Any]) -> Literal["timm", "torchvision", "transformers"] | None:
+    """``timm`` (timm's layout), ``torchvision`` (recipec's torchvision layout), ``transformers``
+    (``save_pretrained``'s: ``model_type`` and ``id2label``), or None (another library's)."""
     if isinstance(config.get("pretrained_cfg"), dict):
         return "timm"
     if config.get("library_name") == "torchvision":
         return "torchvision"
+    if isinstance(config.get("model_type"), str) and isinstance(config.get("id2label"), dict):
+        return "transformers"
     return None
 
 
@@ -67,6 +72,8 @@ def config_classes(config: dict[str, Any], origin: str = "config.json") -> list[
     Raises:
         CheckpointError: ``num_classes`` is not a positive integer, or the names do not match it.
     """
+    if hub_family(config) == "transformers":  # id2label: {"0": name, ...}
+        config = {"num_classes": len(config["id2label"]), "label_names": config["id2label"]}
     n = config.get("num_classes", (config.get("pretrained_cfg") or {}).get("num_classes"))
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise CheckpointError(f"{origin}: num_classes must be a positive integer, got {n!r}")

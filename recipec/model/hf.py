@@ -29,8 +29,8 @@ from recipec.errors import ModelError
 from recipec.model.hf_files import CONFIG, PROCESSOR, locate, read_json
 from recipec.recipe.archs import HF_INSTALL, hf_config_problem
 
-__all__ = ["RECORD_KEY", "HFClassifier", "build_hf", "hf_config", "hf_record", "import_transformers", "model_class",
-           "quiet"]
+__all__ = ["RECORD_KEY", "HFClassifier", "build_hf", "hf_config", "hf_record", "hub_layout_problem", "import_transformers",
+           "model_class", "quiet"]
 
 RECORD_KEY = "hf_model"  # the export provenance key holding the config (and image processor) the model was built from
 # config fields a recipe or a file must not set: code, kernels or quantisation backends would be chosen by them
@@ -265,6 +265,24 @@ def _probe(hf: nn.Module, config: Any) -> tuple[str, int]:
         return "pooler_output", int(pooled.flatten(1).shape[1])
     hidden = out.last_hidden_state  # (1, tokens, width) or (1, width, h, w)
     return "mean", int(hidden.shape[-1] if hidden.dim() == 3 else hidden.shape[1])
+
+
+def hub_layout_problem(model: nn.Module) -> str | None:
+    """Why ``model`` cannot have a hub folder in transformers' ``save_pretrained`` layout (None when it can).
+
+    Only an ``...ForImageClassification`` can: recipec's head on a tower without one (CLIP, SigLIP vision
+    models) takes ``pooler_output``, while transformers' ``CLIPForImageClassification`` and
+    ``SiglipForImageClassification`` pool the mean of the last hidden state's (patch) tokens, so their
+    logits would differ.
+    """
+    if not isinstance(model, HFClassifier) or model.pooling == "logits":
+        return None
+    name = type(model.hf).__name__
+    pooled = {"pooler_output": "pooler_output", "mean": "mean of the last hidden state"}[model.pooling]
+    return (f"{name} has no image classifier in transformers whose pooling is recipec's: recipec's head takes its "
+            f"{pooled}, transformers' {name.replace('VisionModel', '')}ForImageClassification the mean of the "
+            "last hidden state's tokens, which gives other logits; drop hub from export.formats "
+            "(model.safetensors loads with recipec.load)")
 
 
 def hf_record(model: nn.Module) -> dict[str, Any]:

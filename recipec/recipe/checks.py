@@ -42,7 +42,10 @@ def recipe_problems(recipe: Recipe) -> list[tuple[RecipePath, str]]:
 
 
 def hub_problem(arch: str, *, head_type: str | None, in_channels: int) -> str | None:
-    """Why a model cannot have a hub folder that timm or torchvision loads (None when it can).
+    """Why a model cannot have a hub folder that timm, torchvision or transformers loads (None when it can).
+
+    For ``hf/`` models what the name alone tells: the rest (an image classifier of transformers' own:
+    ViT, DINOv2, ConvNeXt, Swin; not CLIP or SigLIP vision towers) is checked when the model is built.
 
     Args:
         arch: ``model.arch``.
@@ -53,11 +56,12 @@ def hub_problem(arch: str, *, head_type: str | None, in_channels: int) -> str | 
     if family == "factory":
         return (f"{arch} is your own factory, which neither timm nor torchvision can build from a hub folder; "
                 "drop hub from export.formats (model.safetensors loads with recipec.load)")
-    if family not in ("timm", "torchvision"):
-        return (f"{arch}: recipec writes hub folders for timm and torchvision models, not yet for {family} ones; "
+    if family not in ("timm", "torchvision", "hf"):
+        return (f"{arch}: recipec writes hub folders for timm, torchvision and hf/ models, not yet for {family} ones; "
                 "drop hub from export.formats")
+    library = "transformers" if family == "hf" else family
     if head_type == "mlp":
-        return (f"an mlp head is recipec's, not {family}'s: {family} builds {arch} with a linear classifier, "
+        return (f"an mlp head is recipec's, not {library}'s: {library} builds {arch} with a linear classifier, "
                 "which the weights would not fit; use model.head.type: linear, or drop hub from export.formats")
     if family == "torchvision" and in_channels != 3:
         return (f"torchvision builds {arch} for 3-channel images, and its first convolution would not take "

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # what recipec puts where: an ...ForImageClassification keeps its classifier's place, an AutoModel gets `head`
 HEAD = {"vit": "hf.classifier.", "dinov2": "hf.classifier.", "convnext": "hf.classifier.", "swin": "hf.classifier.",
         "clip": "head.", "siglip": "head."}
+CLASSIFIERS = ("vit", "dinov2", "convnext", "swin")  # an ...ForImageClassification: a hub folder in transformers' layout
 BLOCKS = {"vit": "layers", "dinov2": "layer", "convnext": "stages", "swin": "layers", "clip": "layers", "siglip": "layers"}
 
 
@@ -101,7 +102,8 @@ def built(tmp_path_factory):
             state = save_to_cache(root / "hub", f"tiny/{kind}", kind)
             folder = root / kind
             folder.mkdir()
-            runs[kind] = (recipec.build(_hf_recipe(folder, f"hf/tiny/{kind}"), out=folder / "run", log=None), state)
+            hub = ["export.formats=[safetensors, hub]"] if kind in CLASSIFIERS else []  # transformers' layout
+            runs[kind] = (recipec.build(_hf_recipe(folder, f"hf/tiny/{kind}", *hub), out=folder / "run", log=None), state)
     return root, runs
 
 
@@ -495,3 +497,92 @@ def test_onnx_and_features_of_an_hf_export(built, tmp_path, capsys, monkeypatch,
                      capsys)
     assert code == 0, err
     assert any(key.startswith(layer) for key in formats.load(tmp_path / "f.safetensors").state_dict)
+
+
+# --------------------------------------------------------------------------- hub folders in transformers' layout (issue 20)
+
+
+def test_hub_folder_loads_in_transformers_with_the_runs_logits_and_preprocessing(built, tmp_path):
+    from PIL import Image
+
+    _, runs = built
+    torch.manual_seed(1)
+    images = torch.rand(2, 3, SIDE, SIDE)
+    picture = Image.fromarray((torch.rand(41, 53, 3) * 255).to(torch.uint8).numpy())  # not square, not SIDE
+    torch.save(images, tmp_path / "images.pt")
+    picture.save(tmp_path / "picture.png")
+    code = textwrap.dedent("""\
+        import sys, torch
+        from PIL import Image
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+        images, picture, out = torch.load(sys.argv[1]), Image.open(sys.argv[2]).convert("RGB"), {}
+        for kind, path in zip(sys.argv[4::2], sys.argv[5::2]):
+            model = AutoModelForImageClassification.from_pretrained(path).eval()
+            with torch.no_grad():
+                logits = model(pixel_values=images).logits
+            pixels = AutoImageProcessor.from_pretrained(path)(picture, return_tensors="pt")["pixel_values"]
+            out[kind] = (logits, pixels, model.config.id2label, model.config.num_labels, type(model).__name__)
+        torch.save(out, sys.argv[3])
+        """)
+    args = [a for kind in CLASSIFIERS for a in (kind, str(runs[kind][0] / "hub"))]
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty"),
+           "HTTPS_PROXY": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "images.pt"), str(tmp_path / "picture.png"),
+                             str(tmp_path / "out.pt"), *args], capture_output=True, text=True, cwd=tmp_path, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    there = torch.load(tmp_path / "out.pt")
+    for kind in CLASSIFIERS:
+        run = runs[kind][0]
+        logits, pixels, id2label, num_labels, name = there[kind]
+        with torch.no_grad():
+            ours = recipec.load(run / "model.safetensors")(images)
+            assert torch.equal(recipec.load(run / "hub")(images), ours), kind  # the folder's names map back exactly
+        diff = (logits - ours).abs().max().item()
+        assert diff <= 1e-5, (kind, diff)
+        predictor = recipec.load_predictor(run / "hub")
+        assert id2label == dict(enumerate(predictor.classes)) and num_labels == 3 == len(predictor.classes)
+        assert name.endswith("ForImageClassification")
+        # the image processor resizes the 8-bit tensor, recipec the PIL image: the same sizes, rounding apart
+        expected = predictor.transform(picture)
+        assert pixels.shape == (1, *expected.shape), kind
+        norm = torch.tensor(predictor.preprocessing["normalization"]["std"]).view(3, 1, 1)
+        gap = ((pixels[0] - expected) * norm).abs()  # in [0, 1] pixel units
+        print(kind, "logits", diff, "pixels max", gap.max().item(), "mean", gap.mean().item())
+        assert gap.max().item() <= 0.1 and gap.mean().item() <= 0.01, (kind, gap.max().item(), gap.mean().item())
+        card = (run / "hub" / "README.md").read_text()
+        assert "library_name: transformers" in card and "pipeline_tag: image-classification" in card
+        assert f'base_model: "tiny/{kind}"' in card and "AutoModelForImageClassification.from_pretrained" in card
+        assert sorted(p.name for p in (run / "hub").iterdir() if not p.name.endswith((".png", ".yaml", ".json")) or
+                      p.name.endswith("config.json")) == ["README.md", "config.json", "model.safetensors",
+                                                           "preprocessor_config.json"], kind
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_a_vision_tower_has_no_hub_folder_refused_before_training(tmp_path, hub, kind):
+    cache, _ = hub
+    save_to_cache(cache, f"tiny/{kind}", kind)
+    with pytest.raises(ModelError) as caught:
+        compile_recipe(_hf_recipe(tmp_path, f"hf/tiny/{kind}", "export.formats=[safetensors, hub]"))
+    assert caught.value.paths == [("export", "formats")]
+    assert f"{kind.upper() if kind == 'clip' else 'Siglip'}ForImageClassification the mean of the last hidden state" in (
+        caught.value.problems[0]) and "pooler_output" in caught.value.problems[0]
+
+
+def test_an_mlp_head_has_no_hub_folder(tmp_path, hub):
+    from recipec.convert.hub_hf import hf_hub_files
+    from recipec.errors import ExportError
+    from recipec.recipe.checks import hub_problem
+
+    why = hub_problem("hf/tiny/vit", head_type="mlp", in_channels=3)
+    assert why and "transformers builds hf/tiny/vit with a linear classifier" in why
+    assert hub_problem("hf/tiny/vit", head_type="linear", in_channels=3) is None
+    cache, _ = hub
+    save_to_cache(cache, "tiny/vit", "vit")
+    model = compile_recipe(_hf_recipe(tmp_path, "hf/tiny/vit", "model.head={num_classes: 3, type: mlp, hidden: [8]}")).model
+    state = model.state_dict()
+    prep: Any = {"image_size": SIDE, "rule": "square", "resize_size": SIDE, "interpolation": "bilinear",
+                 "crop_mode": None, "in_channels": 3, "normalization": None}
+    with pytest.raises(ExportError, match=r"'classifier.weight', which the model lacks.*\n.*'classifier.0.weight', which "
+                                          r"transformers' ViTForImageClassification lacks"):
+        hf_hub_files(model, state, classes=["a", "b", "c"], prep=prep)
