@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SLOW = {"bench_buildstart.py", "bench_feature_cache.py", "bench_imbalance.py"}  # 15-30 s each with --quick
+SLOW = {"bench_adapters.py", "bench_buildstart.py", "bench_feature_cache.py", "bench_imbalance.py"}  # 15-45 s each with --quick
 
 
 def _commands() -> list[list[str]]:

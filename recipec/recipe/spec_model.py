@@ -169,7 +169,7 @@ class AdaptSpec(BaseSpec):
     dim: int = Field(
         0, ge=-8, le=7, description="fuse and split: the dimension the parts are concatenated along or cut from "
                                     "(timm's qkv weight: 0, the output rows).", examples=[0])
-    sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
+    sizes: list[Annotated[int, Field(ge=1, le=1 << 31)]] | None = Field(  # 2**31: beyond any real tensor dimension
         None, max_length=64, description="split only: each part's size along dim, in the order of into "
                                          "(default: equal parts).", examples=[[768, 256, 256]])
 
