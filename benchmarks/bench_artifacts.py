@@ -65,7 +65,7 @@ def main() -> None:
         times: dict[tuple[str, int], list[float]] = {(name, b): [] for name in runners for b in BATCHES}
         errors = {name: max(float((run(inputs[b]) - expected[b]).abs().max()) for b in BATCHES)
                   for name, run in runners.items()}
-        for name, run in runners.items():  # warm-up
+        for run in runners.values():  # warm-up
             for b in BATCHES:
                 for _ in range(3):
                     run(inputs[b])

@@ -171,3 +171,10 @@ def test_a_model_that_does_not_export_names_where(strict: bool, tmp_path: Path) 
         export_pt2(DataDependent(), tmp_path / "m.pt2", input_shape=(2, 3, 2, 2), strict=strict, metadata={}, arch="tiny")
     assert f"export.pt2.strict: {str(not strict).lower()}" in str(info.value)
     assert not (tmp_path / "m.pt2").exists()
+
+
+def test_quantize_without_onnx_is_a_located_recipe_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_recipe(tmp_path, tiny_yaml(export="{formats: [safetensors, pt2], quantize: {method: dynamic}}"))
+    code, _, err = run_cli(["validate", str(path)], capsys)
+    assert code == 2
+    assert "export.quantize: quantizes model.onnx: add onnx to export.formats" in err and "tiny.yaml:" in err

@@ -93,7 +93,7 @@ def save(run: Path, model: nn.Module, state: Mapping[str, torch.Tensor], *, arch
         names = {Path(p).name: Path(p) for p in exports}
         if family == "hf":  # save_pretrained's layout: transformers' names, config and image processor (hub_hf)
             hf_config, processor, tensors = hf_hub_files(
-                model, state, classes=_classes(provenance, int(model.config.num_labels)),
+                model, state, classes=_classes(provenance, int(getattr(getattr(model, "config", None), "num_labels", 0))),
                 prep=_preprocessing(provenance))
             hf_config.to_json_file(str(tmp / "config.json"))
             (tmp / PROCESSOR_FILE).write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")

@@ -16,10 +16,11 @@ CLIP, SigLIP) is refused: transformers' ``CLIPForImageClassification`` and ``Sig
 pool the mean of the last hidden state's (patch) tokens, where recipec's head takes ``pooler_output``
 (CLIP's [CLS] token after ``post_layernorm``, SigLIP's attention-pooling head), so their logits would differ.
 
-The image processor resizes the decoded 8-bit image (torchvision on a uint8 tensor, antialiased),
-recipec's square resize the float image: the two agree up to that rounding (about 1/255 before
-normalisation), not bit for bit; a centre-crop rule resizes the PIL image in recipec, the tensor in
-transformers, with the same sizes.
+The image processor resizes the decoded 8-bit image (torchvision on a uint8 tensor, antialiased):
+recipec's resize (of the PIL image, or of the float image for the square resize of a run without
+pretrained weights) gives the same sizes, and pixels at most 1/255 apart before normalisation. The
+centre crop can sit one pixel apart: torchvision rounds its offset, transformers truncates it, so
+where the margin (resized minus cropped side) is 3 mod 4 the two crops differ by a one-pixel shift.
 """
 
 from __future__ import annotations

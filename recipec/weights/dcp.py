@@ -39,7 +39,7 @@ METADATA = ".metadata"
 _MAX_METADATA = 1 << 30  # the metadata of a 400B-parameter model sharded over 2,000 ranks is a few hundred MB
 _MAX_DEPTH = 64  # nesting of a saved state (model.layers.0...: a few levels)
 _DCP = "torch.distributed.checkpoint."
-# Every global a DCP .metadata names (torch 2.0 to 2.14), found with pickletools in files FileSystemWriter wrote.
+# Every global a DCP .metadata names, found with pickletools in files torch 2.14's FileSystemWriter wrote.
 _RECORDS = frozenset(_DCP + name for name in (
     "metadata.Metadata", "metadata.TensorStorageMetadata", "metadata.BytesStorageMetadata",
     "metadata.ChunkStorageMetadata", "metadata.TensorProperties", "metadata.MetadataIndex", "metadata.StorageMeta",

@@ -13,6 +13,7 @@ from recipec.compiler.compile import compile_recipe
 from recipec.errors import ModelError, RecipeError
 from recipec.model.adapters import merge_adapters
 from recipec.recipe.load import load_recipe
+from recipec.train.freezing import apply_trainable, set_train_mode
 from tests.tinyrecipes import run_cli, write_recipe
 
 pytest.importorskip("peft")
@@ -107,8 +108,6 @@ def test_plan_shows_adapters_per_group_and_the_optimizer_state(tmp_path):
 
 def test_unfreeze_opens_a_group_but_never_its_adapted_base_weights(tmp_path):
     compiled = _compile(tmp_path, VIT, "freeze.unfreeze={1: [blocks.1]}")
-    from recipec.train.freezing import apply_trainable
-
     apply_trainable(compiled.model, compiled.groups, compiled.schedule.trainable_at(1))
     trainable = {n for n, p in compiled.model.named_parameters() if p.requires_grad}
     assert "blocks.1.mlp.fc1.weight" in trainable and "blocks.0.mlp.fc1.weight" not in trainable
@@ -152,8 +151,6 @@ def test_cli_locates_a_target_that_matches_nothing(tmp_path, capsys):
 
 
 def test_adapter_dropout_stays_random_inside_a_frozen_group(tmp_path):
-    from recipec.train.freezing import set_train_mode
-
     compiled = _compile(tmp_path, VIT.replace("target: attention", "target: attention, dropout: 0.5"))
     set_train_mode(compiled.model, compiled.groups, compiled.schedule.trainable_at(0))
     modes = {n: m.training for n, m in compiled.model.named_modules()}

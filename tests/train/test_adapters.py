@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from recipec.compiler.compile import compile_recipe
+from recipec.model.adapters import merge_adapters
 from recipec.pipeline.build import build
 from recipec.recipe.load import load_recipe
 from recipec.train.state import load_state
@@ -102,3 +103,19 @@ def test_sigkill_then_resume_with_adapters_is_exact(tmp_path, run):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert same_weights(whole, resumed)
+
+
+def test_ema_and_amp_with_adapters_export_the_merged_ema_weights(tmp_path):
+    body = (LORA.replace("train: {epochs: 2}", "train: {epochs: 2, ema: {decay: 0.9}, amp: bf16}")
+            .replace("weights: last, adapters: both", "weights: ema"))
+    run = build(load_recipe(write_recipe(tmp_path, body)), out=tmp_path / "run")
+    ema = load_state(run / "checkpoints" / "last.pt")["extra"]["ema"]["state"]
+    assert any(".lora_B." in k for k in ema) and not (run / "adapters").exists()
+    compiled = compile_recipe(_recipe(run))
+    compiled.model.load_state_dict(ema)
+    merge_adapters(compiled.model)
+    exported = load_file(run / "model.safetensors")
+    merged = compiled.model.state_dict()
+    assert exported.keys() == merged.keys()
+    assert all(torch.allclose(exported[k], merged[k], atol=1e-6, rtol=0) for k in merged)
+    assert "val_acc_ema" in read_metrics(run)[-1]
