@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from recipec.errors import ModelError, relabeled
-from recipec.model.adapters import ADAPTER_KEY, adapted_module, inject_adapters, resolve_targets
+from recipec.model.adapters import ADAPTER_KEY, adapted_module, inject_adapters, injection_root, resolve_targets
 from recipec.model.groups import LayerGroup, param_to_group
 from recipec.recipe.spec import Recipe
 from recipec.train.freezing import FreezeSchedule, adapter_parameters, mark_adapters
@@ -52,6 +52,10 @@ def apply_adapters(recipe: Recipe, model: nn.Module, groups: list[LayerGroup], *
              for i, name in enumerate(spec.groups or []) if name not in module_group.values()]
     if empty:
         raise ModelError(empty)
+    if recipe.export.adapters != "merged" and injection_root(model, modules)[1]:
+        raise ModelError((("export", "adapters"), f"{recipe.export.adapters} is not supported yet for "
+                                                  f"{recipe.model.arch} (PEFT's files of a wrapped transformers model); "
+                                                  "export merged"))
     with relabeled(prefix=("adapters",)):
         inject_adapters(model, modules, method=spec.method, r=spec.r, alpha=spec.alpha, dropout=spec.dropout)
 

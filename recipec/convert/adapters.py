@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from recipec._atomic import atomic_write_text
-from recipec.model.adapters import import_peft
+from recipec.errors import ExportError
+from recipec.model.adapters import import_peft, injection_root
 
 __all__ = ["save"]
 
@@ -30,7 +31,11 @@ def save(model: nn.Module, folder: Path, *, head: str, provenance: dict[str, Any
         The files written.
     """
     peft = import_peft()
-    config = model.__dict__["peft_config"]["default"]  # inject_adapter_in_model sets it as a plain attribute
+    root, prefix = injection_root(model)
+    if prefix:  # recipec's wrapper around a transformers model: PeftModel would need the wrapper's own prefix
+        raise ExportError(f"export.adapters: separate files of a model wrapped at {prefix!r} (hf/ architectures) "
+                          "are not supported yet; export merged")
+    config = root.__dict__["peft_config"]["default"]  # inject_adapter_in_model sets it as a plain attribute
     saved = peft.LoraConfig(**{**config.to_dict(), "modules_to_save": [head]})
     saved.base_model_name_or_path = str(provenance.get("base", {}).get("arch") or "")
     folder.mkdir(parents=True, exist_ok=True)

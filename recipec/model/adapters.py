@@ -23,8 +23,8 @@ from torch import nn
 
 from recipec.errors import ModelError
 
-__all__ = ["ADAPTER_KEY", "INSTALL", "adapted_module", "import_peft", "inject_adapters", "merge_adapters",
-           "resolve_targets"]
+__all__ = ["ADAPTER_KEY", "INSTALL", "adapted_module", "import_peft", "inject_adapters", "injection_root",
+           "merge_adapters", "resolve_targets"]
 
 INSTALL = "pip install 'recipec[peft]'"
 ADAPTER_KEY = re.compile(r"\.(lora_[A-Za-z_]+)\.")  # an adapter parameter's name: <module>.lora_A.default.weight
@@ -99,10 +99,27 @@ def inject_adapters(model: nn.Module, modules: Sequence[str], *, method: str, r:
     PEFT initialises ``lora_B`` to zeros: the adapted model computes what the base computed.
     """
     peft = import_peft()
-    target = "^(" + "|".join(re.escape(name) for name in modules) + ")$"  # peft fullmatches a string target
+    root, prefix = injection_root(model, modules)
+    names = [name[len(prefix):] for name in modules]
+    target = "^(" + "|".join(re.escape(name) for name in names) + ")$"  # peft fullmatches a string target
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
                              use_dora=method == "dora", bias="none")
-    peft.inject_adapter_in_model(config, model)
+    peft.inject_adapter_in_model(config, root)
+
+
+def injection_root(model: nn.Module, modules: Sequence[str] = ()) -> tuple[nn.Module, str]:
+    """The module peft injects into, and its name prefix (``""``: the model itself).
+
+    peft treats a module with ``config.model_type`` as a transformers model and needs its
+    ``base_model_prefix``: recipec's wrapper around a transformers model has the config but not
+    the prefix, so the adapters go into the transformers model inside it (``hf.``).
+    """
+    if not hasattr(getattr(model, "config", None), "model_type") or hasattr(model, "base_model_prefix"):
+        return model, ""
+    for name, sub in model.named_modules():
+        if name and hasattr(sub, "base_model_prefix") and all(m.startswith(name + ".") for m in modules):
+            return sub, name + "."
+    return model, ""
 
 
 def adapted_module(param_name: str) -> str | None:

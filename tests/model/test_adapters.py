@@ -156,3 +156,33 @@ def test_adapter_dropout_stays_random_inside_a_frozen_group(tmp_path):
     modes = {n: m.training for n, m in compiled.model.named_modules()}
     assert modes["blocks.0.attn.qkv.lora_dropout.default"] is True
     assert modes["blocks.0.attn.qkv"] is False and modes["blocks.0.attn.qkv.base_layer"] is False
+
+
+def test_transformers_vit_attention_preset(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from tests.model.hfhub import SIDE, save_folder
+
+    save_folder(tmp_path / "models" / "vit", "vit")
+    monkeypatch.chdir(tmp_path)
+    body = (VIT.replace("arch: timm/vit_tiny_patch16_224, weights: null", "arch: hf/./models/vit, weights: DEFAULT")
+            .replace("\n        kwargs: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}", "")
+            .replace("image_size: 32", f"image_size: {SIDE}"))
+    compiled = _compile(tmp_path, body)
+    adapted = [m for g in compiled.plan.data["adapters"]["groups"].values() for m in g["modules"]]
+    # transformers 5 names them q_proj, k_proj, v_proj, o_proj; 4.x query, key, value and attention.output.dense
+    assert {m.rsplit(".", 1)[1] for m in adapted} in ({"q_proj", "k_proj", "v_proj", "o_proj"},
+                                                     {"query", "key", "value", "dense"})
+    assert len(adapted) == 4 * len(compiled.plan.data["adapters"]["groups"])
+    assert all(".attention." in m for m in adapted)
+    before = {k: v.clone() for k, v in compiled.model.state_dict().items()}
+    x = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    _step(compiled, x)
+    after = compiled.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if ".lora_" not in k and ".classifier." not in k)
+    compiled.model.eval()
+    with torch.no_grad():
+        unmerged = compiled.model(x)
+        merge_adapters(compiled.model)
+        assert torch.allclose(compiled.model(x), unmerged, atol=1e-5, rtol=0)
+    with pytest.raises(ModelError, match="export.adapters: separate is not supported yet for hf/./models/vit"):
+        _compile(tmp_path, body, "export.adapters=separate")

@@ -166,7 +166,7 @@ REFUSED: list[tuple[str, str]] = [
     ("train.early_stopping={patience: 0}", "train.early_stopping.patience: must be >= 1, got 0"),
     ("train.early_stopping={min_delta: -1}", "train.early_stopping.min_delta: must be >= 0, got -1"),
     # export and card
-    ("export.formats=[tflite]", "export.formats.0: must be one of safetensors, torch, onnx, hub, got 'tflite'"),
+    ("export.formats=[tflite]", "export.formats.0: must be one of safetensors, torch, onnx, pt2, hub, got 'tflite'"),
     ("export.formats=[onnx, torch, onnx]", "export.formats: format listed twice: onnx"),
     ("export.dtype=int8", "export.dtype: must be one of float32, float16, bfloat16, got 'int8'"),
     ("export.shard_size=2XB", "export.shard_size: '2XB' is not a size; write e.g. 2GB, 500MB, 512MiB or a byte count"),
