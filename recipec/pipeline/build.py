@@ -21,8 +21,7 @@ left, whether ``--resume`` may continue) and :mod:`recipec.pipeline.upstream` (`
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +49,7 @@ from recipec.errors import BuildInterrupted, RunDirectoryError
 from recipec.pipeline.adapters import adapter_provenance, check_adapter_world, finish_adapters
 from recipec.pipeline.checks import check_inputs
 from recipec.pipeline.artifacts import check_artifacts, evaluates_artifacts, quantize_run
-from recipec.pipeline.outputs import export_model, plot_curves, provenance_of
+from recipec.pipeline.outputs import epoch_line, export_model, in_background, plot_curves, provenance_of
 from recipec.pipeline.planning import check_classes, note_data, steps_per_epoch
 from recipec.pipeline.resume import check_same_run, continue_schedule, resume_state, run_identity, saved_epochs
 from recipec.pipeline.rundir import claim_run_directory, clear_run_directory
@@ -203,7 +202,7 @@ def _build(recipe: Recipe, asked: _Asked, *, device: torch.device, world: Any, l
         plan = compiled.plan.to_dict() | {"data": data.info, "steps_per_epoch": steps, "world_size": world.size}
         atomic_write_text(run / "plan.json", clean_json.dumps(plan, indent=2) + "\n")
         # the same plan as a picture (recipec plan --png), shown in the card: drawn while training starts
-        background.enter_context(_in_background(plot_plan, plan, run / "plan.png"))
+        background.enter_context(in_background(plot_plan, plan, run / "plan.png"))
         if data.info.get("skipped_images"):
             atomic_write_text(run / "skipped_images.txt", "".join(f"{p}\n" for p in data.info["skipped_images"]))
 
@@ -243,8 +242,7 @@ def _build(recipe: Recipe, asked: _Asked, *, device: torch.device, world: Any, l
         if selection.update(metrics):  # after the training state: see recipec.train.select
             select.save_best(run / "checkpoints", ema.state if selection.uses_ema else compiled.model.state_dict(),
                              selection)
-        say(_epoch_line(metrics, train.epochs))
-
+        say(epoch_line(metrics, train.epochs))
 
     cache = head_cache(recipe, compiled, data.train, head_only_epochs(compiled.schedule, compiled.groups[-1].name,
                                                                       recipe.train.epochs),
@@ -291,35 +289,3 @@ def _build(recipe: Recipe, asked: _Asked, *, device: torch.device, world: Any, l
         status("logging the run's files to the trackers")
         tracking.finish(history)
     return run
-
-
-@contextlib.contextmanager
-def _in_background(draw: Callable[..., Any], *args: Any) -> Iterator[None]:
-    """``draw(*args)`` in a thread while the block runs; at its end the thread is joined (a failure, or
-    Ctrl-C, still leaves the whole file) and its error raised. matplotlib alone takes about a second to
-    import: a picture drawn first would hold back the first training step by that much."""
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            draw(*args)
-        except BaseException as exc:  # raised in the building thread, below
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="recipec-picture")
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
-    if failed:
-        raise failed[0]
-
-
-def _epoch_line(m: dict[str, Any], epochs: int) -> str:
-    val = "" if m["val_loss"] is None else f"  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.3f}"
-    if m.get("val_map") is not None:  # task: multilabel (val_acc is exact match)
-        val += f"  val_map {m['val_map']:.3f}  val_f1_micro {m['val_f1_micro']:.3f}"
-    # the recipe's 0-based epoch (freeze.unfreeze, metrics.jsonl, curves), then the count for people
-    return (f"epoch {m['epoch']} ({m['epoch'] + 1} of {epochs})  train_loss {m['train_loss']:.4f}{val}  "
-            f"trainable {', '.join(m['trainable_groups'])}  ({m['seconds']:.1f} s)")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from recipec.recipe.load import PATH_FIELDS
 from recipec.recipe.spec import Recipe
 from recipec.weights import formats
 
-__all__ = ["export_model", "plot_curves", "provenance_of"]
+__all__ = ["epoch_line", "export_model", "in_background", "plot_curves", "provenance_of"]
 
 
 def provenance_of(recipe: Recipe, compiled: Any, data: Any, history: list[dict[str, Any]],
@@ -183,3 +186,36 @@ def _chosen(selection: dict[str, Any] | None) -> tuple[int, str] | None:
     else:
         why = {"last": "the last epoch", "ema": "the EMA weights at the end"}.get(str(weights), str(weights))
     return epoch, f"exported: epoch {epoch}, {why}"
+
+
+@contextlib.contextmanager
+def in_background(draw: Callable[..., Any], *args: Any) -> Iterator[None]:
+    """``draw(*args)`` in a thread while the block runs; at its end the thread is joined (a failure, or
+    Ctrl-C, still leaves the whole file) and its error raised. matplotlib alone takes about a second to
+    import: a picture drawn first would hold back the first training step by that much."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            draw(*args)
+        except BaseException as exc:  # raised in the building thread, below
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="recipec-picture")
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
+def epoch_line(m: dict[str, Any], epochs: int) -> str:
+    """The line a build prints at the end of an epoch."""
+    val = "" if m["val_loss"] is None else f"  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.3f}"
+    if m.get("val_map") is not None:  # task: multilabel (val_acc is exact match)
+        val += f"  val_map {m['val_map']:.3f}  val_f1_micro {m['val_f1_micro']:.3f}"
+    # the recipe's 0-based epoch (freeze.unfreeze, metrics.jsonl, curves), then the count for people
+    return (f"epoch {m['epoch']} ({m['epoch'] + 1} of {epochs})  train_loss {m['train_loss']:.4f}{val}  "
+            f"trainable {', '.join(m['trainable_groups'])}  ({m['seconds']:.1f} s)")

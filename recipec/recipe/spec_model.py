@@ -127,13 +127,21 @@ class ModelSpec(BaseSpec):
 # --------------------------------------------------------------------------- source
 
 
+_ADAPT_EXAMPLES = {"match": r"^conv1\.weight$", "rule": "input_channels", "fuse": [r"(.*)\.q\.weight", r"\1.k.weight"],
+                   "split": r"(.*)\.qkv\.weight", "into": r"\1.qkv.weight"}
+
+
 class AdaptSpec(BaseSpec):
     """One rule of source.adapt: a shape rule (match + rule) for source tensors whose renamed key matches,
     or a fuse (fuse + into) or split (split + into) that makes one model tensor of several source tensors or
     several of one."""
 
+    # each branch names the properties it requires (ajv's strictRequired; the parent defines their types)
     model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"required": ["match", "rule"]}, {"required": ["fuse", "into"]}, {"required": ["split", "into"]}]})
+        {"properties": {k: {"description": f"Required in a {keys[0]} rule ({' + '.join(keys)}).",
+                            "examples": [_ADAPT_EXAMPLES[k]]} for k in keys},
+         "required": list(keys)}
+        for keys in (("match", "rule"), ("fuse", "into"), ("split", "into"))]})
 
     match: Regex | None = Field(
         None, description="Shape rules: regex searched in the renamed key; the first rule that matches a tensor whose "

@@ -131,7 +131,8 @@ def test_image_size_values_are_checked(tmp_path):
     from recipec.errors import RecipeError
 
     for value, message in [("from-weights", "must be a whole number or from_weights, got 'from-weights'"),
-                           ("on", "must be a whole number or from_weights, got true"),
+                           ("on", "must be a whole number or from_weights, got 'on'"),  # YAML 1.2: text
+                           ("true", "must be a whole number or from_weights, got true"),
                            ("4", "must be >= 8, got 4")]:
         with pytest.raises(RecipeError, match=message):
             _recipe(tmp_path, "{arch: resnet18}", f"{{image_size: {value}}}")

@@ -63,7 +63,7 @@ def test_an_early_stopped_run_exports_the_best_epoch(stopped):
     assert f"- **Exported weights:** the best epoch, {best_epoch}, by val_acc (max: " in card
     # best.pt is never rotated away (keep_last: 1) and holds only weights and plain data
     assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == [
-        "best.pt", f"epoch-{len(metrics):04d}.pt", "last.pt"]
+        "best.pt", f"epoch-{metrics[-1]['epoch']:04d}.pt", "last.pt"]  # named by the 0-based epoch it ends
 
 
 @pytest.mark.slow  # an interrupted build and its resume: ~25 s on two busy cores

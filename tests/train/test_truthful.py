@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from recipec.pipeline.build import _epoch_line
+from recipec.pipeline.outputs import epoch_line
 from recipec.compiler.fit_config import head_cache, training_of
 from recipec.train.cache import head_only_epochs
 from recipec.compiler.data_config import data_kwargs
@@ -155,7 +155,7 @@ def test_onecycle_plan_table_is_the_scheduler_at_each_epoch_start() -> None:
 
 def test_console_epoch_is_the_recipe_epoch() -> None:
     metrics = {"epoch": 2, "train_loss": 0.5, "val_loss": None, "trainable_groups": ["head"], "seconds": 1.0}
-    line = _epoch_line(metrics, 4)
+    line = epoch_line(metrics, 4)
     assert line.startswith("epoch 2 (3 of 4)  train_loss 0.5000")
 
 
