@@ -18,14 +18,18 @@ from torch import nn
 from recipec._atomic import atomic_write_text
 from recipec.errors import ExportError
 from recipec.model.adapters import import_peft, injection_root
+from recipec.provenance import export_metadata
 
 __all__ = ["save"]
 
 _PREFIX = "base_model.model."  # PeftModel's key prefix in adapter_model.safetensors
 
 
-def save(model: nn.Module, folder: Path, *, head: str, provenance: dict[str, Any]) -> list[Path]:
+def save(model: nn.Module, folder: Path, *, head: str, provenance: dict[str, Any], recipe_yaml: str) -> list[Path]:
     """Write ``model``'s adapters (not yet merged) and its head ``head`` (a module path) into ``folder``.
+
+    ``adapter_model.safetensors`` also carries the run's recipe (paths relative to ``folder``) and
+    provenance, as every export does, so that ``recipec.load(folder)`` rebuilds base + adapters.
 
     Returns:
         The files written.
@@ -43,7 +47,7 @@ def save(model: nn.Module, folder: Path, *, head: str, provenance: dict[str, Any
     state = {_PREFIX + k: v.detach().cpu().contiguous() for k, v in peft.get_peft_model_state_dict(model).items()}
     state |= {f"{_PREFIX}{head}.{k}": v.detach().cpu().contiguous()
               for k, v in model.get_submodule(head).state_dict().items()}
-    text = json.dumps(provenance, sort_keys=True, default=str)
-    save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt", "recipec": text})
+    metadata = export_metadata(recipe_yaml=recipe_yaml, provenance=json.loads(json.dumps(provenance, default=str)))
+    save_file(state, str(folder / "adapter_model.safetensors"), metadata=metadata)
     atomic_write_text(folder / "provenance.json", json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
     return [folder / "adapter_config.json", folder / "adapter_model.safetensors", folder / "provenance.json"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from recipec.inference.adapters import adapters_folder, model_from_adapters
 from recipec.errors import CheckpointError, ModelError, UntrustedFactoryError
 from recipec.inference.hub import read_hub, timm_hub_model
 from recipec.inference.pt2 import is_pt2, read_pt2_export
@@ -121,6 +122,9 @@ def load(path: str | os.PathLike[str], *, trust_factories: Collection[str] = ())
         return model_from(found.recipe, found.checkpoint, found.file, trust_factories=trust_factories)
     if is_pt2(path):  # a torch.export graph: weights and architecture in the file, nothing rebuilt
         return read_pt2_export(path)[2]
+    adapters = adapters_folder(path)
+    if adapters is not None:  # RUN/adapters (export.adapters: separate): its base rebuilt, the adapters merged
+        return model_from_adapters(adapters, trust_factories=trust_factories)
     recipe, _, checkpoint = read_export(Path(path))
     return model_from(recipe, checkpoint, path, trust_factories=trust_factories)
 

@@ -10,6 +10,7 @@ from recipec.convert import adapters as adapter_files
 from recipec.errors import ModelError
 from recipec.model.adapters import merge_adapters
 from recipec.provenance import file_digest
+from recipec.recipe.load import dump_recipe
 from recipec.recipe.spec import Recipe
 
 __all__ = ["adapter_provenance", "check_adapter_world", "finish_adapters"]
@@ -55,6 +56,7 @@ def finish_adapters(recipe: Recipe, compiled: Any, run: Path, provenance: dict[s
                 "note": "PeftModel.from_pretrained(base, this folder): base is model.arch with model.weights "
                         "(random init: seed) and a new head of num_classes; the head's weights are in this folder"}
         written = adapter_files.save(compiled.model, run / "adapters", head=compiled.head_prefix.rstrip("."),
+                                     recipe_yaml=dump_recipe(recipe, relative_to=run / "adapters"),
                                      provenance={"base": base, "name": recipe.name, "seed": recipe.seed,
                                                  "classes": provenance.get("classes"),
                                                  **adapter_provenance(recipe, compiled.plan.data)})

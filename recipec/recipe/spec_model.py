@@ -127,8 +127,8 @@ class ModelSpec(BaseSpec):
 # --------------------------------------------------------------------------- source
 
 
-_ADAPT_EXAMPLES = {"match": r"^conv1\.weight$", "rule": "input_channels", "fuse": [r"(.*)\.q\.weight", r"\1.k.weight"],
-                   "split": r"(.*)\.qkv\.weight", "into": r"\1.qkv.weight"}
+_ADAPT_EXAMPLES: dict[str, Any] = {"match": r"^conv1\.weight$", "rule": "input_channels", "fuse": [r"(.*)\.q\.weight", r"\1.k.weight"],
+                                   "split": r"(.*)\.qkv\.weight", "into": r"\1.qkv.weight"}
 
 
 class AdaptSpec(BaseSpec):

@@ -90,6 +90,18 @@ def test_peft_loads_the_separate_export_on_the_same_base(run):
     assert "- **Adapters:** LORA (peft), r 4, alpha 8, on 4 modules (attention)" in card
 
 
+def test_recipec_load_rebuilds_base_and_adapters_from_the_separate_export(run):
+    import recipec
+
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    merged = recipec.load(run / "model.safetensors")
+    for path in (run / "adapters", run / "adapters" / "adapter_model.safetensors"):
+        model = recipec.load(path)
+        assert not any(".lora_" in k for k in model.state_dict())  # merged: the plain architecture
+        with torch.no_grad():
+            assert torch.allclose(model(x), merged(x), atol=1e-5, rtol=0)
+
+
 @pytest.mark.slow  # two builds and a subprocess: ~60 s on two busy cores
 def test_sigkill_then_resume_with_adapters_is_exact(tmp_path, run):
     recipe_file = write_recipe(tmp_path, LORA.replace("epochs: 2", "epochs: 2, keep_last: 3"))
