@@ -31,6 +31,7 @@ from recipec.provenance import read_export_metadata
 from recipec.recipe.archs import TIMM_PREFIX
 from recipec.recipe.embedded import recipe_from_metadata
 from recipec.weights import formats
+from recipec.weights.transfer import load_exported
 
 __all__ = ["HubExport", "read_hub", "timm_hub_model"]
 
@@ -113,11 +114,5 @@ def timm_hub_model(found: HubExport) -> nn.Module:
         model = build_timm(TIMM_PREFIX + arch, {**args, "num_classes": num_classes})
     except ModelError as exc:  # located at model.arch / model.kwargs of a recipe that is not there: name the file
         raise type(exc)([f"{origin}: {problem}" for problem in exc.problems]) from exc
-    state = found.checkpoint.state_dict
-    try:
-        dtype = next(v.dtype for v in state.values() if v.is_floating_point())
-        model.to(dtype)
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, StopIteration) as exc:
-        raise CheckpointError(f"{found.file}: its tensors do not fit {arch} as config.json describes it: {exc}") from exc
-    return model.eval()
+    return load_exported(model, found.checkpoint.state_dict,
+                         misfit=f"{found.file}: its tensors do not fit {arch} as config.json describes it")

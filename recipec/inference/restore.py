@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from recipec.inference.adapters import adapters_folder, model_from_adapters
-from recipec.errors import CheckpointError, ModelError, UntrustedFactoryError
+from recipec.errors import ModelError, UntrustedFactoryError
 from recipec.inference.hub import read_hub, timm_hub_model
 from recipec.inference.pt2 import is_pt2, read_pt2_export
 from recipec.model import families, zoo
@@ -30,6 +30,7 @@ from recipec.provenance import read_export_metadata
 from recipec.recipe.embedded import recipe_from_metadata
 from recipec.weights import formats
 from recipec.weights.onnx import read_onnx
+from recipec.weights.transfer import load_exported
 
 __all__ = ["build_model", "load", "model_from", "read_export", "read_onnx_export"]
 
@@ -138,10 +139,4 @@ def model_from(recipe: Any, checkpoint: Any, path: str | os.PathLike[str], *,
     _, provenance = read_export_metadata({k: v for k, v in checkpoint.metadata.items() if isinstance(v, str)})
     model = build_model(recipe, trust_factories=factory_names(trust_factories), origin=str(path), provenance=provenance)
     state = renamed_legacy_heads(checkpoint.state_dict, model)  # fc.1.weight of earlier versions -> fc.weight
-    try:
-        dtype = next(v.dtype for v in state.values() if v.is_floating_point())
-        model.to(dtype)
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, StopIteration) as exc:
-        raise CheckpointError(f"{path}: its tensors do not fit the model its recipe describes: {exc}") from exc
-    return model.eval()
+    return load_exported(model, state, misfit=f"{path}: its tensors do not fit the model its recipe describes")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recipec.errors import Problem, TransferError
+from recipec.errors import CheckpointError, Problem, TransferError
 from recipec.recipe.presets import PRESETS, Preset
 from recipec.weights._keys import KeyMapping, dead_pattern, map_keys, prefix_fix
 from recipec.weights._report import LoadReport, format_shape
@@ -23,7 +23,7 @@ from recipec.weights._rules import adapt_rules, map_with_preset
 from recipec.weights.adapt import apply_rule, pos_embed_grids
 from recipec.weights.fuse import Joined, join_tensor, plan_joins
 
-__all__ = ["KeyMapping", "LoadReport", "TransferRules", "apply_transfer", "map_keys", "map_state_dict"]
+__all__ = ["KeyMapping", "LoadReport", "TransferRules", "apply_transfer", "load_exported", "map_keys", "map_state_dict"]
 
 _MISSING_SHOWN = 20
 
@@ -276,3 +276,18 @@ def _adapted(name: str, keys: tuple[str, ...], joined: Joined | None, steps: lis
         prefix, old_side, new_side = pos_embed_grids(have[1], want[1])
         entry["grid"] = f"{old_side}x{old_side} -> {new_side}x{new_side} (+{prefix} prefix token{'s' * (prefix != 1)})"
     return entry
+
+
+def load_exported(model: nn.Module, state: Mapping[str, torch.Tensor], *, misfit: str) -> nn.Module:
+    """``model`` in the dtype of ``state``'s floating tensors, with ``state`` loaded strictly, in eval mode:
+    an export's weights on the architecture rebuilt for them.
+
+    Raises:
+        CheckpointError: ``{misfit}: {torch's reason}`` when the tensors do not fit (or none is floating).
+    """
+    try:
+        model.to(next(v.dtype for v in state.values() if v.is_floating_point()))
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, StopIteration) as exc:
+        raise CheckpointError(f"{misfit}: {exc}") from exc
+    return model.eval()
